@@ -1,0 +1,125 @@
+"""scikit-learn estimators pickled with joblib.
+
+Loading a pickle runs code from the file, so artifacts must come from a trusted repository.
+Metadata is learned from the fitted estimator itself: the feature count from ``n_features_in_``
+and each output's datatype and trailing shape from one prediction on a row of zeros, which is
+the only reliable way to know what a third-party estimator or pipeline returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import joblib
+import numpy as np
+
+from serving.model_settings import ModelSettings
+from serving.protocol.datatypes import datatype_of
+from serving.protocol.errors import ModelLoadError
+from serving.protocol.types import TensorSpec
+from serving.runtime import Runtime, find_artifact
+
+INPUT_NAME = "input-0"
+# Estimator methods served as outputs, in the order they are declared; the first is the default.
+METHODS = ("predict", "predict_proba")
+
+
+class SklearnRuntime(Runtime):
+    name = "sklearn"
+    platform = "sklearn"
+    artifact_suffixes: ClassVar[tuple[str, ...]] = (".joblib", ".pkl")
+    execution = "thread"
+
+    def __init__(self, settings: ModelSettings) -> None:
+        super().__init__(settings)
+        self.model: Any = None
+        self._feature_names: list[str] | None = None
+
+    def load(self) -> None:
+        path = find_artifact(self.settings.artifact, self.artifact_suffixes)
+        try:
+            model = joblib.load(path)
+        except Exception as exc:  # unpickling can raise anything the pickled classes raise
+            raise ModelLoadError(f"cannot load scikit-learn model {path}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        if not callable(getattr(model, "predict", None)):
+            raise ModelLoadError(f"{path} holds a {type(model).__name__}, not an estimator "
+                                 "with a predict method")
+        n_features = getattr(model, "n_features_in_", None)
+        if not isinstance(n_features, int | np.integer):
+            raise ModelLoadError(f"{path}: {type(model).__name__} has no n_features_in_; "
+                                 "is it fitted?")
+        self.model = model
+        names = getattr(model, "feature_names_in_", None)
+        self._feature_names = None if names is None else [str(n) for n in names]
+        self.accepts_non_finite = _allows_nan(model)
+
+        probe = np.zeros((1, int(n_features)), dtype=np.float64)
+        outputs = [self._probe(path, method, probe) for method in METHODS
+                   if hasattr(model, method)]
+        self.declared([TensorSpec(INPUT_NAME, "FP64", (-1, int(n_features)))], outputs)
+        self._check_declared(path)
+
+    def predict(self, inputs: dict[str, np.ndarray],
+                outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        features = self._frame(inputs[self.inputs[0].name])
+        return {name: _as_output(getattr(self.model, name)(features)) for name in outputs}
+
+    def unload(self) -> None:
+        self.model = None
+
+    def _probe(self, path: Path, method: str, probe: np.ndarray) -> TensorSpec:
+        """Declare ``method``'s output from what it returns for one row."""
+        try:
+            result = _as_output(getattr(self.model, method)(self._frame(probe)))
+            datatype = datatype_of(result)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: {method} fails on a row of zeros, so its output "
+                                 f"cannot be described: {type(exc).__name__}: {exc}") from exc
+        return TensorSpec(method, datatype, (-1, *result.shape[1:]))
+
+    def _check_declared(self, path: Path) -> None:
+        """Reject settings overrides that predict() could not honour."""
+        if len(self.inputs) != 1:
+            raise ModelLoadError(f"{path}: a scikit-learn estimator takes one input, but "
+                                 f"{len(self.inputs)} are declared")
+        available = [m for m in METHODS if hasattr(self.model, m)]
+        unknown = [spec.name for spec in self.outputs if spec.name not in available]
+        if unknown:
+            raise ModelLoadError(f"{path}: declared output(s) {unknown} are not methods of "
+                                 f"{type(self.model).__name__}; available: {', '.join(available)}")
+        names = [spec.name for spec in self.outputs]
+        self.default_outputs = [n for n in names if n == METHODS[0]] or names
+
+    def _frame(self, features: np.ndarray) -> Any:
+        """Give an estimator fitted on a DataFrame its column names back.
+
+        Without them scikit-learn warns on every call, and column-selecting pipelines fail.
+        """
+        if self._feature_names is None:
+            return features
+        import pandas as pd  # present whenever an estimator recorded feature names
+
+        return pd.DataFrame(features, columns=self._feature_names, copy=False)
+
+
+def _as_output(result: Any) -> np.ndarray:
+    """Numpy string labels become Python ``str`` objects, which the data plane encodes as BYTES."""
+    array = np.asarray(result)
+    if array.dtype.kind in ("U", "S"):
+        return array.astype(object)
+    return array
+
+
+def _allows_nan(model: Any) -> bool:
+    """Ask the estimator's tags (scikit-learn >= 1.6) whether it takes NaN; assume not."""
+    try:
+        from sklearn.utils import get_tags
+    except ImportError:
+        return False
+    try:
+        return bool(get_tags(model).input_tags.allow_nan)
+    except Exception:  # third-party estimators with incomplete tags
+        return False

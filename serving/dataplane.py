@@ -1,0 +1,169 @@
+"""The protocol-neutral core that every edge (REST V1/V2, gRPC) calls.
+
+Each method takes and returns internal types; edges only translate. ``infer`` owns the
+request metrics, validation, where predict runs (inline or the bounded thread pool) and the
+conversion of model exceptions into clean ``ModelFailed`` errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .metrics import Metrics
+from .protocol.datatypes import datatype_of
+from .protocol.errors import ErrorKind, ModelFailed, ModelNotReady, TurnoutError
+from .protocol.types import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    RepositoryEntry,
+    ServerMetadata,
+    Tensor,
+)
+from .repository import ModelRepository, ModelVersion
+from .runtime import Runtime
+from .validation import prepare_inputs, select_outputs
+
+log = logging.getLogger("turnout.dataplane")
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics"]
+
+
+class DataPlane:
+    def __init__(self, *, repository: ModelRepository, metrics: Metrics,
+                 executor: ThreadPoolExecutor, server_name: str = "turnout",
+                 server_version: str = "0.1.0") -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self._executor = executor
+        self._server = ServerMetadata(server_name, server_version, list(EXTENSIONS))
+        self.started = False
+        self.draining = False
+
+    # -- health and metadata -------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready once startup loading finished and until draining begins.
+
+        A model that failed to load does not make the server unready (it reports its own
+        readiness), so one broken model cannot take a whole replica out of rotation.
+        """
+        return self.started and not self.draining
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.repository.get(name, version).state == "READY"
+
+    def server_metadata(self) -> ServerMetadata:
+        return self._server
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        mv = self.repository.get(name, version)
+        runtime = mv.runtime
+        return ModelMetadata(
+            name=name,
+            versions=self.repository.versions(name),
+            platform=mv.platform,
+            inputs=list(runtime.inputs) if runtime else [],
+            outputs=list(runtime.outputs) if runtime else [],
+            state=mv.state,
+            reason=mv.reason,
+        )
+
+    # -- repository extension ----------------------------------------------------------------
+    def repository_index(self) -> list[RepositoryEntry]:
+        return self.repository.index()
+
+    async def load_model(self, name: str) -> None:
+        await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.repository.unload(name)
+
+    # -- inference -------------------------------------------------------------------------
+    async def infer(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:
+        started = time.perf_counter()
+        model, version = request.model_name, request.model_version or ""
+        status = "success"
+        in_flight = self.metrics.in_flight.labels(model, protocol)
+        in_flight.inc()
+        try:
+            mv = self.repository.get(model, request.model_version)
+            version = mv.version
+            return await self._infer_ready(mv, request)
+        except TurnoutError as err:
+            status = err.kind.value
+            if err.kind is ErrorKind.NOT_FOUND:
+                model, version = "", ""  # bound label cardinality: clients choose these names
+            raise
+        finally:
+            in_flight.dec()
+            self.metrics.requests.labels(model, version, protocol, status).inc()
+            self.metrics.request_latency.labels(model, version, protocol).observe(
+                time.perf_counter() - started)
+
+    def count_rejected(self, *, model: str, version: str | None, protocol: str,
+                       error: TurnoutError) -> None:
+        """Count a request the edge rejected before it became an InferenceRequest."""
+        known = error.kind is not ErrorKind.NOT_FOUND
+        self.metrics.requests.labels(model if known else "", (version or "") if known else "",
+                                     protocol, error.kind.value).inc()
+
+    async def _infer_ready(self, mv: ModelVersion, request: InferenceRequest) -> InferenceResponse:
+        runtime = mv.runtime
+        if mv.state != "READY" or runtime is None:
+            raise ModelNotReady(f"model '{mv.name}' version {mv.version} is not ready"
+                                + (f": {mv.reason}" if mv.reason else ""))
+        request.model_name = mv.name
+        inputs = prepare_inputs(request, runtime)
+        names = select_outputs(request, runtime)
+        batch = next(iter(inputs.values())).shape[0]
+        computed = time.perf_counter()
+        try:
+            if runtime.execution == "inline":
+                result = runtime.predict(inputs, names)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._executor, runtime.predict, inputs, names)
+        except TurnoutError:
+            raise
+        except Exception as exc:
+            log.exception("model %s version %s failed during predict", mv.name, mv.version)
+            raise ModelFailed(f"model '{mv.name}' failed during predict: "
+                              f"{type(exc).__name__}: {exc}") from None
+        self.metrics.inference_latency.labels(mv.name, mv.version).observe(
+            time.perf_counter() - computed)
+        return InferenceResponse(
+            model_name=mv.name,
+            model_version=mv.version,
+            id=request.id,
+            outputs=_package_outputs(mv.name, runtime, result, names, batch),
+        )
+
+
+def _package_outputs(model: str, runtime: Runtime, result: dict[str, np.ndarray],
+                     names: Sequence[str], batch: int) -> list[Tensor]:
+    """Turn runtime arrays into tensors, checking that every output covers the whole batch."""
+    outputs = []
+    for name in names:
+        if name not in result:
+            raise ModelFailed(f"model '{model}' did not produce output '{name}'")
+        array = np.asarray(result[name])
+        if array.ndim == 0 or array.shape[0] != batch:
+            raise ModelFailed(f"model '{model}' returned {array.shape[0] if array.ndim else 0} "
+                              f"rows of '{name}' for a batch of {batch}")
+        if array.dtype.kind == "U":
+            array = array.astype(object)
+        try:
+            datatype = datatype_of(array)
+        except TypeError as exc:
+            raise ModelFailed(f"model '{model}' output '{name}': {exc}") from None
+        outputs.append(Tensor(name, datatype, array))
+    return outputs

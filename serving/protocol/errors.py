@@ -1,0 +1,78 @@
+"""One error hierarchy for the whole server, and the one table that maps it to HTTP and gRPC.
+
+Edges catch :class:`TurnoutError` and translate with :data:`STATUS`; anything else that escapes
+a model is wrapped as :class:`ModelFailed` by the data plane, so clients never see tracebacks.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorKind(Enum):
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+    NOT_READY = "not_ready"
+    OVERLOADED = "overloaded"
+    TOO_LARGE = "too_large"
+    MODEL_FAILED = "model_failed"
+    INTERNAL = "internal"
+
+
+# kind -> (HTTP status, gRPC status code name). gRPC names stay strings so this module needs
+# no grpc import; the gRPC edge looks them up in grpc.StatusCode.
+STATUS: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.INVALID: (400, "INVALID_ARGUMENT"),
+    ErrorKind.NOT_FOUND: (404, "NOT_FOUND"),
+    ErrorKind.NOT_READY: (503, "UNAVAILABLE"),
+    ErrorKind.OVERLOADED: (429, "RESOURCE_EXHAUSTED"),
+    ErrorKind.TOO_LARGE: (413, "RESOURCE_EXHAUSTED"),
+    ErrorKind.MODEL_FAILED: (500, "INTERNAL"),
+    ErrorKind.INTERNAL: (500, "INTERNAL"),
+}
+
+
+class TurnoutError(Exception):
+    """Base of every error a client may see; ``str(err)`` is the message sent to the client."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    @property
+    def http_status(self) -> int:
+        return STATUS[self.kind][0]
+
+    @property
+    def grpc_code(self) -> str:
+        return STATUS[self.kind][1]
+
+
+class InvalidInput(TurnoutError):
+    """The request is malformed or does not fit the model (400 / INVALID_ARGUMENT)."""
+
+    kind = ErrorKind.INVALID
+
+
+class ModelNotFound(TurnoutError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class ModelNotReady(TurnoutError):
+    kind = ErrorKind.NOT_READY
+
+
+class Overloaded(TurnoutError):
+    kind = ErrorKind.OVERLOADED
+
+
+class PayloadTooLarge(TurnoutError):
+    kind = ErrorKind.TOO_LARGE
+
+
+class ModelFailed(TurnoutError):
+    """The model raised while predicting: a server-side failure, reported without a traceback."""
+
+    kind = ErrorKind.MODEL_FAILED
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; kept as the model's reason, never sent as a request error."""

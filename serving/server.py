@@ -1,0 +1,115 @@
+"""Composition root of one model-server process, and its lifecycle.
+
+Startup: listen on REST and gRPC at once (liveness answers while models load), load the
+repository, then report ready. Shutdown on SIGTERM/SIGINT: report not ready (REST, gRPC and
+the gRPC health service), stop accepting, let in-flight requests finish within
+``drain_seconds``, stop the predict pool, exit 0. A second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import uvicorn
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from .dataplane import DataPlane
+from .metrics import Metrics
+from .repository import ModelRepository
+from .rest import build_rest_app
+from .settings import ServerSettings
+
+log = logging.getLogger("turnout.server")
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the composition root owns the shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run one server until a signal arrives, then drain and return."""
+    registry = _registry()
+    metrics = Metrics(registry)
+    executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="predict")
+    repository = ModelRepository(path=settings.model_path, name=settings.model_name,
+                                 metrics=metrics)
+    dataplane = DataPlane(repository=repository, metrics=metrics, executor=executor,
+                          server_name=settings.server_name)
+    app = build_rest_app(dataplane, registry=registry,
+                         max_payload_bytes=settings.max_payload_bytes)
+    http = _UvicornServer(uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, loop="none", http="httptools",
+        lifespan="off", log_config=None, access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_seconds) or None))
+
+    grpc_server = None
+    set_serving = None
+    if settings.grpc_port:
+        from .grpc.server import build_grpc_server
+
+        grpc_server, set_serving = build_grpc_server(dataplane, settings)
+        await grpc_server.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting without waiting for in-flight requests", sig.name)
+            http.force_exit = True
+            return
+        log.info("%s received: draining", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    http_task = asyncio.create_task(http.serve())
+    log.info("serving REST on %s:%d, gRPC on %s", settings.host, settings.http_port,
+             f"{settings.host}:{settings.grpc_port}" if settings.grpc_port else "off")
+    await repository.load_all()
+    dataplane.started = True
+    log.info("ready")
+
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    if http_task in done:  # the HTTP server died on its own (e.g. the port is taken)
+        stopper.cancel()
+        raise SystemExit(f"REST server stopped unexpectedly on port {settings.http_port}")
+
+    dataplane.draining = True
+    if set_serving is not None:
+        set_serving(False)
+    http.should_exit = True
+    waits = [http_task]
+    if grpc_server is not None:
+        waits.append(asyncio.create_task(grpc_server.stop(grace=settings.drain_seconds)))
+    await asyncio.gather(*waits, return_exceptions=True)
+    executor.shutdown(wait=True, cancel_futures=False)
+    log.info("stopped")
+
+
+def run(settings: ServerSettings) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is Linux/macOS only; asyncio's loop works everywhere
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

@@ -1,0 +1,33 @@
+"""One typed settings object for the model server, from CLI flags and ``TURNOUT_`` variables.
+
+Built once in the composition root; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TURNOUT_", extra="ignore",
+                                      protected_namespaces=())
+
+    model_path: Path | None = Field(None, description="A model file, model folder or folder of models")
+    model_name: str | None = Field(None, description="Name for a single model path")
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise "
+                      "(container images set 0.0.0.0)")
+    http_port: int = Field(8080, description="REST port (KServe's default)")
+    grpc_port: int = Field(8081, description="gRPC port (KServe's default); 0 disables gRPC")
+    max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                   description="Largest request body, REST and gRPC alike (bytes)")
+    inference_threads: int = Field(4, ge=1, description="Threads that run blocking predict calls; "
+                                   "bounded so a burst cannot spawn unbounded threads")
+    drain_seconds: float = Field(30.0, ge=0, description="Grace period for in-flight requests "
+                                 "after SIGTERM before the process exits")
+    log_level: str = Field("info", description="Python logging level name")
+    log_format: Literal["text", "json"] = Field("text", description="json for log collectors")
+    server_name: str = "turnout"

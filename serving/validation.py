@@ -1,0 +1,104 @@
+"""Checks a decoded request against a model's declared inputs and outputs.
+
+Everything a client can get wrong about a model's data is caught here, once, for every
+protocol, so runtimes receive arrays of exactly the declared datatype and shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .protocol.datatypes import DATATYPE_TO_DTYPE, can_convert
+from .protocol.errors import InvalidInput
+from .protocol.types import InferenceRequest, Tensor, TensorSpec
+from .runtime import Runtime
+
+
+def prepare_inputs(request: InferenceRequest, runtime: Runtime) -> dict[str, np.ndarray]:
+    """Match request inputs to declared inputs, convert datatypes safely and check shapes."""
+    if not request.inputs:
+        raise InvalidInput("request has no inputs")
+    declared = {spec.name: spec for spec in runtime.inputs}
+    pairs = _pair_inputs(request.inputs, runtime.inputs, declared)
+    arrays: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    for tensor, spec in pairs:
+        array = _convert(tensor, spec)
+        _check_shape(tensor.name, array, spec)
+        if not runtime.accepts_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"input '{tensor.name}' contains NaN or Inf, which model "
+                               f"'{request.model_name}' cannot take")
+        rows = array.shape[0] if array.ndim else 1
+        if rows == 0 or array.size == 0:
+            raise InvalidInput(f"input '{tensor.name}' is an empty batch")
+        if batch is not None and rows != batch:
+            raise InvalidInput(f"inputs disagree on batch size: '{tensor.name}' has {rows} rows, "
+                               f"others have {batch}")
+        batch = rows
+        arrays[spec.name] = array
+    return arrays
+
+
+def select_outputs(request: InferenceRequest, runtime: Runtime) -> list[str]:
+    """The output names to compute: those requested, or the runtime's defaults."""
+    if not request.outputs:
+        return list(runtime.default_outputs)
+    known = {spec.name for spec in runtime.outputs}
+    names = []
+    for requested in request.outputs:
+        if requested.name not in known:
+            raise InvalidInput(f"unknown output '{requested.name}' requested; model "
+                               f"'{request.model_name}' has outputs: {', '.join(sorted(known))}")
+        names.append(requested.name)
+    return names
+
+
+def _pair_inputs(tensors: list[Tensor], specs: list[TensorSpec],
+                 declared: dict[str, TensorSpec]) -> list[tuple[Tensor, TensorSpec]]:
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"duplicate input names in request: {names}")
+    # A single-input model takes its one tensor whatever the client called it, as KServe and
+    # MLServer do: clients routinely send "input-0" or "predict".
+    if len(specs) == 1 and len(tensors) == 1:
+        return [(tensors[0], specs[0])]
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise InvalidInput(f"unknown input(s) {unknown}; model inputs are: "
+                           f"{', '.join(declared)}")
+    missing = [n for n in declared if n not in names]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing}")
+    return [(t, declared[t.name]) for t in tensors]
+
+
+def _convert(tensor: Tensor, spec: TensorSpec) -> np.ndarray:
+    array = tensor.data
+    if tensor.datatype == spec.datatype:
+        return array
+    if not can_convert(tensor.datatype, spec.datatype):
+        raise InvalidInput(f"input '{tensor.name}' has datatype {tensor.datatype}, which cannot be "
+                           f"converted to the model's {spec.datatype}")
+    target = DATATYPE_TO_DTYPE[spec.datatype]
+    if target.kind in "iu" and array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"input '{tensor.name}' holds values outside the range of "
+                               f"{spec.datatype}")
+    return array.astype(target, copy=False)
+
+
+def _check_shape(name: str, array: np.ndarray, spec: TensorSpec) -> None:
+    expected = spec.shape
+    if not expected:
+        return
+    shape = array.shape
+    mismatch = len(shape) != len(expected) or any(
+        want not in (-1, got) for want, got in zip(expected, shape, strict=False))
+    if not mismatch:
+        return
+    if len(expected) == 2 and len(shape) == 2 and expected[1] != -1:
+        raise InvalidInput(f"input '{name}' has {shape[1]} features but the model expects "
+                           f"{expected[1]} (shape {list(expected)}, got {list(shape)})")
+    raise InvalidInput(f"input '{name}' has shape {list(shape)} but the model expects "
+                       f"{list(expected)} (-1 is any size)")
