@@ -112,7 +112,7 @@ class DataPlane:
     def count_rejected(self, *, model: str, version: str | None, protocol: str,
                        error: TurnoutError) -> None:
         """Count a request the edge rejected before it became an InferenceRequest."""
-        known = error.kind is not ErrorKind.NOT_FOUND
+        known = error.kind is not ErrorKind.NOT_FOUND and model in self.repository.names()
         self.metrics.requests.labels(model if known else "", (version or "") if known else "",
                                      protocol, error.kind.value).inc()
 

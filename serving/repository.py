@@ -154,6 +154,9 @@ class ModelRepository:
             raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: "
                                 f"{', '.join(sorted(versions, key=int))}") from None
 
+    def names(self) -> list[str]:
+        return list(self._models)
+
     def versions(self, name: str) -> list[str]:
         return sorted(self._models.get(name, {}), key=int)
 

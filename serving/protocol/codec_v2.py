@@ -146,6 +146,8 @@ def _json_to_array(data: Any, datatype: str, dtype: np.dtype, shape: tuple[int, 
         decoded = np.asarray(data)
     except (ValueError, OverflowError):
         raise InvalidInput(f"input '{name}': data is ragged or not numeric") from None
+    if decoded.dtype.kind in "fO" and dtype.kind in "iu":
+        decoded = _exact_integers(data, decoded)  # e.g. UINT64 values above INT64's range
     if decoded.size and decoded.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
         raise InvalidInput(f"input '{name}': {datatype} data must be "
                            f"{'booleans' if dtype.kind == 'b' else 'numbers'}, got "
@@ -155,6 +157,15 @@ def _json_to_array(data: Any, datatype: str, dtype: np.dtype, shape: tuple[int, 
         return decoded.astype(dtype, copy=False).reshape(shape)
     except OverflowError:
         raise InvalidInput(f"input '{name}': values out of range for {datatype}") from None
+
+
+def _exact_integers(data: list[Any], decoded: np.ndarray) -> np.ndarray:
+    """Integers numpy could not hold in int64 arrive as float or object; keep them exact."""
+    flat = np.asarray(data, dtype=object).reshape(-1)
+    if all(type(v) is int for v in flat):
+        return np.array(flat.tolist(), dtype=np.uint64).reshape(decoded.shape) if (
+            min(flat) >= 0) else decoded
+    return decoded
 
 
 def _kind_name(dtype: np.dtype) -> str:

@@ -1,0 +1,57 @@
+"""Small real runtimes that tests load by import path (``runtime: turnout_test_runtimes:Echo``).
+
+They exist to exercise what no framework model can: every OIP datatype, a predict that
+raises, a predict that takes a known time. Each computes a real result from its input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving.protocol.types import TensorSpec
+from serving.runtime import Runtime
+
+
+class Echo(Runtime):
+    """Returns its input unchanged as ``y``: the datatype under test round-trips exactly."""
+
+    name = "echo"
+    platform = "test-echo"
+    execution = "inline"
+
+    def load(self) -> None:
+        spec = self.settings.inputs[0]
+        self.declared([], [TensorSpec("y", spec.datatype, tuple(spec.shape))])
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        return {"y": next(iter(inputs.values()))}
+
+
+class Failing(Runtime):
+    """Raises inside predict, as a buggy model would."""
+
+    name = "failing"
+    platform = "test-failing"
+
+    def load(self) -> None:
+        self.declared([], [TensorSpec("y", "FP32", (-1, 2))])
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        raise RuntimeError("division by zero in layer 3")
+
+
+class Slow(Runtime):
+    """Doubles its input after ``parameters.delay`` seconds, to hold requests in flight."""
+
+    name = "slow"
+    platform = "test-slow"
+
+    def load(self) -> None:
+        self.declared([], [TensorSpec("y", "FP32", (-1, 2))])
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        time.sleep(float(self.settings.parameters.get("delay", 0.5)))
+        return {"y": next(iter(inputs.values())) * 2}
