@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -158,4 +159,12 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         route("/v2/repository/models/{model}/unload", unload, "POST"),
         route("/metrics", metrics, "GET"),
     ]
-    return RequestIdMiddleware(Starlette(routes=routes))
+    return RequestIdMiddleware(Starlette(routes=routes, exception_handlers={
+        HTTPException: _http_exception}))
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods answer in the protocol's error shape too."""
+    assert isinstance(exc, HTTPException)
+    return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                         exc.status_code)
