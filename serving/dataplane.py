@@ -92,11 +92,12 @@ class DataPlane:
         started = time.perf_counter()
         model, version = request.model_name, request.model_version or ""
         status = "success"
-        in_flight = self.metrics.in_flight.labels(model, protocol)
-        in_flight.inc()
+        in_flight = None
         try:
             mv = self.repository.get(model, request.model_version)
             version = mv.version
+            in_flight = self.metrics.in_flight.labels(model, protocol)
+            in_flight.inc()
             return await self._infer_ready(mv, request)
         except TurnoutError as err:
             status = err.kind.value
@@ -104,7 +105,8 @@ class DataPlane:
                 model, version = "", ""  # bound label cardinality: clients choose these names
             raise
         finally:
-            in_flight.dec()
+            if in_flight is not None:
+                in_flight.dec()
             self.metrics.requests.labels(model, version, protocol, status).inc()
             self.metrics.request_latency.labels(model, version, protocol).observe(
                 time.perf_counter() - started)

@@ -207,6 +207,18 @@ def save_graph(path: Path, nodes: list[Any], inputs: list[Any], outputs: list[An
 
 
 @pytest.fixture(scope="session")
+def graph_saver() -> Callable[..., Path]:
+    """:func:`save_graph` for test modules, which cannot import this conftest reliably."""
+    return save_graph
+
+
+@pytest.fixture(scope="session")
+def skl2onnx_converter() -> Callable[..., bytes]:
+    """:func:`logreg_to_onnx` for test modules."""
+    return logreg_to_onnx
+
+
+@pytest.fixture(scope="session")
 def onnx_matmul(models_dir: Path) -> ModelCase:
     from onnx import TensorProto, helper, numpy_helper
 
