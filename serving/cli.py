@@ -53,9 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="turnout", description="Turnout model serving")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    from router.cli import add_router_parser, run_router
+
+    add_router_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "router":
+        return run_router(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
