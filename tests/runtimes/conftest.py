@@ -94,8 +94,8 @@ def sklearn_logreg(models_dir: Path, iris: tuple[np.ndarray, np.ndarray]) -> Mod
     path = _folder(models_dir, "sklearn_logreg") / "model.joblib"
     joblib.dump(model, path)
     return ModelCase(SklearnRuntime, path, 4, ("predict", "predict_proba"),
-                     lambda x: {"predict": model.predict(x), "predict_proba": model.predict_proba(x)},
-                     model)
+                     lambda x: {"predict": model.predict(x),
+                                "predict_proba": model.predict_proba(x)}, model)
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +143,8 @@ def xgb_classifier(models_dir: Path, iris: tuple[np.ndarray, np.ndarray]) -> Mod
     path = _folder(models_dir, "xgb_classifier") / "model.ubj"
     model.save_model(path)
     return ModelCase(XGBoostRuntime, path, 4, ("predict", "predict_proba"),
-                     lambda x: {"predict": model.predict(x), "predict_proba": model.predict_proba(x)},
-                     model)
+                     lambda x: {"predict": model.predict(x),
+                                "predict_proba": model.predict_proba(x)}, model)
 
 
 @pytest.fixture(scope="session")

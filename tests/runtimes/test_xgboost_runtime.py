@@ -60,7 +60,8 @@ def test_softmax_classifier_matches_the_wrapper(iris: Iris, tmp_path: Path) -> N
 
 def test_logitraw_probabilities_are_the_sigmoid_of_the_margin(iris: Iris, tmp_path: Path) -> None:
     params = {"objective": "binary:logitraw", "max_depth": 2, "seed": 0, "nthread": 1}
-    booster = xgb.train(params, xgb.DMatrix(iris[0], label=(iris[1] == 2).astype(int)), num_boost_round=4)
+    labels = (iris[1] == 2).astype(int)
+    booster = xgb.train(params, xgb.DMatrix(iris[0], label=labels), num_boost_round=4)
     runtime = save_and_load(booster, tmp_path / "model.ubj")
     rows = iris[0][::7].astype(np.float32)
     margin = booster.predict(xgb.DMatrix(rows))
