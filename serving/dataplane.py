@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .batching import AdaptiveBatcher
 from .metrics import Metrics
 from .protocol.datatypes import datatype_of
 from .protocol.errors import ErrorKind, ModelFailed, ModelNotReady, TurnoutError
@@ -118,6 +119,37 @@ class DataPlane:
         self.metrics.requests.labels(model if known else "", (version or "") if known else "",
                                      protocol, error.kind.value).inc()
 
+    async def _predict(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
+                       names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run predict where the runtime says it is cheapest: inline or in the thread pool."""
+        runtime = mv.runtime
+        assert runtime is not None
+        started = time.perf_counter()
+        if runtime.execution == "inline":
+            result = runtime.predict(inputs, names)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, runtime.predict, inputs, names)
+        self.metrics.inference_latency.labels(mv.name, mv.version).observe(
+            time.perf_counter() - started)
+        return result
+
+    def _batcher(self, mv: ModelVersion) -> AdaptiveBatcher:
+        if mv.batcher is None:
+            assert mv.runtime is not None and mv.runtime.settings.batching is not None
+            batch_size = self.metrics.batch_size.labels(mv.name, mv.version)
+            queue_time = self.metrics.batch_queue_time.labels(mv.name, mv.version)
+
+            def observe(rows: int, waits: list[float]) -> None:
+                batch_size.observe(rows)
+                for waited in waits:
+                    queue_time.observe(waited)
+
+            mv.batcher = AdaptiveBatcher(
+                predict=lambda inputs, names: self._predict(mv, inputs, names),
+                settings=mv.runtime.settings.batching, observe=observe)
+        return mv.batcher
+
     async def _infer_ready(self, mv: ModelVersion, request: InferenceRequest) -> InferenceResponse:
         runtime = mv.runtime
         if mv.state != "READY" or runtime is None:
@@ -127,21 +159,17 @@ class DataPlane:
         inputs = prepare_inputs(request, runtime)
         names = select_outputs(request, runtime)
         batch = next(iter(inputs.values())).shape[0]
-        computed = time.perf_counter()
         try:
-            if runtime.execution == "inline":
-                result = runtime.predict(inputs, names)
+            if runtime.settings.batching is not None:
+                result = await self._batcher(mv).submit(inputs, names)
             else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._executor, runtime.predict, inputs, names)
+                result = await self._predict(mv, inputs, names)
         except TurnoutError:
             raise
         except Exception as exc:
             log.exception("model %s version %s failed during predict", mv.name, mv.version)
             raise ModelFailed(f"model '{mv.name}' failed during predict: "
                               f"{type(exc).__name__}: {exc}") from None
-        self.metrics.inference_latency.labels(mv.name, mv.version).observe(
-            time.perf_counter() - computed)
         return InferenceResponse(
             model_name=mv.name,
             model_version=mv.version,

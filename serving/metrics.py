@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # Serving latencies live between tens of microseconds and seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -42,3 +43,9 @@ class Metrics:
         self.models_loaded = Gauge(
             "turnout_models_loaded", "Model versions currently loaded (ready)",
             registry=registry, multiprocess_mode="livemax")
+        self.batch_size = Histogram(
+            "turnout_batch_size_rows", "Rows in each merged predict call of the adaptive batcher",
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=registry)
+        self.batch_queue_time = Histogram(
+            "turnout_batch_queue_seconds", "Time a request waited in the batching queue",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry)

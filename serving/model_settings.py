@@ -33,6 +33,20 @@ class TensorSpecSettings(BaseModel):
         return TensorSpec(self.name, self.datatype, tuple(self.shape))
 
 
+class BatchingSettings(BaseModel):
+    """Adaptive batching for one model: requests are merged by rows, not by count."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(32, ge=1, description="Most rows in one merged predict call")
+    max_latency_ms: float = Field(2.0, ge=0, description="Longest a batch waits to fill, from "
+                                  "its first request")
+    max_queue_size: int = Field(1024, ge=1, description="Requests waiting beyond this are "
+                                "refused with 429 instead of queueing without bound")
+    queue_timeout_ms: float | None = Field(1000.0, gt=0, description="A request still queued "
+                                           "after this long is refused with 429")
+
+
 class ModelSettings(BaseModel):
     """Everything needed to load one version of one model.
 
@@ -49,6 +63,7 @@ class ModelSettings(BaseModel):
     inputs: list[TensorSpecSettings] = Field(default_factory=list)
     outputs: list[TensorSpecSettings] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    batching: BatchingSettings | None = None
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:

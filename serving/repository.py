@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .batching import AdaptiveBatcher
 from .metrics import Metrics
 from .model_settings import SETTINGS_FILE, build_settings, read_settings_file
 from .protocol.errors import InvalidInput, ModelLoadError, ModelNotFound
@@ -38,6 +39,7 @@ class ModelVersion:
     reason: str = ""
     runtime: Runtime | None = None
     platform: str = ""
+    batcher: AdaptiveBatcher | None = None  # created on first request, on the serving loop
 
 
 @dataclass(slots=True, frozen=True)

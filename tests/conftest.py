@@ -111,6 +111,11 @@ def model_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     (root / "mlp").mkdir()
     onnx.save(onnx_model, root / "mlp" / "model.onnx")
 
+    (root / "mlp_batched").mkdir()
+    onnx.save(onnx_model, root / "mlp_batched" / "model.onnx")
+    (root / "mlp_batched" / "model-settings.yaml").write_text(yaml.safe_dump(
+        {"batching": {"max_batch_size": 32, "max_latency_ms": 20}}))
+
     echo_types = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
                   "INT64", "FP16", "FP32", "FP64", "BYTES"]
     for datatype in echo_types:
