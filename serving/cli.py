@@ -23,6 +23,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--max-payload-bytes", type=int,
                    help="largest request, REST and gRPC (default 64 MiB)")
     p.add_argument("--inference-threads", type=int, help="threads for blocking predict calls")
+    p.add_argument("--workers", type=int, help="server processes sharing the ports")
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
@@ -30,7 +31,6 @@ def _serve_parser(sub: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
-    from .server import run
     from .settings import ServerSettings
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "path")}
@@ -45,6 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"turnout serve: {settings.model_path} does not exist", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from .server import run
+
     run(settings)
     return 0
 

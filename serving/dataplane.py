@@ -18,7 +18,7 @@ import numpy as np
 from .batching import AdaptiveBatcher
 from .metrics import Metrics
 from .protocol.datatypes import datatype_of
-from .protocol.errors import ErrorKind, ModelFailed, ModelNotReady, TurnoutError
+from .protocol.errors import ErrorKind, InvalidInput, ModelFailed, ModelNotReady, TurnoutError
 from .protocol.types import (
     InferenceRequest,
     InferenceResponse,
@@ -39,13 +39,16 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics"]
 class DataPlane:
     def __init__(self, *, repository: ModelRepository, metrics: Metrics,
                  executor: ThreadPoolExecutor, server_name: str = "turnout",
-                 server_version: str = "0.1.0") -> None:
+                 server_version: str = "0.1.0", repository_mutable: bool = True) -> None:
         self.repository = repository
         self.metrics = metrics
         self._executor = executor
         self._server = ServerMetadata(server_name, server_version, list(EXTENSIONS))
         self.started = False
         self.draining = False
+        # Worker processes each hold their own copy of the table; changing one would make
+        # workers disagree, so the repository extension is read-only there.
+        self._repository_mutable = repository_mutable
 
     # -- health and metadata -------------------------------------------------------------
     def live(self) -> bool:
@@ -83,10 +86,17 @@ class DataPlane:
         return self.repository.index()
 
     async def load_model(self, name: str) -> None:
+        self._check_mutable()
         await self.repository.load(name)
 
     async def unload_model(self, name: str) -> None:
+        self._check_mutable()
         await self.repository.unload(name)
+
+    def _check_mutable(self) -> None:
+        if not self._repository_mutable:
+            raise InvalidInput("model load/unload is not available with --workers > 1: each "
+                               "worker holds its own models; restart the server to change them")
 
     # -- inference -------------------------------------------------------------------------
     async def infer(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:

@@ -1,9 +1,10 @@
-"""Composition root of one model-server process, and its lifecycle.
+"""Composition root of a model-server process, and its lifecycle.
 
 Startup: listen on REST and gRPC at once (liveness answers while models load), load the
-repository, then report ready. Shutdown on SIGTERM/SIGINT: report not ready (REST, gRPC and
-the gRPC health service), stop accepting, let in-flight requests finish within
-``drain_seconds``, stop the predict pool, exit 0. A second signal forces the exit.
+repository (unless a supervisor already did, before forking), then report ready. Shutdown on
+SIGTERM/SIGINT: report not ready (REST, gRPC and the gRPC health service), stop accepting, let
+in-flight requests finish within ``drain_seconds``, stop the predict pool, exit 0. A second
+signal forces the exit.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,7 +37,8 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
-def _registry() -> CollectorRegistry:
+def process_registry() -> CollectorRegistry:
+    """Registry for a single-process server: our metrics plus process/GC/platform collectors."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
@@ -43,21 +46,32 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-async def serve(settings: ServerSettings) -> None:
-    """Run one server until a signal arrives, then drain and return."""
-    registry = _registry()
-    metrics = Metrics(registry)
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that sibling worker processes can bind too; the kernel spreads
+    connections between them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(settings: ServerSettings, *, repository: ModelRepository, metrics: Metrics,
+                exposition: CollectorRegistry, preloaded: bool = False,
+                reuse_port: bool = False) -> None:
+    """Run one server process until a signal arrives, then drain and return."""
     executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="predict")
-    repository = ModelRepository(path=settings.model_path, name=settings.model_name,
-                                 metrics=metrics)
     dataplane = DataPlane(repository=repository, metrics=metrics, executor=executor,
-                          server_name=settings.server_name)
-    app = build_rest_app(dataplane, registry=registry,
+                          server_name=settings.server_name, repository_mutable=not reuse_port)
+    app = build_rest_app(dataplane, registry=exposition,
                          max_payload_bytes=settings.max_payload_bytes)
     http = _UvicornServer(uvicorn.Config(
         app, host=settings.host, port=settings.http_port, loop="none", http="httptools",
         lifespan="off", log_config=None, access_log=False,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None))
+    sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None
 
     grpc_server = None
     set_serving = None
@@ -81,10 +95,11 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    http_task = asyncio.create_task(http.serve())
+    http_task = asyncio.create_task(http.serve(sockets=sockets))
     log.info("serving REST on %s:%d, gRPC on %s", settings.host, settings.http_port,
              f"{settings.host}:{settings.grpc_port}" if settings.grpc_port else "off")
-    await repository.load_all()
+    if not preloaded:
+        await repository.load_all()
     dataplane.started = True
     log.info("ready")
 
@@ -98,18 +113,31 @@ async def serve(settings: ServerSettings) -> None:
     if set_serving is not None:
         set_serving(False)
     http.should_exit = True
-    waits = [http_task]
+    waits: list[asyncio.Future[object]] = [http_task]
     if grpc_server is not None:
-        waits.append(asyncio.create_task(grpc_server.stop(grace=settings.drain_seconds)))
+        waits.append(asyncio.ensure_future(grpc_server.stop(grace=settings.drain_seconds)))
     await asyncio.gather(*waits, return_exceptions=True)
     executor.shutdown(wait=True, cancel_futures=False)
     log.info("stopped")
 
 
-def run(settings: ServerSettings) -> None:
+def run_loop(main: object) -> None:
     try:
         import uvloop
     except ImportError:  # uvloop is Linux/macOS only; asyncio's loop works everywhere
-        asyncio.run(serve(settings))
+        asyncio.run(main)  # type: ignore[arg-type]
     else:
-        uvloop.run(serve(settings))
+        uvloop.run(main)  # type: ignore[arg-type]
+
+
+def run(settings: ServerSettings) -> None:
+    if settings.workers > 1:
+        from .workers import supervise
+
+        supervise(settings)
+        return
+    registry = process_registry()
+    metrics = Metrics(registry)
+    repository = ModelRepository(path=settings.model_path, name=settings.model_name,
+                                 metrics=metrics)
+    run_loop(serve(settings, repository=repository, metrics=metrics, exposition=registry))

@@ -28,6 +28,8 @@ class ServerSettings(BaseSettings):
                                    "bounded so a burst cannot spawn unbounded threads")
     drain_seconds: float = Field(30.0, ge=0, description="Grace period for in-flight requests "
                                  "after SIGTERM before the process exits")
+    workers: int = Field(1, ge=1, description="Server processes sharing the ports (SO_REUSEPORT); "
+                         "models load once before the fork and are shared copy-on-write")
     log_level: str = Field("info", description="Python logging level name")
     log_format: Literal["text", "json"] = Field("text", description="json for log collectors")
     server_name: str = "turnout"

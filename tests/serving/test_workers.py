@@ -1,0 +1,82 @@
+"""--workers N: every worker serves, metrics add up across workers, SIGTERM drains them all."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.parser import text_string_to_metric_families
+
+GOOD = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
+
+
+def _requests_by_pid(folder: Path) -> dict[str, float]:
+    """Successful iris requests recorded in each worker's own metrics file."""
+    counts: dict[str, float] = {}
+    for path in folder.glob("counter_*.db"):
+        pid = path.stem.split("_")[1]
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            if '"turnout_requests_total"' in key and '"success"' in key and '"iris"' in key:
+                counts[pid] = counts.get(pid, 0.0) + value
+    return counts
+
+
+def test_workers_share_ports_and_aggregate_metrics(model_zoo, tmp_path, start_server,
+                                                   monkeypatch):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    root = tmp_path / "repo"
+    for name in ("iris", "xgb", "mlp"):
+        shutil.copytree(model_zoo["root"] / name, root / name)
+    srv = start_server(root, "--workers", "2", "--grpc-port", "0")
+    x = np.random.default_rng(0).normal(size=(4, 4))
+    for _ in range(60):  # a fresh connection each time, so the kernel spreads them
+        r = httpx.post(f"{srv.url}/v2/models/iris/infer",
+                       json={"inputs": [{"name": "x", "shape": [4, 4], "datatype": "FP64",
+                                         "data": x.ravel().tolist()}]})
+        assert r.status_code == 200
+        assert r.json()["outputs"][0]["data"] == model_zoo["iris_v2"].predict(x).tolist()
+    for model, width in (("xgb", 32), ("mlp", 8)):
+        r = httpx.post(f"{srv.url}/v2/models/{model}/infer", json={"inputs": [
+            {"name": "x", "shape": [1, width], "datatype": "FP32", "data": [0.5] * width}]})
+        assert r.status_code == 200, r.text
+    per_worker = _requests_by_pid(metrics_dir)
+    assert len(per_worker) == 2 and all(v > 0 for v in per_worker.values()), per_worker
+    text = httpx.get(f"{srv.url}/metrics").text
+    total = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "turnout_requests_total" and s.labels["model"] == "iris")
+    assert total == 60 == sum(per_worker.values())
+    refused = httpx.post(f"{srv.url}/v2/repository/models/iris/unload")
+    assert refused.status_code == 400
+    assert "--workers" in refused.json()["error"]
+
+
+def test_sigterm_to_the_supervisor_drains_every_worker(model_zoo, tmp_path, start_server):
+    root = tmp_path / "repo"
+    shutil.copytree(model_zoo["root"] / "slow", root / "slow")
+    srv = start_server(root, "--workers", "2", "--grpc-port", "0", "--inference-threads", "8")
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    codes: list[int] = []
+
+    def call() -> None:
+        codes.append(httpx.post(f"{srv.url}/v2/models/slow/infer", json=body,
+                                timeout=30).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(10)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    srv.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert srv.proc.wait(30) == 0
+    assert codes == [200] * 10
+    assert srv.log().count("SIGTERM received: draining") == 2
+    assert "all workers stopped" in srv.log()
