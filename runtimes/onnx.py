@@ -45,7 +45,7 @@ class OnnxRuntime(Runtime):
     name = "onnx"
     platform = "onnxruntime_onnx"
     artifact_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
-    execution = "thread"
+    execution = "auto"  # CPU-bound and fast for small models: timed at load
 
     def __init__(self, settings: ModelSettings) -> None:
         super().__init__(settings)

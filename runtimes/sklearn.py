@@ -30,7 +30,7 @@ class SklearnRuntime(Runtime):
     name = "sklearn"
     platform = "sklearn"
     artifact_suffixes: ClassVar[tuple[str, ...]] = (".joblib", ".pkl")
-    execution = "thread"
+    execution = "auto"  # CPU-bound and fast for small models: timed at load
 
     def __init__(self, settings: ModelSettings) -> None:
         super().__init__(settings)

@@ -32,7 +32,7 @@ class XGBoostRuntime(Runtime):
     name = "xgboost"
     platform = "xgboost"
     artifact_suffixes: ClassVar[tuple[str, ...]] = (".json", ".ubj", ".bst")
-    execution = "thread"
+    execution = "auto"  # CPU-bound and fast for small models: timed at load
 
     def __init__(self, settings: ModelSettings) -> None:
         super().__init__(settings)

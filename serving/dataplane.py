@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .batching import AdaptiveBatcher
-from .metrics import Metrics
+from .metrics import Metrics, RequestMetrics
 from .protocol.datatypes import datatype_of
 from .protocol.errors import ErrorKind, InvalidInput, ModelFailed, ModelNotReady, TurnoutError
 from .protocol.types import (
@@ -101,26 +101,26 @@ class DataPlane:
     # -- inference -------------------------------------------------------------------------
     async def infer(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:
         started = time.perf_counter()
-        model, version = request.model_name, request.model_version or ""
-        status = "success"
-        in_flight = None
         try:
-            mv = self.repository.get(model, request.model_version)
-            version = mv.version
-            in_flight = self.metrics.in_flight.labels(model, protocol)
-            in_flight.inc()
-            return await self._infer_ready(mv, request)
+            mv = self.repository.get(request.model_name, request.model_version)
+        except TurnoutError as err:
+            # unknown names get empty labels: clients must not be able to mint label values
+            record = self.metrics.for_request("", "", protocol)
+            record.count(err.kind.value)
+            record.latency.observe(time.perf_counter() - started)
+            raise
+        record = self.metrics.for_request(mv.name, mv.version, protocol)
+        status = "success"
+        record.in_flight.inc()
+        try:
+            return await self._infer_ready(mv, request, record)
         except TurnoutError as err:
             status = err.kind.value
-            if err.kind is ErrorKind.NOT_FOUND:
-                model, version = "", ""  # bound label cardinality: clients choose these names
             raise
         finally:
-            if in_flight is not None:
-                in_flight.dec()
-            self.metrics.requests.labels(model, version, protocol, status).inc()
-            self.metrics.request_latency.labels(model, version, protocol).observe(
-                time.perf_counter() - started)
+            record.in_flight.dec()
+            record.count(status)
+            record.latency.observe(time.perf_counter() - started)
 
     def count_rejected(self, *, model: str, version: str | None, protocol: str,
                        error: TurnoutError) -> None:
@@ -130,7 +130,7 @@ class DataPlane:
                                      protocol, error.kind.value).inc()
 
     async def _predict(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
-                       names: Sequence[str]) -> dict[str, np.ndarray]:
+                       names: Sequence[str], record: RequestMetrics) -> dict[str, np.ndarray]:
         """Run predict where the runtime says it is cheapest: inline or in the thread pool."""
         runtime = mv.runtime
         assert runtime is not None
@@ -140,11 +140,10 @@ class DataPlane:
         else:
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._executor, runtime.predict, inputs, names)
-        self.metrics.inference_latency.labels(mv.name, mv.version).observe(
-            time.perf_counter() - started)
+        record.inference.observe(time.perf_counter() - started)
         return result
 
-    def _batcher(self, mv: ModelVersion) -> AdaptiveBatcher:
+    def _batcher(self, mv: ModelVersion, record: RequestMetrics) -> AdaptiveBatcher:
         if mv.batcher is None:
             assert mv.runtime is not None and mv.runtime.settings.batching is not None
             batch_size = self.metrics.batch_size.labels(mv.name, mv.version)
@@ -156,11 +155,12 @@ class DataPlane:
                     queue_time.observe(waited)
 
             mv.batcher = AdaptiveBatcher(
-                predict=lambda inputs, names: self._predict(mv, inputs, names),
+                predict=lambda inputs, names: self._predict(mv, inputs, names, record),
                 settings=mv.runtime.settings.batching, observe=observe)
         return mv.batcher
 
-    async def _infer_ready(self, mv: ModelVersion, request: InferenceRequest) -> InferenceResponse:
+    async def _infer_ready(self, mv: ModelVersion, request: InferenceRequest,
+                           record: RequestMetrics) -> InferenceResponse:
         runtime = mv.runtime
         if mv.state != "READY" or runtime is None:
             raise ModelNotReady(f"model '{mv.name}' version {mv.version} is not ready"
@@ -171,9 +171,9 @@ class DataPlane:
         batch = next(iter(inputs.values())).shape[0]
         try:
             if runtime.settings.batching is not None:
-                result = await self._batcher(mv).submit(inputs, names)
+                result = await self._batcher(mv, record).submit(inputs, names)
             else:
-                result = await self._predict(mv, inputs, names)
+                result = await self._predict(mv, inputs, names, record)
         except TurnoutError:
             raise
         except Exception as exc:

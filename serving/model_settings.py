@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -64,6 +64,8 @@ class ModelSettings(BaseModel):
     outputs: list[TensorSpecSettings] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
     batching: BatchingSettings | None = None
+    execution: Literal["auto", "inline", "thread"] | None = Field(
+        None, description="Where predict runs; default: what the runtime declares")
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .batching import AdaptiveBatcher
+from .execution import resolve_execution
 from .metrics import Metrics
 from .model_settings import SETTINGS_FILE, build_settings, read_settings_file
 from .protocol.errors import InvalidInput, ModelLoadError, ModelNotFound
@@ -107,6 +108,7 @@ def _load_version(source: ModelSource, version: str, folder: Path) -> tuple[Runt
         raise
     except Exception as exc:  # frameworks raise anything on a bad file
         raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
+    resolve_execution(runtime)
     return runtime, time.perf_counter() - started
 
 

@@ -21,20 +21,22 @@ from .protocol.errors import ModelLoadError
 from .protocol.types import TensorSpec
 
 ENTRY_POINT_GROUP = "turnout.runtimes"
-Execution = Literal["inline", "thread"]
+Execution = Literal["auto", "inline", "thread"]
 
 
 class Runtime(ABC):
     """Base class of every framework adapter.
 
     ``execution`` says where predict may run: ``inline`` on the event loop (only for
-    microsecond-cheap, non-blocking code) or ``thread`` in the server's bounded pool.
+    microsecond-cheap, non-blocking code), ``thread`` in the server's bounded pool, or
+    ``auto``: the server times a one-row predict after loading and runs it inline when that
+    is cheaper than a thread hop (see serving/execution.py). Model settings may override it.
     """
 
     name: ClassVar[str]
     platform: ClassVar[str]
     artifact_suffixes: ClassVar[tuple[str, ...]] = ()
-    execution: ClassVar[Execution] = "thread"
+    execution: Execution = "thread"
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings

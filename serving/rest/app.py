@@ -1,6 +1,5 @@
-"""Starlette application for the REST edge; every endpoint only translates and delegates.
-
-Endpoints turn bodies into internal requests with the codecs, call the data plane, and turn
+"""The REST edge: inference on the raw-ASGI hot path (``infer.py``), the other routes on
+Starlette. Every endpoint only translates and delegates to the data plane, and turns
 ``TurnoutError`` into ``{"error": ...}`` with the status from the one mapping table.
 """
 
@@ -18,10 +17,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..dataplane import DataPlane
-from ..protocol import codec_v1, codec_v2
 from ..protocol.errors import TurnoutError
 from ..protocol.types import ModelMetadata
-from .body import header_length, read_body
+from .infer import InferenceEndpoints
 from .middleware import RequestIdMiddleware
 
 log = logging.getLogger("turnout.rest")
@@ -67,7 +65,7 @@ def _metadata_doc(meta: ModelMetadata) -> dict[str, object]:
 
 
 def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
-                   max_payload_bytes: int) -> RequestIdMiddleware:
+                   max_payload_bytes: int) -> InferenceEndpoints:
     """The REST ASGI app; ``registry`` is what /metrics exposes (merged across workers)."""
 
     async def live(request: Request) -> Response:
@@ -91,37 +89,9 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         ok = dataplane.model_ready(p["model"], p.get("version"))
         return json_response({"name": p["model"], "ready": ok}, 200 if ok else 503)
 
-    async def infer(request: Request) -> Response:
-        model, version = request.path_params["model"], request.path_params.get("version")
-        try:
-            body = await read_body(request, max_payload_bytes)
-            internal = codec_v2.request_to_internal(
-                body, header_length=header_length(request), model_name=model,
-                model_version=version)
-        except TurnoutError as err:
-            dataplane.count_rejected(model=model, version=version, protocol="rest", error=err)
-            raise
-        response = await dataplane.infer(internal, protocol="rest")
-        payload, json_length = codec_v2.response_from_internal(response, internal)
-        if json_length is None:
-            return Response(payload, media_type=JSON)
-        return Response(payload, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_length)})
-
     async def v1_model(request: Request) -> Response:
         model = request.path_params["model"]
         return json_response({"name": model, "ready": dataplane.model_ready(model)})
-
-    async def v1_predict(request: Request) -> Response:
-        model = request.path_params["model"]
-        try:
-            internal = codec_v1.request_to_internal(
-                await read_body(request, max_payload_bytes), model_name=model)
-        except TurnoutError as err:
-            dataplane.count_rejected(model=model, version=None, protocol="rest-v1", error=err)
-            raise
-        response = await dataplane.infer(internal, protocol="rest-v1")
-        return Response(codec_v1.response_from_internal(response), media_type=JSON)
 
     async def repository_index(request: Request) -> Response:
         return json_response([
@@ -150,17 +120,15 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         route("/v2/models/{model}/versions/{version}", model_metadata, "GET"),
         route("/v2/models/{model}/ready", model_ready, "GET"),
         route("/v2/models/{model}/versions/{version}/ready", model_ready, "GET"),
-        route("/v2/models/{model}/infer", infer, "POST"),
-        route("/v2/models/{model}/versions/{version}/infer", infer, "POST"),
         route("/v1/models/{model}", v1_model, "GET"),
-        route("/v1/models/{model}:predict", v1_predict, "POST"),
         route("/v2/repository/index", repository_index, "POST"),
         route("/v2/repository/models/{model}/load", load, "POST"),
         route("/v2/repository/models/{model}/unload", unload, "POST"),
         route("/metrics", metrics, "GET"),
     ]
-    return RequestIdMiddleware(Starlette(routes=routes, exception_handlers={
+    other = RequestIdMiddleware(Starlette(routes=routes, exception_handlers={
         HTTPException: _http_exception}))
+    return InferenceEndpoints(dataplane, other, max_payload_bytes=max_payload_bytes)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

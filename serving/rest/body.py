@@ -1,19 +1,18 @@
-"""Reading request bodies under the configured payload limit, before any parsing."""
+"""Reading request bodies straight from ASGI ``receive`` under the configured payload limit."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.types import Receive
 
 from ..protocol.errors import InvalidInput, PayloadTooLarge
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(receive: Receive, *, declared: bytes | None, limit: int) -> bytes:
     """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes.
 
     A declared Content-Length over the limit is refused before a byte is read; a chunked body
     is counted as it streams, so an oversized upload never sits in memory whole.
     """
-    declared = request.headers.get("content-length")
     if declared is not None:
         try:
             length = int(declared)
@@ -21,18 +20,27 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise InvalidInput("Content-Length is not a number") from None
         if length > limit:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        return body  # type: ignore[no-any-return]
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("client disconnected while sending the body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
-def header_length(request: Request) -> int | None:
-    value = request.headers.get("inference-header-content-length")
+def parse_header_length(value: bytes | None) -> int | None:
     if value is None:
         return None
     try:

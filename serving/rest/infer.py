@@ -1,0 +1,111 @@
+"""The REST hot path: raw ASGI for the inference routes, everything else falls through.
+
+Starlette's router and middleware stack cost more than decoding and predicting a small
+model, so ``POST /v2/models/{m}[/versions/{v}]/infer`` and ``POST /v1/models/{m}:predict``
+are matched by splitting the path once and answered with two ``send`` calls. Other routes
+(health, metadata, repository, metrics) go to the Starlette app, where clarity matters more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..dataplane import DataPlane
+from ..logs import request_id_var
+from ..protocol import codec_v1, codec_v2
+from ..protocol.errors import TurnoutError
+from .body import parse_header_length, read_body
+
+log = logging.getLogger("turnout.rest")
+
+_JSON = b"application/json"
+_BINARY = b"application/octet-stream"
+# Cheap unique ids for log lines when the client sends none: process id + a counter.
+_ids = itertools.count(1)
+_id_prefix = f"{os.getpid():x}-"
+
+
+def _route(path: str) -> tuple[str, str, str | None] | None:
+    """(protocol, model, version) for an inference path, else None."""
+    parts = path.split("/")
+    n = len(parts)
+    if n == 5 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "infer":
+        return "rest", parts[3], None
+    if n == 7 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions" \
+            and parts[6] == "infer":
+        return "rest", parts[3], parts[5]
+    if n == 4 and parts[1] == "v1" and parts[2] == "models" and parts[3].endswith(":predict"):
+        return "rest-v1", parts[3][: -len(":predict")], None
+    return None
+
+
+class InferenceEndpoints:
+    """ASGI app answering inference routes itself and passing the rest to ``fallback``."""
+
+    def __init__(self, dataplane: DataPlane, fallback: ASGIApp, *, max_payload_bytes: int) -> None:
+        self._dataplane = dataplane
+        self._fallback = fallback
+        self._limit = max_payload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _route(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" \
+            else None
+        if route is None:
+            await self._fallback(scope, receive, send)
+            return
+        declared = header_length = request_id = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value
+            elif key == b"inference-header-content-length":
+                header_length = value
+            elif key == b"x-request-id":
+                request_id = value[:128]
+        token = request_id_var.set(request_id.decode("latin-1") if request_id
+                                   else _id_prefix + str(next(_ids)))
+        try:
+            status, body, headers = await self._answer(route, receive, declared, header_length)
+        finally:
+            request_id_var.reset(token)
+        if request_id is not None:
+            headers.append((b"x-request-id", request_id))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, route: tuple[str, str, str | None], receive: Receive,
+                      declared: bytes | None, header_length: bytes | None
+                      ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        protocol, model, version = route
+        dataplane = self._dataplane
+        try:
+            try:
+                body = await read_body(receive, declared=declared, limit=self._limit)
+                if protocol == "rest":
+                    request = codec_v2.request_to_internal(
+                        body, header_length=parse_header_length(header_length),
+                        model_name=model, model_version=version)
+                else:
+                    request = codec_v1.request_to_internal(body, model_name=model)
+            except TurnoutError as err:
+                dataplane.count_rejected(model=model, version=version, protocol=protocol,
+                                         error=err)
+                raise
+            response = await dataplane.infer(request, protocol=protocol)
+            if protocol == "rest-v1":
+                return 200, codec_v1.response_from_internal(response), [(b"content-type", _JSON)]
+            payload, json_length = codec_v2.response_from_internal(response, request)
+            if json_length is None:
+                return 200, payload, [(b"content-type", _JSON)]
+            return 200, payload, [(b"content-type", _BINARY),
+                                  (b"inference-header-content-length", str(json_length).encode())]
+        except TurnoutError as err:
+            return err.http_status, orjson.dumps({"error": str(err)}), [(b"content-type", _JSON)]
+        except Exception:
+            log.exception("unhandled error on inference for model %s", model)
+            return 500, b'{"error":"internal server error"}', [(b"content-type", _JSON)]
