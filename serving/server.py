@@ -69,7 +69,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
                          max_payload_bytes=settings.max_payload_bytes)
     http = _UvicornServer(uvicorn.Config(
         app, host=settings.host, port=settings.http_port, loop="none", http="httptools",
-        lifespan="off", log_config=None, access_log=False,
+        lifespan="off", log_config=None, access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None))
     sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None
 

@@ -7,6 +7,7 @@ decoded with ``np.frombuffer`` (no copy); responses serialise numpy arrays strai
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -134,7 +135,7 @@ def _json_to_array(data: Any, datatype: str, dtype: np.dtype, shape: tuple[int, 
                    name: str) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)
     if datatype == "BYTES":
         try:
             flat = np.asarray(data, dtype=object).reshape(-1)

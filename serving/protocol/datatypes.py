@@ -6,6 +6,8 @@ maps to one fixed-size numpy dtype, so tensors can be decoded with ``np.frombuff
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import InvalidInput
@@ -106,7 +108,7 @@ def deserialize_bytes_tensor(raw: bytes | memoryview, shape: tuple[int, ...]) ->
             raise InvalidInput("BYTES tensor is truncated: element longer than the buffer")
         items.append(bytes(view[offset : offset + length]))
         offset += length
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)
     if len(items) != expected:
         raise InvalidInput(f"BYTES tensor holds {len(items)} elements but shape {list(shape)} "
                            f"needs {expected}")
@@ -121,7 +123,7 @@ def raw_to_array(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...],
     if datatype == "BYTES":
         return deserialize_bytes_tensor(raw, shape)
     dtype = dtype_for(datatype)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
             f"input '{name}': {len(raw)} bytes of raw data do not match shape {list(shape)} "
