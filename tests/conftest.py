@@ -139,7 +139,7 @@ def model_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def server(model_zoo: dict[str, object], tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[ServerProcess]:
     """One server over the whole zoo, shared by a test module (its tests only read state)."""
-    proc = ServerProcess(model_zoo["root"], "--max-payload-bytes", str(1 << 20), "--grpc-port", "0")  # type: ignore[arg-type]
+    proc = ServerProcess(model_zoo["root"], "--max-payload-bytes", str(1 << 20))  # type: ignore[arg-type]
     try:
         yield proc.wait_ready()
     finally:

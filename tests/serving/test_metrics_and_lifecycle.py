@@ -26,6 +26,15 @@ def _value(samples, name, **labels) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def _wait_in_flight(url: str, model: str, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _value(_samples(url), "turnout_requests_in_flight", model=model, protocol="rest") == count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} requests never were in flight together")
+
+
 def test_request_metrics_move_with_labels(server):
     before = _samples(server.url)
     for _ in range(3):
@@ -119,7 +128,7 @@ def test_sigterm_drains_in_flight_requests(model_zoo, tmp_path, start_server):
     threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
     for t in threads:
         t.start()
-    time.sleep(0.4)  # the requests are inside predict (1 s each)
+    _wait_in_flight(srv.url, "slow", 12)  # every request is inside predict (1 s each)
     srv.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(30)

@@ -58,6 +58,12 @@ def test_workers_share_ports_and_aggregate_metrics(model_zoo, tmp_path, start_se
     assert "--workers" in refused.json()["error"]
 
 
+def _in_flight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "turnout_requests_in_flight")
+
+
 def test_sigterm_to_the_supervisor_drains_every_worker(model_zoo, tmp_path, start_server):
     root = tmp_path / "repo"
     shutil.copytree(model_zoo["root"] / "slow", root / "slow")
@@ -72,7 +78,10 @@ def test_sigterm_to_the_supervisor_drains_every_worker(model_zoo, tmp_path, star
     threads = [threading.Thread(target=call) for _ in range(10)]
     for t in threads:
         t.start()
-    time.sleep(0.4)
+    deadline = time.monotonic() + 10
+    while _in_flight(srv.url) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)  # until every request is inside predict, in one worker or the other
+    assert _in_flight(srv.url) == 10
     srv.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(30)

@@ -1,0 +1,241 @@
+"""Translation between the gRPC Open Inference Protocol messages and Turnout's internal types.
+
+Only this module knows the protobuf layout of tensors (raw contents versus typed contents);
+the servicer and data plane see numpy arrays. Every client mistake becomes ``InvalidInput``
+with a message naming the tensor, so the servicer can answer INVALID_ARGUMENT verbatim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import proto
+from .datatypes import array_to_raw, dtype_for, raw_to_array
+from .errors import InvalidInput
+from .types import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    Parameters,
+    RepositoryEntry,
+    RequestedOutput,
+    ServerMetadata,
+    Tensor,
+    TensorSpec,
+)
+
+# The message classes are built at runtime from a descriptor pool, so they have no static
+# types; this alias marks where one is expected.
+Pb = Any
+
+# The typed contents field for each datatype (FP16 has none and travels only raw).
+TYPED_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+# The numpy dtype each numeric contents field carries on the wire.
+_FIELD_DTYPE: dict[str, np.dtype] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+# No tensor this large can exist; refusing it early keeps numpy's int64 arithmetic exact.
+_MAX_ELEMENTS = 1 << 62
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+
+
+# -- parameters ----------------------------------------------------------------------------
+def parameters_to_dict(params: Mapping[str, Pb], *, where: str) -> Parameters:
+    """An InferParameter map as a plain dict; a parameter with no value set is a client error."""
+    out: Parameters = {}
+    for key, value in params.items():
+        kind = value.WhichOneof("parameter_choice")
+        if kind is None:
+            raise InvalidInput(f"{where} parameter '{key}' has no value set")
+        out[key] = getattr(value, kind)
+    return out
+
+
+def fill_parameters(target: Pb, params: Parameters) -> None:
+    """Write a plain dict into an InferParameter map, picking the field from the value's type."""
+    for key, value in params.items():
+        param = target[key]
+        if isinstance(value, bool | np.bool_):
+            param.bool_param = bool(value)
+        elif isinstance(value, int | np.integer) and _INT64_MIN <= int(value) <= _INT64_MAX:
+            param.int64_param = int(value)
+        elif isinstance(value, int | np.integer) and 0 <= int(value) <= _UINT64_MAX:
+            param.uint64_param = int(value)
+        elif isinstance(value, float | np.floating):
+            param.double_param = float(value)
+        elif isinstance(value, bytes):
+            param.string_param = value.decode("utf-8", errors="replace")
+        else:  # strings, and anything else in its readable form rather than an error
+            param.string_param = str(value)
+
+
+# -- requests --------------------------------------------------------------------------------
+def request_to_internal(request: Pb) -> InferenceRequest:
+    """Decode a ModelInferRequest; raw buffers become numpy views without a copy."""
+    raw = request.raw_input_contents
+    if raw:
+        typed = [t.name for t in request.inputs if t.contents.ListFields()]
+        if typed:
+            raise InvalidInput(f"input(s) {typed} carry typed contents while the request also "
+                               "uses raw_input_contents; send every input one way")
+        if len(raw) != len(request.inputs):
+            raise InvalidInput(f"request has {len(request.inputs)} inputs but "
+                               f"{len(raw)} raw_input_contents; raw contents need one entry "
+                               "per input, in the same order")
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        dtype_for(tensor.datatype)  # unknown datatypes fail before anything else
+        shape = _shape_of(tensor)
+        data = (raw_to_array(raw[index], tensor.datatype, shape, name=tensor.name) if raw
+                else _typed_to_array(tensor, shape))
+        inputs.append(Tensor(tensor.name, tensor.datatype, data,
+                             parameters_to_dict(tensor.parameters,
+                                                where=f"input '{tensor.name}'")))
+    outputs = [RequestedOutput(o.name, parameters_to_dict(o.parameters,
+                                                          where=f"output '{o.name}'"))
+               for o in request.outputs]
+    return InferenceRequest(
+        inputs=inputs,
+        model_name=request.model_name,
+        model_version=request.model_version or None,
+        id=request.id or None,
+        parameters=parameters_to_dict(request.parameters, where="request"),
+        outputs=outputs or None,
+    )
+
+
+def _shape_of(tensor: Pb) -> tuple[int, ...]:
+    shape = tuple(tensor.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input '{tensor.name}' has a negative dimension in shape "
+                           f"{list(shape)}")
+    if math.prod(shape) >= _MAX_ELEMENTS:
+        raise InvalidInput(f"input '{tensor.name}' has an impossibly large shape {list(shape)}")
+    return shape
+
+
+def _typed_to_array(tensor: Pb, shape: tuple[int, ...]) -> np.ndarray:
+    name, datatype = tensor.name, tensor.datatype
+    field = TYPED_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}': {datatype} has no typed contents field; "
+                           "send it in raw_input_contents")
+    wrong = [f.name for f, _ in tensor.contents.ListFields() if f.name != field]
+    if wrong:
+        raise InvalidInput(f"input '{name}' is {datatype} but carries {', '.join(wrong)}; "
+                           f"{datatype} data goes in {field}")
+    values = getattr(tensor.contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInput(f"input '{name}': {len(values)} values in {field} do not match "
+                           f"shape {list(shape)} ({count} expected)")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    wide = np.array(values, dtype=_FIELD_DTYPE[field])
+    target = dtype_for(datatype)
+    if wide.dtype != target:  # INT8/16 and UINT8/16 share a 32-bit field
+        info = np.iinfo(target)
+        if count and (wide.min() < info.min or wide.max() > info.max):
+            raise InvalidInput(f"input '{name}' holds values outside the range of {datatype}")
+        wide = wide.astype(target)
+    return wide.reshape(shape)
+
+
+# -- responses -------------------------------------------------------------------------------
+def response_from_internal(response: InferenceResponse, *, raw: bool) -> Pb:
+    """Encode an InferenceResponse, raw when the client sent raw (or an output is FP16).
+
+    The protocol allows raw contents only for every output at once, so one FP16 output makes
+    the whole response raw.
+    """
+    raw = raw or any(t.datatype == "FP16" for t in response.outputs)
+    message = proto.ModelInferResponse(model_name=response.model_name,
+                                       model_version=response.model_version or "",
+                                       id=response.id or "")
+    fill_parameters(message.parameters, response.parameters)
+    for tensor in response.outputs:
+        out = message.outputs.add(name=tensor.name, datatype=tensor.datatype,
+                                  shape=tensor.shape)
+        fill_parameters(out.parameters, tensor.parameters)
+        if raw:
+            message.raw_output_contents.append(array_to_raw(tensor.data))
+        else:
+            _fill_typed(out.contents, tensor)
+    return message
+
+
+def _fill_typed(contents: Pb, tensor: Tensor) -> None:
+    flat = tensor.data.reshape(-1)
+    if tensor.datatype == "BYTES":
+        values: list[Any] = [v if isinstance(v, bytes) else str(v).encode() for v in flat]
+    else:
+        values = flat.tolist()
+    getattr(contents, TYPED_FIELD[tensor.datatype]).extend(values)
+
+
+# -- metadata and repository ----------------------------------------------------------------
+def server_metadata_to_proto(meta: ServerMetadata) -> Pb:
+    return proto.ServerMetadataResponse(name=meta.name, version=meta.version,
+                                        extensions=meta.extensions)
+
+
+def model_metadata_to_proto(meta: ModelMetadata) -> Pb:
+    return proto.ModelMetadataResponse(
+        name=meta.name, versions=meta.versions, platform=meta.platform,
+        inputs=[_tensor_metadata(spec) for spec in meta.inputs],
+        outputs=[_tensor_metadata(spec) for spec in meta.outputs])
+
+
+def _tensor_metadata(spec: TensorSpec) -> Pb:
+    return proto.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype,
+                                                      shape=list(spec.shape))
+
+
+def repository_index_to_proto(entries: Iterable[RepositoryEntry], *, ready_only: bool) -> Pb:
+    index = proto.RepositoryIndexResponse.ModelIndex
+    return proto.RepositoryIndexResponse(models=[
+        index(name=e.name, version=e.version, state=e.state, reason=e.reason)
+        for e in entries if not ready_only or e.state == "READY"])
+
+
+def repository_model_name(request: Pb, *, ignored: frozenset[str] = frozenset()) -> str:
+    """The model named by a load or unload request from either client (see the .proto).
+
+    Triton sends the name in field 2 (``model_name``), KServe in field 1, which Turnout's
+    message calls ``repository_name``. Parameters in ``ignored`` have no meaning for Turnout
+    (tritonclient always sends ``unload_dependents``); any other, such as Triton's ``config``
+    override, would change what is loaded and is refused rather than silently dropped.
+    """
+    unsupported = sorted(set(request.parameters) - ignored)
+    if unsupported:
+        raise InvalidInput(f"repository parameters {unsupported} are not supported: Turnout "
+                           "loads models as they are on disk")
+    name = request.model_name or request.repository_name
+    if not name:
+        raise InvalidInput("the request names no model")
+    return str(name)
