@@ -141,3 +141,22 @@ def test_sigterm_drains_in_flight_requests(model_zoo, tmp_path, start_server):
     assert "SIGTERM received: draining" in srv.log()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{srv.url}/v2/health/live")
+
+
+def test_json_logs_carry_the_request_id(model_zoo, tmp_path, start_server):
+    import orjson
+
+    root = tmp_path / "repo"
+    shutil.copytree(model_zoo["root"] / "failing", root / "failing")
+    srv = start_server(root, "--grpc-port", "0", "--log-format", "json")
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    r = httpx.post(f"{srv.url}/v2/models/failing/infer", json=body,
+                   headers={"x-request-id": "trace-99"})
+    assert r.status_code == 500
+    time.sleep(0.2)
+    lines = [orjson.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+    failure = [doc for doc in lines if doc["request_id"] == "trace-99"]
+    assert failure and failure[0]["level"] == "ERROR"
+    assert "failed during predict" in failure[0]["message"]
+    assert "RuntimeError: division by zero" in failure[0]["exception"]
+    assert any(doc["message"] == "ready" for doc in lines)
