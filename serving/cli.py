@@ -20,6 +20,8 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="REST port (default 8080)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 disables)")
+    p.add_argument("--grpc-engine", choices=["threaded", "aio"],
+                   help="gRPC server engine (default threaded)")
     p.add_argument("--max-payload-bytes", type=int,
                    help="largest request, REST and gRPC (default 64 MiB)")
     p.add_argument("--inference-threads", type=int, help="threads for blocking predict calls")
@@ -58,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     from router.cli import add_router_parser, run_router
 
     add_router_parser(sub)
+    from .control.cli import add_parsers, dispatch
+
+    add_parsers(sub)
     args = parser.parse_args(argv)
+    if (code := dispatch(args)) is not None:
+        return code
     if args.command == "serve":
         return _serve(args)
     if args.command == "router":

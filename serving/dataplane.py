@@ -101,19 +101,54 @@ class DataPlane:
     # -- inference -------------------------------------------------------------------------
     async def infer(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:
         started = time.perf_counter()
-        try:
-            mv = self.repository.get(request.model_name, request.model_version)
-        except TurnoutError as err:
-            # unknown names get empty labels: clients must not be able to mint label values
-            record = self.metrics.for_request("", "", protocol)
-            record.count(err.kind.value)
-            record.latency.observe(time.perf_counter() - started)
-            raise
-        record = self.metrics.for_request(mv.name, mv.version, protocol)
+        mv, record = self._resolve(request, protocol, started)
         status = "success"
         record.in_flight.inc()
         try:
-            return await self._infer_ready(mv, request, record)
+            runtime, inputs, names = self._prepare(mv, request)
+            try:
+                if runtime.settings.batching is not None:
+                    result = await self._batcher(mv, record).submit(inputs, names)
+                else:
+                    result = await self._predict(mv, inputs, names, record)
+            except Exception as exc:
+                raise _model_failed(mv, exc) from None
+            return self._respond(mv, request, result, names, inputs)
+        except TurnoutError as err:
+            status = err.kind.value
+            raise
+        finally:
+            record.in_flight.dec()
+            record.count(status)
+            record.latency.observe(time.perf_counter() - started)
+
+    def runs_blocking(self, name: str, version: str | None) -> bool:
+        """Whether :meth:`infer_blocking` may serve this model from the calling thread: true
+        for inline, unbatched models. Unknown models answer true, so the caller gets the same
+        NOT_FOUND either way without a hop to the event loop."""
+        try:
+            runtime = self.repository.get(name, version).runtime
+        except TurnoutError:
+            return True
+        return runtime is None or (runtime.execution == "inline"
+                                   and runtime.settings.batching is None)
+
+    def infer_blocking(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:
+        """:meth:`infer` in the calling thread, for edges that run handlers in threads (the
+        synchronous gRPC server); only for models where :meth:`runs_blocking` is true."""
+        started = time.perf_counter()
+        mv, record = self._resolve(request, protocol, started)
+        status = "success"
+        record.in_flight.inc()
+        try:
+            runtime, inputs, names = self._prepare(mv, request)
+            computed = time.perf_counter()
+            try:
+                result = runtime.predict(inputs, names)
+            except Exception as exc:
+                raise _model_failed(mv, exc) from None
+            record.inference.observe(time.perf_counter() - computed)
+            return self._respond(mv, request, result, names, inputs)
         except TurnoutError as err:
             status = err.kind.value
             raise
@@ -128,6 +163,34 @@ class DataPlane:
         known = error.kind is not ErrorKind.NOT_FOUND and model in self.repository.names()
         self.metrics.requests.labels(model if known else "", (version or "") if known else "",
                                      protocol, error.kind.value).inc()
+
+    def _resolve(self, request: InferenceRequest, protocol: str,
+                 started: float) -> tuple[ModelVersion, RequestMetrics]:
+        try:
+            mv = self.repository.get(request.model_name, request.model_version)
+        except TurnoutError as err:
+            # unknown names get empty labels: clients must not be able to mint label values
+            record = self.metrics.for_request("", "", protocol)
+            record.count(err.kind.value)
+            record.latency.observe(time.perf_counter() - started)
+            raise
+        return mv, self.metrics.for_request(mv.name, mv.version, protocol)
+
+    def _prepare(self, mv: ModelVersion, request: InferenceRequest
+                 ) -> tuple[Runtime, dict[str, np.ndarray], list[str]]:
+        runtime = mv.runtime
+        if mv.state != "READY" or runtime is None:
+            raise ModelNotReady(f"model '{mv.name}' version {mv.version} is not ready"
+                                + (f": {mv.reason}" if mv.reason else ""))
+        request.model_name = mv.name
+        return runtime, prepare_inputs(request, runtime), select_outputs(request, runtime)
+
+    def _respond(self, mv: ModelVersion, request: InferenceRequest,
+                 result: dict[str, np.ndarray], names: Sequence[str],
+                 inputs: dict[str, np.ndarray]) -> InferenceResponse:
+        batch = next(iter(inputs.values())).shape[0]
+        return InferenceResponse(model_name=mv.name, model_version=mv.version, id=request.id,
+                                 outputs=_package_outputs(mv.name, result, names, batch))
 
     async def _predict(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
                        names: Sequence[str], record: RequestMetrics) -> dict[str, np.ndarray]:
@@ -159,36 +222,17 @@ class DataPlane:
                 settings=mv.runtime.settings.batching, observe=observe)
         return mv.batcher
 
-    async def _infer_ready(self, mv: ModelVersion, request: InferenceRequest,
-                           record: RequestMetrics) -> InferenceResponse:
-        runtime = mv.runtime
-        if mv.state != "READY" or runtime is None:
-            raise ModelNotReady(f"model '{mv.name}' version {mv.version} is not ready"
-                                + (f": {mv.reason}" if mv.reason else ""))
-        request.model_name = mv.name
-        inputs = prepare_inputs(request, runtime)
-        names = select_outputs(request, runtime)
-        batch = next(iter(inputs.values())).shape[0]
-        try:
-            if runtime.settings.batching is not None:
-                result = await self._batcher(mv, record).submit(inputs, names)
-            else:
-                result = await self._predict(mv, inputs, names, record)
-        except TurnoutError:
-            raise
-        except Exception as exc:
-            log.exception("model %s version %s failed during predict", mv.name, mv.version)
-            raise ModelFailed(f"model '{mv.name}' failed during predict: "
-                              f"{type(exc).__name__}: {exc}") from None
-        return InferenceResponse(
-            model_name=mv.name,
-            model_version=mv.version,
-            id=request.id,
-            outputs=_package_outputs(mv.name, runtime, result, names, batch),
-        )
+
+def _model_failed(mv: ModelVersion, exc: Exception) -> TurnoutError:
+    """Our own errors pass through; anything a model raises becomes a clean ModelFailed."""
+    if isinstance(exc, TurnoutError):
+        return exc
+    log.error("model %s version %s failed during predict", mv.name, mv.version,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return ModelFailed(f"model '{mv.name}' failed during predict: {type(exc).__name__}: {exc}")
 
 
-def _package_outputs(model: str, runtime: Runtime, result: dict[str, np.ndarray],
+def _package_outputs(model: str, result: dict[str, np.ndarray],
                      names: Sequence[str], batch: int) -> list[Tensor]:
     """Turn runtime arrays into tensors, checking that every output covers the whole batch."""
     outputs = []

@@ -16,6 +16,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -73,13 +74,19 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
         timeout_graceful_shutdown=int(settings.drain_seconds) or None))
     sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None
 
-    grpc_server = None
+    grpc_server: Any = None
     set_serving = None
-    if settings.grpc_port:
+    if settings.grpc_port and settings.grpc_engine == "aio":
         from .grpc.server import build_grpc_server
 
         grpc_server, set_serving = build_grpc_server(dataplane, settings)
         await grpc_server.start()
+    elif settings.grpc_port:
+        from .grpc.threaded import build_threaded_grpc_server
+
+        grpc_server, set_serving = build_threaded_grpc_server(
+            dataplane, settings, asyncio.get_running_loop())
+        grpc_server.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,8 +121,11 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
         set_serving(False)
     http.should_exit = True
     waits: list[asyncio.Future[object]] = [http_task]
-    if grpc_server is not None:
+    if grpc_server is not None and settings.grpc_engine == "aio":
         waits.append(asyncio.ensure_future(grpc_server.stop(grace=settings.drain_seconds)))
+    elif grpc_server is not None:  # threaded: stop() returns an Event set once drained
+        drained = grpc_server.stop(grace=settings.drain_seconds)
+        waits.append(asyncio.ensure_future(asyncio.to_thread(drained.wait)))
     await asyncio.gather(*waits, return_exceptions=True)
     executor.shutdown(wait=True, cancel_futures=False)
     log.info("stopped")

@@ -22,6 +22,10 @@ class ServerSettings(BaseSettings):
                       "(container images set 0.0.0.0)")
     http_port: int = Field(8080, description="REST port (KServe's default)")
     grpc_port: int = Field(8081, description="gRPC port (KServe's default); 0 disables gRPC")
+    grpc_engine: Literal["threaded", "aio"] = Field(
+        "threaded", description="threaded: grpcio's thread-pool server, fastest per call; "
+        "aio: grpc.aio on the event loop")
+    grpc_threads: int = Field(8, ge=1, description="Handler threads of the threaded gRPC engine")
     max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                    description="Largest request body, REST and gRPC alike (bytes)")
     inference_threads: int = Field(4, ge=1, description="Threads that run blocking predict calls; "

@@ -171,3 +171,20 @@ def test_kserve_rest_client_v2_and_v1(server, model_zoo):
     v2, v1 = json.loads(done.stdout)
     expected = model_zoo["iris_v2"].predict(x).tolist()
     assert v2 == expected and v1 == expected
+
+
+def test_aio_engine_serves_the_same_answers(model_zoo, start_server, tmp_path):
+    """--grpc-engine aio (grpc.aio on the event loop) is wire-identical to the default."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(model_zoo["root"] / "iris", root / "iris")
+    srv = start_server(root, "--grpc-engine", "aio")
+    aio_client = grpcclient.InferenceServerClient(srv.grpc_url)
+    x = np.random.default_rng(12).normal(size=(64, 4))
+    result = _infer(aio_client, "iris", x, "FP64", ["predict"])
+    np.testing.assert_array_equal(result.as_numpy("predict"), model_zoo["iris_v2"].predict(x))
+    with pytest.raises(InferenceServerException) as err:
+        _infer(aio_client, "iris", np.zeros((1, 3)), "FP64", [])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert aio_client.is_server_ready()
