@@ -1,15 +1,51 @@
-"""``turnout router``: flags for the router process (filled in by the router package)."""
+"""``turnout router``: flags for the router process, parsed into :class:`RouterSettings`.
+
+Flags left unset fall through to ``TURNOUT_ROUTER_*`` environment variables, then defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 
 def add_router_parser(sub: Any) -> None:
     p = sub.add_parser("router", help="run the router in front of model servers")
-    p.add_argument("--config", required=True, help="routes YAML file")
+    p.add_argument("--config", type=Path, help="routes YAML file (see docs/router.md)")
+    p.add_argument("--host", help="bind address of the public ports (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="public REST port (default 8080)")
+    p.add_argument("--grpc-port", type=int, help="public gRPC port (default 8081; 0 disables)")
+    p.add_argument("--admin-port", type=int, help="admin API port on loopback (default 8090; "
+                   "0 disables)")
+    p.add_argument("--admin-host", help="admin API bind address (default 127.0.0.1)")
+    p.add_argument("--max-payload-bytes", type=int, help="largest request (default 64 MiB)")
+    p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")
+    p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument("--log-format", choices=["text", "json"], help="log line format")
 
 
 def run_router(args: argparse.Namespace) -> int:
-    raise SystemExit("turnout router: not available in this build yet")
+    from serving.logs import configure_logging
+
+    from .config import ConfigError, load_config
+    from .server import run
+    from .settings import RouterSettings
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    try:
+        settings = RouterSettings(**given)
+    except ValidationError as exc:
+        print(f"turnout router: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        load_config(settings.config)  # refuse a bad file before opening any port
+    except ConfigError as exc:
+        print(f"turnout router: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    run(settings)
+    return 0

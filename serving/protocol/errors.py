@@ -15,6 +15,7 @@ class ErrorKind(Enum):
     NOT_READY = "not_ready"
     OVERLOADED = "overloaded"
     TOO_LARGE = "too_large"
+    TIMEOUT = "timeout"
     MODEL_FAILED = "model_failed"
     INTERNAL = "internal"
 
@@ -27,6 +28,7 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.NOT_READY: (503, "UNAVAILABLE"),
     ErrorKind.OVERLOADED: (429, "RESOURCE_EXHAUSTED"),
     ErrorKind.TOO_LARGE: (413, "RESOURCE_EXHAUSTED"),
+    ErrorKind.TIMEOUT: (504, "DEADLINE_EXCEEDED"),
     ErrorKind.MODEL_FAILED: (500, "INTERNAL"),
     ErrorKind.INTERNAL: (500, "INTERNAL"),
 }
@@ -66,6 +68,12 @@ class Overloaded(TurnoutError):
 
 class PayloadTooLarge(TurnoutError):
     kind = ErrorKind.TOO_LARGE
+
+
+class DeadlineExceeded(TurnoutError):
+    """An upstream or graph step did not answer within its timeout (504 / DEADLINE_EXCEEDED)."""
+
+    kind = ErrorKind.TIMEOUT
 
 
 class ModelFailed(TurnoutError):

@@ -1,0 +1,107 @@
+"""The admin API: read and replace the routes, shift weights, reload the file, see endpoints.
+
+Bound to loopback by default (see ``RouterSettings.admin_host``). Every change goes through the
+same validation as the file and is applied as one table swap, so a rejected change leaves the
+running routes untouched and an accepted one drops no request in flight.
+
+| method | path | does |
+| --- | --- | --- |
+| GET | /config | the routes in force, as JSON |
+| PUT | /config | replace the routes (YAML or JSON body) |
+| POST | /reload | re-read the routes file |
+| PUT | /services/{name}/weights | ``{"variant": weight, ...}``; variants not named keep theirs |
+| GET | /status | every endpoint: outstanding, healthy, ejected |
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from serving.protocol.errors import InvalidInput, ModelNotFound, TurnoutError
+
+from .config import ConfigError, RouterConfig, load_config_text, parse_config
+from .core import Router
+from .http_util import read_body, send_error, send_json
+
+_WEIGHTS = re.compile(r"^/services/([^/]+)/weights$")
+
+
+class AdminApp:
+    def __init__(self, router: Router, *, reload: Callable[[], RouterConfig]) -> None:
+        self.router = router
+        self.reload = reload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        try:
+            if path == "/config" and method == "GET":
+                return await send_json(send, 200, _dump(self.router.table.config))
+            if path == "/status" and method == "GET":
+                return await send_json(send, 200, self._status())
+            if path == "/reload" and method == "POST":
+                self.router.apply(_checked(self.reload))
+                return await send_json(send, 200, {"applied": True})
+            body = await read_body(receive, None, 16 * 1024 * 1024)
+            if path == "/config" and method == "PUT":
+                self.router.apply(_checked(lambda: load_config_text(body, source="PUT /config")))
+                return await send_json(send, 200, {"applied": True})
+            match = _WEIGHTS.match(path)
+            if match and method == "PUT":
+                config = self._with_weights(match.group(1), body)
+                self.router.apply(config)
+                return await send_json(send, 200, {"applied": True})
+            await send_json(send, 404, {"error": f"Not Found: {method} {path}"})
+        except TurnoutError as err:
+            if isinstance(err, InvalidInput):
+                self.router.metrics.reloads.labels("rejected").inc()
+            await send_error(send, err)
+
+    def _with_weights(self, service: str, body: bytes) -> RouterConfig:
+        try:
+            weights = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"malformed JSON: {exc}") from None
+        if not isinstance(weights, dict):
+            raise InvalidInput('body must be {"variant": weight, ...}')
+        doc = _dump(self.router.table.config)
+        for item in doc["services"]:
+            if item["name"] == service:
+                known = {v["name"] for v in item["variants"]}
+                unknown = set(weights) - known
+                if unknown:
+                    raise InvalidInput(f"service {service!r} has no variants {sorted(unknown)}")
+                for variant in item["variants"]:
+                    variant["weight"] = weights.get(variant["name"], variant["weight"])
+                return _checked(lambda: parse_config(doc, source="weights"))
+        raise ModelNotFound(f"service {service!r} is not configured")
+
+    def _status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        rows = []
+        for variant, proto, endpoint in self.router.table.endpoints():
+            rows.append({"service": variant.service, "variant": variant.name, "protocol": proto,
+                         "address": endpoint.address, "outstanding": endpoint.outstanding,
+                         "healthy": endpoint.healthy,
+                         "ejected_seconds": max(0.0, round(endpoint.ejected_until - now, 3)),
+                         "pending": variant.gate.pending})
+        return {"endpoints": rows}
+
+
+def _dump(config: RouterConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _checked(build: Callable[[], RouterConfig]) -> RouterConfig:
+    """Run a config builder, turning a validation failure into a 400 for the caller."""
+    try:
+        return build()
+    except ConfigError as exc:
+        raise InvalidInput(str(exc)) from None

@@ -1,0 +1,143 @@
+"""Endpoint state, least-outstanding power-of-two-choices, outlier ejection and the retry budget.
+
+Concurrency: everything here runs on the router's one event loop, so counters are plain ints
+changed between awaits; no locks. Time comes from an injected clock so tests can step it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+Clock = Callable[[], float]
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One upstream address with what the balancer knows about it."""
+
+    address: str
+    outstanding: int = 0
+    consecutive_failures: int = 0
+    ejected_until: float = 0.0
+    ejections: int = 0  # in a row; reset by a success after re-admission
+    healthy: bool = True  # the active health check's verdict
+    check_streak: int = 0  # passed (>0) or failed (<0) checks in a row
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.ejected_until
+
+
+def p2c(candidates: Sequence[Endpoint], rng: random.Random) -> Endpoint:
+    """Power of two choices: of two random candidates, the one with fewer requests in flight.
+
+    Two samples avoid the herd that "global least outstanding" causes when many requests see
+    the same minimum at once, and cost O(1) whatever the pool size.
+    """
+    if len(candidates) == 1:
+        return candidates[0]
+    a, b = rng.sample(range(len(candidates)), 2)
+    first, second = candidates[a], candidates[b]
+    return second if second.outstanding < first.outstanding else first
+
+
+@dataclass(eq=False)
+class Pool:
+    """The endpoints of one variant for one protocol, with ejection bookkeeping."""
+
+    endpoints: list[Endpoint]
+    eject_after: int = 5
+    eject_seconds: float = 10.0
+    max_eject_seconds: float = 300.0
+    clock: Clock = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+
+    def choose(self, exclude: frozenset[Endpoint] | set[Endpoint] = frozenset()) -> Endpoint | None:
+        """An endpoint for the next attempt, or ``None`` when every endpoint was tried.
+
+        When all endpoints are ejected or unhealthy the router "panics" and uses them all
+        (as Envoy does): a guess at a recovering replica beats refusing every request.
+        """
+        now = self.clock()
+        fresh = [e for e in self.endpoints if e not in exclude]
+        if not fresh:
+            return None
+        ready = [e for e in fresh if e.available(now)]
+        return p2c(ready or fresh, self.rng)
+
+    def record_success(self, endpoint: Endpoint) -> None:
+        endpoint.consecutive_failures = 0
+        if self.clock() >= endpoint.ejected_until:
+            endpoint.ejections = 0
+
+    def record_failure(self, endpoint: Endpoint) -> bool:
+        """Count a connect error or 5xx; returns True when this failure ejected the endpoint."""
+        endpoint.consecutive_failures += 1
+        now = self.clock()
+        if endpoint.consecutive_failures < self.eject_after or now < endpoint.ejected_until:
+            return False
+        duration = min(self.eject_seconds * 2 ** endpoint.ejections, self.max_eject_seconds)
+        endpoint.ejected_until = now + duration
+        endpoint.ejections += 1
+        endpoint.consecutive_failures = 0
+        return True
+
+    def record_check(self, endpoint: Endpoint, ok: bool, *, healthy_after: int,
+                     unhealthy_after: int) -> bool | None:
+        """Apply one active check; returns the new verdict when it changed, else ``None``."""
+        if ok:
+            endpoint.check_streak = max(endpoint.check_streak, 0) + 1
+            if not endpoint.healthy and endpoint.check_streak >= healthy_after:
+                endpoint.healthy = True
+                return True
+        else:
+            endpoint.check_streak = min(endpoint.check_streak, 0) - 1
+            if endpoint.healthy and -endpoint.check_streak >= unhealthy_after:
+                endpoint.healthy = False
+                return False
+        return None
+
+
+@dataclass(eq=False)
+class RetryBudget:
+    """Retries as a share of recent requests (Linkerd's budget), plus a small floor per second.
+
+    Each request deposits ``ratio`` tokens; each retry withdraws one. Tokens older than
+    ``window`` seconds expire, so a burst of failures cannot spend credit earned long ago, and
+    a failing variant gets at most ``ratio`` extra load instead of ``max_attempts`` times.
+    """
+
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+    window: float = 10.0
+    clock: Clock = time.monotonic
+    _tokens: float = 0.0
+    _floor: float = 0.0
+    _last: float = field(default=-1.0)
+
+    def _refill(self) -> None:
+        now = self.clock()
+        if self._last < 0:
+            self._last = now
+            self._floor = self.min_per_second
+        elapsed = now - self._last
+        if elapsed > 0:
+            self._tokens *= max(0.0, 1.0 - elapsed / self.window)
+            self._floor = min(self.min_per_second, self._floor + elapsed * self.min_per_second)
+            self._last = now
+
+    def deposit(self) -> None:
+        self._refill()
+        self._tokens = min(self._tokens + self.ratio, 1e9)
+
+    def try_spend(self) -> bool:
+        self._refill()
+        if self._tokens >= 1.0 - 1e-9:  # 0.2 added five times is 0.999…
+            self._tokens -= 1.0
+            return True
+        if self._floor >= 1.0:
+            self._floor -= 1.0
+            return True
+        return False

@@ -1,0 +1,152 @@
+"""The router's shared state: the current routing table, upstream clients, shadows and metrics.
+
+The REST and gRPC edges and the graph executor all call variants through :class:`Router`, so
+retries, ejection, pending caps and metrics behave the same whatever the protocol.
+Reconfiguration (:meth:`Router.apply`) builds a whole new table and swaps it in with one
+assignment; requests already running keep the snapshot they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from .balance import Endpoint
+from .client import HttpClient, UpstreamResponse
+from .config import RouterConfig
+from .forward import Verdict, call_variant
+from .metrics import RouterMetrics
+from .shadow import Shadower
+from .table import RoutingTable, VariantRoute, build_table
+
+log = logging.getLogger("turnout.router")
+
+# Upstream statuses that mean "this replica cannot serve now; another may".
+RETRY_STATUSES = frozenset({503})
+STRIKE_STATUSES = frozenset({502, 503, 504})
+
+
+def classify_http(response: UpstreamResponse) -> tuple[Verdict, str]:
+    status = response.status
+    if status in RETRY_STATUSES:
+        return "retry", str(status)
+    if status in STRIKE_STATUSES:
+        return "failed", str(status)
+    return "ok", str(status)
+
+
+class Router:
+    def __init__(self, config: RouterConfig, *, client: HttpClient, metrics: RouterMetrics,
+                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        self.metrics = metrics
+        self.client = client
+        self.shadower = Shadower(metrics)
+        self.max_message_bytes = max_message_bytes
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.table: RoutingTable = build_table(config)
+        self.ready = True
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def apply(self, config: RouterConfig) -> None:
+        """Swap in ``config`` atomically; channels no longer named are closed after a grace."""
+        table = build_table(config, self.table)
+        self.table = table
+        wanted = {e.address for _, proto, e in table.endpoints() if proto == "grpc"}
+        for address in [a for a in self._channels if a not in wanted]:
+            channel = self._channels.pop(address)
+            asyncio.get_running_loop().call_later(
+                table.config.upstream.timeout_seconds,
+                lambda c=channel: asyncio.ensure_future(c.close()))
+        self.metrics.reloads.labels("applied").inc()
+        log.info("routes applied: %d services, %d graphs", len(table.services), len(table.graphs))
+
+    # -- upstream calls -----------------------------------------------------------------------
+
+    async def http_call(self, variant: VariantRoute, *, method: str, path: str,
+                        headers: list[tuple[str, str]], body: bytes, deadline: float,
+                        max_attempts: int | None = None) -> UpstreamResponse:
+        """One REST request to ``variant`` with retries; ``path`` includes the query string."""
+        upstream = self.table.services[variant.service].upstream \
+            if variant.service in self.table.services else None
+        attempts = max_attempts or (upstream.max_attempts if upstream else 1)
+
+        async def attempt(endpoint: Endpoint, remaining: float) -> UpstreamResponse:
+            return await self.client.request(method, endpoint.address + path, headers=headers,
+                                             body=body, timeout=remaining)
+
+        return await call_variant(variant=variant, pool=variant.http, max_attempts=attempts,
+                                  deadline=deadline, attempt=attempt, classify=classify_http,
+                                  metrics=self.metrics)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """One HTTP/2 channel per gRPC endpoint, multiplexing every call to it."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=[
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.enable_retries", 0),  # the router retries itself, across endpoints
+            ])
+            self._channels[address] = channel
+        return channel
+
+    # -- health checks ------------------------------------------------------------------------
+
+    async def run_health_checks(self, tick: float = 0.2) -> None:
+        """Check every endpoint at its service's interval until cancelled."""
+        due: dict[int, float] = {}
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            now = time.monotonic()
+            table = self.table
+            for variant, proto, endpoint in table.endpoints():
+                check = table.services[variant.service].upstream.health_check
+                if not check.enabled or due.get(id(endpoint), 0) > now:
+                    continue
+                due[id(endpoint)] = now + check.interval_seconds
+                task = asyncio.create_task(self._check(variant, proto, endpoint))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.sleep(tick)
+
+    async def _check(self, variant: VariantRoute, proto: str, endpoint: Endpoint) -> None:
+        check = self.table.services[variant.service].upstream.health_check \
+            if variant.service in self.table.services else None
+        if check is None:
+            return
+        try:
+            if proto == "http":
+                response = await self.client.request("GET", endpoint.address + check.path,
+                                                     headers=[], body=b"",
+                                                     timeout=check.timeout_seconds)
+                ok = response.status == 200
+            else:
+                ok = await self._grpc_ready(endpoint.address, check.timeout_seconds)
+        except Exception:
+            ok = False
+        pool = variant.http if proto == "http" else variant.grpc
+        changed = pool.record_check(endpoint, ok, healthy_after=check.healthy_threshold,
+                                    unhealthy_after=check.unhealthy_threshold)
+        self.metrics.endpoint_healthy.labels(variant.service, variant.name,
+                                             endpoint.address).set(1 if endpoint.healthy else 0)
+        if changed is not None:
+            log.warning("%s of %s/%s is now %s", endpoint.address, variant.service, variant.name,
+                        "healthy" if changed else "unhealthy")
+
+    async def _grpc_ready(self, address: str, timeout: float) -> bool:
+        call = self.channel(address).unary_unary("/inference.GRPCInferenceService/ServerReady")
+        answer: Any = await call(b"", timeout=timeout)
+        return bytes(answer) == b"\x08\x01"  # ServerReadyResponse{ready: true}
+
+    async def close(self) -> None:
+        self.ready = False
+        await self.shadower.close()
+        await self.client.close()
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

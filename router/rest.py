@@ -1,0 +1,217 @@
+"""The router's REST edge: raw ASGI that proxies OIP V2 (JSON and binary) and V1 bodies as bytes.
+
+Bodies are never decoded on the primary path: the router reads the model name from the URL,
+picks a variant, rewrites the URL to the variant's model and version, and forwards the bytes.
+Only when a variant serves the model under another name is the response's JSON header
+re-encoded to carry the service name, so clients get the answer a direct call would give.
+Upstream answers (4xx included) pass through unchanged; errors the router makes itself use
+``{"error": msg}`` with the status from ``serving.protocol.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
+
+from serving.protocol.errors import Overloaded, TurnoutError
+
+from .client import UpstreamResponse
+from .compare import Comparison, compare_outputs, v1_outputs, v2_outputs
+from .core import Router
+from .http_util import (
+    RESPONSE_DROP,
+    VARIANT_HEADER,
+    forward_headers,
+    read_body,
+    send_error,
+    send_json,
+    send_response,
+)
+from .rewrite import rename_v2_json
+from .shadow import PrimaryAnswer
+from .table import ServiceRoute, VariantRoute
+
+log = logging.getLogger("turnout.router.rest")
+
+_V2 = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?$")
+_V1 = re.compile(r"^/v1/models/([^/:]+)(:predict)?$")
+_HEADER_LENGTH = "inference-header-content-length"
+
+
+class RestEdge:
+    """ASGI app for the router's public REST port."""
+
+    def __init__(self, router: Router, *, max_payload_bytes: int, graphs: Any = None) -> None:
+        self.router = router
+        self.max_payload_bytes = max_payload_bytes
+        self.graphs = graphs  # GraphRunner, when graphs are enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return
+        path: str = scope["path"]
+        rid = _request_id(scope)
+        extra = [(b"x-request-id", rid)]
+        try:
+            if path == "/v2/health/live":
+                return await send_json(send, 200, {"live": True}, extra)
+            if path == "/v2/health/ready":
+                ok = self.router.ready
+                return await send_json(send, 200 if ok else 503, {"ready": ok}, extra)
+            if path == "/v2" and scope["method"] == "GET":
+                return await send_json(send, 200, {"name": "turnout-router", "version": "0.1.0",
+                                                   "extensions": []}, extra)
+            if path == "/metrics":
+                return await send_response(send, 200, generate_latest(self.router.metrics.registry),
+                                           [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+            match = _V2.match(path)
+            if match:
+                model, version, suffix = match.group(1), match.group(2), match.group(3) or ""
+                kind = "infer" if suffix == "/infer" else "other"
+                return await self._proxy(scope, receive, send, rid, model=model, version=version,
+                                         suffix=suffix, kind=kind, protocol="rest")
+            match = _V1.match(path)
+            if match:
+                model, suffix = match.group(1), match.group(2) or ""
+                kind = "predict" if suffix else "other"
+                return await self._proxy(scope, receive, send, rid, model=model, version=None,
+                                         suffix=suffix, kind=kind, protocol="rest-v1")
+            await send_json(send, 404, {"error": f"Not Found: {scope['method']} {path}"}, extra)
+        except TurnoutError as err:
+            await send_error(send, err, extra)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], path)
+            await send_json(send, 500, {"error": "internal server error"}, extra)
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, rid: bytes, *, model: str,
+                     version: str | None, suffix: str, kind: str, protocol: str) -> None:
+        started = time.perf_counter()
+        table = self.router.table  # one snapshot for the whole request
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = await read_body(receive, headers.get("content-length"), self.max_payload_bytes)
+        if model in table.graphs and kind != "other" and self.graphs is not None:
+            return await self.graphs.serve(send, rid, graph=table.graphs[model], body=body,
+                                           headers=headers, protocol=protocol)
+        service_label = variant_label = ""
+        try:
+            service = table.service(model)
+            service_label = service.name
+            variant, _ = table.pick(service, headers)
+            variant_label = variant.name
+            response = await self._forward(scope, service, variant, rid, body=body,
+                                           version=version, suffix=suffix, kind=kind,
+                                           protocol=protocol)
+        except TurnoutError as err:
+            if isinstance(err, Overloaded):
+                self.router.metrics.rejected.labels(service_label, variant_label).inc()
+            self._count(service_label, variant_label, protocol, err.http_status, started)
+            raise
+        self._count(service_label, variant_label, protocol, response.status, started)
+        out_headers = [(b"x-request-id", rid), (VARIANT_HEADER.encode(), variant.name.encode())]
+        for key, value in response.headers:
+            if key.lower() not in RESPONSE_DROP:
+                out_headers.append((key.lower().encode("latin-1"), value.encode("latin-1")))
+        await send_response(send, response.status, response.body, out_headers)
+
+    async def _forward(self, scope: Scope, service: ServiceRoute, variant: VariantRoute,
+                       rid: bytes, *, body: bytes, version: str | None, suffix: str, kind: str,
+                       protocol: str) -> UpstreamResponse:
+        fwd = forward_headers(scope["headers"])
+        if not any(k == "x-request-id" for k, _ in fwd):
+            fwd.append(("x-request-id", rid.decode("latin-1")))
+        query = scope.get("query_string", b"")
+        deadline = time.monotonic() + service.upstream.timeout_seconds
+
+        def target(v: VariantRoute) -> str:
+            pinned = v.spec.version or version
+            if protocol == "rest":
+                url = f"/v2/models/{v.model}" + (f"/versions/{pinned}" if pinned else "") + suffix
+            else:
+                url = f"/v1/models/{v.model}{suffix}"
+            return url + ("?" + query.decode("latin-1") if query else "")
+
+        variant.gate.enter(f"variant {variant.name} of {service.name}")
+        primary: PrimaryAnswer[UpstreamResponse] | None = None
+        try:
+            if kind != "other" and service.mirrors:
+                primary = PrimaryAnswer()
+                self._mirror(service, primary, target, scope["method"], fwd, body, kind)
+            response = await self.router.http_call(variant, method=scope["method"],
+                                                   path=target(variant), headers=fwd,
+                                                   body=body, deadline=deadline)
+        except BaseException:
+            if primary is not None:
+                primary.set(None)
+            raise
+        finally:
+            variant.gate.leave()
+        if primary is not None:
+            primary.set(response)
+        if variant.renamed and response.status == 200 and protocol == "rest":
+            response = _renamed(response, service.name)
+        return response
+
+    def _mirror(self, service: ServiceRoute, primary: PrimaryAnswer[UpstreamResponse],
+                target: Any, method: str, headers: list[tuple[str, str]], body: bytes,
+                kind: str) -> None:
+        shadower = self.router.shadower
+        for mirror, shadow in service.mirrors:
+            if not shadower.wanted(mirror):
+                continue
+            deadline = time.monotonic() + mirror.timeout_seconds
+
+            async def send(shadow: VariantRoute = shadow, deadline: float = deadline
+                           ) -> UpstreamResponse:
+                return await self.router.http_call(shadow, method=method, path=target(shadow),
+                                                   headers=headers, body=body, deadline=deadline,
+                                                   max_attempts=1)
+
+            shadower.start(mirror=mirror, variant=shadow, send=send, primary=primary,
+                           compare=_compare_v2 if kind == "infer" else _compare_v1)
+
+    def _count(self, service: str, variant: str, protocol: str, status: int, started: float) -> None:
+        m = self.router.metrics
+        m.requests.labels(service, variant, protocol, str(status)).inc()
+        if service:
+            m.duration.labels(service, variant, protocol).observe(time.perf_counter() - started)
+
+
+def _request_id(scope: Scope) -> bytes:
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            return bytes(value[:128])
+    return uuid.uuid4().hex.encode()
+
+
+def _header_length(response: UpstreamResponse) -> int | None:
+    for key, value in response.headers:
+        if key.lower() == _HEADER_LENGTH:
+            return int(value)
+    return None
+
+
+def _renamed(response: UpstreamResponse, name: str) -> UpstreamResponse:
+    length = _header_length(response)
+    body, new_length = rename_v2_json(response.body, length, name)
+    headers = [(k, str(new_length) if k.lower() == _HEADER_LENGTH else v)
+               for k, v in response.headers]
+    return UpstreamResponse(response.status, headers, body)
+
+
+def _compare_v2(primary: UpstreamResponse, shadow: UpstreamResponse) -> Comparison | None:
+    if primary.status != 200 or shadow.status != 200:
+        return None
+    return compare_outputs(v2_outputs(primary.body, _header_length(primary)),
+                           v2_outputs(shadow.body, _header_length(shadow)))
+
+
+def _compare_v1(primary: UpstreamResponse, shadow: UpstreamResponse) -> Comparison | None:
+    if primary.status != 200 or shadow.status != 200:
+        return None
+    return compare_outputs(v1_outputs(primary.body), v1_outputs(shadow.body))

@@ -1,0 +1,149 @@
+"""Composition root of the router process, and its lifecycle.
+
+Startup: read and validate the routes (a bad file stops the start with its errors), open the
+public REST and gRPC ports and the loopback admin port, start health checks and the file
+watcher. Shutdown on SIGTERM/SIGINT: report not ready, stop accepting, let in-flight requests
+finish within ``drain_seconds``, cancel shadows and background tasks, close upstream pools.
+SIGHUP reloads the routes file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import grpc
+import uvicorn
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from .admin import AdminApp
+from .client import AiohttpClient, HttpClient
+from .config import RouterConfig
+from .core import Router
+from .graph import GraphRunner
+from .grpc_edge import build_grpc_server
+from .metrics import RouterMetrics
+from .reload import FileSource
+from .rest import RestEdge
+from .settings import RouterSettings
+
+log = logging.getLogger("turnout.router")
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the composition root owns the shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _http_server(app: object, host: str, port: int, drain: float) -> _UvicornServer:
+    return _UvicornServer(uvicorn.Config(
+        app, host=host, port=port, loop="none", http="httptools", lifespan="off",  # type: ignore[arg-type]
+        log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=int(drain) or None,
+        backlog=4096))
+
+
+class RouterServer:
+    """The running router: build with settings, ``await start()``, later ``await stop()``."""
+
+    def __init__(self, settings: RouterSettings, *, config: RouterConfig | None = None,
+                 registry: CollectorRegistry | None = None,
+                 client: HttpClient | None = None) -> None:
+        self.settings = settings
+        self.source = FileSource(settings.config)
+        self._config = config
+        self.registry = registry or _default_registry()
+        self._client = client
+        self.router: Router | None = None
+        self._http: list[_UvicornServer] = []
+        self._grpc: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        config = self._config or self.source.load()
+        metrics = RouterMetrics(self.registry)
+        client = self._client or AiohttpClient(
+            connect_timeout=config.upstream.connect_timeout_seconds,
+            per_host=config.upstream.max_connections_per_endpoint)
+        router = self.router = Router(config, client=client, metrics=metrics,
+                                      max_message_bytes=s.max_payload_bytes)
+        rest = RestEdge(router, max_payload_bytes=s.max_payload_bytes, graphs=GraphRunner(router))
+        self._http.append(_http_server(rest, s.host, s.http_port, s.drain_seconds))
+        if s.admin_port:
+            admin = AdminApp(router, reload=self.source.load)
+            self._http.append(_http_server(admin, s.admin_host, s.admin_port, 1))
+        for server in self._http:
+            self._tasks.append(asyncio.create_task(server.serve()))
+        if s.grpc_port:
+            self._grpc = await build_grpc_server(router, host=s.host, port=s.grpc_port,
+                                                 max_payload_bytes=s.max_payload_bytes)
+            await self._grpc.start()
+        self._tasks.append(asyncio.create_task(router.run_health_checks()))
+        if s.reload_poll_seconds:
+            self._tasks.append(asyncio.create_task(
+                self.source.watch(router, s.reload_poll_seconds)))
+        while not all(server.started for server in self._http):
+            if any(t.done() for t in self._tasks):
+                raise SystemExit(f"router could not listen on {s.host}:{s.http_port} "
+                                 f"(admin {s.admin_host}:{s.admin_port})")
+            await asyncio.sleep(0.01)
+        log.info("router serving REST on %s:%d, gRPC on %s, admin on %s", s.host, s.http_port,
+                 f"{s.host}:{s.grpc_port}" if s.grpc_port else "off",
+                 f"{s.admin_host}:{s.admin_port}" if s.admin_port else "off")
+
+    def reload(self) -> None:
+        if self.router is not None:
+            self.source.reload_into(self.router)
+
+    async def stop(self) -> None:
+        if self.router is not None:
+            self.router.ready = False
+        for server in self._http:
+            server.should_exit = True
+        waits: list[asyncio.Future[object] | asyncio.Task[None]] = list(self._tasks[:len(self._http)])
+        if self._grpc is not None:
+            waits.append(asyncio.ensure_future(self._grpc.stop(grace=self.settings.drain_seconds)))
+        await asyncio.gather(*waits, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.router is not None:
+            await self.router.close()
+
+
+def _default_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+async def serve(settings: RouterSettings) -> None:
+    """Run the router until SIGTERM/SIGINT; SIGHUP reloads the routes file."""
+    server = RouterServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining")
+    await server.stop()
+    log.info("stopped")
+
+
+def run(settings: RouterSettings) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

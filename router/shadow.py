@@ -1,0 +1,92 @@
+"""Mirrored (shadow) traffic: copies sent beside the primary, never in its way.
+
+Concurrency design: a copy runs as its own task started when the primary starts; the primary
+path never awaits it. The task waits for the shadow answer, then for the primary's answer
+(handed over through a future the edge fills after forwarding), then compares both and counts
+the result. Each mirror has a cap on copies in flight; a copy over the cap is dropped and
+counted, so a slow or dead shadow costs at most ``max_in_flight`` request bodies of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from .compare import Comparison
+from .config import Mirror
+from .metrics import RouterMetrics
+from .table import VariantRoute
+
+log = logging.getLogger("turnout.router.shadow")
+A = TypeVar("A")
+
+
+class PrimaryAnswer(Generic[A]):
+    """The primary answer as the shadow task will see it; set once by the edge."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[A | None] = asyncio.get_running_loop().create_future()
+
+    def set(self, answer: A | None) -> None:
+        if not self.future.done():
+            self.future.set_result(answer)
+
+
+class Shadower:
+    def __init__(self, metrics: RouterMetrics, rng: random.Random | None = None) -> None:
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wanted(self, mirror: Mirror) -> bool:
+        return mirror.percent >= 100 or self.rng.random() * 100 < mirror.percent
+
+    def start(self, *, mirror: Mirror, variant: VariantRoute, send: Callable[[], Awaitable[A]],
+              primary: PrimaryAnswer[A], compare: Callable[[A, A], Comparison | None]) -> None:
+        """Start one copy unless the mirror's cap is reached; returns at once."""
+        key = (variant.service, variant.name)
+        if self._in_flight.get(key, 0) >= mirror.max_in_flight:
+            self.metrics.shadow.labels(*key, "dropped").inc()
+            return
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        task = asyncio.create_task(self._run(key, mirror, send, primary, compare))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: tuple[str, str], mirror: Mirror, send: Callable[[], Awaitable[A]],
+                   primary: PrimaryAnswer[A], compare: Callable[[A, A], Comparison | None]) -> None:
+        try:
+            self.metrics.shadow.labels(*key, "sent").inc()
+            shadow_answer = await asyncio.wait_for(send(), mirror.timeout_seconds)
+            primary_answer = await asyncio.wait_for(asyncio.shield(primary.future),
+                                                    mirror.timeout_seconds)
+            if primary_answer is None:
+                return
+            result = compare(primary_answer, shadow_answer)
+            if result is not None:
+                self._count(key, result)
+        except Exception as exc:  # a shadow failure is data, never a client error
+            self.metrics.shadow.labels(*key, "error").inc()
+            log.debug("shadow %s/%s failed: %s", *key, exc)
+        finally:
+            self._in_flight[key] -= 1
+
+    def _count(self, key: tuple[str, str], result: Comparison) -> None:
+        m = self.metrics
+        m.shadow.labels(*key, "compared").inc()
+        m.shadow_compared.labels(*key, "class").inc(result.class_total)
+        m.shadow_compared.labels(*key, "numeric").inc(result.numeric_total)
+        m.shadow_agreed.labels(*key).inc(result.class_agreed)
+        m.shadow_abs_diff.labels(*key).inc(result.abs_diff_sum)
+
+    def in_flight(self) -> int:
+        return sum(self._in_flight.values())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

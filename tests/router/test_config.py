@@ -1,0 +1,89 @@
+"""The routes file: the documented example loads, and each kind of mistake is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router.config import ConfigError, load_config, load_config_text, parse_config
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "routes.yaml"
+
+
+def test_example_config_loads():
+    config = load_config(EXAMPLE)
+    iris = config.services[0]
+    assert iris.name == "iris"
+    assert [(v.name, v.weight) for v in iris.variants] == [("default", 90), ("canary", 10),
+                                                            ("shadow", 0)]
+    assert iris.rules[0].header == {"x-experiment": "b"} and iris.rules[0].variant == "canary"
+    assert iris.sticky is not None and iris.sticky.header == "x-user-id"
+    assert iris.mirror[0].variant == "shadow" and iris.mirror[0].percent == 100
+    assert config.graphs[0].nodes["root"].steps[0].dependency == "Hard"
+
+
+def variant(name="default", **kw):
+    return {"name": name, "weight": 1, "http": ["http://127.0.0.1:1"], **kw}
+
+
+def service(**kw):
+    return {"name": "m", "variants": [variant()], **kw}
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"services": [service(variants=[])]}, "services.0.variants"),
+    ({"services": [service(variants=[variant(weight=-1)])]}, "greater than or equal to 0"),
+    ({"services": [service(variants=[variant(weight=0)])]}, "weights must add up"),
+    ({"services": [service(variants=[variant(), variant()])]}, "variant names repeat"),
+    ({"services": [service(variants=[variant(http=["localhost:80"])])]}, "http://host:port"),
+    ({"services": [service(variants=[variant(http=[], grpc=["nohost"])])]}, "host:port"),
+    ({"services": [service(variants=[variant(http=[])])]}, "at least one http or grpc"),
+    ({"services": [service(variants=[variant(wieght=3)])]}, "wieght"),
+    ({"services": [service(rules=[{"header": {"a": "b"}, "variant": "nope"}])]}, "unknown variant"),
+    ({"services": [service(rules=[{"variant": "default"}])]}, "needs a header or cookie"),
+    ({"services": [service(sticky={})]}, "exactly one of header or cookie"),
+    ({"services": [service(mirror={"variant": "ghost"})]}, "mirror names unknown variant"),
+    ({"services": [service(mirror={"variant": "default", "percent": 101})]}, "less than or equal"),
+    ({"services": [service(), service()]}, "service names repeat"),
+    ({"services": [service()], "graphs": [{"name": "g", "nodes": {
+        "first": {"routerType": "Sequence", "steps": [{"serviceName": "m"}]}}}]}, "named 'root'"),
+    ({"services": [service()], "graphs": [{"name": "g", "nodes": {
+        "root": {"routerType": "Sequence", "steps": [{"serviceName": "x"}]}}}]},
+     "unknown service 'x'"),
+    ({"services": [service()], "graphs": [{"name": "g", "nodes": {
+        "root": {"routerType": "Sequence", "steps": [{"nodeName": "root"}]}}}]}, "cycle"),
+    ({"services": [service()], "graphs": [{"name": "g", "nodes": {
+        "root": {"routerType": "Splitter", "steps": [{"serviceName": "m"}]}}}]}, "weight"),
+    ({"services": [service()], "graphs": [{"name": "m", "nodes": {
+        "root": {"routerType": "Sequence", "steps": [{"serviceName": "m"}]}}}]},
+     "differ from services"),
+    ({"services": [service()], "graphs": [{"name": "g", "nodes": {
+        "root": {"routerType": "Switch", "steps": [
+            {"serviceName": "m", "stepName": "a", "condition": "#(a"},
+            {"serviceName": "m"}]}}}]}, "unbalanced"),
+    ({"upstream": {"max_pending": 0}}, "upstream.max_pending"),
+])
+def test_invalid_configs_name_the_problem(doc, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert message in str(info.value)
+
+
+def test_yaml_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config_text("services: [")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config_text("- a")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_defaults_and_normalisation():
+    config = parse_config({"services": [service(
+        variants=[variant(http=["http://127.0.0.1:1/"])],
+        rules=[{"header": {"X-Exp": "b"}, "variant": "default"}], sticky={"header": "X-User"})]})
+    m = config.services[0]
+    assert m.variants[0].http == ["http://127.0.0.1:1"]
+    assert m.rules[0].header == {"x-exp": "b"} and m.sticky.header == "x-user"
+    assert config.upstream_for(m).max_attempts == 3

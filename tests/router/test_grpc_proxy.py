@@ -1,0 +1,200 @@
+"""gRPC through the router: message-level forwarding (checked against a tiny grpc.aio upstream
+that records what it receives) and end to end against real model servers with tritonclient."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from tritonclient.utils import InferenceServerException
+
+from serving.protocol import proto
+
+X = np.asarray([[1.5, -2.0]], dtype=np.float32)
+
+
+def within_binomial(count: int, n: int, p: float, z: float = 4.5) -> bool:
+    return abs(count - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1
+
+
+class RecordingUpstream:
+    """A grpc.aio server on its own loop that answers ModelInfer with a fixed response and
+    keeps the raw request bytes and metadata it received."""
+
+    def __init__(self, port: int) -> None:
+        self.requests: list[tuple[bytes, dict[str, str]]] = []
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        outer = self
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details):
+                async def infer(request: bytes, context) -> bytes:
+                    outer.requests.append((request, dict(context.invocation_metadata())))
+                    message = proto.ModelInferRequest.FromString(request)
+                    reply = proto.ModelInferResponse(model_name=message.model_name, id=message.id)
+                    reply.outputs.add(name="y", datatype="FP32", shape=[1, 2])
+                    reply.raw_output_contents.append(X.tobytes())
+                    return reply.SerializeToString()
+                return grpc.unary_unary_rpc_method_handler(infer)
+
+        async def start() -> None:
+            self.server = grpc.aio.server()
+            self.server.add_generic_rpc_handlers((Handler(),))
+            self.server.add_insecure_port(f"127.0.0.1:{port}")
+            await self.server.start()
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(start())
+            self.loop.run_forever()
+
+        threading.Thread(target=run, daemon=True).start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_messages_are_forwarded_as_bytes_with_only_the_name_changed(router_cls, tmp_path,
+                                                                    free_port_fn):
+    port = free_port_fn()
+    upstream = RecordingUpstream(port)
+    r = router_cls({"services": [{"name": "svc", "variants": [
+        {"name": "v1", "weight": 1, "model": "inner", "version": "3",
+         "http": ["http://127.0.0.1:1"], "grpc": [f"127.0.0.1:{port}"]}],
+        "upstream": {"health_check": {"enabled": False}}}]}, tmp_path)
+    try:
+        request = proto.ModelInferRequest(model_name="svc", id="req-1")
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+        tensor.parameters["binary"].bool_param = True
+        request.raw_input_contents.append(X.tobytes())
+        sent = request.SerializeToString()
+        with grpc.insecure_channel(r.grpc_url) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            answer, info = call.with_call(sent, metadata=(("x-user-id", "u1"),), timeout=5)
+        got, metadata = upstream.requests[-1]
+        assert got.startswith(sent)  # the original bytes, untouched, then the new fields
+        parsed = proto.ModelInferRequest.FromString(got)
+        assert (parsed.model_name, parsed.model_version, parsed.id) == ("inner", "3", "req-1")
+        assert parsed.raw_input_contents[0] == X.tobytes()
+        assert metadata["x-user-id"] == "u1"
+        reply = proto.ModelInferResponse.FromString(answer)
+        assert reply.model_name == "svc" and reply.raw_output_contents[0] == X.tobytes()
+        assert ("x-turnout-variant", "v1") in info.initial_metadata()
+    finally:
+        r.stop()
+        upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def grpc_router(upstreams, router_cls, tmp_path_factory, grpc_ready):
+    a1, a2, b = upstreams["a1"], upstreams["a2"], upstreams["b"]
+    r = router_cls({"services": [
+        {"name": "m", "variants": [
+            {"name": "default", "weight": 60, "http": [a1.url], "grpc": [a1.grpc_url, a2.grpc_url]},
+            {"name": "canary", "weight": 40, "http": [b.url], "grpc": [b.grpc_url]}],
+         "rules": [{"header": {"x-experiment": "b"}, "variant": "canary"}]},
+        {"name": "iris", "variants": [
+            {"name": "tree", "weight": 1, "model": "iris_tree", "http": [a1.url],
+             "grpc": [a1.grpc_url]}]}]},
+        tmp_path_factory.mktemp("grpc"), max_payload_bytes=64 * 1024)
+    yield r
+    r.stop()
+
+
+def infer(url: str, model: str = "m", data: np.ndarray = X, headers=None):
+    client = tgrpc.InferenceServerClient(url)
+    tensor = tgrpc.InferInput("x", list(data.shape), "FP32" if data.dtype == np.float32 else "FP64")
+    tensor.set_data_from_numpy(data)
+    try:
+        return client.infer(model, [tensor], headers=headers)
+    finally:
+        client.close()
+
+
+def test_tritonclient_grpc_gets_the_direct_answer(grpc_router, upstreams):
+    direct = infer(upstreams["a1"].grpc_url, headers={}).as_numpy("y")
+    via = infer(grpc_router.grpc_url, headers={"x-experiment": "none"}).as_numpy("y")
+    assert np.array_equal(direct, X)
+    assert np.array_equal(via, X) or np.array_equal(via, 2 * X)
+
+
+def test_grpc_split_and_rules(grpc_router):
+    client = tgrpc.InferenceServerClient(grpc_router.grpc_url)
+    tensor = tgrpc.InferInput("x", [1, 2], "FP32")
+    tensor.set_data_from_numpy(X)
+    n = 200
+    canary = sum(np.array_equal(client.infer("m", [tensor]).as_numpy("y"), 2 * X)
+                 for _ in range(n))
+    assert within_binomial(canary, n, 0.4), canary
+    ruled = [client.infer("m", [tensor], headers={"x-experiment": "b"}).as_numpy("y")
+             for _ in range(10)]
+    assert all(np.array_equal(y, 2 * X) for y in ruled)
+    client.close()
+
+
+def test_grpc_renamed_model_and_metadata(grpc_router, model_zoo):
+    rows = np.asarray([[0.3, -0.2, 1.4, 0.2], [2.0, 1.0, 0.1, -1.0]])
+    result = infer(grpc_router.grpc_url, "iris", rows)
+    assert result.get_response().model_name == "iris"
+    assert result.as_numpy(result.get_response().outputs[0].name).tolist() == \
+        model_zoo["iris_v1"].predict(rows).tolist()
+    client = tgrpc.InferenceServerClient(grpc_router.grpc_url)
+    assert client.get_model_metadata("iris").name == "iris"
+    assert client.is_model_ready("iris") and client.is_server_live() and client.is_server_ready()
+    client.close()
+
+
+def test_grpc_errors_match_the_model_server(grpc_router, upstreams):
+    for url in (grpc_router.grpc_url, upstreams["a1"].grpc_url):
+        with pytest.raises(InferenceServerException) as info:
+            infer(url, "nope")
+        assert "NOT_FOUND" in str(info.value.status()) and "nope" in info.value.message()
+    bad = np.zeros((1, 3), dtype=np.float32)
+    messages = []
+    for url in (grpc_router.grpc_url, upstreams["a1"].grpc_url):
+        with pytest.raises(InferenceServerException) as info:
+            infer(url, "m", bad, headers={"x-experiment": "none"})
+        messages.append((info.value.status(), info.value.message()))
+    assert "INVALID_ARGUMENT" in str(messages[0][0])
+    assert messages[0] == messages[1]
+
+
+def test_grpc_payload_limit_and_unproxied_rpcs(grpc_router):
+    with pytest.raises(InferenceServerException) as info:
+        infer(grpc_router.grpc_url, "m", np.zeros((1, 40000), dtype=np.float32))
+    assert "RESOURCE_EXHAUSTED" in str(info.value.status())
+    client = tgrpc.InferenceServerClient(grpc_router.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_repository_index()
+    assert "UNIMPLEMENTED" in str(info.value.status())
+    client.close()
+
+
+def test_grpc_shadow_is_compared(upstreams, router_cls, tmp_path, grpc_ready):
+    a1, b = upstreams["a1"], upstreams["b"]
+    r = router_cls({"services": [{"name": "m", "variants": [
+        {"name": "default", "weight": 1, "http": [a1.url], "grpc": [a1.grpc_url]},
+        {"name": "twice", "weight": 0, "http": [b.url], "grpc": [b.grpc_url]}],
+        "mirror": {"variant": "twice"}}]}, tmp_path)
+    try:
+        for _ in range(5):
+            assert np.array_equal(infer(r.grpc_url).as_numpy("y"), X)
+        labels = {"service": "m", "variant": "twice"}
+        deadline = time.monotonic() + 10
+        while r.sample("turnout_router_shadow_requests_total", **labels,
+                       outcome="compared") < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.sample("turnout_router_shadow_abs_difference_total", **labels) == \
+            pytest.approx(5 * 3.5)
+    finally:
+        r.stop()

@@ -1,0 +1,229 @@
+"""Fault tests against real servers: a replica killed under load, a replica answering 503 is
+ejected and re-admitted, overload gets fast 429s, timeouts, and reloads under load."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]}
+SLOW = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+IRIS = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [0.1, 0.2, 0.3, 0.4]}]}
+
+
+@pytest.fixture(scope="module")
+def own(model_zoo, tmp_path_factory, make_folder, start_servers):
+    """Servers these tests may break: two echo replicas, and a broken/good iris pair."""
+    root = tmp_path_factory.mktemp("faults")
+    echo = make_folder(root, "a", model_zoo)
+    broken, good = root / "broken", root / "good"
+    (broken / "iris" / "1").mkdir(parents=True)
+    (broken / "iris" / "1" / "model.joblib").write_bytes(b"not a model")
+    shutil.copytree(model_zoo["root"] / "iris" / "1", good / "iris" / "1")
+    procs = start_servers([echo, echo, broken, good])
+    yield dict(zip(["k1", "k2", "broken", "good"], procs, strict=True)) | {"broken_dir": broken}
+    for proc in procs:
+        proc.stop()
+
+
+def count(upstream, model: str, status: str = "success") -> float:
+    total = 0.0
+    for line in httpx.get(f"{upstream.url}/metrics").text.splitlines():
+        if line.startswith("turnout_requests_total{") and f'model="{model}"' in line \
+                and f'status="{status}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def load(url: str, n: int, *, threads: int = 6, body=BODY, path="/v2/models/m/infer",
+         on_progress=None) -> list[int]:
+    client = httpx.Client(limits=httpx.Limits(max_keepalive_connections=threads), timeout=30)
+    done = 0
+    lock = threading.Lock()
+
+    def one(_: int) -> int:
+        nonlocal done
+        status = client.post(url + path, json=body).status_code
+        with lock:
+            done += 1
+            if on_progress is not None:
+                on_progress(done)
+        return status
+
+    with ThreadPoolExecutor(threads) as pool:
+        statuses = list(pool.map(one, range(n)))
+    client.close()
+    return statuses
+
+
+def test_killing_a_replica_under_load_fails_no_request(own, router_cls, tmp_path):
+    k1, k2 = own["k1"], own["k2"]
+    r = router_cls({"upstream": {"health_check": {"interval_seconds": 0.5}},
+                    "services": [{"name": "m", "variants": [
+                        {"name": "default", "weight": 1, "http": [k1.url, k2.url]}]}]},
+                   tmp_path, grpc=False)
+    killed = threading.Event()
+
+    def progress(done: int) -> None:
+        if done == 100 and not killed.is_set():
+            killed.set()
+            k2.proc.kill()  # SIGKILL: in-flight requests see dropped connections
+
+    try:
+        statuses = load(r.url, 400, on_progress=progress)
+        assert killed.is_set()
+        assert statuses.count(200) == 400, {s: statuses.count(s) for s in set(statuses)}
+        endpoint = {"service": "m", "variant": "default", "endpoint": k2.url}
+        failures = sum(r.sample("turnout_router_upstream_requests_total", **endpoint, outcome=o)
+                       for o in ("connect", "reset"))
+        assert failures >= 1
+    finally:
+        r.stop()
+
+
+def test_a_replica_answering_503_is_ejected_then_readmitted(own, router_cls, tmp_path,
+                                                           model_zoo):
+    broken, good = own["broken"], own["good"]
+    r = router_cls({"services": [{"name": "iris", "variants": [
+        {"name": "default", "weight": 1, "http": [broken.url, good.url]}],
+        "upstream": {"eject_consecutive_failures": 2, "eject_seconds": 0.5,
+                     "max_eject_seconds": 1, "retry_budget_min_per_second": 100}}]},
+        tmp_path, grpc=False)
+    try:
+        assert httpx.post(f"{broken.url}/v2/models/iris/infer", json=IRIS).status_code == 503
+        statuses = load(r.url, 40, path="/v2/models/iris/infer", body=IRIS, threads=2)
+        assert statuses == [200] * 40  # 503s were retried on the good replica
+        labels = {"service": "iris", "variant": "default"}
+        assert r.sample("turnout_router_ejections_total", **labels, endpoint=broken.url) >= 1
+        assert r.sample("turnout_router_retries_total", **labels) >= 1
+        # the replica recovers: the model is repaired and loaded again
+        shutil.copy(model_zoo["root"] / "iris" / "1" / "model.joblib",
+                    own["broken_dir"] / "iris" / "1" / "model.joblib")
+        assert httpx.post(f"{broken.url}/v2/repository/models/iris/load").status_code == 200
+        before = count(broken, "iris")
+        deadline = time.monotonic() + 10
+        while count(broken, "iris") == before and time.monotonic() < deadline:
+            assert load(r.url, 10, path="/v2/models/iris/infer", body=IRIS, threads=2) == [200] * 10
+            time.sleep(0.2)
+        assert count(broken, "iris") > before  # re-admitted and serving again
+    finally:
+        r.stop()
+
+
+def test_connect_errors_are_retried_on_another_endpoint(upstreams, router_cls, tmp_path):
+    from socket import socket
+
+    with socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    r = router_cls({"services": [{"name": "m", "variants": [
+        {"name": "default", "weight": 1, "http": [dead, upstreams["a1"].url]}]}],
+        "upstream": {"health_check": {"enabled": False}}}, tmp_path, grpc=False)
+    try:
+        assert load(r.url, 30, threads=3) == [200] * 30
+        labels = {"service": "m", "variant": "default"}
+        assert r.sample("turnout_router_upstream_requests_total", **labels, endpoint=dead,
+                        outcome="connect") >= 1
+        assert r.sample("turnout_router_ejections_total", **labels, endpoint=dead) >= 1
+    finally:
+        r.stop()
+
+
+def test_overload_beyond_the_pending_cap_gets_fast_429s(upstreams, router_cls, tmp_path):
+    r = router_cls({"services": [{"name": "slow", "variants": [
+        {"name": "default", "weight": 1, "http": [upstreams["a1"].url]}],
+        "upstream": {"max_pending": 4, "timeout_seconds": 10}}]}, tmp_path, grpc=False)
+    results: list[tuple[int, float, dict]] = []
+    lock = threading.Lock()
+
+    client = httpx.Client(limits=httpx.Limits(max_connections=24), timeout=30)
+    client.get(f"{r.url}/v2/health/live")
+
+    def one(_: int) -> None:
+        started = time.perf_counter()
+        resp = client.post(f"{r.url}/v2/models/slow/infer", json=SLOW)
+        with lock:
+            results.append((resp.status_code, time.perf_counter() - started, resp.json()))
+
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            list(pool.map(one, range(24)))
+        ok = [x for x in results if x[0] == 200]
+        refused = [x for x in results if x[0] == 429]
+        assert len(ok) + len(refused) == 24 and 1 <= len(ok) <= 8
+        assert all("limit is 4" in body["error"] for _, _, body in refused)
+        assert max(elapsed for _, elapsed, _ in refused) < 0.9  # not queued behind the 1 s model
+        assert r.sample("turnout_router_overload_rejections_total", service="slow",
+                        variant="default") == len(refused)
+        assert httpx.post(f"{r.url}/v2/models/slow/infer", json=SLOW).status_code == 200
+    finally:
+        client.close()
+        r.stop()
+
+
+def test_per_request_timeout(upstreams, router_cls, tmp_path):
+    r = router_cls({"services": [{"name": "slow", "variants": [
+        {"name": "default", "weight": 1, "http": [upstreams["a1"].url]}],
+        "upstream": {"timeout_seconds": 0.3}}]}, tmp_path, grpc=False)
+    try:
+        started = time.perf_counter()
+        resp = httpx.post(f"{r.url}/v2/models/slow/infer", json=SLOW)
+        assert time.perf_counter() - started < 0.9
+        assert resp.status_code == 503 and "did not answer within" in resp.json()["error"]
+    finally:
+        r.stop()
+
+
+def test_reload_under_load_loses_nothing(upstreams, router_cls, tmp_path):
+    a1, b = upstreams["a1"], upstreams["b"]
+
+    def config(w_default: float, w_canary: float) -> dict:
+        return {"services": [{"name": "m", "variants": [
+            {"name": "default", "weight": w_default, "http": [a1.url]},
+            {"name": "canary", "weight": w_canary, "http": [b.url]}]}]}
+
+    r = router_cls(config(50, 50), tmp_path, grpc=False)
+    statuses: list[int] = []
+    worker = threading.Thread(target=lambda: statuses.extend(load(r.url, 600, threads=6)))
+    try:
+        worker.start()
+        for step in range(8):
+            resp = httpx.put(f"{r.admin}/services/m/weights",
+                             json={"default": 10 * step + 1, "canary": 100 - 10 * step})
+            assert resp.status_code == 200, resp.text
+            time.sleep(0.05)
+        import yaml
+
+        r.config_path.write_text(yaml.safe_dump(config(90, 10)))
+        assert httpx.post(f"{r.admin}/reload").status_code == 200
+        bad = httpx.put(f"{r.admin}/config", content=b"services: [{name: m}]")
+        assert bad.status_code == 400 and "variants" in bad.json()["error"]
+        resp = httpx.put(f"{r.admin}/config", content=yaml.safe_dump(config(0, 1)).encode())
+        assert resp.status_code == 200
+        worker.join(60)
+        assert statuses == [200] * 600
+        after = [httpx.post(f"{r.url}/v2/models/m/infer", json=BODY).json()["outputs"][0]["data"]
+                 for _ in range(10)]
+        assert all(y == [3.0, -4.0] for y in after)  # all on the doubling canary now
+        assert httpx.get(f"{r.admin}/config").json()["services"][0]["variants"][0]["weight"] == 0
+        assert r.sample("turnout_router_config_reloads_total", result="rejected") == 1
+    finally:
+        r.stop()
+
+
+def test_admin_status_and_unknown_service(upstreams, router_cls, tmp_path):
+    r = router_cls({"services": [{"name": "m", "variants": [
+        {"name": "default", "weight": 1, "http": [upstreams["a1"].url]}]}]}, tmp_path, grpc=False)
+    try:
+        rows = httpx.get(f"{r.admin}/status").json()["endpoints"]
+        assert rows[0]["address"] == upstreams["a1"].url and rows[0]["healthy"] is True
+        assert httpx.put(f"{r.admin}/services/x/weights", json={}).status_code == 404
+        assert httpx.put(f"{r.admin}/services/m/weights", json={"zz": 1}).status_code == 400
+        assert httpx.put(f"{r.admin}/services/m/weights", json={"default": 0}).status_code == 400
+    finally:
+        r.stop()
