@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import onnxruntime as ort
 
+from serving.lazy import LazyModule
 from serving.model_settings import ModelSettings
 from serving.protocol.errors import InvalidInput, ModelLoadError
 from serving.protocol.types import TensorSpec
 from serving.runtime import Runtime, find_artifact
+
+ort = LazyModule("onnxruntime")
 
 # ONNX Runtime's names for ONNX tensor element types, and their protocol datatypes.
 ONNX_TO_DATATYPE = {

@@ -12,14 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import joblib
 import numpy as np
 
+from serving.lazy import LazyModule
 from serving.model_settings import ModelSettings
 from serving.protocol.datatypes import datatype_of
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
 from serving.runtime import Runtime, find_artifact
+
+joblib = LazyModule("joblib")
 
 INPUT_NAME = "input-0"
 # Estimator methods served as outputs, in the order they are declared; the first is the default.

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import xgboost as xgb
-from scipy.special import expit, softmax
 
+from serving.lazy import LazyModule
 from serving.model_settings import ModelSettings
 from serving.protocol.datatypes import datatype_of
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
 from serving.runtime import Runtime, find_artifact
+
+xgb = LazyModule("xgboost")
+special = LazyModule("scipy.special")
 
 INPUT_NAME = "input-0"
 BINARY = frozenset({"binary:logistic", "binary:logitraw"})
@@ -81,7 +83,7 @@ class XGBoostRuntime(Runtime):
         if self.objective in BINARY:
             probs = self._raw(features, "value")
             if self.objective == "binary:logitraw":
-                probs = expit(probs)
+                probs = special.expit(probs)
             labels = (probs > 0.5).astype(np.int64)
             # One probability column per class, as predict_proba gives; multi-label models
             # already return one column per label.
@@ -94,7 +96,7 @@ class XGBoostRuntime(Runtime):
             # softmax keeps only the winning class; its probabilities come from the margins.
             margins = self._raw(features, "margin")
             computed = {"predict": np.argmax(margins, axis=1),
-                        "predict_proba": softmax(margins, axis=1)}
+                        "predict_proba": special.softmax(margins, axis=1)}
         else:
             computed = {"predict": self._raw(features, "value")}
         return {name: computed[name] for name in outputs}

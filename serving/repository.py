@@ -106,6 +106,9 @@ def _load_version(source: ModelSource, version: str, folder: Path) -> tuple[Runt
         runtime.load()
     except ModelLoadError:
         raise
+    except ImportError as exc:  # frameworks are imported lazily, on first load
+        raise ModelLoadError(f"runtime '{runtime_name}' needs a framework that is not installed "
+                             f"({exc}); install turnout[{runtime_name}]") from exc
     except Exception as exc:  # frameworks raise anything on a bad file
         raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
     resolve_execution(runtime)
