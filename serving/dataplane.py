@@ -8,9 +8,10 @@ conversion of model exceptions into clean ``ModelFailed`` errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -102,9 +103,7 @@ class DataPlane:
     async def infer(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:
         started = time.perf_counter()
         mv, record = self._resolve(request, protocol, started)
-        status = "success"
-        record.in_flight.inc()
-        try:
+        with _recorded(record, started):
             runtime, inputs, names = self._prepare(mv, request)
             try:
                 if runtime.settings.batching is not None:
@@ -114,13 +113,6 @@ class DataPlane:
             except Exception as exc:
                 raise _model_failed(mv, exc) from None
             return self._respond(mv, request, result, names, inputs)
-        except TurnoutError as err:
-            status = err.kind.value
-            raise
-        finally:
-            record.in_flight.dec()
-            record.count(status)
-            record.latency.observe(time.perf_counter() - started)
 
     def runs_blocking(self, name: str, version: str | None) -> bool:
         """Whether :meth:`infer_blocking` may serve this model from the calling thread: true
@@ -138,9 +130,7 @@ class DataPlane:
         synchronous gRPC server); only for models where :meth:`runs_blocking` is true."""
         started = time.perf_counter()
         mv, record = self._resolve(request, protocol, started)
-        status = "success"
-        record.in_flight.inc()
-        try:
+        with _recorded(record, started):
             runtime, inputs, names = self._prepare(mv, request)
             computed = time.perf_counter()
             try:
@@ -149,13 +139,6 @@ class DataPlane:
                 raise _model_failed(mv, exc) from None
             record.inference.observe(time.perf_counter() - computed)
             return self._respond(mv, request, result, names, inputs)
-        except TurnoutError as err:
-            status = err.kind.value
-            raise
-        finally:
-            record.in_flight.dec()
-            record.count(status)
-            record.latency.observe(time.perf_counter() - started)
 
     def count_rejected(self, *, model: str, version: str | None, protocol: str,
                        error: TurnoutError) -> None:
@@ -221,6 +204,22 @@ class DataPlane:
                 predict=lambda inputs, names: self._predict(mv, inputs, names, record),
                 settings=mv.runtime.settings.batching, observe=observe)
         return mv.batcher
+
+
+@contextlib.contextmanager
+def _recorded(record: RequestMetrics, started: float) -> Iterator[None]:
+    """Count one request of a known model: in flight while it runs, then its outcome."""
+    status = "success"
+    record.in_flight.inc()
+    try:
+        yield
+    except TurnoutError as err:
+        status = err.kind.value
+        raise
+    finally:
+        record.in_flight.dec()
+        record.count(status)
+        record.latency.observe(time.perf_counter() - started)
 
 
 def _model_failed(mv: ModelVersion, exc: Exception) -> TurnoutError:
