@@ -187,6 +187,10 @@ class Plane:
         tmp = self.state_dir / "state.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1))
         tmp.replace(self.state_dir / "state.json")
+        # Process ids per revision, for operators (and tests) who need to find a replica.
+        pids = {revision: [r.process.pid for r in replicas if r.process is not None]
+                for revision, replicas in self.supervisor.replicas.items()}
+        (self.state_dir / "replicas.json").write_text(json.dumps(pids))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -253,7 +257,8 @@ class Plane:
                 state = rev.hold(state, now=now, reason=verdict.reason)
             log.info("%s: %s", name, state.events[-1].message)
             self.states[name] = state
-            self.snapshots[name] = current
+            if verdict.action != "hold":  # a hold waits for more data: the window grows
+                self.snapshots[name] = current
             changed = True
         return changed
 

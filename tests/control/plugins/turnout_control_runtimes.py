@@ -1,0 +1,27 @@
+"""A runtime that fails on a share of requests, for the rollout analysis to catch."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving.protocol.types import TensorSpec
+from serving.runtime import Runtime
+
+
+class Flaky(Runtime):
+    """Sums each row; raises on ``parameters.fail_ratio`` of the calls, as a buggy model would."""
+
+    name = "flaky"
+    platform = "test-flaky"
+    execution = "inline"
+
+    def load(self) -> None:
+        self.declared([], [TensorSpec("y", "FP64", (-1,))])
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        if random.random() < float(self.settings.parameters.get("fail_ratio", 0)):
+            raise RuntimeError("flaky model failed")
+        return {"y": next(iter(inputs.values())).sum(axis=1)}

@@ -1,0 +1,213 @@
+"""``turnout up`` with real processes: KServe manifests come up behind the router and change.
+
+Each test runs one plane on free loopback ports in its own folder; model servers are real
+``turnout serve`` processes, so these tests are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+PLUGINS = Path(__file__).parent / "plugins"
+ROW = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+def isvc(name: str, uri: str, *, percent: int | None = None, turnout: dict | None = None,
+         **predictor: object) -> dict:
+    pred: dict = {**predictor, "model": {"modelFormat": {"name": "sklearn"}, "storageUri": uri}}
+    if percent is not None:
+        pred["canaryTrafficPercent"] = percent
+    spec: dict = {"predictor": pred}
+    if turnout:
+        spec["turnout"] = turnout
+    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": name}, "spec": spec}
+
+
+class Up:
+    def __init__(self, folder: Path, *docs: dict) -> None:
+        self.folder = folder
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+        self.write("manifest.yaml", *docs)
+        self.log = (folder / "up.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "up", "-f", "manifest.yaml", "--http-port",
+             str(self.http_port), "--grpc-port", str(self.grpc_port)],
+            cwd=folder, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def write(self, name: str, *docs: dict) -> str:
+        (self.folder / name).write_text(yaml.safe_dump_all(docs))
+        return name
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "serving.cli", *args], cwd=self.folder,
+                              env=self.env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "-o", "json"))["services"][0]
+
+    def wait(self, check, timeout: float = 60, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.folder / "up.log").read_text()
+            try:
+                if check():
+                    return
+            except (httpx.HTTPError, AssertionError, KeyError, IndexError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{what}: {self.status()}")
+
+    def infer(self) -> int:
+        return httpx.post(f"{self.url}/v2/models/iris/infer", json=ROW, timeout=10).status_code
+
+    def variant_counts(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith("turnout_router_requests_total{") and 'service="iris"' in line:
+                variant = line.split('variant="')[1].split('"')[0]
+                counts[variant] = counts.get(variant, 0) + float(line.rsplit(" ", 1)[1])
+        return counts
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    root = tmp_path_factory.mktemp("models")
+    x, y = load_iris(return_X_y=True)
+    for name, model in (("v1", DecisionTreeClassifier(max_depth=3, random_state=0)),
+                        ("v2", LogisticRegression(max_iter=500))):
+        (root / name).mkdir()
+        joblib.dump(model.fit(x, y), root / name / "model.joblib")
+    (root / "flaky").mkdir()
+    (root / "flaky" / "model-settings.yaml").write_text(yaml.safe_dump({
+        "runtime": "turnout_control_runtimes:Flaky", "parameters": {"fail_ratio": 0.5},
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 4]}]}))
+    return root
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[list[Up]]:
+    planes: list[Up] = []
+    yield planes
+    for plane in planes:
+        assert plane.stop() == 0, (plane.folder / "up.log").read_text()[-3000:]
+
+
+def test_canary_comes_up_splits_traffic_promotes_rolls_back_and_restarts(
+        models: Path, tmp_path: Path, up: list[Up]) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    plane = Up(tmp_path, isvc("iris", f"file://{models}/v1"),
+               isvc("iris", f"file://{models}/v2", percent=10))
+    up.append(plane)
+    plane.wait(lambda: all(v["replicas"]["ready"] == 1 for v in plane.status()["variants"])
+               and len(plane.status()["variants"]) == 2, what="canary up")
+    plane.wait(lambda: plane.infer() == 200, what="router serving")
+    v1 = httpx.post(f"{plane.url}/v1/models/iris:predict", json={"instances": [[6.7, 3.0, 5.2, 2.3]]})
+    assert v1.status_code == 200 and len(v1.json()["predictions"]) == 1
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{plane.grpc_port}")
+    inp = grpcclient.InferInput("x", [1, 4], "FP64")
+    inp.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]]))
+    assert client.infer("iris", [inp]).as_numpy("predict").shape == (1,)
+
+    before = plane.variant_counts()
+    n = 300
+    with httpx.Client() as http:
+        for _ in range(n):
+            assert http.post(f"{plane.url}/v2/models/iris/infer", json=ROW).status_code == 200
+    after = plane.variant_counts()
+    canary = after.get("canary", 0) - before.get("canary", 0)
+    # Binomial(300, 0.1): mean 30, sd 5.2; ±4.5 sd keeps this test from flaking.
+    assert 7 <= canary <= 53, (canary, after)
+
+    assert "promoted iris-00002" in plane.cli("rollout", "promote", "iris")
+    state = plane.status()
+    assert (state["stable"], state["canary"]) == ("iris-00002", None)
+
+    plane.cli("apply", "-f", plane.write("v3.yaml", isvc("iris", f"file://{models}/v1", percent=50)))
+    plane.wait(lambda: plane.status()["variants"][1]["replicas"]["ready"] == 1, what="rev 3")
+    plane.cli("apply", "-f", plane.write("v3.yaml", isvc("iris", f"file://{models}/v1", percent=0)))
+    state = plane.status()
+    assert (state["phase"], [v["role"] for v in state["variants"]]) == ("rolled-back", ["stable"])
+    plane.cli("apply", "-f", plane.write("v3.yaml", isvc("iris", f"file://{models}/v1")))
+    assert plane.status()["stable"] == "iris-00003"   # field removed: promoted
+
+    plane.cli("apply", "-f", plane.write("v4.yaml", isvc("iris", f"file://{models}/v2", percent=30)))
+    assert "rolled back iris-00004" in plane.cli("rollout", "rollback", "iris")
+
+    # A killed runtime is restarted; with two replicas the router retries on the other one.
+    plane.cli("apply", "-f", plane.write("v5.yaml", isvc("iris", f"file://{models}/v1",
+                                                         minReplicas=2, maxReplicas=2)))
+    plane.wait(lambda: plane.status()["variants"][0]["replicas"]["ready"] == 2, what="2 replicas")
+    pids = json.loads((tmp_path / ".turnout" / "replicas.json").read_text())["iris-00003"]
+    os.kill(pids[0], signal.SIGKILL)
+    failures = sum(plane.infer() != 200 for _ in range(100))
+    assert failures == 0
+    plane.wait(lambda: plane.status()["variants"][0]["replicas"]["restarts"] == 1
+               and plane.status()["variants"][0]["replicas"]["ready"] == 2, what="restart")
+
+
+def test_progressive_rollout_rolls_back_a_failing_canary_and_promotes_a_good_one(
+        models: Path, tmp_path: Path, up: list[Up]) -> None:
+    rollout = {"rollout": {"steps": [20, 50, 100], "interval": "1s",
+                           "analysis": {"minRequests": 8, "maxErrorRate": 0.1, "maxHolds": 30}}}
+    plane = Up(tmp_path, isvc("iris", f"file://{models}/v1", minReplicas=0, maxReplicas=1,
+                              turnout={"autoscaling": {"scaleToZeroGrace": "1s",
+                                                       "stableWindow": "2s"}}))
+    up.append(plane)
+    # minReplicas 0: the service scales to zero when idle, and its first request still works.
+    plane.wait(lambda: plane.status()["variants"][0]["replicas"]["total"] == 0, what="to zero")
+    assert plane.infer() == 200
+
+    plane.cli("apply", "-f", plane.write("bad.yaml", {
+        **isvc("iris", f"file://{models}/flaky", turnout=rollout)}))
+
+    def rolled_back() -> bool:
+        for _ in range(20):
+            plane.infer()
+        return plane.status()["phase"] == "rolled-back"
+
+    plane.wait(rolled_back, timeout=90, what="automatic rollback")
+    assert any("error rate" in e["message"] for e in plane.status()["events"])
+
+    plane.cli("apply", "-f", plane.write("good.yaml", isvc("iris", f"file://{models}/v2",
+                                                           turnout=rollout)))
+
+    def promoted() -> bool:
+        for _ in range(20):
+            assert plane.infer() == 200
+        return plane.status()["stable"] == "iris-00003"
+
+    plane.wait(promoted, timeout=90, what="promotion")
