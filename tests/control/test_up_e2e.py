@@ -78,7 +78,8 @@ class Up:
         raise TimeoutError(f"{what}: {self.status()}")
 
     def infer(self) -> int:
-        return httpx.post(f"{self.url}/v2/models/iris/infer", json=ROW, timeout=10).status_code
+        # generous: a cold start (scale from zero) on a busy 2-core CI machine can take 10-20 s
+        return httpx.post(f"{self.url}/v2/models/iris/infer", json=ROW, timeout=60).status_code
 
     def variant_counts(self) -> dict[str, float]:
         counts: dict[str, float] = {}
