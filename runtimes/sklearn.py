@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from serving.content_types import to_frame
 from serving.lazy import LazyModule
 from serving.model_settings import ModelSettings
-from serving.protocol.datatypes import datatype_of
+from serving.protocol.datatypes import datatype_of, dtype_for
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
 from serving.runtime import Runtime, find_artifact
@@ -39,6 +40,7 @@ class SklearnRuntime(Runtime):
         super().__init__(settings)
         self.model: Any = None
         self._feature_names: list[str] | None = None
+        self._columns: list[TensorSpec] | None = None  # content_type pd: one input per column
 
     def load(self) -> None:
         path = find_artifact(self.settings.artifact, self.artifact_suffixes)
@@ -59,15 +61,25 @@ class SklearnRuntime(Runtime):
         self._feature_names = None if names is None else [str(n) for n in names]
         self.accepts_non_finite = _allows_nan(model)
 
-        probe = np.zeros((1, int(n_features)), dtype=np.float64)
+        # content_type pd: each declared input is one DataFrame column (ColumnTransformer).
+        self._columns = None
+        if self.settings.content_type() == "pd":
+            self._columns = self._column_inputs(path)
+            probe = {spec.name: (np.full((1,), "", dtype=object) if spec.datatype == "BYTES"
+                                 else np.zeros((1,), dtype=dtype_for(spec.datatype)))
+                     for spec in self._columns}
+            inputs = self._columns
+        else:
+            probe = {INPUT_NAME: np.zeros((1, int(n_features)), dtype=np.float64)}
+            inputs = [TensorSpec(INPUT_NAME, "FP64", (-1, int(n_features)))]
         outputs = [self._probe(path, method, probe) for method in METHODS
                    if hasattr(model, method)]
-        self.declared([TensorSpec(INPUT_NAME, "FP64", (-1, int(n_features)))], outputs)
+        self.declared(inputs, outputs)
         self._check_declared(path)
 
     def predict(self, inputs: dict[str, np.ndarray],
                 outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        features = self._frame(inputs[self.inputs[0].name])
+        features = self._features(inputs)
         # The data plane already refused NaN/Inf for estimators that cannot take them, and
         # parameters were validated at fit time: skipping both checks again saves ~40%.
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
@@ -76,10 +88,30 @@ class SklearnRuntime(Runtime):
     def unload(self) -> None:
         self.model = None
 
-    def _probe(self, path: Path, method: str, probe: np.ndarray) -> TensorSpec:
+    def _column_inputs(self, path: Path) -> list[TensorSpec]:
+        """One input per DataFrame column: as declared, else FP64 per fitted feature name."""
+        if self.settings.inputs:
+            specs = [spec.to_spec() for spec in self.settings.inputs]
+        elif self._feature_names is not None:
+            specs = [TensorSpec(name, "FP64", (-1,)) for name in self._feature_names]
+        else:
+            raise ModelLoadError(f"{path}: content_type pd needs column names: declare the "
+                                 "inputs in model-settings.yaml or fit on a DataFrame")
+        missing = [n for n in self._feature_names or () if n not in {s.name for s in specs}]
+        if missing:
+            raise ModelLoadError(f"{path}: the estimator was fitted on columns {missing} that "
+                                 "are not declared inputs")
+        return specs
+
+    def _features(self, inputs: dict[str, np.ndarray]) -> Any:
+        if self._columns is not None:
+            return to_frame(inputs, [spec.name for spec in self._columns])
+        return self._frame(next(iter(inputs.values())))  # the one input, whatever its name
+
+    def _probe(self, path: Path, method: str, probe: dict[str, np.ndarray]) -> TensorSpec:
         """Declare ``method``'s output from what it returns for one row."""
         try:
-            result = _as_output(getattr(self.model, method)(self._frame(probe)))
+            result = _as_output(getattr(self.model, method)(self._features(probe)))
             datatype = datatype_of(result)
         except Exception as exc:
             raise ModelLoadError(f"{path}: {method} fails on a row of zeros, so its output "
@@ -88,7 +120,7 @@ class SklearnRuntime(Runtime):
 
     def _check_declared(self, path: Path) -> None:
         """Reject settings overrides that predict() could not honour."""
-        if len(self.inputs) != 1:
+        if len(self.inputs) != 1 and self._columns is None:
             raise ModelLoadError(f"{path}: a scikit-learn estimator takes one input, but "
                                  f"{len(self.inputs)} are declared")
         available = [m for m in METHODS if hasattr(self.model, m)]

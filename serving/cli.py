@@ -6,6 +6,7 @@ Flags left unset fall through to ``TURNOUT_*`` environment variables, then to de
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ from pydantic import ValidationError
 
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a model file, a model folder or a folder of models")
-    p.add_argument("path", type=Path, nargs="?", help="model file, model folder or repository")
+    p.add_argument("path", nargs="?", help="model file, model folder or repository: a path, or "
+                   "a storage URI (file://, http(s)://, s3://, gs://) fetched into the cache first")
     p.add_argument("--name", dest="model_name", help="model name when PATH is one model")
+    p.add_argument("--model-class", help="module:Class of a custom Python model (a subclass of "
+                   "runtimes.python.Model); PATH (default: the current folder) is that model's folder")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="REST port (default 8080)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 disables)")
@@ -35,9 +39,18 @@ def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
     from .settings import ServerSettings
 
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "path")}
-    if args.path is not None:
-        given["model_path"] = args.path
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("command", "path", "model_class")}
+    path = args.path
+    if args.model_class:
+        os.environ["TURNOUT_MODEL_CLASS"] = args.model_class  # read by the repository
+        path = path or "."
+    if path is not None:
+        try:
+            given["model_path"] = _local_model_path(path)
+        except ValueError as exc:
+            print(f"turnout serve: {exc}", file=sys.stderr)
+            return 2
     try:
         settings = ServerSettings(**given)
     except ValidationError as exc:
@@ -51,6 +64,20 @@ def _serve(args: argparse.Namespace) -> int:
 
     run(settings)
     return 0
+
+
+def _local_model_path(path: str) -> Path:
+    """PATH as a local path; a remote URI is fetched into the model cache first, with progress."""
+    from .storage import fetch, is_remote, local_path, print_progress
+
+    if not is_remote(path):
+        return local_path(path)
+    from .protocol.errors import ModelLoadError
+
+    try:
+        return fetch(path, progress=print_progress)
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .content_types import CONTENT_TYPES
 from .protocol.datatypes import DATATYPES
 from .protocol.errors import ModelLoadError
 from .protocol.types import TensorSpec
@@ -21,6 +22,16 @@ class TensorSpecSettings(BaseModel):
     name: str
     datatype: str
     shape: list[int] = Field(default_factory=lambda: [-1])
+    content_type: str | None = Field(None, description="np, pd, str or base64: how the tensor's "
+                                     "data reaches the model (inputs) or is encoded (outputs)")
+
+    @field_validator("content_type")
+    @classmethod
+    def _known_content_type(cls, value: str | None) -> str | None:
+        if value is not None and value not in CONTENT_TYPES:
+            raise ValueError(f"unknown content_type {value!r}; expected one of "
+                             f"{', '.join(CONTENT_TYPES)}")
+        return value
 
     @field_validator("datatype")
     @classmethod
@@ -66,6 +77,33 @@ class ModelSettings(BaseModel):
     batching: BatchingSettings | None = None
     execution: Literal["auto", "inline", "thread"] | None = Field(
         None, description="Where predict runs; default: what the runtime declares")
+    model_class: str | None = Field(
+        None, description="module:Class of a custom Python model (implies runtime: python)")
+    storage_uri: str | None = Field(
+        None, description="Where the artifact lives when not beside this file: a path, file://, "
+        "http(s)://, s3://, gs://; fetched through fsspec into the local cache")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the fsspec filesystem "
+        "(endpoint, credentials profile...)")
+
+    @field_validator("parameters")
+    @classmethod
+    def _known_default_content_type(cls, value: dict[str, Any]) -> dict[str, Any]:
+        content_type = value.get("content_type")
+        if content_type is not None and content_type not in CONTENT_TYPES:
+            raise ValueError(f"unknown content_type {content_type!r}; expected one of "
+                             f"{', '.join(CONTENT_TYPES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _model_class_means_python(self) -> ModelSettings:
+        if self.model_class and self.runtime is None:
+            self.runtime = "python"
+        return self
+
+    def content_type(self) -> str | None:
+        """The model's default content type for its inputs (``parameters.content_type``)."""
+        return self.parameters.get("content_type")
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,12 @@ from .model_settings import SETTINGS_FILE, build_settings, read_settings_file
 from .protocol.errors import InvalidInput, ModelLoadError, ModelNotFound
 from .protocol.types import RepositoryEntry
 from .runtime import Runtime, available_runtimes, detect_runtime, resolve_runtime
+from .storage import fetch
 
 log = logging.getLogger("turnout.repository")
 
 State = Literal["LOADING", "READY", "UNAVAILABLE"]
+MODEL_CLASS_ENV = "TURNOUT_MODEL_CLASS"  # set by turnout serve --model-class
 
 
 @dataclass(slots=True)
@@ -80,9 +83,18 @@ def _source_for(name: str | None, path: Path) -> ModelSource:
 
 
 def discover(path: Path, *, name: str | None = None) -> list[ModelSource]:
-    """Models under ``path``: one model (a file or model folder) or a folder of models."""
+    """Models under ``path``: one model (a file or model folder) or a folder of models.
+
+    With ``TURNOUT_MODEL_CLASS`` (``turnout serve --model-class``) ``path`` is one model run by
+    that custom Python class, unless its own settings name another.
+    """
     if not path.exists():
         raise FileNotFoundError(f"model path {path} does not exist")
+    model_class = os.environ.get(MODEL_CLASS_ENV)
+    if model_class:
+        source = _source_for(name, path)
+        base = {"model_class": model_class, **source.base_settings}
+        return [ModelSource(source.name, source.versions, base)]
     if path.is_file() or _is_model_dir(path):
         return [_source_for(name, path)]
     if name:
@@ -98,7 +110,10 @@ def _load_version(source: ModelSource, version: str, folder: Path) -> tuple[Runt
         fields.update(read_settings_file(folder / SETTINGS_FILE))
     fields.update(name=source.name, version=version, artifact=folder)
     settings = build_settings(**fields)
-    runtime_name = settings.runtime or detect_runtime(folder)
+    if settings.storage_uri:  # the artifact lives elsewhere: fetch it (or reuse the cache)
+        settings.artifact = fetch(settings.storage_uri, options=settings.storage_options,
+                                  base=folder if folder.is_dir() else folder.parent)
+    runtime_name = settings.runtime or detect_runtime(settings.artifact)
     runtime_cls = resolve_runtime(runtime_name)
     started = time.perf_counter()
     runtime = runtime_cls(settings)

@@ -6,8 +6,11 @@ protocol, so runtimes receive arrays of exactly the declared datatype and shape.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from .content_types import CONTENT_TYPES, TENSOR_CODECS, decode_tensor
 from .protocol.datatypes import DATATYPE_TO_DTYPE, can_convert
 from .protocol.errors import InvalidInput
 from .protocol.types import InferenceRequest, Tensor, TensorSpec
@@ -22,9 +25,17 @@ def prepare_inputs(request: InferenceRequest, runtime: Runtime) -> dict[str, np.
     pairs = _pair_inputs(request.inputs, runtime.inputs, declared)
     arrays: dict[str, np.ndarray] = {}
     batch: int | None = None
+    declared_types, default_type = _declared_content_types(runtime)
+    request_type = request.parameters.get("content_type") if request.parameters else None
+    if request_type is not None and request_type not in CONTENT_TYPES:
+        raise InvalidInput(f"unknown request content_type {request_type!r}; expected one of "
+                           f"{', '.join(CONTENT_TYPES)}")
     for tensor, spec in pairs:
         array = _convert(tensor, spec)
         _check_shape(tensor.name, array, spec)
+        if tensor.parameters or declared_types or default_type or request_type:
+            array = decode_tensor(tensor.name, array, _content_type(
+                tensor, spec, array, declared_types, request_type or default_type))
         if not runtime.accepts_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise InvalidInput(f"input '{tensor.name}' contains NaN or Inf, which model "
                                f"'{request.model_name}' cannot take")
@@ -51,6 +62,32 @@ def select_outputs(request: InferenceRequest, runtime: Runtime) -> list[str]:
                                f"'{request.model_name}' has outputs: {', '.join(sorted(known))}")
         names.append(requested.name)
     return names
+
+
+def _declared_content_types(runtime: Runtime) -> tuple[dict[str, str], str | None]:
+    """Per-input content types and the model default from its settings, computed once; a
+    runtime that learns them elsewhere (runtimes.python) sets ``declared_content_types``."""
+    cached: Any = getattr(runtime, "declared_content_types", None)
+    if cached is None:
+        settings = runtime.settings
+        cached = ({s.name: s.content_type for s in settings.inputs if s.content_type},
+                  settings.parameters.get("content_type"))
+        runtime.declared_content_types = cached  # type: ignore[attr-defined]
+    return cached  # type: ignore[no-any-return]
+
+
+def _content_type(tensor: Tensor, spec: TensorSpec, array: np.ndarray,
+                  declared: dict[str, str], fallback: str | None) -> str | None:
+    """The input's own ``content_type``, else the declared one, else the request's or the
+    model's default where it is a per-tensor codec and the tensor is BYTES."""
+    own = tensor.parameters.get("content_type") if tensor.parameters else None
+    if own is not None:
+        return str(own)
+    if spec.name in declared:
+        return declared[spec.name]
+    if fallback in TENSOR_CODECS and array.dtype == object:
+        return fallback
+    return None
 
 
 def _pair_inputs(tensors: list[Tensor], specs: list[TensorSpec],

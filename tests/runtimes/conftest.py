@@ -26,6 +26,10 @@ CONTRACT_CASES = [
     "sklearn_logreg", "sklearn_forest",
     "xgb_booster", "xgb_classifier", "xgb_regressor",
     "onnx_logreg", "onnx_matmul",
+    "lgbm_booster", "lgbm_regressor", "lgbm_sklearn_joblib",
+    "torch_script", "torch_export",
+    "tf_savedmodel",
+    "python_custom",
 ]
 
 
@@ -37,10 +41,11 @@ class ModelCase:
     outputs: tuple[str, ...]
     reference: Reference
     model: Any = field(default=None, repr=False)  # the in-process object, for specific checks
+    settings: dict[str, Any] = field(default_factory=dict)  # what model-settings.yaml says
 
     def load(self, artifact: Path | None = None, **settings: Any) -> Runtime:
         runtime = self.runtime(ModelSettings(name="m", artifact=artifact or self.artifact,
-                                             **settings))
+                                             **{**self.settings, **settings}))
         runtime.load()
         return runtime
 
@@ -235,6 +240,164 @@ def onnx_matmul(models_dir: Path) -> ModelCase:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
         [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")])
     return ModelCase(OnnxRuntime, path, 3, ("y",), _session_reference(path), (weights, bias))
+
+
+@pytest.fixture(scope="session")
+def lgbm_booster(models_dir: Path, iris: tuple[np.ndarray, np.ndarray]) -> ModelCase:
+    import lightgbm as lgb
+
+    from runtimes.lightgbm import LightGBMRuntime
+
+    params = {"objective": "multiclass", "num_class": 3, "num_leaves": 4, "seed": 0,
+              "num_threads": 1, "verbose": -1, "min_data_in_leaf": 5}
+    booster = lgb.train(params, lgb.Dataset(*iris), num_boost_round=5)
+    path = _folder(models_dir, "lgbm_booster") / "model.txt"
+    booster.save_model(str(path))
+
+    def reference(x: np.ndarray) -> dict[str, np.ndarray]:
+        proba = booster.predict(x)
+        return {"predict": proba.argmax(axis=1), "predict_proba": proba}
+
+    return ModelCase(LightGBMRuntime, path, 4, ("predict", "predict_proba"), reference, booster)
+
+
+@pytest.fixture(scope="session")
+def lgbm_regressor(models_dir: Path, regression_data: tuple[np.ndarray, np.ndarray]) -> ModelCase:
+    import lightgbm as lgb
+
+    from runtimes.lightgbm import LightGBMRuntime
+
+    model = lgb.LGBMRegressor(n_estimators=5, num_leaves=4, random_state=0, n_jobs=1,
+                              verbose=-1).fit(*regression_data)
+    folder = _folder(models_dir, "lgbm_regressor")
+    model.booster_.save_model(str(folder / "model.txt"))  # the wrapper's booster, as text
+    return ModelCase(LightGBMRuntime, folder, 5, ("predict",),
+                     lambda x: {"predict": model.predict(x)}, model)
+
+
+@pytest.fixture(scope="session")
+def lgbm_sklearn_joblib(models_dir: Path, iris: tuple[np.ndarray, np.ndarray]) -> ModelCase:
+    """The LightGBM sklearn wrapper pickled with joblib goes through the sklearn runtime."""
+    import joblib
+    import lightgbm as lgb
+
+    from runtimes.sklearn import SklearnRuntime
+
+    model = lgb.LGBMClassifier(n_estimators=5, num_leaves=4, random_state=0, n_jobs=1,
+                               verbose=-1).fit(*iris)
+    path = _folder(models_dir, "lgbm_sklearn_joblib") / "model.joblib"
+    joblib.dump(model, path)
+    return ModelCase(SklearnRuntime, path, 4, ("predict", "predict_proba"),
+                     lambda x: {"predict": model.predict(x),
+                                "predict_proba": model.predict_proba(x)}, model)
+
+
+def _torch_mlp() -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3),
+                               torch.nn.Softmax(dim=1)).eval()
+
+
+def _torch_reference(module: Any, name: str = "output-0") -> Reference:
+    import torch
+
+    def reference(x: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return {name: module(torch.from_numpy(np.array(x, dtype=np.float32))).numpy()}
+
+    return reference
+
+
+@pytest.fixture(scope="session")
+def torch_script(models_dir: Path) -> ModelCase:
+    """TorchScript keeps no input datatypes or shapes: model-settings.yaml declares them."""
+    import torch
+
+    from runtimes.torch import TorchRuntime
+
+    module = _torch_mlp()
+    path = _folder(models_dir, "torch_script") / "model.pt"
+    torch.jit.save(torch.jit.trace(module, torch.zeros(2, 4)), str(path))
+    loaded = torch.jit.load(str(path))
+    return ModelCase(TorchRuntime, path, 4, ("output-0",), _torch_reference(loaded), loaded,
+                     settings={"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]})
+
+
+@pytest.fixture(scope="session")
+def torch_export(models_dir: Path) -> ModelCase:
+    import torch
+
+    from runtimes.torch import TorchRuntime
+
+    module = _torch_mlp()
+    program = torch.export.export(module, (torch.zeros(2, 4),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = _folder(models_dir, "torch_export") / "model.pt2"
+    torch.export.save(program, str(path))
+    loaded = torch.export.load(str(path)).module()
+    return ModelCase(TorchRuntime, path, 4, ("output-0",), _torch_reference(loaded), loaded)
+
+
+def make_tf_savedmodel(folder: Path) -> Any:
+    """A SavedModel with two signatures: a softmax classifier and a string op."""
+    import tensorflow as tf
+
+    class Classifier(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal((4, 3), seed=(1, 2)))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x: Any) -> dict[str, Any]:
+            logits = tf.matmul(x, self.w)
+            return {"probabilities": tf.nn.softmax(logits), "label": tf.argmax(logits, axis=1)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def shout(self, text: Any) -> dict[str, Any]:
+            return {"upper": tf.strings.upper(text), "length": tf.strings.length(text)}
+
+    module = Classifier()
+    tf.saved_model.save(module, str(folder),
+                        signatures={"serving_default": module.serve, "shout": module.shout})
+    return tf.saved_model.load(str(folder))
+
+
+@pytest.fixture(scope="session")
+def tf_savedmodel(models_dir: Path) -> ModelCase:
+    from runtimes.tensorflow import TensorFlowRuntime
+
+    folder = _folder(models_dir, "tf_savedmodel")
+    loaded = make_tf_savedmodel(folder)
+    signature = loaded.signatures["serving_default"]
+
+    def reference(x: np.ndarray) -> dict[str, np.ndarray]:
+        out = signature(x=np.asarray(x, dtype=np.float32))
+        return {name: tensor.numpy() for name, tensor in out.items()}
+
+    return ModelCase(TensorFlowRuntime, folder, 4, ("label", "probabilities"), reference, loaded)
+
+
+CUSTOM_MODEL = Path(__file__).resolve().parents[2] / "examples" / "custom_model"
+
+
+@pytest.fixture(scope="session")
+def python_custom() -> ModelCase:
+    """The worked example in examples/custom_model, run in-process as the reference."""
+    from runtimes.python import PythonRuntime, load_model_class
+
+    settings = {"model_class": "model:IrisScorer", "outputs": [
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]}]}
+    model = load_model_class("model:IrisScorer", CUSTOM_MODEL)(
+        ModelSettings(name="m", artifact=CUSTOM_MODEL))
+    model.load()
+
+    def reference(x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"probabilities": model.postprocess(model.predict(x))["probabilities"]}
+
+    return ModelCase(PythonRuntime, CUSTOM_MODEL, 4, ("probabilities",), reference, model,
+                     settings=settings)
 
 
 @pytest.fixture(params=CONTRACT_CASES)

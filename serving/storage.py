@@ -1,0 +1,269 @@
+"""Model storage URIs: local paths, ``file://``, ``http(s)://``, ``s3://``, ``gs://`` and any
+other fsspec filesystem, fetched into a local cache that survives restarts.
+
+A remote model is listed first (sizes and the ETag / checksum / modification time the store
+reports), and the cache entry is keyed by the URI and that listing, so a changed object is
+fetched again and an unchanged one is reused without a download. Files are downloaded into a
+``.partial-*`` folder beside the entry and renamed into place only when every file arrived
+whole, so an interrupted download is never served: the next attempt starts over.
+
+Credentials come from where each filesystem normally finds them (``AWS_*`` variables, profiles,
+instance metadata; ``GOOGLE_APPLICATION_CREDENTIALS``) or from ``storage_options`` in the model
+settings, which are passed to the filesystem as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .protocol.errors import ModelLoadError
+
+log = logging.getLogger("turnout.storage")
+
+CACHE_ENV = "TURNOUT_MODEL_CACHE"
+PROGRESS_MIN_BYTES = 16 * 1024 * 1024  # smaller files download without progress reports
+# What a store may report about an object's content, most specific first.
+_IDENTITY_FIELDS = ("ETag", "etag", "Content-MD5", "Digest", "md5Hash", "md5", "crc32c",
+                    "checksum", "LastModified", "Last-Modified", "last_modified", "updated",
+                    "mtime", "modified")
+
+Progress = Callable[[str, int, int], None]  # (file, bytes done, total bytes)
+Listing = dict[str, tuple[str, int | None, str]]  # relative path -> (remote, size, identity)
+
+
+class StorageError(ModelLoadError):
+    """A storage URI that cannot be read: wrong address, missing object, no credentials."""
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names a filesystem other than this machine's (Windows drives aside)."""
+    scheme = urlsplit(uri).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+def local_path(uri: str, *, base: Path | None = None) -> Path:
+    """The path a local ``uri`` (plain path or ``file://``) names, relative ones to ``base``."""
+    path = Path(unquote(uri[len("file://"):])) if uri.startswith("file://") else Path(uri)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return path
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "turnout" / "models"
+
+
+def fetch(uri: str, *, options: dict[str, Any] | None = None, base: Path | None = None,
+          cache_dir: Path | None = None, progress: Progress | None = None) -> Path:
+    """A local path holding what ``uri`` names: itself if local, else the cached copy.
+
+    The result is a file when the URI names one object, a folder when it names a prefix or
+    directory. Raises :class:`StorageError` with the URI and the reason.
+    """
+    if not is_remote(uri):
+        path = local_path(uri, base=base)
+        if not path.exists():
+            raise StorageError(f"storage_uri {uri!r}: {path} does not exist")
+        return path
+    fs, root = _filesystem(uri, options or {})
+    listing, is_dir = _list(fs, root, uri)
+    cache = cache_dir or default_cache_dir()
+    key = _cache_key(uri, listing)
+    final = cache / key
+    target = final if is_dir else final / next(iter(listing))
+    if final.is_dir():
+        log.info("%s: using the cached copy in %s", uri, final)
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(cache, key)
+    partial = cache / f".partial-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
+    started = time.monotonic()
+    try:
+        for relative, (remote, size, _) in listing.items():
+            local = partial / relative
+            local.parent.mkdir(parents=True, exist_ok=True)
+            callback = _callback(relative, size, progress)
+            fs.get_file(remote, str(local), callback=callback)
+            got = local.stat().st_size
+            if size is not None and got != size:
+                raise StorageError(f"storage_uri {uri!r}: download of {relative} stopped at "
+                                   f"{got} of {size} bytes")
+        (partial / ".turnout-source.json").write_text(json.dumps({"uri": uri}))
+        try:
+            partial.rename(final)
+        except OSError:
+            if not final.is_dir():  # not another process finishing the same download first
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+    except StorageError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except BaseException as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not isinstance(exc, Exception):
+            raise
+        raise StorageError(f"storage_uri {uri!r}: download failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    total = sum(size or 0 for _, size, _ in listing.values())
+    log.info("%s: fetched %d file(s), %.1f MiB in %.1fs into %s", uri, len(listing),
+             total / 2**20, time.monotonic() - started, final)
+    return target
+
+
+def _filesystem(uri: str, options: dict[str, Any]) -> tuple[Any, str]:
+    scheme = urlsplit(uri).scheme
+    try:
+        import fsspec
+    except ImportError:
+        raise StorageError(f"storage_uri {uri!r}: remote storage needs fsspec; install "
+                           "turnout[storage] (and turnout[s3] or turnout[gcs])") from None
+    try:
+        fs, root = fsspec.core.url_to_fs(uri, **options)
+    except ImportError as exc:
+        extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme, "storage")
+        raise StorageError(f"storage_uri {uri!r}: {scheme}:// needs a package that is not "
+                           f"installed ({exc}); install turnout[{extra}]") from None
+    except ValueError as exc:
+        raise StorageError(f"storage_uri {uri!r}: {exc}") from None
+    return fs, root
+
+
+def _list(fs: Any, root: str, uri: str) -> tuple[Listing, bool]:
+    """Every file under ``root`` as relative path -> (remote path, size), and whether the
+    URI names a folder. HTTP URLs ending in ``/`` are folders (their index page's links)."""
+    try:
+        if _is_http(fs):
+            is_dir = uri.endswith("/")
+            infos = ({p: fs.info(p) for p in fs.find(root)} if is_dir else {root: fs.info(root)})
+        else:
+            info = fs.info(root)
+            is_dir = info.get("type") == "directory"
+            infos = ({p: i for p, i in fs.find(root, detail=True).items()
+                      if i.get("type") != "directory"} if is_dir else {root: info})
+    except FileNotFoundError:
+        raise StorageError(f"storage_uri {uri!r} does not exist") from None
+    except Exception as exc:
+        raise StorageError(_describe(uri, exc)) from None
+    if not infos:
+        raise StorageError(f"storage_uri {uri!r} is an empty folder")
+    listing: Listing = {}
+    strip = root.rstrip("/")
+    for path, info in sorted(infos.items()):
+        name = info.get("name", path)
+        relative = (str(name)[len(strip):].lstrip("/") if is_dir
+                    else Path(urlsplit(str(name)).path).name)
+        if not relative or ".." in Path(relative).parts:
+            continue
+        size = info.get("size")
+        listing[relative] = (path, int(size) if size is not None else None, _identity(info))
+    if not listing:
+        raise StorageError(f"storage_uri {uri!r}: no files to fetch")
+    return listing, is_dir
+
+
+def _identity(info: dict[str, Any]) -> str:
+    for field in _IDENTITY_FIELDS:
+        value = info.get(field)
+        if value:
+            return f"{field}={value}"
+    return ""
+
+
+def _cache_key(uri: str, listing: Listing) -> str:
+    content = json.dumps([(rel, size, identity)
+                          for rel, (_, size, identity) in sorted(listing.items())])
+    name = Path(urlsplit(uri).path.rstrip("/")).name or "model"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
+    return (f"{safe}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}-"
+            f"{hashlib.sha256(content.encode()).hexdigest()[:12]}")
+
+
+def _is_http(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return bool({"http", "https"} & set(protocol))
+
+
+def _describe(uri: str, exc: Exception) -> str:
+    kind = type(exc).__name__
+    text = str(exc) or kind
+    hint = ""
+    if kind in ("NoCredentialsError", "PartialCredentialsError") or "credential" in text.lower():
+        hint = " (no credentials found: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a " \
+               "profile, or storage_options in model-settings.yaml)"
+    elif isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+        hint = " (access denied: check the credentials and the bucket policy)"
+    return f"storage_uri {uri!r}: cannot read it: {kind}: {text}{hint}"
+
+
+def _remove_abandoned(cache: Path, key: str) -> None:
+    """Partial downloads of this entry left by processes that no longer run."""
+    for partial in cache.glob(f".partial-{key}-*"):
+        try:
+            pid = int(partial.name[len(f".partial-{key}-"):].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _callback(name: str, size: int | None, progress: Progress | None) -> Any:
+    from fsspec.callbacks import Callback
+
+    report = progress or _log_progress
+    if size is not None and size < PROGRESS_MIN_BYTES:
+        return Callback()  # nothing to report for small files
+
+    class _Report(Callback):
+        def call(self, *args: Any, **kwargs: Any) -> None:
+            report(name, int(self.value), int(self.size or size or 0))
+
+    return _Report(size=size)
+
+
+_logged: dict[str, int] = {}
+
+
+def _log_progress(name: str, done: int, total: int) -> None:
+    """Server logs get a line at each quarter of a large file."""
+    if not total:
+        return
+    quarter = min(4, done * 4 // total)
+    if _logged.get(name, -1) < quarter:
+        _logged[name] = quarter
+        log.info("downloading %s: %d%% of %.1f MiB", name, quarter * 25, total / 2**20)
+        if quarter == 4:
+            _logged.pop(name, None)
+
+
+def print_progress(name: str, done: int, total: int) -> None:
+    """For the CLI: one updating line per file on stderr."""
+    if not total:
+        return
+    line = f"\rdownloading {name}: {done * 100 // total:3d}% of {total / 2**20:.1f} MiB"
+    sys.stderr.write(line + ("\n" if done >= total else ""))
+    sys.stderr.flush()
