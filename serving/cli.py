@@ -6,7 +6,6 @@ Flags left unset fall through to ``TURNOUT_*`` environment variables, then to de
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .settings import ServerSettings
 
     given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("command", "path", "model_class")}
+             if v is not None and k not in ("command", "path")}
     path = args.path
     if args.model_class:
-        os.environ["TURNOUT_MODEL_CLASS"] = args.model_class  # read by the repository
         path = path or "."
     if path is not None:
         try:

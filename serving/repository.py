@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from .storage import fetch
 log = logging.getLogger("turnout.repository")
 
 State = Literal["LOADING", "READY", "UNAVAILABLE"]
-MODEL_CLASS_ENV = "TURNOUT_MODEL_CLASS"  # set by turnout serve --model-class
 
 
 @dataclass(slots=True)
@@ -82,15 +80,15 @@ def _source_for(name: str | None, path: Path) -> ModelSource:
     return ModelSource(name=str(model_name), versions=versions, base_settings=base)
 
 
-def discover(path: Path, *, name: str | None = None) -> list[ModelSource]:
+def discover(path: Path, *, name: str | None = None,
+             model_class: str | None = None) -> list[ModelSource]:
     """Models under ``path``: one model (a file or model folder) or a folder of models.
 
-    With ``TURNOUT_MODEL_CLASS`` (``turnout serve --model-class``) ``path`` is one model run by
-    that custom Python class, unless its own settings name another.
+    With ``model_class`` (``turnout serve --model-class``) ``path`` is one model run by that
+    custom Python class, unless its own settings name another.
     """
     if not path.exists():
         raise FileNotFoundError(f"model path {path} does not exist")
-    model_class = os.environ.get(MODEL_CLASS_ENV)
     if model_class:
         source = _source_for(name, path)
         base = {"model_class": model_class, **source.base_settings}
@@ -133,9 +131,11 @@ def _load_version(source: ModelSource, version: str, folder: Path) -> tuple[Runt
 class ModelRepository:
     """Live table of model versions, with load/unload by name from the repository path."""
 
-    def __init__(self, *, path: Path | None, name: str | None, metrics: Metrics) -> None:
+    def __init__(self, *, path: Path | None, name: str | None, metrics: Metrics,
+                 model_class: str | None = None) -> None:
         self._path = path
         self._name = name
+        self._model_class = model_class
         self._metrics = metrics
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -143,7 +143,7 @@ class ModelRepository:
     async def load_all(self) -> None:
         if self._path is None:
             return
-        for source in discover(self._path, name=self._name):
+        for source in discover(self._path, name=self._name, model_class=self._model_class):
             await self._load_source(source)
 
     async def load(self, name: str) -> None:
@@ -190,7 +190,7 @@ class ModelRepository:
                    for versions in self._models.values() for mv in versions.values()]
         if self._path is not None:
             try:
-                known = {s.name for s in discover(self._path, name=self._name)}
+                known = {s.name for s in discover(self._path, name=self._name, model_class=self._model_class)}
             except (OSError, ValueError, ModelLoadError):
                 known = set()
             entries += [RepositoryEntry(n, "", "UNAVAILABLE", "unloaded")
@@ -201,7 +201,7 @@ class ModelRepository:
         if self._path is None:
             raise ModelNotFound(f"model '{name}' is not in the repository")
         try:
-            sources = discover(self._path, name=self._name)
+            sources = discover(self._path, name=self._name, model_class=self._model_class)
         except (OSError, ValueError) as exc:
             raise ModelNotFound(f"cannot read the repository: {exc}") from exc
         for source in sources:

@@ -18,6 +18,8 @@ class ServerSettings(BaseSettings):
 
     model_path: Path | None = Field(None, description="A model file, model folder or folder of models")
     model_name: str | None = Field(None, description="Name for a single model path")
+    model_class: str | None = Field(None, description="module:Class of a custom Python model "
+                                    "that serves model_path")
     host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise "
                       "(container images set 0.0.0.0)")
     http_port: int = Field(8080, description="REST port (KServe's default)")
