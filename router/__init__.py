@@ -2,8 +2,21 @@
 
 It depends on ``serving.protocol`` for request types and errors and never on the model server
 itself. The process is built by ``router.server.RouterServer``; see docs/router.md.
+
+The public names load on first use, so ``turnout serve`` (which registers the router's CLI
+flags) does not pay for the router's config models at start-up.
 """
 
-from .config import ConfigError, RouterConfig, load_config, load_config_text, parse_config
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["ConfigError", "RouterConfig", "load_config", "load_config_text", "parse_config"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'router' has no attribute {name!r}")
