@@ -1,0 +1,1 @@
+"""Turnout's benchmark harness: ``python -m loadtests.run`` (see loadtests/README.md)."""

@@ -1,0 +1,194 @@
+"""The benchmark's models, built from fixed seeds, and the rows sent to them.
+
+- ``iris``: scikit-learn LogisticRegression on an iris-like problem (4 features, 3 classes), joblib.
+- ``xgb``: XGBoost classifier, 100 trees of depth 6 on 32 features (binary), saved as JSON.
+- ``mlp``: an ONNX MLP 64 -> 256 -> 256 -> 10 (ReLU, softmax), built with ``onnx.helper``.
+
+Every server loads the same files; ``build`` reuses them when the stamp beside them matches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SEED = 20240611
+STAMP_VERSION = 1
+INPUT_NAME = "input-0"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    framework: str  # sklearn | xgboost | onnx
+    artifact: str  # file name inside the model's folder
+    n_features: int
+    datatype: str  # OIP datatype of the input rows
+    n_classes: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float64 if self.datatype == "FP64" else np.float32)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "iris": ModelSpec("iris", "sklearn", "model.joblib", 4, "FP64", 3),
+    "xgb": ModelSpec("xgb", "xgboost", "model.json", 32, "FP32", 2),
+    "mlp": ModelSpec("mlp", "onnx", "model.onnx", 64, "FP32", 10),
+}
+
+
+def rows(name: str, batch: int) -> np.ndarray:
+    """The request rows for ``name``: fixed, in the model's input datatype, C-contiguous."""
+    spec = MODELS[name]
+    rng = np.random.default_rng(SEED + batch)
+    if name == "iris":
+        centre = np.array([5.8, 3.0, 3.8, 1.2])
+        x = centre + rng.normal(scale=0.6, size=(batch, 4))
+    else:
+        x = rng.normal(size=(batch, spec.n_features))
+    return np.ascontiguousarray(np.round(x, 4).astype(spec.dtype))
+
+
+def _build_iris(path: Path) -> None:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(SEED)
+    centres = np.array([[5.0, 3.4, 1.5, 0.2], [5.9, 2.8, 4.3, 1.3], [6.6, 3.0, 5.6, 2.0]])
+    y = np.repeat(np.arange(3), 100)
+    x = centres[y] + rng.normal(scale=0.35, size=(300, 4))
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    joblib.dump(model, path)
+
+
+def _build_xgb(path: Path) -> None:
+    import xgboost as xgb
+
+    rng = np.random.default_rng(SEED)
+    x = rng.normal(size=(4000, 32)).astype(np.float32)
+    w = rng.normal(size=32)
+    y = ((x @ w + 0.5 * np.sin(3 * x[:, 0]) + rng.normal(scale=0.5, size=4000)) > 0).astype(int)
+    model = xgb.XGBClassifier(n_estimators=100, max_depth=6, learning_rate=0.1,
+                              tree_method="hist", random_state=0, n_jobs=1)
+    model.fit(x, y)
+    model.save_model(str(path))
+
+
+def _build_mlp(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    sizes = [64, 256, 256, 10]
+    inits, nodes, prev = [], [], INPUT_NAME
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        w = (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = (rng.normal(size=(n_out,)) * 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
+        nodes += [helper.make_node("MatMul", [prev, f"W{i}"], [f"mm{i}"]),
+                  helper.make_node("Add", [f"mm{i}", f"B{i}"], [f"z{i}"])]
+        prev = f"z{i}"
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"h{i}"]))
+            prev = f"h{i}"
+    nodes.append(helper.make_node("Softmax", [prev], ["probabilities"], axis=-1))
+    graph = helper.make_graph(
+        nodes, "turnout_bench_mlp",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="turnout-loadtests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "iris": _build_iris, "xgb": _build_xgb, "mlp": _build_mlp}
+
+
+def artifact_path(models_dir: Path, name: str) -> Path:
+    return models_dir / name / MODELS[name].artifact
+
+
+def build(models_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
+    """Build each model into ``models_dir/<name>/<artifact>`` (reused when already built)."""
+    out = {}
+    for name in names or list(MODELS):
+        path = artifact_path(models_dir, name)
+        stamp = path.parent / ".stamp"
+        want = json.dumps({"seed": SEED, "version": STAMP_VERSION})
+        if not (path.exists() and stamp.exists() and stamp.read_text() == want):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            BUILDERS[name](path)
+            stamp.write_text(want)
+        out[name] = path
+    return out
+
+
+def load_predictor(name: str, path: Path) -> Callable[[np.ndarray], object]:
+    """The cheapest direct call into the framework, for the in-process floor."""
+    framework = MODELS[name].framework
+    if framework == "sklearn":
+        import joblib
+
+        model = joblib.load(path)
+        return model.predict
+    if framework == "xgboost":
+        import xgboost as xgb
+
+        booster = xgb.Booster(model_file=str(path))
+        booster.set_param({"nthread": 1})
+        return booster.inplace_predict
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {INPUT_NAME: x})
+
+
+def floor(name: str, path: Path, batches: tuple[int, ...] = (1, 32, 64),
+          seconds: float = 0.5) -> list[dict]:
+    """Calls per second and rows per second of the bare predict call, per batch size."""
+    try:  # one BLAS/OpenMP thread, as the servers get (they run pinned to one core)
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(1)
+    except ImportError:
+        limits = None
+    try:
+        return _floor(name, path, batches, seconds)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+
+
+def _floor(name: str, path: Path, batches: tuple[int, ...], seconds: float) -> list[dict]:
+    predict = load_predictor(name, path)
+    results = []
+    for batch in batches:
+        x = rows(name, batch)
+        for _ in range(20):
+            predict(x)
+        n, start = 0, time.perf_counter()
+        deadline = start + seconds
+        while True:
+            for _ in range(20):
+                predict(x)
+            n += 20
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        elapsed = now - start
+        results.append({"model": name, "batch": batch, "calls_per_s": n / elapsed,
+                        "rows_per_s": n * batch / elapsed, "us_per_call": elapsed / n * 1e6})
+    return results

@@ -1,0 +1,70 @@
+"""The harness's report: medians, ratios to the best anchor and to the bare servers, targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loadtests import report
+
+
+def _load(server, protocol, rps, p99, rep=0, model="mlp", batch=1, conc=32, errors=0):
+    return {"kind": "load", "server": server, "model": model, "protocol": protocol,
+            "batch": batch, "concurrency": conc, "rep": rep, "ok": True, "rps": rps,
+            "rows_per_s": rps * batch, "p50_ms": p99 / 3, "p99_ms": p99, "errors": errors}
+
+
+def _write(tmp_path: Path, records: list[dict]) -> Path:
+    path = tmp_path / "results" / "run-test.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+META = {"kind": "meta", "t": 0, "models": ["mlp"], "protocols": ["rest-json", "grpc"],
+        "concurrency": [32, 64], "batches": [1], "reps": 3, "duration_s": 1.5, "warmup_s": 0.3,
+        "pinned": True, "server_cpu": 0, "load_cpu": 1, "versions": {}, "machine": {}}
+
+
+def test_medians_and_ratios(tmp_path: Path) -> None:
+    records = [META]
+    for rep, (t, m, k, b) in enumerate([(5000, 900, 1000, 6000), (5200, 1100, 1200, 5800),
+                                         (4800, 800, 1100, 6100)]):
+        records += [_load("turnout", "rest-json", t, 10, rep), _load("mlserver", "rest-json", m, 40, rep),
+                    _load("kserve", "rest-json", k, 60, rep), _load("bare-rest", "rest-json", b, 8, rep)]
+    records.append({"kind": "unsupported", "server": "mlserver", "model": "mlp",
+                    "protocol": "rest-binary", "batch": 1, "reason": "HTTP 500"})
+    res = report.Results(records)
+    assert res.cell("turnout", "mlp", "rest-json", 1, 32)["rps"] == 5000
+    ratios = res.ratios("mlp", "rest-json", 1, 32)
+    assert ratios["anchor"] == "kserve"  # median 1100 beats mlserver's 900
+    assert abs(ratios["x_anchor"] - 5000 / 1100) < 1e-9
+    assert abs(ratios["p99_vs_anchor"] - 10 / 40) < 1e-9  # against the lower anchor p99
+    assert abs(ratios["of_bare"] - 5000 / 6000) < 1e-9
+    rows = {r[0]: r for r in report.targets(res)}
+    tp = rows["REST JSON mlp, c=32, batch 1: throughput vs best anchor (kserve)"]
+    assert tp[1] == "4.55×" and tp[3] == "**missed**"
+    assert rows["REST JSON mlp, c=32, batch 1: p99 vs best anchor p99"][3] == "met"
+    assert rows["REST JSON mlp, c=32: throughput vs bare-rest"][1:] == ("83%", "≥ 85%", "**missed**")
+
+
+def test_write_keeps_notes_and_marks_unsupported(tmp_path: Path) -> None:
+    records = [META, _load("turnout", "grpc", 2000, 20), _load("kserve", "grpc", 1000, 50),
+               {"kind": "unsupported", "server": "mlserver", "model": "mlp", "protocol": "grpc",
+                "batch": 1, "reason": "gRPC UNIMPLEMENTED"},
+               {"kind": "floor", "model": "mlp", "batch": 64, "us_per_call": 500.0,
+                "calls_per_s": 2000.0, "rows_per_s": 128000.0},
+               {"kind": "start", "server": "turnout", "rep": 0, "models": ["mlp"],
+                "cold_start_s": 1.2, "idle_rss_mb": 120.0, "idle_pss_mb": 100.0, "processes": 1},
+               {"kind": "cold", "server": "turnout", "rep": 0, "models": ["mlp"], "workers": 4,
+                "cold_start_s": 1.5, "idle_rss_mb": 400.0, "idle_pss_mb": 180.0, "processes": 5}]
+    jsonl = _write(tmp_path, records)
+    (tmp_path / "RESULTS.md").write_text(f"old\n{report.NOTES_START}\nbatching did it\n"
+                                         f"{report.NOTES_END}\n")
+    report.write(jsonl, tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "batching did it" in text
+    assert "| 1 | 32 | 2,000 · 6.67 / 20.0 | n/a | 1,000 · 16.7 / 50.0 | 2.00× | 0.40× | — |" in text
+    assert "gRPC UNIMPLEMENTED" in text
+    assert "| Memory (PSS), 4 workers vs one | 1.80× (180 vs 100 MiB) | ≤ 2× | met |" in text
+    assert "| Idle RSS, one worker (mlp) | 120 MiB | ≤ 150 MB | met |" in text
