@@ -141,6 +141,7 @@ class PythonRuntime(Runtime):
         self.declared_content_types = ({s.name: s.content_type for s in inputs if s.content_type},
                                        self.settings.content_type())
         self._output_types = {s.name: s.content_type for s in declared_outputs}
+        self.encodes_outputs = True
         self.outputs = [s.to_spec() for s in declared_outputs]
         if declared_outputs:
             # Check the declaration against one prediction where the model can make one.

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .batching import AdaptiveBatcher
+from .content_types import CONTENT_TYPES, TENSOR_CODECS, encode_tensor
 from .metrics import Metrics, RequestMetrics
 from .protocol.datatypes import datatype_of
 from .protocol.errors import ErrorKind, InvalidInput, ModelFailed, ModelNotReady, TurnoutError
@@ -172,8 +173,11 @@ class DataPlane:
                  result: dict[str, np.ndarray], names: Sequence[str],
                  inputs: dict[str, np.ndarray]) -> InferenceResponse:
         batch = next(iter(inputs.values())).shape[0]
+        outputs = _package_outputs(mv.name, result, names, batch)
+        if mv.runtime is not None and not mv.runtime.encodes_outputs:
+            _encode_outputs(mv.runtime, request, outputs)
         return InferenceResponse(model_name=mv.name, model_version=mv.version, id=request.id,
-                                 outputs=_package_outputs(mv.name, result, names, batch))
+                                 outputs=outputs)
 
     async def _predict(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
                        names: Sequence[str], record: RequestMetrics) -> dict[str, np.ndarray]:
@@ -204,6 +208,24 @@ class DataPlane:
                 predict=lambda inputs, names: self._predict(mv, inputs, names, record),
                 settings=mv.runtime.settings.batching, observe=observe)
         return mv.batcher
+
+
+def _encode_outputs(runtime: Runtime, request: InferenceRequest, outputs: list[Tensor]) -> None:
+    """Encode outputs by the content type the request asks for on each output, else the one
+    declared for it in model settings, and say so in the output's parameters."""
+    requested = {o.name: o.parameters.get("content_type") for o in request.outputs or ()}
+    declared = {s.name: s.content_type for s in runtime.settings.outputs if s.content_type}
+    for tensor in outputs:
+        content_type = requested.get(tensor.name) or declared.get(tensor.name)
+        if content_type is None:
+            continue
+        if content_type not in CONTENT_TYPES:
+            raise InvalidInput(f"output '{tensor.name}': unknown content_type {content_type!r}; "
+                               f"expected one of {', '.join(CONTENT_TYPES)}")
+        if content_type in TENSOR_CODECS:
+            tensor.data = encode_tensor(tensor.name, tensor.data, content_type)
+            tensor.datatype = "BYTES"
+        tensor.parameters["content_type"] = content_type
 
 
 @contextlib.contextmanager

@@ -45,6 +45,9 @@ class Runtime(ABC):
         self.default_outputs: list[str] = []
         # Whether inputs may hold NaN or ±Inf; the data plane rejects them with a 400 if not.
         self.accepts_non_finite = True
+        # True when predict already encodes outputs by content type (the custom-model runtime),
+        # so the data plane must not encode them again.
+        self.encodes_outputs = False
 
     @abstractmethod
     def load(self) -> None:

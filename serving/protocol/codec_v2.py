@@ -75,9 +75,11 @@ def response_from_internal(response: InferenceResponse,
     for tensor in response.outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
                                  "shape": tensor.shape}
+        if tensor.parameters:
+            entry["parameters"] = dict(tensor.parameters)
         if wanted.get(tensor.name, binary_default):
             raw = array_to_raw(tensor.data)
-            entry["parameters"] = {"binary_data_size": len(raw)}
+            entry.setdefault("parameters", {})["binary_data_size"] = len(raw)
             chunks.append(raw)
         else:
             entry["data"] = _json_data(tensor)

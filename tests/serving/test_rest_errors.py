@@ -227,3 +227,19 @@ def test_v1_predict_equals_in_process(http, model_zoo):
 def test_request_id_header_is_echoed(http):
     response = http.post("/v2/models/iris/infer", json=GOOD, headers={"x-request-id": "trace-42"})
     assert response.headers["x-request-id"] == "trace-42"
+
+
+def test_output_content_type_is_encoded_and_reported(http, model_zoo):
+    x = np.random.default_rng(6).normal(size=(3, 4))
+    body = {"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP64",
+                        "data": x.ravel().tolist()}],
+            "outputs": [{"name": "predict", "parameters": {"content_type": "str"}}]}
+    response = http.post("/v2/models/iris/infer", json=body)
+    assert response.status_code == 200, response.text
+    out = response.json()["outputs"][0]
+    assert out["datatype"] == "BYTES" and out["parameters"] == {"content_type": "str"}
+    assert out["data"] == [str(v) for v in model_zoo["iris_v2"].predict(x)]
+    body["outputs"][0]["parameters"]["content_type"] = "yaml"
+    bad = http.post("/v2/models/iris/infer", json=body)
+    assert bad.status_code == 400
+    assert "unknown content_type 'yaml'" in bad.json()["error"]
