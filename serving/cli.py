@@ -27,6 +27,10 @@ def _serve_parser(sub: Any) -> None:
                    help="gRPC server engine (default threaded)")
     p.add_argument("--max-payload-bytes", type=int,
                    help="largest request, REST and gRPC (default 64 MiB)")
+    p.add_argument("--max-batch-size", type=int,
+                   help="batch every model without its own batching settings (rows per call)")
+    p.add_argument("--max-batch-latency-ms", type=float,
+                   help="with --max-batch-size: how long a batch waits to fill (default 2)")
     p.add_argument("--inference-threads", type=int, help="threads for blocking predict calls")
     p.add_argument("--workers", type=int, help="server processes sharing the ports")
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")

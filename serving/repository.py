@@ -101,12 +101,15 @@ def discover(path: Path, *, name: str | None = None,
             if child.is_dir() and not child.name.startswith(".") and _is_model_dir(child)]
 
 
-def _load_version(source: ModelSource, version: str, folder: Path) -> tuple[Runtime, float]:
+def _load_version(source: ModelSource, version: str, folder: Path,
+                  default_batching: dict[str, Any] | None = None) -> tuple[Runtime, float]:
     """Build settings, pick the runtime and load; raises ModelLoadError on any failure."""
     fields = dict(source.base_settings)
     if folder.is_dir() and (folder / SETTINGS_FILE).is_file():
         fields.update(read_settings_file(folder / SETTINGS_FILE))
     fields.update(name=source.name, version=version, artifact=folder)
+    if default_batching is not None and fields.get("batching") is None:
+        fields["batching"] = default_batching  # the server-wide default (--max-batch-size)
     settings = build_settings(**fields)
     if settings.storage_uri:  # the artifact lives elsewhere: fetch it (or reuse the cache)
         settings.artifact = fetch(settings.storage_uri, options=settings.storage_options,
@@ -132,7 +135,9 @@ class ModelRepository:
     """Live table of model versions, with load/unload by name from the repository path."""
 
     def __init__(self, *, path: Path | None, name: str | None, metrics: Metrics,
-                 model_class: str | None = None) -> None:
+                 model_class: str | None = None,
+                 default_batching: dict[str, Any] | None = None) -> None:
+        self._default_batching = default_batching
         self._path = path
         self._name = name
         self._model_class = model_class
@@ -228,7 +233,8 @@ class ModelRepository:
     async def _load_one(self, source: ModelSource, version: str, folder: Path) -> ModelVersion:
         mv = ModelVersion(name=source.name, version=version, folder=folder)
         try:
-            runtime, seconds = await asyncio.to_thread(_load_version, source, version, folder)
+            runtime, seconds = await asyncio.to_thread(_load_version, source, version, folder,
+                                                        self._default_batching)
         except ModelLoadError as exc:
             mv.state, mv.reason = "UNAVAILABLE", str(exc)
             log.error("model %s version %s failed to load: %s", source.name, version, exc)

@@ -149,5 +149,6 @@ def run(settings: ServerSettings) -> None:
     registry = process_registry()
     metrics = Metrics(registry)
     repository = ModelRepository(path=settings.model_path, name=settings.model_name,
-                                 metrics=metrics, model_class=settings.model_class)
+                                 metrics=metrics, model_class=settings.model_class,
+                                 default_batching=settings.default_batching())
     run_loop(serve(settings, repository=repository, metrics=metrics, exposition=registry))

@@ -28,6 +28,10 @@ class ServerSettings(BaseSettings):
         "threaded", description="threaded: grpcio's thread-pool server, fastest per call; "
         "aio: grpc.aio on the event loop")
     grpc_threads: int = Field(8, ge=1, description="Handler threads of the threaded gRPC engine")
+    max_batch_size: int | None = Field(None, ge=1, description="Adaptive batching for every model "
+                                       "whose settings declare none (rows per merged call)")
+    max_batch_latency_ms: float = Field(2.0, ge=0, description="With max_batch_size: how long "
+                                        "a batch waits to fill (ms)")
     max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                    description="Largest request body, REST and gRPC alike (bytes)")
     inference_threads: int = Field(4, ge=1, description="Threads that run blocking predict calls; "
@@ -39,3 +43,10 @@ class ServerSettings(BaseSettings):
     log_level: str = Field("info", description="Python logging level name")
     log_format: Literal["text", "json"] = Field("text", description="json for log collectors")
     server_name: str = "turnout"
+
+    def default_batching(self) -> dict[str, float] | None:
+        """Batching settings for models that declare none, from ``--max-batch-size``."""
+        if self.max_batch_size is None:
+            return None
+        return {"max_batch_size": self.max_batch_size,
+                "max_latency_ms": self.max_batch_latency_ms}

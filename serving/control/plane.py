@@ -151,7 +151,8 @@ class Plane:
             policy = self._policy(isvc)
             for revision in state.serving().values():
                 r = state.revisions[revision]
-                spec = ReplicaSpec(revision, name, local_path(r.storage_uri, base=base))
+                spec = ReplicaSpec(revision, name, local_path(r.storage_uri, base=base),
+                                   r.max_batch_size, r.max_batch_latency_ms)
                 wanted[revision] = (spec, self._scaling(revision, policy).state.replicas)
         to_stop = []
         for spec, count in wanted.values():

@@ -32,6 +32,8 @@ class Revision(BaseModel):
     storage_uri: str
     model_format: str
     runtime: str | None = None
+    max_batch_size: int | None = None  # KServe's predictor.batcher, for this revision's servers
+    max_batch_latency_ms: int | None = None
 
 
 class Event(BaseModel):
@@ -69,9 +71,12 @@ def digest(isvc: InferenceService) -> str:
 
 def _revision(isvc: InferenceService, number: int) -> Revision:
     model = isvc.spec.predictor.resolved()
+    batcher = isvc.spec.predictor.batcher
     return Revision(name=f"{isvc.name}-{number:05d}", number=number, digest=digest(isvc),
                     storage_uri=model.storageUri or "", model_format=model.modelFormat.name,
-                    runtime=model.runtime)
+                    runtime=model.runtime,
+                    max_batch_size=(batcher.maxBatchSize or 32) if batcher else None,
+                    max_batch_latency_ms=batcher.maxLatency if batcher else None)
 
 
 def record_event(state: ServiceState, now: float, message: str) -> ServiceState:

@@ -42,6 +42,17 @@ class ReplicaSpec:
     revision: str
     model: str
     path: Path
+    max_batch_size: int | None = None
+    max_batch_latency_ms: int | None = None
+
+    def serve_flags(self) -> list[str]:
+        """Flags beyond ports: KServe's batcher becomes the server's default batching."""
+        if self.max_batch_size is None:
+            return []
+        flags = ["--max-batch-size", str(self.max_batch_size)]
+        if self.max_batch_latency_ms is not None:
+            flags += ["--max-batch-latency-ms", str(self.max_batch_latency_ms)]
+        return flags
 
 
 @dataclass(eq=False)
@@ -112,6 +123,7 @@ class Supervisor:
                 sys.executable, "-m", "serving.cli", "serve", str(replica.spec.path),
                 "--name", replica.spec.model, "--http-port", str(replica.http_port),
                 "--grpc-port", str(replica.grpc_port), "--drain-seconds", str(self.drain_seconds),
+                *replica.spec.serve_flags(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)  # Ctrl-C reaches the plane, which drains in order
         replica.state, replica.started_at = "starting", time.monotonic()

@@ -159,3 +159,25 @@ def test_window_is_the_difference_of_two_reads() -> None:
     now = Totals(requests=110, errors=6, buckets={0.1: 110, float("inf"): 110})
     w = window(now, then)
     assert (w.requests, w.errors, w.p99_seconds) == (100, 5, pytest.approx(0.099))
+
+
+def test_kserve_batcher_reaches_the_model_servers_flags() -> None:
+    from serving.control.revisions import _revision
+    from serving.control.supervisor import ReplicaSpec
+    text = """
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    batcher: {maxBatchSize: 24, maxLatency: 5}
+    model: {modelFormat: {name: sklearn}, storageUri: file:///models/iris}
+"""
+    isvc = load_texts([(Path("m.yaml"), text)]).services[0]
+    revision = _revision(isvc, 1)
+    spec = ReplicaSpec(revision.name, "iris", Path("/models/iris"), revision.max_batch_size,
+                       revision.max_batch_latency_ms)
+    assert spec.serve_flags() == ["--max-batch-size", "24", "--max-batch-latency-ms", "5"]
+    no_batcher = _revision(load_texts([(Path("m.yaml"), text.replace(
+        "    batcher: {maxBatchSize: 24, maxLatency: 5}\n", ""))]).services[0], 2)
+    assert ReplicaSpec("r", "iris", Path("/m"), no_batcher.max_batch_size).serve_flags() == []
