@@ -32,11 +32,6 @@ RUNTIMES: list[type[Runtime]] = [SklearnRuntime, XGBoostRuntime, OnnxRuntime, Li
                                  TorchRuntime, TensorFlowRuntime]
 
 
-def needs_artifact(case: ModelCase) -> None:
-    if not case.runtime.artifact_suffixes:
-        pytest.skip(f"{case.runtime.name} takes no artifact file")
-
-
 def assert_same(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
     expected = np.asarray(expected)
     assert actual.shape == expected.shape, name
@@ -110,8 +105,8 @@ def test_unload_releases_the_model_and_load_works_again(case: ModelCase) -> None
     assert runtime.predict(inputs, runtime.default_outputs)
 
 
-def test_file_and_version_folder_load_the_same(case: ModelCase) -> None:
-    needs_artifact(case)
+def test_file_and_version_folder_load_the_same(artifact_case: ModelCase) -> None:
+    case = artifact_case
     file = find_artifact(case.artifact, case.runtime.artifact_suffixes)
     from_file, from_folder = case.load(file), case.load(file.parent)
     assert (from_file.inputs, from_file.outputs) == (from_folder.inputs, from_folder.outputs)
@@ -127,8 +122,8 @@ def test_garbage_artifact_is_a_load_error_naming_the_file(
         cls(ModelSettings(name="m", artifact=path)).load()
 
 
-def test_truncated_artifact_is_a_load_error(case: ModelCase, tmp_path: Path) -> None:
-    needs_artifact(case)
+def test_truncated_artifact_is_a_load_error(artifact_case: ModelCase, tmp_path: Path) -> None:
+    case = artifact_case
     real = find_artifact(case.artifact, case.runtime.artifact_suffixes)
     broken = tmp_path / real.name
     broken.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
@@ -155,8 +150,8 @@ def test_declaring_an_output_the_model_lacks_is_a_load_error(case: ModelCase) ->
         case.load(outputs=[{"name": "no-such-output", "datatype": "FP32"}])
 
 
-def test_empty_version_folder_is_a_load_error(case: ModelCase, tmp_path: Path) -> None:
-    needs_artifact(case)
+def test_empty_version_folder_is_a_load_error(artifact_case: ModelCase, tmp_path: Path) -> None:
+    case = artifact_case
     with pytest.raises(ModelLoadError, match="no artifact"):
         case.load(tmp_path)
 
