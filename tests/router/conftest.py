@@ -39,12 +39,6 @@ ServerProcess = _SHARED.ServerProcess
 free_port = _SHARED.free_port
 
 
-def grpc_available() -> bool:
-    # By file, not find_spec: in the pytest process ``serving`` can resolve as a namespace
-    # package that includes tests/serving, whose grpc/ folder hides serving/grpc.
-    return (Path(__file__).parents[2] / "serving" / "grpc" / "server.py").exists()
-
-
 def _settings(path: Path, runtime: str, **params: Any) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "model-settings.yaml").write_text(yaml.safe_dump({
@@ -70,8 +64,7 @@ def make_folder(root: Path, kind: str, model_zoo: dict[str, Any]) -> Path:
 
 def start_servers(folders: list[Path]) -> list[ServerProcess]:
     """Start all at once (each takes seconds to import its frameworks), then wait for each."""
-    grpc_flags = [] if grpc_available() else ["--grpc-port", "0"]
-    procs = [ServerProcess(f, *grpc_flags) for f in folders]
+    procs = [ServerProcess(f) for f in folders]
     try:
         for proc in procs:
             proc.wait_ready()
@@ -189,8 +182,3 @@ def free_port_fn() -> Any:
     return free_port
 
 
-@pytest.fixture(scope="session")
-def grpc_ready() -> None:
-    """Skips end-to-end gRPC tests while the model server's gRPC edge is not in this tree."""
-    if not grpc_available():
-        pytest.skip("serving.grpc.server is not available yet")

@@ -96,7 +96,7 @@ def test_messages_are_forwarded_as_bytes_with_only_the_name_changed(router_cls, 
 
 
 @pytest.fixture(scope="module")
-def grpc_router(upstreams, router_cls, tmp_path_factory, grpc_ready):
+def grpc_router(upstreams, router_cls, tmp_path_factory):
     a1, a2, b = upstreams["a1"], upstreams["a2"], upstreams["b"]
     r = router_cls({"services": [
         {"name": "m", "variants": [
@@ -180,7 +180,7 @@ def test_grpc_payload_limit_and_unproxied_rpcs(grpc_router):
     client.close()
 
 
-def test_grpc_shadow_is_compared(upstreams, router_cls, tmp_path, grpc_ready):
+def test_grpc_shadow_is_compared(upstreams, router_cls, tmp_path):
     a1, b = upstreams["a1"], upstreams["b"]
     r = router_cls({"services": [{"name": "m", "variants": [
         {"name": "default", "weight": 1, "http": [a1.url], "grpc": [a1.grpc_url]},
