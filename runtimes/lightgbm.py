@@ -17,10 +17,9 @@ import numpy as np
 
 from serving.lazy import LazyModule
 from serving.model_settings import ModelSettings
-from serving.protocol.datatypes import datatype_of
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime, find_artifact
+from serving.runtime import Runtime, describe_outputs, find_artifact
 
 lgb = LazyModule("lightgbm")
 
@@ -63,13 +62,8 @@ class LightGBMRuntime(Runtime):
         self.model = booster
         self.objective = objective.split(" ")[0]  # "multiclass num_class:3" -> "multiclass"
         self.accepts_non_finite = True  # NaN is LightGBM's missing value
-        try:
-            probe = self._compute(np.zeros((1, n_features)), self._methods())
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: prediction on a row of zeros fails, so the outputs "
-                                 f"cannot be described: {type(exc).__name__}: {exc}") from exc
-        outputs = [TensorSpec(name, datatype_of(array), (-1, *array.shape[1:]))
-                   for name, array in probe.items()]
+        outputs = describe_outputs(
+            path, lambda: self._compute(np.zeros((1, n_features)), self._methods()))
         self.declared([TensorSpec(INPUT_NAME, "FP64", (-1, n_features))], outputs)
         self._check_declared(path)
 

@@ -17,10 +17,9 @@ import numpy as np
 
 from serving.lazy import LazyModule
 from serving.model_settings import ModelSettings
-from serving.protocol.datatypes import datatype_of
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime, find_artifact
+from serving.runtime import Runtime, describe_outputs, find_artifact
 
 xgb = LazyModule("xgboost")
 special = LazyModule("scipy.special")
@@ -61,13 +60,8 @@ class XGBoostRuntime(Runtime):
         self._iterations = (0, int(best) + 1) if best is not None and not self._linear else (0, 0)
         self.accepts_non_finite = True  # NaN is XGBoost's missing value
 
-        try:
-            probe = self._compute(np.zeros((1, n_features), dtype=np.float32), self._methods())
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: prediction on a row of zeros fails, so the outputs "
-                                 f"cannot be described: {type(exc).__name__}: {exc}") from exc
-        outputs = [TensorSpec(name, datatype_of(array), (-1, *array.shape[1:]))
-                   for name, array in probe.items()]
+        outputs = describe_outputs(
+            path, lambda: self._compute(np.zeros((1, n_features), dtype=np.float32), self._methods()))
         self.declared([TensorSpec(INPUT_NAME, "FP32", (-1, n_features))], outputs)
         self._check_declared(path)
 

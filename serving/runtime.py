@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from .model_settings import ModelSettings
+from .protocol.datatypes import datatype_of
 from .protocol.errors import ModelLoadError
 from .protocol.types import TensorSpec
 
@@ -70,6 +71,18 @@ class Runtime(ABC):
         self.outputs = [s.to_spec() for s in self.settings.outputs] or inferred_outputs
         if not self.default_outputs:
             self.default_outputs = [spec.name for spec in self.outputs]
+
+
+def describe_outputs(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> list[TensorSpec]:
+    """Output metadata learned from one prediction (on a row of zeros), for frameworks whose
+    artifacts do not record their output types; a model that cannot predict it fails to load."""
+    try:
+        probe = compute()
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: prediction on a row of zeros fails, so the outputs "
+                             f"cannot be described: {type(exc).__name__}: {exc}") from exc
+    return [TensorSpec(name, datatype_of(array), (-1, *array.shape[1:]))
+            for name, array in probe.items()]
 
 
 def available_runtimes() -> dict[str, type[Runtime]]:
