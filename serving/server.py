@@ -114,7 +114,10 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     done, _ = await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
     if http_task in done:  # the HTTP server died on its own (e.g. the port is taken)
         stopper.cancel()
-        raise SystemExit(f"REST server stopped unexpectedly on port {settings.http_port}")
+        if not http_task.cancelled():
+            http_task.exception()  # retrieved: uvicorn already logged why
+        raise SystemExit(f"turnout serve: the REST server on {settings.host}:"
+                         f"{settings.http_port} stopped (see the log above)")
 
     dataplane.draining = True
     if set_serving is not None:
