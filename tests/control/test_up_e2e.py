@@ -114,6 +114,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "flaky" / "model-settings.yaml").write_text(yaml.safe_dump({
         "runtime": "turnout_control_runtimes:Flaky", "parameters": {"fail_ratio": 0.5},
         "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 4]}]}))
+    (root / "slow").mkdir()
+    (root / "slow" / "model-settings.yaml").write_text(yaml.safe_dump({
+        "runtime": "turnout_control_runtimes:Slow", "parameters": {"delay": 0.2},
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 4]}]}))
     return root
 
 
@@ -212,3 +216,43 @@ def test_progressive_rollout_rolls_back_a_failing_canary_and_promotes_a_good_one
         return plane.status()["stable"] == "iris-00003"
 
     plane.wait(promoted, timeout=90, what="promotion")
+
+
+@pytest.mark.slow
+def test_load_raises_replicas_and_idleness_lowers_them(models: Path, tmp_path: Path,
+                                                        up: list[Up]) -> None:
+    import threading
+
+    slow = models / "slow"
+    plane = Up(tmp_path, isvc("iris", f"file://{slow}", minReplicas=1, maxReplicas=2,
+                              scaleMetric="concurrency", scaleTarget=2,
+                              turnout={"autoscaling": {"stableWindow": "3s",
+                                                       "panicWindow": "1s"}}))
+    up.append(plane)
+    plane.wait(lambda: plane.infer() == 200, what="serving")
+
+    def replicas() -> int:
+        return int(plane.status()["variants"][0]["replicas"]["total"])
+
+    assert replicas() == 1
+    stop = threading.Event()
+    failures: list[int] = []
+
+    def load() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                code = http.post(f"{plane.url}/v2/models/iris/infer", json=ROW).status_code
+                if code != 200:
+                    failures.append(code)
+
+    workers = [threading.Thread(target=load) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    try:  # 8 in flight against a target of 2 per replica: scale to the maximum
+        plane.wait(lambda: replicas() == 2, timeout=60, what="scale up under load")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+    assert failures == []
+    plane.wait(lambda: replicas() == 1, timeout=60, what="scale down when idle")

@@ -25,3 +25,20 @@ class Flaky(Runtime):
         if random.random() < float(self.settings.parameters.get("fail_ratio", 0)):
             raise RuntimeError("flaky model failed")
         return {"y": next(iter(inputs.values())).sum(axis=1)}
+
+
+class Slow(Runtime):
+    """Sums each row after ``parameters.delay`` seconds, so requests stay in flight."""
+
+    name = "slow"
+    platform = "test-slow"
+    execution = "thread"
+
+    def load(self) -> None:
+        self.declared([], [TensorSpec("y", "FP64", (-1,))])
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        import time
+
+        time.sleep(float(self.settings.parameters.get("delay", 0.2)))
+        return {"y": next(iter(inputs.values())).sum(axis=1)}
