@@ -19,12 +19,15 @@ import grpc
 import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from serving.rest.coalesce import CoalescingHttpToolsProtocol
+
 from .admin import AdminApp
-from .client import AiohttpClient, HttpClient
+from .client import HttpClient
 from .config import RouterConfig
 from .core import Router
 from .graph import GraphRunner
 from .grpc_edge import build_grpc_server
+from .h1client import H1Client
 from .metrics import RouterMetrics
 from .reload import FileSource
 from .rest import RestEdge
@@ -43,9 +46,9 @@ class _UvicornServer(uvicorn.Server):
 
 def _http_server(app: object, host: str, port: int, drain: float) -> _UvicornServer:
     return _UvicornServer(uvicorn.Config(
-        app, host=host, port=port, loop="none", http="httptools", lifespan="off",  # type: ignore[arg-type]
-        log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=int(drain) or None,
-        backlog=4096))
+        app, host=host, port=port, loop="none", http=CoalescingHttpToolsProtocol,
+        lifespan="off", log_config=None, access_log=False, server_header=False,
+        proxy_headers=False, timeout_graceful_shutdown=int(drain) or None, backlog=4096))
 
 
 class RouterServer:
@@ -68,7 +71,7 @@ class RouterServer:
         s = self.settings
         config = self._config or self.source.load()
         metrics = RouterMetrics(self.registry)
-        client = self._client or AiohttpClient(
+        client = self._client or H1Client(
             connect_timeout=config.upstream.connect_timeout_seconds,
             per_host=config.upstream.max_connections_per_endpoint)
         router = self.router = Router(config, client=client, metrics=metrics,

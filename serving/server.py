@@ -25,6 +25,7 @@ from .dataplane import DataPlane
 from .metrics import Metrics
 from .repository import ModelRepository
 from .rest import build_rest_app
+from .rest.coalesce import CoalescingHttpToolsProtocol
 from .settings import ServerSettings
 
 log = logging.getLogger("turnout.server")
@@ -69,7 +70,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     app = build_rest_app(dataplane, registry=exposition,
                          max_payload_bytes=settings.max_payload_bytes)
     http = _UvicornServer(uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, loop="none", http="httptools",
+        app, host=settings.host, port=settings.http_port, loop="none", http=CoalescingHttpToolsProtocol,
         lifespan="off", log_config=None, access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None))
     sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None

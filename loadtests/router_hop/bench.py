@@ -1,42 +1,39 @@
-"""Router hop benchmark: the same closed-loop load sent directly to a model server and through
-``turnout router``, over REST (V2 JSON) and gRPC; plus the two candidate upstream HTTP clients.
+"""Router hop benchmark: the same h2load traffic sent directly to a model server and through
+``turnout router``, over REST (V2 JSON) and gRPC, at several concurrencies.
 
-Usage: python loadtests/router_hop/bench.py [--seconds 10] [--concurrency 16]
-Starts one ``turnout serve`` (an Echo model, inline execution, so the model costs ~nothing
-and the hop is what is measured) and one ``turnout router`` subprocess, all on loopback.
-Results are printed as a Markdown table (copy into RESULTS.md).
+Usage: python -m loadtests.router_hop.bench [--duration 8] [--reps 3] [--concurrency 1 8 32]
+
+Layout, as in a deployment where the router has its own CPU: the model server (the ONNX MLP of
+the main harness) is pinned to ``--server-cpu``; the router and h2load share ``--router-cpu``.
+The direct runs use the same pinning without a router, so the only difference between the two
+columns is the hop. Runs are interleaved (direct, router, direct, …) and medians of ``--reps``
+are reported. Results are printed as Markdown (copy into RESULTS.md) and written as JSON lines.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-import grpc
 import httpx
-import numpy as np
 import yaml
 
+from loadtests import load, models
+from loadtests.servers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-BODY = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+MODEL = "mlp"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
+def _wait_ready(url: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -45,122 +42,100 @@ def wait_http(url: str, timeout: float = 60) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(url)
+    raise TimeoutError(f"{url} not ready in {timeout}s")
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) * 1000
+def _start(argv: list[str], cpu: int | None, log: Path) -> subprocess.Popen:
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return subprocess.Popen([*pin, sys.executable, "-m", "serving.cli", *argv], cwd=ROOT,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-async def rest_load(url: str, seconds: float, concurrency: int) -> tuple[int, list[float]]:
-    latencies: list[float] = []
-    stop = time.monotonic() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
-        async def worker() -> None:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                async with s.post(url, data=BODY) as resp:
-                    await resp.read()
-                    assert resp.status == 200, resp.status
-                latencies.append(time.perf_counter() - t)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(latencies), latencies
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
-async def grpc_load(address: str, seconds: float, concurrency: int) -> tuple[int, list[float]]:
-    from serving.protocol import proto
-
-    request = proto.ModelInferRequest(model_name="m")
-    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
-    request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
-    payload = request.SerializeToString()
-    latencies: list[float] = []
-    stop = time.monotonic() + seconds
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-
-        async def worker() -> None:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                await call(payload)
-                latencies.append(time.perf_counter() - t)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(latencies), latencies
+def _median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
 
 
-async def client_hop(url: str, n: int) -> dict[str, float]:
-    """Sequential requests per client library: the per-request cost the router would pay."""
-    out = {}
-    async with aiohttp.ClientSession() as s:
-        for _ in range(200):
-            async with s.post(url, data=BODY) as r:
-                await r.read()
-        t = time.perf_counter()
-        for _ in range(n):
-            async with s.post(url, data=BODY) as r:
-                await r.read()
-        out["aiohttp"] = (time.perf_counter() - t) / n * 1e6
-    async with httpx.AsyncClient() as c:
-        for _ in range(200):
-            await c.post(url, content=BODY)
-        t = time.perf_counter()
-        for _ in range(n):
-            await c.post(url, content=BODY)
-        out["httpx"] = (time.perf_counter() - t) / n * 1e6
-    return out
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per h2load run")
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--router-cpu", type=int, default=1, help="core of the router and h2load")
+    ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="JSON lines file (default: a temp dir)")
+    args = ap.parse_args(argv)
+    if load.h2load_path() is None:
+        print("h2load not found (apt-get install nghttp2-client)", file=sys.stderr)
+        return 2
+    server_cpu = None if args.no_pin else args.server_cpu
+    router_cpu = None if args.no_pin else args.router_cpu
 
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--concurrency", type=int, default=16)
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "models" / "m").mkdir(parents=True)
-    (tmp / "models" / "m" / "model-settings.yaml").write_text(yaml.safe_dump({
-        "runtime": "turnout_test_runtimes:Echo",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}]}))
+    work = Path(tempfile.mkdtemp(prefix="turnout-hop-"))
+    repo = work / "models"
+    artifacts = models.build(work / "artifacts", [MODEL])
+    (repo / MODEL).mkdir(parents=True)
+    os.symlink(artifacts[MODEL], repo / MODEL / artifacts[MODEL].name)
+    payloads = load.build_payloads(work / "payloads", MODEL, 1)
     sp, sg, rp, rg = free_port(), free_port(), free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests' / 'plugins'}:{ROOT}"}
-    server = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", str(tmp / "models"),
-                               "--http-port", str(sp), "--grpc-port", str(sg),
-                               "--log-level", "warning"], env=env, cwd=ROOT)
-    (tmp / "routes.yaml").write_text(yaml.safe_dump({"services": [{"name": "m", "variants": [
+    (work / "routes.yaml").write_text(yaml.safe_dump({"services": [{"name": MODEL, "variants": [
         {"name": "default", "weight": 1, "http": [f"http://127.0.0.1:{sp}"],
          "grpc": [f"127.0.0.1:{sg}"]}]}]}))
-    router = subprocess.Popen([sys.executable, "-m", "serving.cli", "router", "--config",
-                               str(tmp / "routes.yaml"), "--http-port", str(rp), "--grpc-port",
-                               str(rg), "--admin-port", "0", "--log-level", "warning"],
-                              env=env, cwd=ROOT)
+    server = _start(["serve", str(repo), "--http-port", str(sp), "--grpc-port", str(sg),
+                     "--log-level", "warning"], server_cpu, work / "server.log")
+    router = _start(["router", "--config", str(work / "routes.yaml"), "--http-port", str(rp),
+                     "--grpc-port", str(rg), "--admin-port", "0", "--log-level", "warning"],
+                    router_cpu, work / "router.log")
+    out = args.out or work / "hop.jsonl"
+    rows: list[str] = []
     try:
-        wait_http(f"http://127.0.0.1:{sp}/v2/health/ready")
-        wait_http(f"http://127.0.0.1:{rp}/v2/health/ready")
-        rows = []
-        for proto, direct, via, load in (
-                ("REST", f"http://127.0.0.1:{sp}/v2/models/m/infer",
-                 f"http://127.0.0.1:{rp}/v2/models/m/infer", rest_load),
-                ("gRPC", f"127.0.0.1:{sg}", f"127.0.0.1:{rg}", grpc_load)):
-            results = {}
-            for name, target in (("direct", direct), ("router", via)):
-                asyncio.run(load(target, 1, args.concurrency))  # warm up
-                count, lat = asyncio.run(load(target, args.seconds, args.concurrency))
-                results[name] = (count / args.seconds, percentile(lat, 50), percentile(lat, 99))
-            d, r = results["direct"], results["router"]
-            rows.append(f"| {proto} | {d[0]:.0f} | {r[0]:.0f} | {100 * (1 - r[0] / d[0]):.1f}% | "
-                        f"{d[1]:.2f} | {r[1]:.2f} | {r[1] - d[1]:+.2f} | {d[2]:.2f} | {r[2]:.2f} |")
-        hop = asyncio.run(client_hop(f"http://127.0.0.1:{sp}/v2/models/m/infer", 2000))
-        print(f"concurrency {args.concurrency}, {args.seconds:g}s per run, cpus {os.cpu_count()}")
-        print("| protocol | direct req/s | router req/s | loss | direct p50 ms | router p50 ms "
-              "| added p50 ms | direct p99 ms | router p99 ms |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        print("\n".join(rows))
-        print(f"\nsequential upstream call cost: aiohttp {hop['aiohttp']:.0f} µs, "
-              f"httpx {hop['httpx']:.0f} µs")
+        _wait_ready(f"http://127.0.0.1:{sp}/v2/models/{MODEL}/ready")
+        _wait_ready(f"http://127.0.0.1:{rp}/v2/health/ready")
+        for protocol, payload in (("REST", payloads["rest-json"]), ("gRPC", payloads["grpc"])):
+            ports = (sg, rg) if protocol == "gRPC" else (sp, rp)
+            expected = {port: load.probe(payload, port) for port in ports}
+            for concurrency in args.concurrency:
+                runs: dict[str, list[dict]] = {"direct": [], "router": []}
+                for _ in range(args.reps):
+                    for path, (http_port, grpc_port) in (("direct", (sp, sg)),
+                                                         ("router", (rp, rg))):
+                        port = grpc_port if protocol == "gRPC" else http_port
+                        result = load.run_h2load(payload, port, concurrency, args.duration,
+                                                 args.warmup, router_cpu, expected[port])
+                        if not result.get("ok") or result["errors"]:
+                            raise RuntimeError(f"{protocol} {path} c={concurrency}: {result}")
+                        result.update(protocol=protocol, path=path, concurrency=concurrency)
+                        runs[path].append(result)
+                        with out.open("a") as fh:
+                            fh.write(json.dumps(result) + "\n")
+                d, r = runs["direct"], runs["router"]
+                d_rps, r_rps = _median(d, "rps"), _median(r, "rps")
+                d50, r50 = _median(d, "p50_ms"), _median(r, "p50_ms")
+                rows.append(f"| {protocol} | {concurrency} | {d_rps:,.0f} | {r_rps:,.0f} | "
+                            f"{100 * (1 - r_rps / d_rps):.1f}% | {d50:.2f} | {r50:.2f} | "
+                            f"{r50 - d50:+.2f} | {_median(d, 'p99_ms'):.2f} | "
+                            f"{_median(r, 'p99_ms'):.2f} |")
+                print(rows[-1], flush=True)
     finally:
-        for proc in (router, server):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        _stop(router)
+        _stop(server)
+    print(f"\n{MODEL} model, batch 1, h2load {args.duration:g}s x {args.reps} (medians), "
+          f"server on cpu {server_cpu}, router + h2load on cpu {router_cpu}; raw: {out}")
+    print("| protocol | concurrency | direct req/s | router req/s | loss | direct p50 ms | "
+          "router p50 ms | added p50 ms | direct p99 ms | router p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -89,7 +89,7 @@ def test_messages_are_forwarded_as_bytes_with_only_the_name_changed(router_cls, 
         assert metadata["x-user-id"] == "u1"
         reply = proto.ModelInferResponse.FromString(answer)
         assert reply.model_name == "svc" and reply.raw_output_contents[0] == X.tobytes()
-        assert ("x-turnout-variant", "v1") in info.initial_metadata()
+        assert ("x-turnout-variant", "v1") in info.trailing_metadata()
     finally:
         r.stop()
         upstream.stop()
