@@ -115,6 +115,10 @@ class DataPlane:
                 raise _model_failed(mv, exc) from None
             return self._respond(mv, request, result, names, inputs)
 
+    def check_model(self, name: str, version: str | None) -> None:
+        """Raise :class:`ModelNotFound` for a model (or version) this server does not have."""
+        self.repository.get(name, version)
+
     def runs_blocking(self, name: str, version: str | None) -> bool:
         """Whether :meth:`infer_blocking` may serve this model from the calling thread: true
         for inline, unbatched models. Unknown models answer true, so the caller gets the same

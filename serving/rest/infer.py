@@ -85,6 +85,9 @@ class InferenceEndpoints:
         dataplane = self._dataplane
         try:
             try:
+                # The model first: an unknown model is 404 whatever the body, as through the
+                # router, which never reads bodies.
+                dataplane.check_model(model, version)
                 body = await read_body(receive, declared=declared, limit=self._limit)
                 if protocol == "rest":
                     request = codec_v2.request_to_internal(

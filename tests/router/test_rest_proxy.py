@@ -185,10 +185,14 @@ def test_bad_inputs_are_rejected_the_same_way(router, upstreams, body):
 GOOD = b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'
 
 
-# The router never decodes bodies, so an unknown model is refused (404) before any body check;
-# the cases here send well-formed bodies, as clients of a real model do.
+# The router never decodes bodies and the model server checks the model before the body, so an
+# unknown model is 404 with the same message whatever the body, malformed ones included.
 @pytest.mark.parametrize("method,path,body", [
     ("POST", "/v2/models/nope/infer", GOOD),
+    ("POST", "/v2/models/nope/infer", b"not json"),
+    ("POST", "/v2/models/nope/infer", b'{"inputs": [{"name": "x", "datatype": "NOPE"}]}'),
+    ("POST", "/v1/models/nope:predict", b"{not json"),
+    ("POST", "/v2/models/m/versions/9/infer", b"not json"),
     ("POST", "/v1/models/nope:predict", b'{"instances": [[1, 2]]}'),
     ("GET", "/v2/models/nope", b""),
     ("POST", "/v2/models/failing/infer",
