@@ -67,7 +67,8 @@ class Results:
             elif r["kind"] == "peak":
                 peaks[r["server"]].append(r["peak_rss_mb"])
             elif r["kind"] == "cold":
-                colds[(r["server"], r.get("workers", 1), tuple(r["models"]))].append(r)
+                colds[(r["server"], r.get("workers", 1), tuple(r["models"]),
+                       r.get("compile_cache") or "")].append(r)
         self.starts = {s: {"cold_start_s": _median([r["cold_start_s"] for r in rs]),
                            "idle_rss_mb": _median([r["idle_rss_mb"] for r in rs]),
                            "idle_pss_mb": _median([r.get("idle_pss_mb") for r in rs]),
@@ -183,17 +184,20 @@ def targets(res: Results) -> list[tuple[str, str, str, str]]:
                                  f"vs raw batched floor ({_n(floor['rows_per_s'])} rows/s at 64 "
                                  "rows a call)", f"{_pct(share)} ({_n(t['rows_per_s'])} rows/s)",
                                  "≥ 25%", _status(share >= 0.25)))
-    cold = res.colds.get(("turnout", 1, ("iris",)))
+    cold = res.colds.get(("turnout", 1, ("iris",), "warm")) \
+        or res.colds.get(("turnout", 1, ("iris",), ""))
     if cold:
-        rows.append(("Cold start, sklearn model alone (process start → ready)",
-                     f"{cold['cold_start_s']:.2f} s", "≤ 1.5 s",
-                     _status(cold["cold_start_s"] <= 1.5)))
+        rows.append(("Cold start, sklearn model alone (process start → ready; compiled-model "
+                     "cache filled by an earlier start)", f"{cold['cold_start_s']:.2f} s",
+                     "≤ 1.5 s", _status(cold["cold_start_s"] <= 1.5)))
+        rows.append(("Idle RSS, one worker, sklearn model alone", f"{cold['idle_rss_mb']:.0f} MiB",
+                     "≤ 150 MB", _status(cold["idle_rss_mb"] * 2**20 <= 150e6)))
     one = res.starts.get("turnout")
     if one:
-        rows.append((f"Idle RSS, one worker ({', '.join(one['models'])})",
+        rows.append((f"Idle RSS, one worker, all models ({', '.join(one['models'])})",
                      f"{one['idle_rss_mb']:.0f} MiB", "≤ 150 MB",
                      _status(one["idle_rss_mb"] * 2**20 <= 150e6)))
-        for (server, workers, models), c in res.colds.items():
+        for (server, workers, models, _cache), c in res.colds.items():
             if server == "turnout" and workers > 1 and list(models) == one["models"]:
                 # PSS: pages shared after fork count once, which is what the target is about
                 # (a plain sum of RSS counts a model loaded before fork once per worker).
@@ -331,9 +335,11 @@ def render(res: Results, jsonl: Path, out_dir: Path, plots: list[Path], notes: s
                 lines.append(f"| {s} | {', '.join(st['models'])} | {st['processes']} | "
                              f"{st['cold_start_s']:.2f} s | {st['idle_rss_mb']:.0f} MiB | "
                              f"{_mib(st['idle_pss_mb'])} | {_mib(res.peaks.get(s))} |")
-            for (server, workers, models), c in sorted(res.colds.items()):
+            for (server, workers, models, cache), c in sorted(res.colds.items()):
                 if server == s:
                     label = f"{s} --workers {workers}" if workers > 1 else s
+                    if cache:
+                        label += f" (compile cache {cache})"
                     lines.append(f"| {label} | {', '.join(models)} | {c['processes']} | "
                                  f"{c['cold_start_s']:.2f} s | {c['idle_rss_mb']:.0f} MiB | "
                                  f"{_mib(c['idle_pss_mb'])} | — |")

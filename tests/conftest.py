@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
+# Caches the code under test writes (compiled models, downloads) go to a temp dir, never home.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="turnout-test-cache-")
 
 PLUGINS = Path(__file__).parent / "plugins"
 

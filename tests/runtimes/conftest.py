@@ -23,7 +23,7 @@ from serving.runtime import Runtime
 Reference = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 CONTRACT_CASES = [
-    "sklearn_logreg", "sklearn_forest",
+    "sklearn_logreg", "sklearn_logreg_onnx", "sklearn_forest",
     "xgb_booster", "xgb_classifier", "xgb_regressor",
     "onnx_logreg", "onnx_matmul",
     "lgbm_booster", "lgbm_regressor", "lgbm_sklearn_joblib",
@@ -101,6 +101,18 @@ def sklearn_logreg(models_dir: Path, iris: tuple[np.ndarray, np.ndarray]) -> Mod
     return ModelCase(SklearnRuntime, path, 4, ("predict", "predict_proba"),
                      lambda x: {"predict": model.predict(x),
                                 "predict_proba": model.predict_proba(x)}, model)
+
+
+@pytest.fixture(scope="session")
+def sklearn_logreg_onnx(models_dir: Path, sklearn_logreg: ModelCase) -> ModelCase:
+    """The same estimator served through its verified ONNX compilation (compile: onnx)."""
+    import shutil
+
+    path = _folder(models_dir, "sklearn_logreg_onnx") / "model.joblib"
+    shutil.copyfile(sklearn_logreg.artifact, path)
+    return ModelCase(sklearn_logreg.runtime, path, 4, sklearn_logreg.outputs,
+                     sklearn_logreg.reference, sklearn_logreg.model,
+                     settings={"parameters": {"compile": "onnx"}})
 
 
 @pytest.fixture(scope="session")
