@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
-from serving.protocol.errors import ModelNotReady
+from serving.protocol.errors import DeadlineExceeded, ModelNotReady
 
 from .balance import Endpoint, Pool
 from .client import UpstreamError
@@ -31,6 +31,11 @@ Verdict = Literal["ok", "retry", "failed"]  # failed: an answer to pass on, but 
 
 class UpstreamUnavailable(ModelNotReady):
     """No endpoint of the variant gave an answer (503 / UNAVAILABLE)."""
+
+
+class UpstreamTimeout(DeadlineExceeded):
+    """The chosen endpoint did not answer within the request's deadline (504 /
+    DEADLINE_EXCEEDED, as a gateway reports it); not retried, the work may still be running."""
 
 
 async def call_variant(*, variant: VariantRoute, pool: Pool, max_attempts: int, deadline: float,
@@ -68,7 +73,7 @@ async def call_variant(*, variant: VariantRoute, pool: Pool, max_attempts: int, 
             metrics.upstream.labels(*labels, endpoint.address, err.kind).inc()
             last_error = str(err)
             if err.kind == "timeout":
-                raise UpstreamUnavailable(f"{variant.service}/{variant.name}: {err}") from None
+                raise UpstreamTimeout(f"{variant.service}/{variant.name}: {err}") from None
             continue
         finally:
             endpoint.outstanding -= 1

@@ -6,13 +6,15 @@ picks a variant with the same rules as REST (gRPC metadata plays the part of hea
 rewrites the name/version by appending fields when the variant needs it, and forwards the
 bytes on one HTTP/2 channel per endpoint. Tensors are never decoded on the primary path.
 Server-level RPCs (live, ready, metadata) are answered by the router itself; repository RPCs
-are administration of one model server and are not proxied.
+are administration of one model server and are not proxied. ModelInfer for a graph's name is
+handed to ``graph_grpc.py``, whose steps call variants through :func:`grpc_attempt` as well.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +55,35 @@ def classify_grpc(answer: GrpcAnswer) -> tuple[Verdict, str]:
     return "ok", answer.code.name
 
 
+Attempt = Callable[[Endpoint, float], Awaitable[GrpcAnswer]]
+
+
+def grpc_attempt(router: Router, method: str, message: bytes,
+                 metadata: Sequence[tuple[str, Any]]) -> Attempt:
+    """One call of ``method`` with ``message`` on one endpoint, for :func:`call_variant`.
+
+    A status other than OK is an answer (classified by :func:`classify_grpc`); the upstream's
+    DEADLINE_EXCEEDED is a timeout, never retried.
+    """
+    async def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
+        call = router.channel(endpoint.address).unary_unary(method)
+        try:
+            body = await call(message, timeout=remaining, metadata=metadata)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise UpstreamError("timeout", f"{endpoint.address} did not answer within "
+                                               f"{remaining:.3g}s ({err.details()})") from None
+            return GrpcAnswer(err.code(), err.details() or "", b"")
+        return GrpcAnswer(grpc.StatusCode.OK, "", body)
+    return attempt
+
+
 class GrpcEdge(grpc.GenericRpcHandler):
     def __init__(self, router: Router) -> None:
+        from .graph_grpc import GrpcGraphs  # builds on this module's calls, so imported late
+
         self.router = router
+        self.graphs = GrpcGraphs(router)
         ready_false = proto.ServerReadyResponse(ready=False).SerializeToString()
         self._local = {
             "ServerLive": lambda: b"\x08\x01",
@@ -94,6 +122,8 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 model, version = read_name_version(request)
             except ValueError as exc:
                 raise InvalidInput(f"malformed {rpc} request: {exc}") from None
+            if rpc == "ModelInfer" and model in table.graphs:
+                return await self.graphs.serve(table.graphs[model], request, context)
             service = table.service(model)
             service_label = service.name
             metadata = [(k, v) for k, v in context.invocation_metadata() or ()
@@ -133,20 +163,8 @@ class GrpcEdge(grpc.GenericRpcHandler):
             pinned = v.spec.version if v.spec.version and v.spec.version != version else None
             return with_name_version(request, v.model if v.renamed else None, pinned)
 
-        def attempt_on(v: VariantRoute):  # type: ignore[no-untyped-def]
-            message = message_for(v)
-
-            async def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
-                call = self.router.channel(endpoint.address).unary_unary(method)
-                try:
-                    body = await call(message, timeout=remaining, metadata=metadata)
-                except grpc.aio.AioRpcError as err:
-                    if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        raise UpstreamError("timeout", f"{endpoint.address}: {err.details()}") \
-                            from None
-                    return GrpcAnswer(err.code(), err.details() or "", b"")
-                return GrpcAnswer(grpc.StatusCode.OK, "", body)
-            return attempt
+        def attempt_on(v: VariantRoute) -> Attempt:
+            return grpc_attempt(self.router, method, message_for(v), metadata)
 
         variant.gate.enter(f"variant {variant.name} of {service.name}")
         primary: PrimaryAnswer[GrpcAnswer] | None = None

@@ -3,26 +3,14 @@ hand returns; Hard vs Soft dependencies; step and graph timeouts."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import httpx
 import pytest
+from graph_spec import dependency_and_timeout_graphs, graph, step, within_binomial
 
 X = [1.5, -2.0]
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": X}]}
-
-
-def within_binomial(count: int, n: int, p: float, z: float = 4.5) -> bool:
-    return abs(count - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1
-
-
-def step(service: str, **kw) -> dict:
-    return {"stepName": kw.pop("name", service), "serviceName": service, **kw}
-
-
-def graph(name: str, router_type: str, steps: list, **kw) -> dict:
-    return {"name": name, **kw, "nodes": {"root": {"routerType": router_type, "steps": steps}}}
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +30,7 @@ def router(upstreams, router_cls, tmp_path_factory):
         graph("switch", "Switch", [
             step("double", condition='[@this].#(parameters.route=="double")'), step("echo")]),
         graph("split", "Splitter", [step("echo", weight=70), step("double", weight=30)]),
-        graph("soft", "Sequence", [step("echo"), step("failing", data="$response"),
-                                   step("double", data="$response")]),
-        graph("hard", "Sequence", [step("echo"), step("failing", data="$response",
-                                                       dependency="Hard"),
-                                   step("double", data="$response")]),
-        graph("ens-soft", "Ensemble", [step("echo"), step("failing")]),
-        graph("ens-hard", "Ensemble", [step("echo"), step("failing", dependency="Hard")]),
-        graph("step-timeout", "Sequence", [step("slow", timeout_seconds=0.3,
-                                                dependency="Hard")]),
-        graph("graph-timeout", "Sequence", [step("slow")], timeout_seconds=0.3),
-        {"name": "nested", "nodes": {
-            "root": {"routerType": "Sequence", "steps": [
-                {"stepName": "inner", "nodeName": "pair"},
-                step("double", data="$response")]},
-            "pair": {"routerType": "Sequence", "steps": [step("double")]}}},
+        *dependency_and_timeout_graphs(),
     ]}
     r = router_cls(config, tmp_path_factory.mktemp("graph"), grpc=False)
     yield r
@@ -128,7 +102,8 @@ def test_step_and_graph_timeouts(router):
         started = time.perf_counter()
         resp = post(router, name)
         assert time.perf_counter() - started < 0.9
-        assert resp.status_code == 503 and message in resp.json()["error"], resp.text
+        # serving.protocol.errors' timeout kind: 504 here, DEADLINE_EXCEEDED on gRPC
+        assert resp.status_code == 504 and message in resp.json()["error"], resp.text
     assert router.sample("turnout_router_graph_steps_total", graph="step-timeout", node="root",
                          step="slow", outcome="timeout") == 1
 

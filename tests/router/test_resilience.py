@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]}
@@ -174,7 +175,29 @@ def test_per_request_timeout(upstreams, router_cls, tmp_path):
         started = time.perf_counter()
         resp = httpx.post(f"{r.url}/v2/models/slow/infer", json=SLOW)
         assert time.perf_counter() - started < 0.9
-        assert resp.status_code == 503 and "did not answer within" in resp.json()["error"]
+        assert resp.status_code == 504 and "did not answer within" in resp.json()["error"]
+    finally:
+        r.stop()
+
+
+def test_per_request_timeout_over_grpc_is_deadline_exceeded(upstreams, router_cls, tmp_path):
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    r = router_cls({"services": [{"name": "slow", "variants": [
+        {"name": "default", "weight": 1, "grpc": [upstreams["a1"].grpc_url]}],
+        "upstream": {"timeout_seconds": 0.3}}]}, tmp_path)
+    try:
+        client = tgrpc.InferenceServerClient(r.grpc_url)
+        x = tgrpc.InferInput("x", [1, 2], "FP32")
+        x.set_data_from_numpy(np.asarray([[1, 2]], dtype=np.float32))
+        started = time.perf_counter()
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("slow", [x])
+        assert time.perf_counter() - started < 0.9
+        assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert "did not answer within 0." in err.value.message()
+        client.close()
     finally:
         r.stop()
 
