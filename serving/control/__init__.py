@@ -3,7 +3,7 @@
 Pure (reusable by a Kubernetes controller): :mod:`.revisions` (KServe canary semantics),
 :mod:`.routes` (router config), :mod:`.rollout` (analysis), :mod:`.autoscale` (KPA decision),
 :mod:`.observe` (router metrics → windows). Local only: :mod:`.supervisor`, :mod:`.plane`,
-:mod:`.routerproc`, :mod:`.activator`, :mod:`.admin`, :mod:`.run`, :mod:`.cli`.
+:mod:`.routerproc`, :mod:`.activator`, :mod:`.admin`, :mod:`.metrics`, :mod:`.run`, :mod:`.cli`.
 """
 
 from .autoscale import ScaleDecision, ScalePolicy, ScaleState, Window, decide

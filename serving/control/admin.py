@@ -3,6 +3,7 @@
 | method | path | does |
 | --- | --- | --- |
 | GET | /status | services, revisions, replicas, weights, rollout state, events, live metrics |
+| GET | /metrics | Prometheus text: rollout events, canary share, phase, replicas (``metrics.py``) |
 | POST | /apply | ``{"documents": [{"path": ..., "text": ...}]}``: manifests to apply |
 | POST | /services/{name}/promote, /services/{name}/rollback | end a canary |
 | POST | /shutdown | drain and stop everything (what ``turnout down`` calls) |
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from serving.spec.load import ManifestError, load_texts
@@ -39,6 +41,9 @@ class PlaneAdmin:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
+        if method == "GET" and path == "/metrics":
+            body = generate_latest(self.plane.metrics.registry)
+            return await _send(send, 200, body, CONTENT_TYPE_LATEST)
         code, doc = 404, {"error": f"Not Found: {method} {path}"}
         try:
             if method == "GET" and path == "/status":
@@ -53,11 +58,7 @@ class PlaneAdmin:
                 code, doc = 200, {"event": await act(match.group(1))}
         except KeyError as exc:
             code, doc = 404, {"error": str(exc.args[0])}
-        body = orjson.dumps(doc)
-        await send({"type": "http.response.start", "status": code,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send(send, code, orjson.dumps(doc), "application/json")
 
     async def _apply(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -71,6 +72,13 @@ class PlaneAdmin:
         except ManifestError as exc:
             return 400, {"error": str(exc)}
         return 200, {"warnings": manifests.warnings, "events": events}
+
+
+async def _send(send: Send, code: int, body: bytes, content_type: str) -> None:
+    await send({"type": "http.response.start", "status": code,
+                "headers": [(b"content-type", content_type.encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _body(receive: Receive) -> bytes:

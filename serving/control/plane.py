@@ -22,16 +22,19 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client import CollectorRegistry
 
 from serving.spec import InferenceGraph, InferenceService, Manifests
 from serving.spec.load import ManifestError
 
 from . import revisions as rev
 from .autoscale import ScalePolicy, ScaleState, Window, decide
+from .metrics import PlaneMetrics
 from .observe import Totals, parse_router_metrics, window
 from .rollout import analyse
 from .routerproc import RouterProcess
 from .routes import Endpoints, router_config
+from .status import status
 from .storage import StorageError, local_path
 from .supervisor import ReplicaSpec, Supervisor
 
@@ -62,12 +65,19 @@ class Plane:
     history: list[tuple[float, dict[tuple[str, str], Totals]]] = field(default_factory=list)
     waiting: dict[str, int] = field(default_factory=dict)  # revision -> requests held (activator)
     activator: Endpoints | None = None
+    metrics: PlaneMetrics = field(default_factory=lambda: PlaneMetrics(CollectorRegistry()))
     _pushed: str = ""
     _session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.supervisor = Supervisor(self.state_dir / "logs")
+        self.metrics.watch(lambda: status(self))
+
+    def _set(self, name: str, state: rev.ServiceState) -> None:
+        """The one way a service's state changes, so every new event is counted once."""
+        self.metrics.record(name, rev.new_events(self.states.get(name), state))
+        self.states[name] = state
 
     # -- manifests --------------------------------------------------------------------------
 
@@ -91,14 +101,15 @@ class Plane:
         """Apply services and graphs (others stay as they are); returns the new events."""
         self.check(manifests)
         now = time.time()
-        before = {name: len(s.events) for name, s in self.states.items()}
+        before = dict(self.states)
         for isvc in manifests.services:
             self.services[isvc.name] = (isvc, manifests.sources[isvc.name].parent)
-            self.states[isvc.name] = rev.apply_manifest(self.states.get(isvc.name), isvc, now=now)
+            self._set(isvc.name, rev.apply_manifest(self.states.get(isvc.name), isvc, now=now))
         for graph in manifests.graphs:
             self.graphs[graph.name] = graph
         await self.reconcile()
-        return [e.message for name, s in self.states.items() for e in s.events[before.get(name, 0):]]
+        return [e.message for name, s in self.states.items()
+                for e in rev.new_events(before.get(name), s)]
 
     async def promote(self, name: str) -> str:
         return await self._decide(name, rev.promote, "promoted from the CLI")
@@ -112,7 +123,7 @@ class Plane:
             raise KeyError(f"no InferenceService named {name!r}")
         if state.canary is None:
             return f"{name} has no canary; nothing to do"
-        self.states[name] = action(state, now=time.time(), reason=reason)
+        self._set(name, action(state, now=time.time(), reason=reason))
         await self.reconcile()
         return self.states[name].events[-1].message
 
@@ -239,7 +250,7 @@ class Plane:
             if name not in self.snapshots or not self.supervisor.ready(state.canary):
                 # The interval counts from when the canary can actually take its share.
                 self.snapshots[name] = self.latest()
-                self.states[name] = state.model_copy(update={"step_started": now})
+                self._set(name, state.model_copy(update={"step_started": now}))
                 continue
             if now - state.step_started < rollout.interval:
                 continue
@@ -257,7 +268,7 @@ class Plane:
             else:
                 state = rev.hold(state, now=now, reason=verdict.reason)
             log.info("%s: %s", name, state.events[-1].message)
-            self.states[name] = state
+            self._set(name, state)
             if verdict.action != "hold":  # a hold waits for more data: the window grows
                 self.snapshots[name] = current
             changed = True
@@ -285,8 +296,8 @@ class Plane:
                                   waiting=self.waiting.get(revision, 0), now=now)
                 if decision.replicas != scaling.state.replicas:
                     log.info("%s/%s (%s): %s", name, role, revision, decision.reason)
-                    self.states[name] = rev.record_event(self.states[name], time.time(),
-                                                   f"{revision}: replicas {decision.reason}")
+                    self._set(name, rev.record_event(self.states[name], time.time(), "scaled",
+                                                     f"{revision}: replicas {decision.reason}"))
                     scaling.reason = decision.reason
                 scaling.state = decision.state
 

@@ -22,6 +22,11 @@ from pydantic import BaseModel, Field
 from serving.spec.inferenceservice import InferenceService
 
 Phase = Literal["stable", "canary", "progressing", "rolled-back"]
+# What an event records, so metrics and tools need not parse messages: a revision taking all
+# traffic at once, a canary starting, a rollout step, a held step, the two ends of a canary,
+# a canary share set by the manifest, a canary removed by the manifest, an autoscaling decision.
+EventKind = Literal["created", "started", "step", "held", "promoted", "rolled_back", "share",
+                    "removed", "scaled"]
 MAX_EVENTS = 50
 
 
@@ -38,6 +43,7 @@ class Revision(BaseModel):
 
 class Event(BaseModel):
     at: float
+    kind: EventKind
     message: str
 
 
@@ -51,7 +57,8 @@ class ServiceState(BaseModel):
     step_started: float = 0.0        # when the current rollout step began
     holds: int = 0                   # consecutive analyses held for lack of data
     manifest_percent: int | None = None  # canaryTrafficPercent last applied: changes act
-    events: list[Event] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list)  # the last MAX_EVENTS
+    recorded: int = 0                # events ever recorded: tells a reader which ones are new
 
     def serving(self) -> dict[str, str]:
         """Role -> revision name for every revision that should have replicas running."""
@@ -79,9 +86,15 @@ def _revision(isvc: InferenceService, number: int) -> Revision:
                     max_batch_latency_ms=batcher.maxLatency if batcher else None)
 
 
-def record_event(state: ServiceState, now: float, message: str) -> ServiceState:
-    events = [*state.events, Event(at=now, message=message)][-MAX_EVENTS:]
-    return state.model_copy(update={"events": events})
+def record_event(state: ServiceState, now: float, kind: EventKind, message: str) -> ServiceState:
+    events = [*state.events, Event(at=now, kind=kind, message=message)][-MAX_EVENTS:]
+    return state.model_copy(update={"events": events, "recorded": state.recorded + 1})
+
+
+def new_events(before: ServiceState | None, after: ServiceState) -> list[Event]:
+    """The events ``after`` recorded since ``before`` (all of them for a new service)."""
+    fresh = after.recorded - (before.recorded if before is not None else 0)
+    return after.events[len(after.events) - min(max(fresh, 0), len(after.events)):]
 
 
 def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: float
@@ -92,16 +105,18 @@ def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: f
     rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
     if state is None:
         first = _revision(isvc, 1)
-        return record_event(ServiceState(name=isvc.name, revisions={first.name: first}, stable=first.name,
-                                   manifest_percent=wanted), now,
-                      f"created {first.name} ({first.storage_uri}) with all traffic")
+        return record_event(ServiceState(name=isvc.name, revisions={first.name: first},
+                                         stable=first.name, manifest_percent=wanted), now,
+                            "created", f"created {first.name} ({first.storage_uri}) with all traffic")
     new_digest = digest(isvc)
     latest = state.revisions[state.canary or state.stable]
     if new_digest != latest.digest:
         if new_digest == state.revisions[state.stable].digest and state.canary is not None:
-            return record_event(state.model_copy(update={"canary": None, "percent": 0, "phase": "stable",
-                                                   "manifest_percent": wanted}), now,
-                          f"manifest is back to {state.stable}: canary {state.canary} removed")
+            return record_event(state.model_copy(update={"canary": None, "percent": 0,
+                                                         "phase": "stable",
+                                                         "manifest_percent": wanted}), now,
+                                "removed",
+                                f"manifest is back to {state.stable}: canary {state.canary} removed")
         number = max(r.number for r in state.revisions.values()) + 1
         revision = _revision(isvc, number)
         state = state.model_copy(update={"revisions": {**state.revisions, revision.name: revision},
@@ -112,8 +127,8 @@ def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: f
         if wanted is None:
             state = state.model_copy(update={"stable": revision.name, "canary": None, "percent": 0,
                                              "phase": "stable"})
-            return record_event(state, now, f"created {revision.name} ({revision.storage_uri}) with all "
-                          "traffic (no canaryTrafficPercent)")
+            return record_event(state, now, "created", f"created {revision.name} "
+                                f"({revision.storage_uri}) with all traffic (no canaryTrafficPercent)")
         return start_canary(state, revision.name, wanted, now=now, phase="canary")
     if wanted == state.manifest_percent:
         return state  # the manifest did not change: a CLI or analysis decision stands
@@ -127,7 +142,7 @@ def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: f
     if wanted == 100:
         return promote(state, now=now, reason="canaryTrafficPercent set to 100")
     return record_event(state.model_copy(update={"percent": wanted, "phase": "canary"}), now,
-                  f"canary {state.canary} at {wanted}%")
+                        "share", f"canary {state.canary} at {wanted}%")
 
 
 def start_canary(state: ServiceState, revision: str, percent: int, *, now: float,
@@ -137,18 +152,18 @@ def start_canary(state: ServiceState, revision: str, percent: int, *, now: float
     if percent == 0:
         state = state.model_copy(update={"phase": "rolled-back"})
     how = "progressive rollout" if phase == "progressing" else "canary"
-    return record_event(state, now, f"{how}: {revision} ({state.revisions[revision].storage_uri}) "
-                  f"at {percent}% beside {state.stable}")
+    return record_event(state, now, "started", f"{how}: {revision} "
+                        f"({state.revisions[revision].storage_uri}) at {percent}% beside {state.stable}")
 
 
 def set_step(state: ServiceState, percent: int, *, now: float, reason: str) -> ServiceState:
     state = state.model_copy(update={"percent": percent, "step_started": now, "holds": 0})
-    return record_event(state, now, f"canary {state.canary} advanced to {percent}%: {reason}")
+    return record_event(state, now, "step", f"canary {state.canary} advanced to {percent}%: {reason}")
 
 
 def hold(state: ServiceState, *, now: float, reason: str) -> ServiceState:
     state = state.model_copy(update={"holds": state.holds + 1, "step_started": now})
-    return record_event(state, now, f"canary {state.canary} held at {state.percent}%: {reason}")
+    return record_event(state, now, "held", f"canary {state.canary} held at {state.percent}%: {reason}")
 
 
 def promote(state: ServiceState, *, now: float, reason: str) -> ServiceState:
@@ -157,11 +172,12 @@ def promote(state: ServiceState, *, now: float, reason: str) -> ServiceState:
     old, new = state.stable, state.canary
     state = state.model_copy(update={"stable": new, "canary": None, "percent": 0, "phase": "stable",
                                      "holds": 0})
-    return record_event(state, now, f"promoted {new} to all traffic (was {old}): {reason}")
+    return record_event(state, now, "promoted", f"promoted {new} to all traffic (was {old}): {reason}")
 
 
 def rollback(state: ServiceState, *, now: float, reason: str) -> ServiceState:
     if state.canary is None or state.phase == "rolled-back":
         return state
     state = state.model_copy(update={"percent": 0, "phase": "rolled-back", "holds": 0})
-    return record_event(state, now, f"rolled back {state.canary}, all traffic to {state.stable}: {reason}")
+    return record_event(state, now, "rolled_back",
+                        f"rolled back {state.canary}, all traffic to {state.stable}: {reason}")

@@ -3,9 +3,10 @@
 Pure. Variants are named by role (``stable``, ``canary``) so traffic rules in ``spec.turnout``
 keep meaning the same thing as revisions come and go; the revision behind each role is in
 ``turnout status``. Only ready endpoints are listed (health-gated routing): a role with none is
-left out and its share goes to the other, and a role scaled to zero points at the activator,
-which holds requests while a replica starts. The result is validated by the router's own
-config model, so the control plane cannot hand the router something it would refuse.
+left out and its share goes to the other, and a role scaled to zero points at the activator
+(its REST and gRPC endpoints), which holds requests while a replica starts. The result is
+validated by the router's own config model, so the control plane cannot hand the router
+something it would refuse.
 """
 
 from __future__ import annotations

@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from serving.logs import configure_logging
 from serving.spec.load import ManifestError, Manifests, load_files
 
 from .activator import Activator
 from .admin import PlaneAdmin
+from .metrics import PlaneMetrics
 from .plane import Plane
 from .routerproc import RouterProcess
 from .supervisor import free_port
@@ -65,7 +67,7 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     (state_dir / "routes.yaml").write_text("services: []\n")
     router = RouterProcess(state_dir, host=args.host, http_port=args.http_port,
                            grpc_port=args.grpc_port)
-    plane = Plane(state_dir, router)
+    plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()))
     try:
         plane.check(manifests)
     except ManifestError as exc:

@@ -35,13 +35,17 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
                              "total": len([r for r in replicas if r.state != "stopping"]),
                              "desired": scaling.state.replicas if scaling else None,
                              "restarts": sum(r.restarts for r in replicas)},
+                # where the ready replicas listen, to reach one replica's /metrics or logs
+                "endpoints": {"http": [r.http for r in replicas if r.state == "ready"],
+                              "grpc": [r.grpc for r in replicas if r.state == "ready"]},
                 "rps": round(w.requests / span, 2) if history else 0.0,
                 "error_rate": round(w.error_rate, 4),
                 "p99_ms": round(w.p99_seconds * 1000, 2) if w.p99_seconds is not None else None})
         services.append({"name": name, "phase": state.phase, "stable": state.stable,
                          "canary": state.canary, "canary_percent": state.percent,
                          "variants": variants,
-                         "events": [{"at": e.at, "message": e.message} for e in state.events[-10:]]})
+                         "events": [{"at": e.at, "kind": e.kind, "message": e.message}
+                                    for e in state.events[-10:]]})
     return {"http_port": plane.router.http_port, "grpc_port": plane.router.grpc_port,
             "services": services, "graphs": sorted(plane.graphs)}
 

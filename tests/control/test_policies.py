@@ -138,9 +138,13 @@ def test_routes_are_health_gated_and_weighted_by_role() -> None:
     assert [v.name for v in plan.config.services[0].variants] == ["stable"]
     assert "no ready replica" in plan.omitted[0]
     at_zero = router_config(services=[(iss("b", 25), s)], endpoints={}, graphs=[],
-                            activator=Endpoints(["http://127.0.0.1:9"]),
+                            activator=Endpoints(["http://127.0.0.1:9"], ["127.0.0.1:10"]),
                             at_zero=frozenset({"iris-00001", "iris-00002"}))
-    assert {v.model for v in at_zero.config.services[0].variants} == {"iris-00001", "iris-00002"}
+    variants = at_zero.config.services[0].variants
+    assert {v.model for v in variants} == {"iris-00001", "iris-00002"}
+    # REST and gRPC alike reach the activator while a revision is at zero
+    assert {(tuple(v.http), tuple(v.grpc)) for v in variants} == {
+        (("http://127.0.0.1:9",), ("127.0.0.1:10",))}
 
 
 @pytest.mark.parametrize("buckets, q, want", [

@@ -133,3 +133,38 @@ def test_turnout_block_from_the_annotation() -> None:
     _, isvc = one(text)
     assert isvc.spec.turnout.rollout.steps == [20, 100]
     assert isvc.spec.turnout.rollout.interval == 5.0
+
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+@pytest.mark.parametrize("name", ["inferenceservice.yaml", "shadow-rollout.yaml"])
+def test_example_manifests_load_without_warnings(name: str) -> None:
+    from serving.spec.load import load_files
+
+    manifests = load_files([EXAMPLES / name])
+    assert manifests.services and manifests.warnings == []
+
+
+def test_shadow_example_mirrors_to_the_canary_and_sends_the_cold_service_to_the_activator() -> None:
+    from serving.control.revisions import apply_manifest
+    from serving.control.routes import Endpoints, router_config
+    from serving.spec.load import load_files
+
+    manifests = load_files([EXAMPLES / "shadow-rollout.yaml"])
+    states: dict = {}
+    for isvc in manifests.services:
+        states[isvc.name] = apply_manifest(states.get(isvc.name), isvc, now=1)
+    iris, cold = states["iris"], states["iris-cold"]
+    assert (iris.phase, iris.percent) == ("progressing", 10)
+    latest = {s.name: s for s in manifests.services}
+    ready = {iris.stable: Endpoints(["http://127.0.0.1:1"], ["127.0.0.1:2"]),
+             iris.canary: Endpoints(["http://127.0.0.1:3"], ["127.0.0.1:4"])}
+    plan = router_config(services=[(latest[n], s) for n, s in states.items()], endpoints=ready,
+                         graphs=[], activator=Endpoints(["http://127.0.0.1:5"], ["127.0.0.1:6"]),
+                         at_zero=frozenset({cold.stable}))
+    routes = {s.name: s for s in plan.config.services}
+    assert [(m.variant, m.percent) for m in routes["iris"].mirror] == [("canary", 100)]
+    assert [(r.header, r.variant) for r in routes["iris"].rules] == [({"x-pin": "stable"}, "stable")]
+    (zero,) = routes["iris-cold"].variants
+    assert (zero.model, zero.http, zero.grpc) == (cold.stable, ["http://127.0.0.1:5"], ["127.0.0.1:6"])

@@ -9,124 +9,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.conftest import free_port
+from tests.control.planes import ROW, Up, events, gauges_match_status, isvc
 
 pytestmark = pytest.mark.slow
-PLUGINS = Path(__file__).parent / "plugins"
-ROW = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
-
-
-def isvc(name: str, uri: str, *, percent: int | None = None, turnout: dict | None = None,
-         **predictor: object) -> dict:
-    pred: dict = {**predictor, "model": {"modelFormat": {"name": "sklearn"}, "storageUri": uri}}
-    if percent is not None:
-        pred["canaryTrafficPercent"] = percent
-    spec: dict = {"predictor": pred}
-    if turnout:
-        spec["turnout"] = turnout
-    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": name}, "spec": spec}
-
-
-class Up:
-    def __init__(self, folder: Path, *docs: dict) -> None:
-        self.folder = folder
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
-        self.write("manifest.yaml", *docs)
-        self.log = (folder / "up.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "up", "-f", "manifest.yaml", "--http-port",
-             str(self.http_port), "--grpc-port", str(self.grpc_port)],
-            cwd=folder, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def write(self, name: str, *docs: dict) -> str:
-        (self.folder / name).write_text(yaml.safe_dump_all(docs))
-        return name
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "serving.cli", *args], cwd=self.folder,
-                              env=self.env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def status(self) -> dict:
-        return json.loads(self.cli("status", "-o", "json"))["services"][0]
-
-    def wait(self, check, timeout: float = 60, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.folder / "up.log").read_text()
-            try:
-                if check():
-                    return
-            except (httpx.HTTPError, AssertionError, KeyError, IndexError):
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{what}: {self.status()}")
-
-    def infer(self) -> int:
-        # generous: a cold start (scale from zero) on a busy 2-core CI machine can take 10-20 s
-        return httpx.post(f"{self.url}/v2/models/iris/infer", json=ROW, timeout=60).status_code
-
-    def variant_counts(self) -> dict[str, float]:
-        counts: dict[str, float] = {}
-        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
-            if line.startswith("turnout_router_requests_total{") and 'service="iris"' in line:
-                variant = line.split('variant="')[1].split('"')[0]
-                counts[variant] = counts.get(variant, 0) + float(line.rsplit(" ", 1)[1])
-        return counts
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-        self.log.close()
-        return self.proc.returncode
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import joblib
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.tree import DecisionTreeClassifier
-
-    root = tmp_path_factory.mktemp("models")
-    x, y = load_iris(return_X_y=True)
-    for name, model in (("v1", DecisionTreeClassifier(max_depth=3, random_state=0)),
-                        ("v2", LogisticRegression(max_iter=500))):
-        (root / name).mkdir()
-        joblib.dump(model.fit(x, y), root / name / "model.joblib")
-    (root / "flaky").mkdir()
-    (root / "flaky" / "model-settings.yaml").write_text(yaml.safe_dump({
-        "runtime": "turnout_control_runtimes:Flaky", "parameters": {"fail_ratio": 0.5},
-        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 4]}]}))
-    (root / "slow").mkdir()
-    (root / "slow" / "model-settings.yaml").write_text(yaml.safe_dump({
-        "runtime": "turnout_control_runtimes:Slow", "parameters": {"delay": 0.2},
-        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 4]}]}))
-    return root
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[list[Up]]:
-    planes: list[Up] = []
-    yield planes
-    for plane in planes:
-        assert plane.stop() == 0, (plane.folder / "up.log").read_text()[-3000:]
 
 
 def test_canary_comes_up_splits_traffic_promotes_rolls_back_and_restarts(
@@ -196,6 +86,7 @@ def test_progressive_rollout_rolls_back_a_failing_canary_and_promotes_a_good_one
     plane.wait(lambda: plane.status()["variants"][0]["replicas"]["total"] == 0, what="to zero")
     assert plane.infer() == 200
 
+    before = events(plane)
     plane.cli("apply", "-f", plane.write("bad.yaml", {
         **isvc("iris", f"file://{models}/flaky", turnout=rollout)}))
 
@@ -206,6 +97,12 @@ def test_progressive_rollout_rolls_back_a_failing_canary_and_promotes_a_good_one
 
     plane.wait(rolled_back, timeout=90, what="automatic rollback")
     assert any("error rate" in e["message"] for e in plane.status()["events"])
+    # ... and as metrics: the counters moved by exactly the events recorded
+    after = events(plane)
+    assert {k: after[k] - before[k] for k in ("started", "rolled_back", "promoted")} == \
+        {"started": 1, "rolled_back": 1, "promoted": 0}
+    assert after["created"] == 1
+    plane.wait(lambda: gauges_match_status(plane), timeout=10, what="gauges = status")
 
     plane.cli("apply", "-f", plane.write("good.yaml", isvc("iris", f"file://{models}/v2",
                                                            turnout=rollout)))
@@ -216,6 +113,10 @@ def test_progressive_rollout_rolls_back_a_failing_canary_and_promotes_a_good_one
         return plane.status()["stable"] == "iris-00003"
 
     plane.wait(promoted, timeout=90, what="promotion")
+    last = events(plane)
+    assert {k: last[k] - after[k] for k in ("started", "step", "promoted", "rolled_back")} == \
+        {"started": 1, "step": 1, "promoted": 1, "rolled_back": 0}  # 20% -> 50% -> promoted
+    plane.wait(lambda: gauges_match_status(plane), timeout=10, what="gauges = status")
 
 
 @pytest.mark.slow
