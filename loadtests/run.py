@@ -199,7 +199,7 @@ def serve_and_load(args, name, rep, artifacts, payloads, record, cpu) -> None:
         return
     run_dir = args.work / "run"
     server = servers.start(name, run_dir, artifacts, served, cpu, shlex.split(args.turnout_args)
-                           if name == "turnout" else [], args.work / "logs")
+                           if defn.role == "turnout" else [], args.work / "logs")
     try:
         try:
             ready_s = server.wait_ready(served)
@@ -237,7 +237,9 @@ def serve_and_load(args, name, rep, artifacts, payloads, record, cpu) -> None:
 def _load_cell(args, server, rep, payload, port, record) -> None:
     base = {"server": server.name, "rep": rep, "model": payload.model,
             "protocol": payload.protocol, "batch": payload.batch}
-    for concurrency in args.concurrency:
+    wanted = server.defn.concurrency
+    concurrencies = [c for c in args.concurrency if wanted is None or c in wanted]
+    for concurrency in concurrencies:
         if server.proc.poll() is not None:
             record("load", **base, concurrency=concurrency, ok=False,
                    error=f"server exited ({server.proc.returncode})")
@@ -247,7 +249,7 @@ def _load_cell(args, server, rep, payload, port, record) -> None:
         except load.ProbeError as exc:
             # An anchor that fails its first probe lacks the protocol (MLServer has no binary
             # extension); anything else failing a probe is a failure, and reported as one.
-            if concurrency == args.concurrency[0] and server.defn.role == "anchor":
+            if concurrency == concurrencies[0] and server.defn.role == "anchor":
                 record("unsupported", **base, reason=str(exc)[:500])
                 log(f"    {payload.model:4s} {payload.protocol:11s} b{payload.batch:<3d} "
                     f"not measured: {str(exc)[:120]}")

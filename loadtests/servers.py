@@ -32,7 +32,7 @@ from .models import MODELS
 ROOT = Path(__file__).resolve().parent
 REPO_ROOT = ROOT.parent
 
-ALL_SERVERS = ("turnout", "mlserver", "kserve", "bare-rest", "bare-grpc")
+ALL_SERVERS = ("turnout", "turnout-batched", "mlserver", "kserve", "bare-rest", "bare-grpc")
 ANCHORS = ("mlserver", "kserve")
 BARE = ("bare-rest", "bare-grpc")
 PROTOCOLS = ("rest-json", "rest-binary", "grpc")
@@ -172,6 +172,8 @@ class ServerDef:
     models: tuple[str, ...]
     protocols: tuple[str, ...]
     role: str  # turnout | anchor | bare
+    concurrency: tuple[int, ...] | None = None  # measured only at these (None: all)
+    args: tuple[str, ...] = ()  # extra command-line flags
 
     @property
     def has_http(self) -> bool:
@@ -184,6 +186,10 @@ class ServerDef:
 
 DEFS = {
     "turnout": ServerDef("turnout", tuple(MODELS), PROTOCOLS, "turnout"),
+    # Adaptive batching on, for the batched-floor target (ONNX MLP at concurrency 64).
+    "turnout-batched": ServerDef("turnout-batched", ("mlp",), PROTOCOLS, "turnout",
+                                 concurrency=(64,),
+                                 args=("--max-batch-size", "64", "--max-batch-latency-ms", "1")),
     "mlserver": ServerDef("mlserver", tuple(MODELS), PROTOCOLS, "anchor"),
     "kserve": ServerDef("kserve", tuple(MODELS), PROTOCOLS, "anchor"),
     "bare-rest": ServerDef("bare-rest", ("mlp",), ("rest-json", "rest-binary"), "bare"),
@@ -212,7 +218,7 @@ def prepare(name: str, work: Path, artifacts: dict[str, Path], models: list[str]
     work = work.resolve()
     artifacts = {m: p.resolve() for m, p in artifacts.items()}
     py = sys.executable
-    if name == "turnout":
+    if defn.role == "turnout":
         repo = work / "turnout-repo"
         for m in served:
             folder = repo / m
@@ -226,7 +232,7 @@ def prepare(name: str, work: Path, artifacts: dict[str, Path], models: list[str]
             if settings:
                 (folder / "model-settings.yaml").write_text(settings)
         return Launch([py, "-m", "serving.cli", "serve", str(repo), "--http-port", str(http_port),
-                       "--grpc-port", str(grpc_port), *turnout_args], cwd=REPO_ROOT,
+                       "--grpc-port", str(grpc_port), *defn.args, *turnout_args], cwd=REPO_ROOT,
                       env={"XDG_CACHE_HOME": str(work.parent / "turnout-cache")})
     if name == "bare-rest":
         return Launch([py, "-m", "loadtests.bare_rest", str(artifacts["mlp"]), "--name", "mlp",

@@ -143,6 +143,7 @@ class ModelRepository:
         self._model_class = model_class
         self._metrics = metrics
         self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._latest: dict[str, ModelVersion] = {}  # highest version per model: asked per request
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def load_all(self) -> None:
@@ -163,6 +164,7 @@ class ModelRepository:
         if name not in self._models:
             raise ModelNotFound(f"model '{name}' is not loaded")
         versions = self._models.pop(name)
+        self._latest.pop(name, None)
         for mv in versions.values():
             self._set_ready_gauge(mv, False)
             if mv.runtime is not None:
@@ -170,11 +172,14 @@ class ModelRepository:
         log.info("unloaded model %s", name)
 
     def get(self, name: str, version: str | None) -> ModelVersion:
+        if not version:
+            latest = self._latest.get(name)
+            if latest is None:
+                raise ModelNotFound(f"model '{name}' is not found")
+            return latest
         versions = self._models.get(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' is not found")
-        if not version:
-            return versions[max(versions, key=int)]
         try:
             return versions[version]
         except KeyError:
@@ -224,6 +229,10 @@ class ModelRepository:
             if previous and not any(v.state == "READY" for v in loaded.values()):
                 return  # keep serving the old versions; the caller reports the failure
             self._models[source.name] = loaded
+            if loaded:
+                self._latest[source.name] = loaded[max(loaded, key=int)]
+            else:
+                self._latest.pop(source.name, None)
             for old in previous.values():
                 if old.runtime is not None and old not in loaded.values():
                     old.runtime.unload()
