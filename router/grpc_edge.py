@@ -171,7 +171,7 @@ class GrpcEdge(grpc.GenericRpcHandler):
         try:
             if rpc == "ModelInfer" and service.mirrors:
                 primary = PrimaryAnswer()
-                self._mirror(service, primary, attempt_on)
+                self._mirror(service, variant, primary, attempt_on)
             answer = await call_variant(
                 variant=variant, pool=variant.grpc, max_attempts=service.upstream.max_attempts,
                 deadline=deadline, attempt=attempt_on(variant), classify=classify_grpc,
@@ -186,11 +186,13 @@ class GrpcEdge(grpc.GenericRpcHandler):
             primary.set(answer)
         return answer
 
-    def _mirror(self, service: ServiceRoute, primary: PrimaryAnswer[GrpcAnswer],
-                attempt_on: Any) -> None:
+    def _mirror(self, service: ServiceRoute, serving: VariantRoute,
+                primary: PrimaryAnswer[GrpcAnswer], attempt_on: Any) -> None:
         shadower = self.router.shadower
         for mirror, shadow in service.mirrors:
-            if not shadow.grpc.endpoints or not shadower.wanted(mirror):
+            # A copy to the variant that answers anyway would only agree with itself.
+            if shadow.name == serving.name or not shadow.grpc.endpoints \
+                    or not shadower.wanted(mirror):
                 continue
             deadline = time.monotonic() + mirror.timeout_seconds
 

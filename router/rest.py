@@ -146,7 +146,7 @@ class RestEdge:
         try:
             if kind != "other" and service.mirrors:
                 primary = PrimaryAnswer()
-                self._mirror(service, primary, target, scope["method"], fwd, body, kind)
+                self._mirror(service, variant, primary, target, scope["method"], fwd, body, kind)
             response = await self.router.http_call(variant, method=scope["method"],
                                                    path=target(variant), headers=fwd,
                                                    body=body, deadline=deadline)
@@ -162,12 +162,13 @@ class RestEdge:
             response = _renamed(response, service.name)
         return response
 
-    def _mirror(self, service: ServiceRoute, primary: PrimaryAnswer[UpstreamResponse],
-                target: Any, method: str, headers: list[tuple[str, str]], body: bytes,
-                kind: str) -> None:
+    def _mirror(self, service: ServiceRoute, serving: VariantRoute,
+                primary: PrimaryAnswer[UpstreamResponse], target: Any, method: str,
+                headers: list[tuple[str, str]], body: bytes, kind: str) -> None:
         shadower = self.router.shadower
         for mirror, shadow in service.mirrors:
-            if not shadower.wanted(mirror):
+            # A copy to the variant that answers anyway would only agree with itself.
+            if shadow.name == serving.name or not shadower.wanted(mirror):
                 continue
             deadline = time.monotonic() + mirror.timeout_seconds
 

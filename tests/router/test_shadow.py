@@ -67,6 +67,32 @@ def test_shadow_gets_copies_without_delaying_or_altering_the_primary(upstreams, 
         r.stop()
 
 
+def test_no_copy_goes_to_the_variant_that_answered(upstreams, router_cls, tmp_path):
+    """A canary that is also the mirror target: requests it serves itself are not mirrored to
+    it (they would only agree with themselves and inflate the agreement rate)."""
+    routes = shadow_routes(upstreams)
+    routes["services"][0]["rules"] = [{"header": {"x-experiment": "b"}, "variant": "shadow"}]
+    r = router_cls(routes, tmp_path)
+    labels = {"service": "m", "variant": "shadow"}
+    before = served_by_shadow(upstreams["shadow"])
+    try:
+        with httpx.Client() as client:
+            for experiment in ("b", "b", "b", "a", "a"):
+                resp = client.post(f"{r.url}/v2/models/m/infer", json=BODY,
+                                   headers={"x-experiment": experiment})
+                assert resp.status_code == 200
+                assert resp.headers["x-turnout-variant"] == \
+                    ("shadow" if experiment == "b" else "default")
+        assert wait_for(lambda: r.sample("turnout_router_shadow_requests_total", **labels,
+                                         outcome="compared") == 2)
+        time.sleep(0.5)  # a stray copy would have landed by now
+        assert served_by_shadow(upstreams["shadow"]) - before == 3 + 2  # 3 served, 2 copies
+        assert r.sample("turnout_router_shadow_requests_total", **labels,
+                        outcome="compared") == 2
+    finally:
+        r.stop()
+
+
 def test_v1_shadow_agreement_counts_classes(upstreams, router_cls, tmp_path):
     a1, b = upstreams["a1"], upstreams["b"]
     config = {"services": [{"name": "iris", "variants": [
