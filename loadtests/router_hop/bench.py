@@ -2,9 +2,12 @@
 ``turnout router``, over REST (V2 JSON) and gRPC, at several concurrencies.
 
 Usage: python -m loadtests.router_hop.bench [--duration 8] [--reps 3] [--concurrency 1 8 32]
+                                            [--models mlp xgb]
 
-Layout, as in a deployment where the router has its own CPU: the model server (the ONNX MLP of
-the main harness) is pinned to ``--server-cpu``; the router and h2load share ``--router-cpu``.
+Layout, as in a deployment where the router has its own CPU: the model server (the main
+harness's models: the ONNX MLP, whose predict is ~15 µs so the hop is all there is to see, and
+the XGBoost model, whose predict costs what real models cost) is pinned to ``--server-cpu``;
+the router and h2load share ``--router-cpu``.
 The direct runs use the same pinning without a router, so the only difference between the two
 columns is the hop. Runs are interleaved (direct, router, direct, …) and medians of ``--reps``
 are reported. Results are printed as Markdown (copy into RESULTS.md) and written as JSON lines.
@@ -30,7 +33,6 @@ from loadtests import load, models
 from loadtests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = "mlp"
 
 
 def _wait_ready(url: str, timeout: float = 90) -> None:
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--models", nargs="+", default=["mlp", "xgb"], choices=list(models.MODELS))
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--router-cpu", type=int, default=1, help="core of the router and h2load")
     ap.add_argument("--no-pin", action="store_true")
@@ -82,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="turnout-hop-"))
     repo = work / "models"
-    artifacts = models.build(work / "artifacts", [MODEL])
-    (repo / MODEL).mkdir(parents=True)
-    os.symlink(artifacts[MODEL], repo / MODEL / artifacts[MODEL].name)
-    payloads = load.build_payloads(work / "payloads", MODEL, 1)
+    artifacts = models.build(work / "artifacts", args.models)
+    for name in args.models:
+        (repo / name).mkdir(parents=True)
+        os.symlink(artifacts[name], repo / name / artifacts[name].name)
     sp, sg, rp, rg = free_port(), free_port(), free_port(), free_port()
-    (work / "routes.yaml").write_text(yaml.safe_dump({"services": [{"name": MODEL, "variants": [
+    (work / "routes.yaml").write_text(yaml.safe_dump({"services": [{"name": name, "variants": [
         {"name": "default", "weight": 1, "http": [f"http://127.0.0.1:{sp}"],
-         "grpc": [f"127.0.0.1:{sg}"]}]}]}))
+         "grpc": [f"127.0.0.1:{sg}"]}]} for name in args.models]}))
     server = _start(["serve", str(repo), "--http-port", str(sp), "--grpc-port", str(sg),
                      "--log-level", "warning"], server_cpu, work / "server.log")
     router = _start(["router", "--config", str(work / "routes.yaml"), "--http-port", str(rp),
@@ -98,9 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or work / "hop.jsonl"
     rows: list[str] = []
     try:
-        _wait_ready(f"http://127.0.0.1:{sp}/v2/models/{MODEL}/ready")
+        for name in args.models:
+            _wait_ready(f"http://127.0.0.1:{sp}/v2/models/{name}/ready")
         _wait_ready(f"http://127.0.0.1:{rp}/v2/health/ready")
-        for protocol, payload in (("REST", payloads["rest-json"]), ("gRPC", payloads["grpc"])):
+        cells = [(name, protocol, load.build_payloads(work / "payloads", name, 1)[key])
+                 for name in args.models for protocol, key in (("REST", "rest-json"),
+                                                               ("gRPC", "grpc"))]
+        for model, protocol, payload in cells:
             ports = (sg, rg) if protocol == "gRPC" else (sp, rp)
             expected = {port: load.probe(payload, port) for port in ports}
             for concurrency in args.concurrency:
@@ -113,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                                                  args.warmup, router_cpu, expected[port])
                         if not result.get("ok") or result["errors"]:
                             raise RuntimeError(f"{protocol} {path} c={concurrency}: {result}")
-                        result.update(protocol=protocol, path=path, concurrency=concurrency)
+                        result.update(model=model, protocol=protocol, path=path,
+                                      concurrency=concurrency)
                         runs[path].append(result)
                         with out.open("a") as fh:
                             fh.write(json.dumps(result) + "\n")
                 d, r = runs["direct"], runs["router"]
                 d_rps, r_rps = _median(d, "rps"), _median(r, "rps")
                 d50, r50 = _median(d, "p50_ms"), _median(r, "p50_ms")
-                rows.append(f"| {protocol} | {concurrency} | {d_rps:,.0f} | {r_rps:,.0f} | "
+                rows.append(f"| {model} | {protocol} | {concurrency} | {d_rps:,.0f} | {r_rps:,.0f} | "
                             f"{100 * (1 - r_rps / d_rps):.1f}% | {d50:.2f} | {r50:.2f} | "
                             f"{r50 - d50:+.2f} | {_median(d, 'p99_ms'):.2f} | "
                             f"{_median(r, 'p99_ms'):.2f} |")
@@ -128,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _stop(router)
         _stop(server)
-    print(f"\n{MODEL} model, batch 1, h2load {args.duration:g}s x {args.reps} (medians), "
+    print(f"\nbatch 1, h2load {args.duration:g}s x {args.reps} (medians), "
           f"server on cpu {server_cpu}, router + h2load on cpu {router_cpu}; raw: {out}")
-    print("| protocol | concurrency | direct req/s | router req/s | loss | direct p50 ms | "
+    print("| model | protocol | concurrency | direct req/s | router req/s | loss | direct p50 ms | "
           "router p50 ms | added p50 ms | direct p99 ms | router p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 

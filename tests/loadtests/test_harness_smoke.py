@@ -52,3 +52,20 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
 
     text = (out / "RESULTS.md").read_text()
     assert "### mlp" in text and "REST binary" in text and "gRPC" in text
+
+
+def test_router_hop_bench_runs_end_to_end(tmp_path: Path) -> None:
+    """The hop benchmark (loadtests/router_hop) with one short run per cell: every run through
+    the router and directly completed with real answers and no errors."""
+    out = tmp_path / "hop.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtests.router_hop.bench", "--duration", "0.4", "--warmup",
+         "0.1", "--reps", "1", "--concurrency", "2", "--models", "mlp", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["protocol"], r["path"]) for r in records} == {
+        (protocol, path) for protocol in ("REST", "gRPC") for path in ("direct", "router")}
+    for r in records:
+        assert r["ok"] and r["errors"] == 0 and r["completed"] > 0, r
+    assert "| mlp | REST | 2 |" in done.stdout and "| mlp | gRPC | 2 |" in done.stdout
