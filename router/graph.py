@@ -50,7 +50,7 @@ from .conditions import holds
 from .config import Graph, Node, Step
 from .core import Router
 from .decide import weighted_choice
-from .forward import UpstreamUnavailable
+from .forward import UpstreamTimeout, UpstreamUnavailable
 from .http_util import HOP_BY_HOP, send_json, send_response
 from .table import RoutingTable, ServiceRoute, VariantRoute
 
@@ -103,6 +103,9 @@ class _Call(Generic[M]):
     deadline: float
 
 
+_CLOCK_SLACK = 0.01  # seconds
+
+
 class GraphExecutor:
     """Runs a graph over any :class:`Wire`; shared by the REST and gRPC edges."""
 
@@ -125,7 +128,9 @@ class GraphExecutor:
         except TimeoutError:
             raise _graph_timeout(graph, budget) from None
         except StepFailed:
-            if time.monotonic() >= call.deadline:  # the step ran out of the graph's time
+            # The step ran out of the graph's time (its upstream call shares the graph's
+            # deadline; asyncio may run that timer a clock tick early).
+            if time.monotonic() >= call.deadline - _CLOCK_SLACK:
                 raise _graph_timeout(graph, budget) from None
             raise
 
@@ -197,7 +202,9 @@ class GraphExecutor:
                 raise StepFailed(error=DeadlineExceeded(
                     f"step {step.name!r} of node {node!r} did not finish within {timeout:g}s")) \
                     from None
-            except UpstreamUnavailable as err:
+            except (UpstreamUnavailable, UpstreamTimeout) as err:
+                if isinstance(err, UpstreamTimeout):
+                    outcome = "timeout"
                 raise StepFailed(error=err) from None
             if not call.wire.ok(answer):
                 raise StepFailed(answer)
