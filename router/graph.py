@@ -123,16 +123,28 @@ class GraphExecutor:
         budget = graph.timeout_seconds if budget is None else min(budget, graph.timeout_seconds)
         pick = {k: v for k, v in headers if isinstance(v, str)}
         call = _Call(graph, self.router.table, wire, headers, pick, time.monotonic() + budget)
+        started = time.perf_counter()
+        outcome = "success"
         try:
             return await asyncio.wait_for(self._node(call, "root", request), budget)
         except TimeoutError:
+            outcome = "timeout"
             raise _graph_timeout(graph, budget) from None
         except StepFailed:
             # The step ran out of the graph's time (its upstream call shares the graph's
             # deadline; asyncio may run that timer a clock tick early).
             if time.monotonic() >= call.deadline - _CLOCK_SLACK:
+                outcome = "timeout"
                 raise _graph_timeout(graph, budget) from None
+            outcome = "step_failed"
             raise
+        except TurnoutError as err:
+            outcome = err.kind.value
+            raise
+        finally:
+            metrics = self.router.metrics
+            metrics.graph_requests.labels(graph.name, outcome).inc()
+            metrics.graph_duration.labels(graph.name).observe(time.perf_counter() - started)
 
     async def _node(self, call: _Call[M], name: str, request: M) -> M:
         node = call.graph.nodes[name]

@@ -56,6 +56,13 @@ class RouterMetrics:
             "turnout_router_shadow_abs_difference_total", "Sum of |shadow - primary| over numeric "
             "elements; mean = this / compared{kind=numeric}", ["service", "variant"],
             registry=registry)
+        self.graph_requests = Counter(
+            "turnout_router_graph_requests_total",
+            "Graph runs by outcome: success, step_failed (a failed step's answer is the graph's) "
+            "or the router's error kind (e.g. timeout)", ["graph", "outcome"], registry=registry)
+        self.graph_duration = Histogram(
+            "turnout_router_graph_duration_seconds", "Latency of one whole graph run",
+            ["graph"], buckets=_LATENCY, registry=registry)
         self.graph_steps = Counter(
             "turnout_router_graph_steps_total", "Graph steps by outcome",
             ["graph", "node", "step", "outcome"], registry=registry)

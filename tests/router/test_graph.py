@@ -56,7 +56,11 @@ def by_hand(upstreams, server: str, body=BODY) -> dict:
 def test_sequence_passes_the_response_on(router, upstreams):
     first = by_hand(upstreams, "a1")
     second = by_hand(upstreams, "b", {"inputs": first["outputs"]})
+    before = router.sample("turnout_router_graph_requests_total", graph="seq",
+                           outcome="success")
     assert post(router, "seq").json() == second
+    assert router.sample("turnout_router_graph_requests_total", graph="seq",
+                         outcome="success") == before + 1
     assert data(post(router, "seq-req")) == X  # $request: the last step saw the original
 
 
@@ -106,6 +110,10 @@ def test_step_and_graph_timeouts(router):
         assert resp.status_code == 504 and message in resp.json()["error"], resp.text
     assert router.sample("turnout_router_graph_steps_total", graph="step-timeout", node="root",
                          step="slow", outcome="timeout") == 1
+    assert router.sample("turnout_router_graph_requests_total", graph="graph-timeout",
+                         outcome="timeout") == 1
+    assert router.sample("turnout_router_graph_requests_total", graph="step-timeout",
+                         outcome="step_failed") == 1
 
 
 def test_headers_are_propagated_to_steps(router, upstreams):
