@@ -198,9 +198,11 @@ DEFS = {
 
 
 # How a performance-minded user configures Turnout for these models (docs/runtimes.md): the
-# linear sklearn model is served through its verified ONNX compilation, cached after the
-# first start, so later starts never import scikit-learn.
-TURNOUT_MODEL_SETTINGS = {"iris": "parameters: {compile: onnx}\n"}
+# linear sklearn model and the XGBoost booster are served through their verified ONNX
+# compilations, cached after the first start (later starts never import scikit-learn or
+# XGBoost). The anchors have no such option and serve the frameworks themselves.
+TURNOUT_MODEL_SETTINGS = {"iris": "parameters: {compile: onnx}\n",
+                          "xgb": "parameters: {compile: onnx}\n"}
 
 
 @dataclass

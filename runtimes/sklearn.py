@@ -8,7 +8,6 @@ the only reliable way to know what a third-party estimator or pipeline returns.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,21 +20,21 @@ from serving.model_settings import ModelSettings
 from serving.protocol.datatypes import datatype_of, dtype_for
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime, find_artifact
+from serving.runtime import find_artifact
 
-from . import sklearn_onnx
+from . import compiled, sklearn_onnx
 
 joblib = LazyModule("joblib")
 sklearn = LazyModule("sklearn")
 
-log = logging.getLogger("turnout.runtimes.sklearn")
 INPUT_NAME = "input-0"
 # Estimator methods served as outputs, in the order they are declared; the first is the default.
 METHODS = ("predict", "predict_proba")
 
 
-class SklearnRuntime(Runtime):
+class SklearnRuntime(compiled.CompilableRuntime):
     name = "sklearn"
+    framework = "scikit-learn"
     platform = "sklearn"
     artifact_suffixes: ClassVar[tuple[str, ...]] = (".joblib", ".pkl")
     execution = "auto"  # CPU-bound and fast for small models: timed at load
@@ -45,36 +44,14 @@ class SklearnRuntime(Runtime):
         self.model: Any = None
         self._feature_names: list[str] | None = None
         self._columns: list[TensorSpec] | None = None  # content_type pd: one input per column
-        self._compiled: sklearn_onnx.CompiledModel | None = None  # parameters.compile: onnx
+        self._compiled: compiled.CompiledModel | None = None  # parameters.compile: onnx
 
     def load(self) -> None:
         path = find_artifact(self.settings.artifact, self.artifact_suffixes)
-        self._compiled = None
-        mode = self.settings.parameters.get("compile")
-        if mode not in (None, "none", "onnx"):
-            raise ModelLoadError(f"{path}: parameters.compile must be 'onnx' or 'none', "
-                                 f"not {mode!r}")
-        if mode == "onnx" and not self.settings.inputs and not self.settings.outputs:
-            compiled = sklearn_onnx.load_cached(path)
-            if compiled is not None:
-                return self._serve_compiled(compiled)
-        self._load_estimator(path)
-        if mode == "onnx":
-            compiled, reason = sklearn_onnx.compile_verified(
-                self.model, path, self.inputs, self.outputs, self.accepts_non_finite)
-            if compiled is None:
-                log.warning("%s: not compiled to ONNX, served by scikit-learn: %s", path, reason)
-            else:
-                self._serve_compiled(compiled)
-
-    def _serve_compiled(self, compiled: sklearn_onnx.CompiledModel) -> None:
-        """Predict with the verified ONNX copy; the estimator is no longer needed."""
-        self._compiled = compiled
-        self.model = compiled.session  # the estimator itself is not kept
-        self.accepts_non_finite = compiled.accepts_non_finite
-        self.declared(compiled.inputs, compiled.outputs)
-        names = [spec.name for spec in self.outputs]
-        self.default_outputs = [n for n in names if n == METHODS[0]] or names
+        self.load_compilable(
+            path, load_native=lambda: self._load_estimator(path), cached=sklearn_onnx.load_cached,
+            compile_native=lambda: sklearn_onnx.compile_verified(
+                self.model, path, self.inputs, self.outputs, self.accepts_non_finite))
 
     def _load_estimator(self, path: Path) -> None:
         try:

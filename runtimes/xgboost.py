@@ -19,7 +19,9 @@ from serving.lazy import LazyModule
 from serving.model_settings import ModelSettings
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime, describe_outputs, find_artifact
+from serving.runtime import describe_outputs, find_artifact
+
+from . import compiled, xgboost_onnx
 
 xgb = LazyModule("xgboost")
 special = LazyModule("scipy.special")
@@ -29,8 +31,9 @@ BINARY = frozenset({"binary:logistic", "binary:logitraw"})
 MULTICLASS = frozenset({"multi:softprob", "multi:softmax"})
 
 
-class XGBoostRuntime(Runtime):
+class XGBoostRuntime(compiled.CompilableRuntime):
     name = "xgboost"
+    framework = "XGBoost"
     platform = "xgboost"
     artifact_suffixes: ClassVar[tuple[str, ...]] = (".json", ".ubj", ".bst")
     execution = "auto"  # CPU-bound and fast for small models: timed at load
@@ -41,9 +44,19 @@ class XGBoostRuntime(Runtime):
         self.objective = ""
         self._linear = False
         self._iterations = (0, 0)
+        self._compiled: compiled.CompiledModel | None = None  # parameters.compile: onnx
 
     def load(self) -> None:
         path = find_artifact(self.settings.artifact, self.artifact_suffixes)
+        self.load_compilable(
+            path, load_native=lambda: self._load_booster(path), cached=xgboost_onnx.load_cached,
+            compile_native=lambda: xgboost_onnx.compile_verified(
+                self.model, path, objective=self.objective, linear=self._linear,
+                best_iteration=self._iterations != (0, 0), inputs=self.inputs,
+                outputs=self.outputs,
+                reference=lambda x: self._compute(x, [s.name for s in self.outputs])))
+
+    def _load_booster(self, path: Path) -> None:
         try:
             booster = xgb.Booster(model_file=str(path))
             learner = json.loads(booster.save_config())["learner"]
@@ -67,10 +80,13 @@ class XGBoostRuntime(Runtime):
 
     def predict(self, inputs: dict[str, np.ndarray],
                 outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        if self._compiled is not None:
+            return self._compiled.predict(inputs[self.inputs[0].name], outputs)
         return self._compute(inputs[self.inputs[0].name], outputs)
 
     def unload(self) -> None:
         self.model = None
+        self._compiled = None
 
     def _compute(self, features: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Class labels and probabilities as the sklearn wrapper derives them from the booster."""

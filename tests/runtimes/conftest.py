@@ -24,7 +24,7 @@ Reference = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 CONTRACT_CASES = [
     "sklearn_logreg", "sklearn_logreg_onnx", "sklearn_forest",
-    "xgb_booster", "xgb_classifier", "xgb_regressor",
+    "xgb_booster", "xgb_booster_onnx", "xgb_classifier", "xgb_regressor", "xgb_regressor_onnx",
     "onnx_logreg", "onnx_matmul",
     "lgbm_booster", "lgbm_regressor", "lgbm_sklearn_joblib",
     "torch_script", "torch_export",
@@ -103,16 +103,31 @@ def sklearn_logreg(models_dir: Path, iris: tuple[np.ndarray, np.ndarray]) -> Mod
                                 "predict_proba": model.predict_proba(x)}, model)
 
 
-@pytest.fixture(scope="session")
-def sklearn_logreg_onnx(models_dir: Path, sklearn_logreg: ModelCase) -> ModelCase:
-    """The same estimator served through its verified ONNX compilation (compile: onnx)."""
+def _compiled_case(models_dir: Path, name: str, case: ModelCase) -> ModelCase:
+    """``case``'s model served through its verified ONNX compilation (compile: onnx)."""
     import shutil
 
-    path = _folder(models_dir, "sklearn_logreg_onnx") / "model.joblib"
-    shutil.copyfile(sklearn_logreg.artifact, path)
-    return ModelCase(sklearn_logreg.runtime, path, 4, sklearn_logreg.outputs,
-                     sklearn_logreg.reference, sklearn_logreg.model,
-                     settings={"parameters": {"compile": "onnx"}})
+    source = case.artifact if case.artifact.is_file() else \
+        next(p for p in case.artifact.iterdir() if p.is_file())
+    path = _folder(models_dir, name) / source.name
+    shutil.copyfile(source, path)
+    return ModelCase(case.runtime, path, case.n_features, case.outputs, case.reference,
+                     case.model, settings={"parameters": {"compile": "onnx"}})
+
+
+@pytest.fixture(scope="session")
+def sklearn_logreg_onnx(models_dir: Path, sklearn_logreg: ModelCase) -> ModelCase:
+    return _compiled_case(models_dir, "sklearn_logreg_onnx", sklearn_logreg)
+
+
+@pytest.fixture(scope="session")
+def xgb_booster_onnx(models_dir: Path, xgb_booster: ModelCase) -> ModelCase:
+    return _compiled_case(models_dir, "xgb_booster_onnx", xgb_booster)
+
+
+@pytest.fixture(scope="session")
+def xgb_regressor_onnx(models_dir: Path, xgb_regressor: ModelCase) -> ModelCase:
+    return _compiled_case(models_dir, "xgb_regressor_onnx", xgb_regressor)
 
 
 @pytest.fixture(scope="session")

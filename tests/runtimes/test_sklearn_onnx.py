@@ -17,6 +17,7 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+from runtimes import compiled as compiled_module
 from runtimes import sklearn_onnx
 from runtimes.sklearn import SklearnRuntime
 from serving.model_settings import ModelSettings
@@ -116,7 +117,7 @@ def test_a_changed_artifact_is_compiled_again(tmp_path: Path, private_cache: Pat
 def test_unsupported_estimators_are_served_by_sklearn_with_the_reason_logged(
         tmp_path: Path, private_cache: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, LABELS)
-    with caplog.at_level(logging.WARNING, logger="turnout.runtimes.sklearn"):
+    with caplog.at_level(logging.WARNING, logger="turnout.runtimes.compiled"):
         runtime = load(model, tmp_path / "f", compile="onnx")
     assert runtime._compiled is None
     assert "RandomForestClassifier is not one of the estimators compiled exactly" in caplog.text
@@ -135,7 +136,11 @@ def test_a_compilation_that_disagrees_is_refused(tmp_path: Path) -> None:
         [TensorSpec("predict", "INT64", (-1,)), TensorSpec("predict_proba", "FP64", (-1, 3))],
         False, root=tmp_path / "c2")
     assert compiled is not None and reason == ""
-    assert sklearn_onnx._mismatch(model, compiled, 5).startswith("predict labels differ on ")
+    rows = compiled_module.probe_rows(5, np.float64, sklearn_onnx.SCALES)
+    mismatch = compiled_module.mismatch_of(
+        compiled, lambda r: {"predict": model.predict(r), "predict_proba": model.predict_proba(r)},
+        rows, sklearn_onnx.TOLERANCE)
+    assert mismatch.startswith("predict labels differ on ")
 
 
 def test_without_the_parameter_nothing_is_compiled(tmp_path: Path, private_cache: Path) -> None:
