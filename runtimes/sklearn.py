@@ -44,7 +44,6 @@ class SklearnRuntime(compiled.CompilableRuntime):
         self.model: Any = None
         self._feature_names: list[str] | None = None
         self._columns: list[TensorSpec] | None = None  # content_type pd: one input per column
-        self._compiled: compiled.CompiledModel | None = None  # parameters.compile: onnx
 
     def load(self) -> None:
         path = find_artifact(self.settings.artifact, self.artifact_suffixes)

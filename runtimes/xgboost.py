@@ -44,7 +44,6 @@ class XGBoostRuntime(compiled.CompilableRuntime):
         self.objective = ""
         self._linear = False
         self._iterations = (0, 0)
-        self._compiled: compiled.CompiledModel | None = None  # parameters.compile: onnx
 
     def load(self) -> None:
         path = find_artifact(self.settings.artifact, self.artifact_suffixes)
