@@ -8,10 +8,9 @@ conversion of model exceptions into clean ``ModelFailed`` errors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -104,7 +103,10 @@ class DataPlane:
     async def infer(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:
         started = time.perf_counter()
         mv, record = self._resolve(request, protocol, started)
-        with _recorded(record, started):
+        # try/finally rather than a context manager: this runs once per request.
+        status = "success"
+        record.begin()
+        try:
             runtime, inputs, names = self._prepare(mv, request)
             try:
                 if runtime.settings.batching is not None:
@@ -114,6 +116,11 @@ class DataPlane:
             except Exception as exc:
                 raise _model_failed(mv, exc) from None
             return self._respond(mv, request, result, names, inputs)
+        except TurnoutError as err:
+            status = err.kind.value
+            raise
+        finally:
+            record.end(status, time.perf_counter() - started)
 
     def check_model(self, name: str, version: str | None) -> None:
         """Raise :class:`ModelNotFound` for a model (or version) this server does not have."""
@@ -135,7 +142,9 @@ class DataPlane:
         synchronous gRPC server); only for models where :meth:`runs_blocking` is true."""
         started = time.perf_counter()
         mv, record = self._resolve(request, protocol, started)
-        with _recorded(record, started):
+        status = "success"
+        record.begin()
+        try:
             runtime, inputs, names = self._prepare(mv, request)
             computed = time.perf_counter()
             try:
@@ -144,6 +153,11 @@ class DataPlane:
                 raise _model_failed(mv, exc) from None
             record.inference.observe(time.perf_counter() - computed)
             return self._respond(mv, request, result, names, inputs)
+        except TurnoutError as err:
+            status = err.kind.value
+            raise
+        finally:
+            record.end(status, time.perf_counter() - started)
 
     def count_rejected(self, *, model: str, version: str | None, protocol: str,
                        error: TurnoutError) -> None:
@@ -158,9 +172,8 @@ class DataPlane:
             mv = self.repository.get(request.model_name, request.model_version)
         except TurnoutError as err:
             # unknown names get empty labels: clients must not be able to mint label values
-            record = self.metrics.for_request("", "", protocol)
-            record.count(err.kind.value)
-            record.latency.observe(time.perf_counter() - started)
+            self.metrics.for_request("", "", protocol).refused(err.kind.value,
+                                                              time.perf_counter() - started)
             raise
         return mv, self.metrics.for_request(mv.name, mv.version, protocol)
 
@@ -217,6 +230,8 @@ class DataPlane:
 def _encode_outputs(runtime: Runtime, request: InferenceRequest, outputs: list[Tensor]) -> None:
     """Encode outputs by the content type the request asks for on each output, else the one
     declared for it in model settings, and say so in the output's parameters."""
+    if not request.outputs and not runtime.settings.outputs:
+        return  # the common case, decided without building the two maps
     requested = {o.name: o.parameters.get("content_type") for o in request.outputs or ()}
     declared = {s.name: s.content_type for s in runtime.settings.outputs if s.content_type}
     for tensor in outputs:
@@ -230,22 +245,6 @@ def _encode_outputs(runtime: Runtime, request: InferenceRequest, outputs: list[T
             tensor.data = encode_tensor(tensor.name, tensor.data, content_type)
             tensor.datatype = "BYTES"
         tensor.parameters["content_type"] = content_type
-
-
-@contextlib.contextmanager
-def _recorded(record: RequestMetrics, started: float) -> Iterator[None]:
-    """Count one request of a known model: in flight while it runs, then its outcome."""
-    status = "success"
-    record.in_flight.inc()
-    try:
-        yield
-    except TurnoutError as err:
-        status = err.kind.value
-        raise
-    finally:
-        record.in_flight.dec()
-        record.count(status)
-        record.latency.observe(time.perf_counter() - started)
 
 
 def _model_failed(mv: ModelVersion, exc: Exception) -> TurnoutError:
@@ -264,7 +263,9 @@ def _package_outputs(model: str, result: dict[str, np.ndarray],
     for name in names:
         if name not in result:
             raise ModelFailed(f"model '{model}' did not produce output '{name}'")
-        array = np.asarray(result[name])
+        array = result[name]
+        if type(array) is not np.ndarray:
+            array = np.asarray(array)
         if array.ndim == 0 or array.shape[0] != batch:
             raise ModelFailed(f"model '{model}' returned {array.shape[0] if array.ndim else 0} "
                               f"rows of '{name}' for a batch of {batch}")

@@ -7,9 +7,14 @@ several worker processes, a registry collected through prometheus-client's multi
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable
+from threading import get_ident
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client.registry import Collector
 
 # Serving latencies live between tens of microseconds and seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -18,25 +23,78 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
+class _Buckets:
+    """One histogram's observations, counted in plain ints until the next flush."""
+
+    __slots__ = ("bounds", "counts", "total", "_flushed_counts", "_flushed_total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self._flushed_counts = [0] * (len(bounds) + 1)
+        self._flushed_total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # Prometheus buckets are "less than or equal": bisect_left finds the first bound >= value.
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def flush_into(self, child: Any) -> None:
+        """Add what was observed since the last flush to a prometheus ``Histogram`` child.
+
+        prometheus-client has no public "observe n values at once"; its child keeps one
+        value per bucket (``_buckets``, not cumulative) and ``_sum``, which work the same in
+        multiprocess mode. tests/serving/test_request_metrics.py pins that layout.
+        """
+        counts, flushed = self.counts, self._flushed_counts
+        for i, now in enumerate(counts):
+            if now != flushed[i]:
+                child._buckets[i].inc(now - flushed[i])
+                flushed[i] = now
+        total = self.total
+        if total != self._flushed_total:
+            child._sum.inc(total - self._flushed_total)
+            self._flushed_total = total
+
+
 class RequestMetrics:
-    """The label children one (model, version, protocol) uses, looked up once: ``labels()``
-    costs more than the observation itself on the hot path."""
+    """The request metrics of one (model, version, protocol), as used by one thread.
 
-    __slots__ = ("_requests", "_labels", "_by_status", "in_flight", "latency", "inference")
+    Updating a prometheus-client child takes a lock and several Python calls per value; seven
+    such updates per request cost more than decoding a small model's request. So the hot path
+    only bumps plain ints here, and :meth:`Metrics.flush` moves the differences into the
+    prometheus metrics before every exposition (and periodically, for worker processes). Each
+    instance is written by one thread only (the key includes the thread), and every field only
+    grows, so a flush running in another thread never loses an update.
+    """
 
-    def __init__(self, metrics: Metrics, model: str, version: str, protocol: str) -> None:
-        self._requests = metrics.requests
-        self._labels = (model, version, protocol)
-        self._by_status: dict[str, Any] = {}
-        self.in_flight = metrics.in_flight.labels(model, protocol)
-        self.latency = metrics.request_latency.labels(model, version, protocol)
-        self.inference = metrics.inference_latency.labels(model, version)
+    __slots__ = ("key", "started", "finished", "by_status", "latency", "inference",
+                 "_flushed_status")
 
-    def count(self, status: str) -> None:
-        child = self._by_status.get(status)
-        if child is None:
-            child = self._by_status[status] = self._requests.labels(*self._labels, status)
-        child.inc()
+    def __init__(self, key: tuple[str, str, str]) -> None:
+        self.key = key
+        self.started = 0
+        self.finished = 0
+        self.by_status: dict[str, int] = {}
+        self._flushed_status: dict[str, int] = {}
+        self.latency = _Buckets(LATENCY_BUCKETS)
+        self.inference = _Buckets(LATENCY_BUCKETS)
+
+    def begin(self) -> None:
+        self.started += 1
+
+    def end(self, status: str, seconds: float) -> None:
+        """One request finished (after :meth:`begin`) with ``status``, ``seconds`` after it began."""
+        by_status = self.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        self.latency.observe(seconds)
+        self.finished += 1
+
+    def refused(self, status: str, seconds: float) -> None:
+        """A request that never began (unknown model): counted, timed, never in flight."""
+        self.started += 1
+        self.end(status, seconds)
 
 
 class Metrics:
@@ -44,6 +102,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._per_request: dict[tuple[str, str, str, int], RequestMetrics] = {}
+        self._flush_lock = threading.Lock()
+        # First in the registry, so an exposition flushes before it reads the metrics below.
+        registry.register(_FlushBeforeCollect(self))
         self.requests = Counter(
             "turnout_requests", "Inference requests by outcome (status is 'success' or an error kind)",
             ["model", "version", "protocol", "status"], registry=registry)
@@ -72,11 +134,45 @@ class Metrics:
         self.batch_queue_time = Histogram(
             "turnout_batch_queue_seconds", "Time a request waited in the batching queue",
             ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry)
-        self._per_request: dict[tuple[str, str, str], RequestMetrics] = {}
 
     def for_request(self, model: str, version: str, protocol: str) -> RequestMetrics:
-        key = (model, version, protocol)
+        """The calling thread's accumulator for these labels."""
+        key = (model, version, protocol, get_ident())
         found = self._per_request.get(key)
         if found is None:
-            found = self._per_request[key] = RequestMetrics(self, model, version, protocol)
+            found = RequestMetrics(key[:3])
+            with self._flush_lock:  # flush iterates the table
+                self._per_request[key] = found
         return found
+
+    def flush(self) -> None:
+        """Move what the accumulators counted since the last flush into the prometheus metrics."""
+        with self._flush_lock:
+            in_flight: dict[tuple[str, str], int] = {}
+            for record in self._per_request.values():
+                model, version, protocol = record.key
+                finished = record.finished  # read before started: the difference is never < 0
+                in_flight[model, protocol] = (in_flight.get((model, protocol), 0)
+                                              + record.started - finished)
+                flushed = record._flushed_status
+                for status, count in list(record.by_status.items()):
+                    if count != flushed.get(status, 0):
+                        self.requests.labels(model, version, protocol, status).inc(
+                            count - flushed.get(status, 0))
+                        flushed[status] = count
+                record.latency.flush_into(self.request_latency.labels(model, version, protocol))
+                record.inference.flush_into(self.inference_latency.labels(model, version))
+            for (model, protocol), count in in_flight.items():
+                if model:  # unknown models are never in flight
+                    self.in_flight.labels(model, protocol).set(count)
+
+
+class _FlushBeforeCollect(Collector):
+    """Registered first in the metrics' registry, so every exposition sees current values."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        self._metrics.flush()
+        return ()

@@ -29,6 +29,8 @@ from .rest.coalesce import CoalescingHttpToolsProtocol
 from .settings import ServerSettings
 
 log = logging.getLogger("turnout.server")
+# How stale a worker's request counts may be in the shared multiprocess files.
+METRICS_FLUSH_SECONDS = 0.5
 
 
 class _UvicornServer(uvicorn.Server):
@@ -111,6 +113,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     dataplane.started = True
     log.info("ready")
 
+    flusher = asyncio.create_task(_flush_metrics_periodically(metrics, METRICS_FLUSH_SECONDS))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
     if http_task in done:  # the HTTP server died on its own (e.g. the port is taken)
@@ -132,7 +135,17 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
         waits.append(asyncio.ensure_future(asyncio.to_thread(drained.wait)))
     await asyncio.gather(*waits, return_exceptions=True)
     executor.shutdown(wait=True, cancel_futures=False)
+    flusher.cancel()
+    metrics.flush()
     log.info("stopped")
+
+
+async def _flush_metrics_periodically(metrics: Metrics, interval: float) -> None:
+    """Worker processes expose each other's counts through files, not through this process's
+    /metrics handler, so each flushes its request counts on a timer too."""
+    while True:
+        await asyncio.sleep(interval)
+        metrics.flush()
 
 
 def run_loop(main: object) -> None:

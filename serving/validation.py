@@ -19,10 +19,13 @@ from .runtime import Runtime
 
 def prepare_inputs(request: InferenceRequest, runtime: Runtime) -> dict[str, np.ndarray]:
     """Match request inputs to declared inputs, convert datatypes safely and check shapes."""
-    if not request.inputs:
+    tensors, specs = request.inputs, runtime.inputs
+    if not tensors:
         raise InvalidInput("request has no inputs")
-    declared = {spec.name: spec for spec in runtime.inputs}
-    pairs = _pair_inputs(request.inputs, runtime.inputs, declared)
+    # A single-input model takes its one tensor whatever the client called it, as KServe and
+    # MLServer do: clients routinely send "input-0" or "predict".
+    pairs = [(tensors[0], specs[0])] if len(tensors) == 1 and len(specs) == 1 \
+        else _pair_inputs(tensors, specs)
     arrays: dict[str, np.ndarray] = {}
     batch: int | None = None
     declared_types, default_type = _declared_content_types(runtime)
@@ -33,7 +36,8 @@ def prepare_inputs(request: InferenceRequest, runtime: Runtime) -> dict[str, np.
     for tensor, spec in pairs:
         array = _convert(tensor, spec)
         _check_shape(tensor.name, array, spec)
-        if tensor.parameters or declared_types or default_type or request_type:
+        if (tensor.parameters and "content_type" in tensor.parameters) or declared_types \
+                or default_type or request_type:
             array = decode_tensor(tensor.name, array, _content_type(
                 tensor, spec, array, declared_types, request_type or default_type))
         if not runtime.accepts_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -90,15 +94,12 @@ def _content_type(tensor: Tensor, spec: TensorSpec, array: np.ndarray,
     return None
 
 
-def _pair_inputs(tensors: list[Tensor], specs: list[TensorSpec],
-                 declared: dict[str, TensorSpec]) -> list[tuple[Tensor, TensorSpec]]:
+def _pair_inputs(tensors: list[Tensor],
+                 specs: list[TensorSpec]) -> list[tuple[Tensor, TensorSpec]]:
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise InvalidInput(f"duplicate input names in request: {names}")
-    # A single-input model takes its one tensor whatever the client called it, as KServe and
-    # MLServer do: clients routinely send "input-0" or "predict".
-    if len(specs) == 1 and len(tensors) == 1:
-        return [(tensors[0], specs[0])]
+    declared = {spec.name: spec for spec in specs}
     unknown = [n for n in names if n not in declared]
     if unknown:
         raise InvalidInput(f"unknown input(s) {unknown}; model inputs are: "
@@ -130,10 +131,12 @@ def _check_shape(name: str, array: np.ndarray, spec: TensorSpec) -> None:
     if not expected:
         return
     shape = array.shape
-    mismatch = len(shape) != len(expected) or any(
-        want not in (-1, got) for want, got in zip(expected, shape, strict=False))
-    if not mismatch:
-        return
+    if len(shape) == len(expected):
+        for want, got in zip(expected, shape, strict=True):  # a loop, not any(genexpr): once per input
+            if want != got and want != -1:
+                break
+        else:
+            return
     if len(expected) == 2 and len(shape) == 2 and expected[1] != -1:
         raise InvalidInput(f"input '{name}' has {shape[1]} features but the model expects "
                            f"{expected[1]} (shape {list(expected)}, got {list(shape)})")

@@ -67,9 +67,10 @@ def request_to_internal(body: bytes, *, header_length: int | None, model_name: s
 def response_from_internal(response: InferenceResponse,
                            request: InferenceRequest) -> tuple[bytes, int | None]:
     """Encode a response; returns the body and, if any output is binary, the JSON header length."""
-    binary_default = bool(request.parameters.get("binary_data_output", False))
+    binary_default = bool(request.parameters.get("binary_data_output", False)) \
+        if request.parameters else False
     wanted = {o.name: bool(o.parameters.get("binary_data", binary_default))
-              for o in request.outputs or ()}
+              for o in request.outputs} if request.outputs else {}
     chunks: list[bytes] = []
     outputs = []
     for tensor in response.outputs:
@@ -77,7 +78,7 @@ def response_from_internal(response: InferenceResponse,
                                  "shape": tensor.shape}
         if tensor.parameters:
             entry["parameters"] = dict(tensor.parameters)
-        if wanted.get(tensor.name, binary_default):
+        if wanted.get(tensor.name, binary_default) if wanted else binary_default:
             raw = array_to_raw(tensor.data)
             entry.setdefault("parameters", {})["binary_data_size"] = len(raw)
             chunks.append(raw)
@@ -107,20 +108,26 @@ def _json_data(tensor: Tensor) -> Any:
 
 def _decode_input(item: Any, index: int, binary: memoryview,
                   offset: int) -> tuple[Tensor, int]:
-    if not isinstance(item, dict):
+    if type(item) is not dict:
         raise InvalidInput(f"inputs[{index}] must be an object")
     name = item.get("name")
-    if not isinstance(name, str) or not name:
+    if type(name) is not str or not name:
         raise InvalidInput(f"inputs[{index}] needs a 'name' string")
     datatype = item.get("datatype")
-    if not isinstance(datatype, str):
+    if type(datatype) is not str:
         raise InvalidInput(f"input '{name}' needs a 'datatype' string")
     dtype = dtype_for(datatype)
     shape = _shape(item.get("shape"), name)
-    parameters = _parameters(item.get("parameters"), f"input '{name}'")
-    size = parameters.get("binary_data_size")
+    parameters = item.get("parameters")
+    if parameters is None:
+        parameters = {}
+        size = None
+    elif type(parameters) is not dict:
+        raise InvalidInput(f"input '{name}': 'parameters' must be an object")
+    else:
+        size = parameters.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if type(size) is not int or size < 0:
             raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
         if offset + size > len(binary):
             raise InvalidInput(f"input '{name}': binary_data_size {size} runs past the end of the "
@@ -183,10 +190,13 @@ def _check_count(count: int, expected: int, shape: tuple[int, ...], name: str) -
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise InvalidInput(f"input '{name}' needs a 'shape' list of non-negative integers")
-    return tuple(value)
+    if type(value) is list:
+        for dim in value:  # a loop, not all(genexpr): this runs for every input of every request
+            if type(dim) is not int or dim < 0:  # type(): bool is an int subclass, and refused
+                break
+        else:
+            return tuple(value)
+    raise InvalidInput(f"input '{name}' needs a 'shape' list of non-negative integers")
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:

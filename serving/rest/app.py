@@ -107,6 +107,7 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         return json_response({})
 
     async def metrics(request: Request) -> Response:
+        dataplane.metrics.flush()  # this process's latest counts; other workers flush on a timer
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def route(path: str, handler: Handler, method: str) -> Route:

@@ -13,6 +13,8 @@ import numpy as np
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.server import METRICS_FLUSH_SECONDS
+
 GOOD = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
 
 
@@ -47,12 +49,19 @@ def test_workers_share_ports_and_aggregate_metrics(model_zoo, tmp_path, start_se
         r = httpx.post(f"{srv.url}/v2/models/{model}/infer", json={"inputs": [
             {"name": "x", "shape": [1, width], "datatype": "FP32", "data": [0.5] * width}]})
         assert r.status_code == 200, r.text
-    per_worker = _requests_by_pid(metrics_dir)
+    # Each worker moves its counts into its file at least every METRICS_FLUSH_SECONDS.
+    deadline = time.monotonic() + 10 * METRICS_FLUSH_SECONDS
+    while True:
+        per_worker = _requests_by_pid(metrics_dir)
+        if sum(per_worker.values()) == 60 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(per_worker) == 2 and all(v > 0 for v in per_worker.values()), per_worker
+    assert sum(per_worker.values()) == 60
     text = httpx.get(f"{srv.url}/metrics").text
     total = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                 if s.name == "turnout_requests_total" and s.labels["model"] == "iris")
-    assert total == 60 == sum(per_worker.values())
+    assert total == 60
     refused = httpx.post(f"{srv.url}/v2/repository/models/iris/unload")
     assert refused.status_code == 400
     assert "--workers" in refused.json()["error"]
