@@ -25,7 +25,7 @@ from .dataplane import DataPlane
 from .metrics import Metrics
 from .repository import ModelRepository
 from .rest import build_rest_app
-from .rest.coalesce import CoalescingHttpToolsProtocol
+from .rest.fastpath import bind_protocol
 from .settings import ServerSettings
 
 log = logging.getLogger("turnout.server")
@@ -72,7 +72,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     app = build_rest_app(dataplane, registry=exposition,
                          max_payload_bytes=settings.max_payload_bytes)
     http = _UvicornServer(uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, loop="none", http=CoalescingHttpToolsProtocol,
+        app, host=settings.host, port=settings.http_port, loop="none", http=bind_protocol(app),
         lifespan="off", log_config=None, access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None))
     sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None

@@ -19,18 +19,26 @@ from ..dataplane import DataPlane
 from ..logs import request_id_var
 from ..protocol import codec_v1, codec_v2
 from ..protocol.errors import TurnoutError
+from ..protocol.types import InferenceRequest, InferenceResponse
 from .body import parse_header_length, read_body
 
 log = logging.getLogger("turnout.rest")
 
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
+# An answer before framing: status, body, headers (content-length is added by the caller).
+Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 # Cheap unique ids for log lines when the client sends none: process id + a counter.
 _ids = itertools.count(1)
 _id_prefix = f"{os.getpid():x}-"
 
 
-def _route(path: str) -> tuple[str, str, str | None] | None:
+def new_request_id() -> str:
+    """An id for log lines of a request whose client sent no X-Request-Id."""
+    return _id_prefix + str(next(_ids))
+
+
+def route_of(path: str) -> tuple[str, str, str | None] | None:
     """(protocol, model, version) for an inference path, else None."""
     parts = path.split("/")
     n = len(parts)
@@ -52,8 +60,12 @@ class InferenceEndpoints:
         self._fallback = fallback
         self._limit = max_payload_bytes
 
+    @property
+    def max_payload_bytes(self) -> int:
+        return self._limit
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = _route(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" \
+        route = route_of(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" \
             else None
         if route is None:
             await self._fallback(scope, receive, send)
@@ -67,7 +79,7 @@ class InferenceEndpoints:
             elif key == b"x-request-id":
                 request_id = value[:128]
         token = request_id_var.set(request_id.decode("latin-1") if request_id
-                                   else _id_prefix + str(next(_ids)))
+                                   else new_request_id())
         try:
             status, body, headers = await self._answer(route, receive, declared, header_length)
         finally:
@@ -79,36 +91,83 @@ class InferenceEndpoints:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, route: tuple[str, str, str | None], receive: Receive,
-                      declared: bytes | None, header_length: bytes | None
-                      ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+                      declared: bytes | None, header_length: bytes | None) -> Reply:
         protocol, model, version = route
-        dataplane = self._dataplane
         try:
             try:
                 # The model first: an unknown model is 404 whatever the body, as through the
                 # router, which never reads bodies.
-                dataplane.check_model(model, version)
+                self._dataplane.check_model(model, version)
                 body = await read_body(receive, declared=declared, limit=self._limit)
-                if protocol == "rest":
-                    request = codec_v2.request_to_internal(
-                        body, header_length=parse_header_length(header_length),
-                        model_name=model, model_version=version)
-                else:
-                    request = codec_v1.request_to_internal(body, model_name=model)
             except TurnoutError as err:
-                dataplane.count_rejected(model=model, version=version, protocol=protocol,
-                                         error=err)
+                self._count_rejected(route, err)
                 raise
-            response = await dataplane.infer(request, protocol=protocol)
-            if protocol == "rest-v1":
-                return 200, codec_v1.response_from_internal(response), [(b"content-type", _JSON)]
-            payload, json_length = codec_v2.response_from_internal(response, request)
-            if json_length is None:
-                return 200, payload, [(b"content-type", _JSON)]
-            return 200, payload, [(b"content-type", _BINARY),
-                                  (b"inference-header-content-length", str(json_length).encode())]
+            request = self._decode(route, body, header_length)
+            response = await self._dataplane.infer(request, protocol=protocol)
+            return _encode(protocol, request, response)
         except TurnoutError as err:
-            return err.http_status, orjson.dumps({"error": str(err)}), [(b"content-type", _JSON)]
+            return _error_reply(err)
         except Exception:
             log.exception("unhandled error on inference for model %s", model)
-            return 500, b'{"error":"internal server error"}', [(b"content-type", _JSON)]
+            return _internal_error()
+
+    # -- the synchronous path, for inline models (see serving/rest/fastpath.py) --------------
+    def runs_blocking(self, route: tuple[str, str, str | None]) -> bool:
+        """Whether :meth:`answer_blocking` may answer this route inside the protocol callback."""
+        return self._dataplane.runs_blocking(route[1], route[2])
+
+    def answer_blocking(self, route: tuple[str, str, str | None], body: bytes,
+                        header_length: bytes | None) -> Reply:
+        """:meth:`_answer` without awaiting anything: for inline, unbatched models, whose
+        predict would run on the event loop anyway, so no task or ASGI messages are needed.
+        The body is already read (the caller enforces the payload limit)."""
+        protocol, model, version = route
+        try:
+            try:
+                self._dataplane.check_model(model, version)
+            except TurnoutError as err:
+                self._count_rejected(route, err)
+                raise
+            request = self._decode(route, body, header_length)
+            response = self._dataplane.infer_blocking(request, protocol=protocol)
+            return _encode(protocol, request, response)
+        except TurnoutError as err:
+            return _error_reply(err)
+        except Exception:
+            log.exception("unhandled error on inference for model %s", model)
+            return _internal_error()
+
+    def _decode(self, route: tuple[str, str, str | None], body: bytes,
+                header_length: bytes | None) -> InferenceRequest:
+        protocol, model, version = route
+        try:
+            if protocol == "rest":
+                return codec_v2.request_to_internal(
+                    body, header_length=parse_header_length(header_length),
+                    model_name=model, model_version=version)
+            return codec_v1.request_to_internal(body, model_name=model)
+        except TurnoutError as err:
+            self._count_rejected(route, err)
+            raise
+
+    def _count_rejected(self, route: tuple[str, str, str | None], err: TurnoutError) -> None:
+        protocol, model, version = route
+        self._dataplane.count_rejected(model=model, version=version, protocol=protocol, error=err)
+
+
+def _encode(protocol: str, request: InferenceRequest, response: InferenceResponse) -> Reply:
+    if protocol == "rest-v1":
+        return 200, codec_v1.response_from_internal(response), [(b"content-type", _JSON)]
+    payload, json_length = codec_v2.response_from_internal(response, request)
+    if json_length is None:
+        return 200, payload, [(b"content-type", _JSON)]
+    return 200, payload, [(b"content-type", _BINARY),
+                          (b"inference-header-content-length", str(json_length).encode())]
+
+
+def _error_reply(err: TurnoutError) -> Reply:
+    return err.http_status, orjson.dumps({"error": str(err)}), [(b"content-type", _JSON)]
+
+
+def _internal_error() -> Reply:
+    return 500, b'{"error":"internal server error"}', [(b"content-type", _JSON)]

@@ -1,0 +1,224 @@
+"""Inline models' inference requests are answered inside the HTTP protocol callbacks
+(serving/rest/fastpath.py); everything else goes through uvicorn's ASGI cycle. Both paths must
+give the same answers, and the fast one must keep HTTP's rules: pipelining order, keep-alive,
+Connection: close, the payload limit, request ids and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from uvicorn.server import ServerState
+
+from serving.dataplane import DataPlane
+from serving.metrics import Metrics
+from serving.repository import ModelRepository
+from serving.rest import build_rest_app
+from serving.rest.fastpath import bind_protocol
+
+
+def _mlp(model_zoo, x: np.ndarray) -> np.ndarray:
+    w1, w2 = model_zoo["mlp"]
+    logits = np.maximum(x @ w1, 0) @ w2
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _body(x: np.ndarray) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                     "data": x.ravel().tolist()}]})
+
+
+def _request(path: str, body: bytes, *, extra: str = "", version: str = "1.1",
+             chunked: bool = False) -> bytes:
+    if chunked:  # no Content-Length: the request takes uvicorn's ASGI path
+        head = (f"POST {path} HTTP/{version}\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+                f"{extra}\r\n")
+        return head.encode() + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    head = f"POST {path} HTTP/{version}\r\nhost: x\r\ncontent-length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+def _read_response(stream) -> tuple[int, dict[str, str], bytes]:
+    status_line = stream.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers: dict[str, str] = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, value = line.decode().split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    body = stream.read(int(headers["content-length"]))
+    return int(status_line.split()[1]), headers, body
+
+
+def _exchange(url: str, payload: bytes, responses: int, *, wait_close: float = 0.0
+              ) -> tuple[list[tuple[int, dict[str, str], bytes]], bool]:
+    """Send raw bytes on one connection; read ``responses`` answers; report whether the
+    server closed the connection within ``wait_close`` seconds afterwards."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(payload)
+        stream = sock.makefile("rb")
+        answers = [_read_response(stream) for _ in range(responses)]
+        closed = False
+        if wait_close:
+            sock.settimeout(wait_close)
+            try:
+                closed = stream.read(1) == b""
+            except TimeoutError:
+                pass
+    return answers, closed
+
+
+def test_fast_and_asgi_paths_give_identical_answers(server, model_zoo):
+    x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    cases = [("/v2/models/mlp/infer", _body(x)),
+             ("/v2/models/mlp/infer", _body(x[:, :5])),            # 400: wrong feature count
+             ("/v2/models/mlp/infer", b"{not json"),               # 400: malformed
+             ("/v2/models/nope/infer", _body(x)),                  # 404
+             ("/v1/models/mlp:predict", orjson.dumps({"instances": x.tolist()}))]
+    for path, body in cases:
+        (fast,), _ = _exchange(server.url, _request(path, body), 1)
+        (slow,), _ = _exchange(server.url, _request(path, body, chunked=True), 1)
+        assert fast[0] == slow[0] and fast[2] == slow[2], (path, fast, slow)
+        assert fast[1]["content-type"] == slow[1]["content-type"]
+    (ok,), _ = _exchange(server.url, _request(*cases[0]), 1)
+    out = orjson.loads(ok[2])["outputs"][0]
+    np.testing.assert_allclose(np.array(out["data"]).reshape(3, 3), _mlp(model_zoo, x), rtol=1e-5)
+
+
+def test_pipelined_requests_are_answered_in_order(server, model_zoo):
+    """A fast-path request behind a slow one (thread pool) and a batched one must wait its
+    turn: responses leave in request order, each with its own outputs."""
+    rng = np.random.default_rng(2)
+    xs = [rng.normal(size=(1, 8)).astype(np.float32) for _ in range(4)]
+    slow = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                     "data": [1, 2]}]})
+    payload = b"".join([
+        _request("/v2/models/mlp/infer", _body(xs[0])),
+        _request("/v2/models/slow/infer", slow),
+        _request("/v2/models/mlp/infer", _body(xs[1])),
+        _request("/v2/models/mlp_batched/infer", _body(xs[2])),
+        _request("/v2/models/mlp/infer", _body(xs[3]))])
+    answers, closed = _exchange(server.url, payload, 5, wait_close=0.3)
+    assert [a[0] for a in answers] == [200] * 5 and not closed
+    assert orjson.loads(answers[1][2])["model_name"] == "slow"
+    for answer, x in zip([answers[0], answers[2], answers[3], answers[4]], xs, strict=True):
+        data = orjson.loads(answer[2])["outputs"][0]["data"]
+        np.testing.assert_allclose(np.array(data).reshape(1, 3), _mlp(model_zoo, x), rtol=1e-5)
+
+
+def test_keep_alive_close_and_http_1_0(server):
+    x = np.ones((1, 8), np.float32)
+    body = _body(x)
+    answers, closed = _exchange(server.url, _request("/v2/models/mlp/infer", body) * 3, 3,
+                                wait_close=0.3)
+    assert [a[0] for a in answers] == [200] * 3 and not closed
+    assert all("connection" not in a[1] for a in answers)
+    for extra, version in (("connection: close\r\n", "1.1"), ("", "1.0")):
+        (answer,), closed = _exchange(server.url, _request("/v2/models/mlp/infer", body,
+                                                           extra=extra, version=version), 1,
+                                    wait_close=5)
+        assert answer[0] == 200 and answer[1]["connection"] == "close" and closed
+
+
+def test_request_id_payload_limit_and_metrics(server):
+    def successes() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "turnout_requests_total" and s.labels["model"] == "mlp"
+                   and s.labels["protocol"] == "rest" and s.labels["status"] == "success")
+
+    before = successes()
+    body = _body(np.zeros((1, 8), np.float32))
+    answers, _ = _exchange(server.url, _request("/v2/models/mlp/infer", body,
+                                                extra="x-request-id: abc-123\r\n") * 4, 4)
+    assert all(a[0] == 200 and a[1]["x-request-id"] == "abc-123" for a in answers)
+    assert successes() == before + 4
+    big = b" " * (1 << 20) + body  # valid JSON, one byte over the server's 1 MiB limit
+    (answer,), _ = _exchange(server.url, _request("/v2/models/mlp/infer", big), 1)
+    assert answer[0] == 413 and "limit" in orjson.loads(answer[2])["error"]
+
+
+def test_expect_100_continue_still_works(server):
+    body = _body(np.zeros((1, 8), np.float32))
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-length: "
+                     f"{len(body)}\r\nexpect: 100-continue\r\n\r\n".encode())
+        stream = sock.makefile("rb")
+        assert stream.readline().startswith(b"HTTP/1.1 100")
+        assert stream.readline() == b"\r\n"
+        sock.sendall(body)
+        status, _, answer = _read_response(stream)
+    assert status == 200 and orjson.loads(answer)["model_name"] == "mlp"
+
+
+class _Transport:
+    """Records writes; enough of a transport for uvicorn's protocol."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5000)}.get(
+            name, default)
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize(("model", "fast"), [("mlp", True), ("mlp_batched", False)])
+def test_inline_models_are_answered_without_an_asgi_task(model_zoo, model, fast):
+    """The point of the fast path: no task per request for inline models; batched ones (which
+    must await the batcher) still get uvicorn's cycle."""
+
+    async def run() -> tuple[int, bytes]:
+        metrics = Metrics(CollectorRegistry())
+        repository = ModelRepository(path=model_zoo["root"] / model, name=model, metrics=metrics)
+        await repository.load_all()
+        dataplane = DataPlane(repository=repository, metrics=metrics,
+                              executor=ThreadPoolExecutor(1))
+        dataplane.started = True
+        app = build_rest_app(dataplane, registry=metrics.registry, max_payload_bytes=1 << 20)
+        config = uvicorn.Config(app, http=bind_protocol(app), lifespan="off", log_config=None)
+        config.load()
+        state = ServerState()
+        protocol = config.http_protocol_class(config=config, server_state=state, app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(_request(f"/v2/models/{model}/infer",
+                                        _body(np.ones((1, 8), np.float32))))
+        tasks = len(state.tasks)
+        for _ in range(200):  # until the coalesced write (and any task) has run
+            await asyncio.sleep(0.005)
+            if transport.written:
+                break
+        protocol.transport.close()
+        return tasks, b"".join(transport.written)
+
+    tasks, written = asyncio.run(run())
+    assert tasks == (0 if fast else 1)
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b'"model_name":"%s"' % model.encode() in written
