@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from ..logs import request_id_var
 from .coalesce import CoalescingHttpToolsProtocol
-from .infer import InferenceEndpoints, new_request_id, route_of
+from .infer import InferenceEndpoints, inference_headers, new_request_id, route_of
 
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -86,18 +86,9 @@ class InferenceHttpProtocol(CoalescingHttpToolsProtocol):
             return None
         if route is None:
             return None
-        length = header_length = request_id = None
-        for name, value in self.headers:
-            if name == b"content-length":
-                length = value
-            elif name == b"inference-header-content-length":
-                header_length = value
-            elif name == b"x-request-id":
-                request_id = value[:128]
-            elif name == b"transfer-encoding":
-                return None
+        length, header_length, request_id, chunked = inference_headers(self.headers)
         try:
-            if length is None or int(length) > self.endpoints.max_payload_bytes:
+            if chunked or length is None or int(length) > self.endpoints.max_payload_bytes:
                 return None  # uvicorn's path streams, counts and refuses with 413
         except ValueError:
             return None

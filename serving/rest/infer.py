@@ -33,6 +33,24 @@ _ids = itertools.count(1)
 _id_prefix = f"{os.getpid():x}-"
 
 
+def inference_headers(headers: list[tuple[bytes, bytes]]
+                      ) -> tuple[bytes | None, bytes | None, bytes | None, bool]:
+    """Content-Length, Inference-Header-Content-Length, X-Request-Id (at most 128 bytes) and
+    whether the body is chunked, from lower-cased raw headers."""
+    length = header_length = request_id = None
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            length = value
+        elif name == b"inference-header-content-length":
+            header_length = value
+        elif name == b"x-request-id":
+            request_id = value[:128]
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, header_length, request_id, chunked
+
+
 def new_request_id() -> str:
     """An id for log lines of a request whose client sent no X-Request-Id."""
     return _id_prefix + str(next(_ids))
@@ -70,14 +88,7 @@ class InferenceEndpoints:
         if route is None:
             await self._fallback(scope, receive, send)
             return
-        declared = header_length = request_id = None
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                declared = value
-            elif key == b"inference-header-content-length":
-                header_length = value
-            elif key == b"x-request-id":
-                request_id = value[:128]
+        declared, header_length, request_id, _ = inference_headers(scope["headers"])
         token = request_id_var.set(request_id.decode("latin-1") if request_id
                                    else new_request_id())
         try:
@@ -92,24 +103,20 @@ class InferenceEndpoints:
 
     async def _answer(self, route: tuple[str, str, str | None], receive: Receive,
                       declared: bytes | None, header_length: bytes | None) -> Reply:
-        protocol, model, version = route
         try:
             try:
                 # The model first: an unknown model is 404 whatever the body, as through the
                 # router, which never reads bodies.
-                self._dataplane.check_model(model, version)
+                self._dataplane.check_model(route[1], route[2])
                 body = await read_body(receive, declared=declared, limit=self._limit)
             except TurnoutError as err:
                 self._count_rejected(route, err)
                 raise
             request = self._decode(route, body, header_length)
-            response = await self._dataplane.infer(request, protocol=protocol)
-            return _encode(protocol, request, response)
-        except TurnoutError as err:
-            return _error_reply(err)
-        except Exception:
-            log.exception("unhandled error on inference for model %s", model)
-            return _internal_error()
+            response = await self._dataplane.infer(request, protocol=route[0])
+            return _encode(route[0], request, response)
+        except Exception as exc:
+            return _failure(exc, route)
 
     # -- the synchronous path, for inline models (see serving/rest/fastpath.py) --------------
     def runs_blocking(self, route: tuple[str, str, str | None]) -> bool:
@@ -121,21 +128,17 @@ class InferenceEndpoints:
         """:meth:`_answer` without awaiting anything: for inline, unbatched models, whose
         predict would run on the event loop anyway, so no task or ASGI messages are needed.
         The body is already read (the caller enforces the payload limit)."""
-        protocol, model, version = route
         try:
             try:
-                self._dataplane.check_model(model, version)
+                self._dataplane.check_model(route[1], route[2])
             except TurnoutError as err:
                 self._count_rejected(route, err)
                 raise
             request = self._decode(route, body, header_length)
-            response = self._dataplane.infer_blocking(request, protocol=protocol)
-            return _encode(protocol, request, response)
-        except TurnoutError as err:
-            return _error_reply(err)
-        except Exception:
-            log.exception("unhandled error on inference for model %s", model)
-            return _internal_error()
+            response = self._dataplane.infer_blocking(request, protocol=route[0])
+            return _encode(route[0], request, response)
+        except Exception as exc:
+            return _failure(exc, route)
 
     def _decode(self, route: tuple[str, str, str | None], body: bytes,
                 header_length: bytes | None) -> InferenceRequest:
@@ -165,9 +168,10 @@ def _encode(protocol: str, request: InferenceRequest, response: InferenceRespons
                           (b"inference-header-content-length", str(json_length).encode())]
 
 
-def _error_reply(err: TurnoutError) -> Reply:
-    return err.http_status, orjson.dumps({"error": str(err)}), [(b"content-type", _JSON)]
-
-
-def _internal_error() -> Reply:
+def _failure(exc: Exception, route: tuple[str, str, str | None]) -> Reply:
+    """The answer for an exception: the error's own status, or a logged 500."""
+    if isinstance(exc, TurnoutError):
+        return exc.http_status, orjson.dumps({"error": str(exc)}), [(b"content-type", _JSON)]
+    log.error("unhandled error on inference for model %s", route[1],
+              exc_info=(type(exc), exc, exc.__traceback__))
     return 500, b'{"error":"internal server error"}', [(b"content-type", _JSON)]
