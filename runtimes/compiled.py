@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,19 @@ class CompiledModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     accepts_non_finite: bool
+    run: Callable[[list[str], dict[str, np.ndarray]], list[Any]] = field(
+        init=False, repr=False, compare=False)
+    output_names: list[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from .onnx import session_runner
+
+        # frozen: set once here, the dataclass way
+        object.__setattr__(self, "run", session_runner(self.session))
+        object.__setattr__(self, "output_names", [o.name for o in self.session.get_outputs()])
 
     def predict(self, features: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        results = self.session.run(None, {self.input_name: features})
+        results = self.run(self.output_names, {self.input_name: features})
         shapes = {spec.name: spec.shape[1:] for spec in self.outputs}
         answer = {}
         for name in outputs:

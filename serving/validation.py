@@ -55,9 +55,10 @@ def prepare_inputs(request: InferenceRequest, runtime: Runtime) -> dict[str, np.
 
 
 def select_outputs(request: InferenceRequest, runtime: Runtime) -> list[str]:
-    """The output names to compute: those requested, or the runtime's defaults."""
+    """The output names to compute: those requested, or the runtime's defaults (the runtime's
+    own list, not a copy: callers only read it)."""
     if not request.outputs:
-        return list(runtime.default_outputs)
+        return runtime.default_outputs
     known = {spec.name for spec in runtime.outputs}
     names = []
     for requested in request.outputs:

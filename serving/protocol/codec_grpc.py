@@ -66,6 +66,8 @@ _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
 def parameters_to_dict(params: Mapping[str, Pb], *, where: str) -> Parameters:
     """An InferParameter map as a plain dict; a parameter with no value set is a client error."""
     out: Parameters = {}
+    if not params:  # the usual case, without iterating the protobuf map
+        return out
     for key, value in params.items():
         kind = value.WhichOneof("parameter_choice")
         if kind is None:
@@ -96,27 +98,28 @@ def fill_parameters(target: Pb, params: Parameters) -> None:
 def request_to_internal(request: Pb) -> InferenceRequest:
     """Decode a ModelInferRequest; raw buffers become numpy views without a copy."""
     raw = request.raw_input_contents
-    if raw:
-        typed = [t.name for t in request.inputs if t.contents.ListFields()]
-        if typed:
-            raise InvalidInput(f"input(s) {typed} carry typed contents while the request also "
-                               "uses raw_input_contents; send every input one way")
-        if len(raw) != len(request.inputs):
-            raise InvalidInput(f"request has {len(request.inputs)} inputs but "
-                               f"{len(raw)} raw_input_contents; raw contents need one entry "
-                               "per input, in the same order")
+    tensors = request.inputs
+    if raw and len(raw) != len(tensors):
+        _refuse_mixed_contents(tensors)
+        raise InvalidInput(f"request has {len(tensors)} inputs but "
+                           f"{len(raw)} raw_input_contents; raw contents need one entry "
+                           "per input, in the same order")
     inputs = []
-    for index, tensor in enumerate(request.inputs):
-        dtype_for(tensor.datatype)  # unknown datatypes fail before anything else
+    for index, tensor in enumerate(tensors):
+        name, datatype = tensor.name, tensor.datatype
+        if raw and tensor.HasField("contents") and tensor.contents.ListFields():
+            _refuse_mixed_contents(tensors)
+        dtype_for(datatype)  # unknown datatypes fail before anything else
         shape = _shape_of(tensor)
-        data = (raw_to_array(raw[index], tensor.datatype, shape, name=tensor.name) if raw
+        data = (raw_to_array(raw[index], datatype, shape, name=name) if raw
                 else _typed_to_array(tensor, shape))
-        inputs.append(Tensor(tensor.name, tensor.datatype, data,
-                             parameters_to_dict(tensor.parameters,
-                                                where=f"input '{tensor.name}'")))
+        params = tensor.parameters
+        inputs.append(Tensor(name, datatype, data, parameters_to_dict(
+            params, where=f"input '{name}'") if params else {}))
+    requested = request.outputs
     outputs = [RequestedOutput(o.name, parameters_to_dict(o.parameters,
                                                           where=f"output '{o.name}'"))
-               for o in request.outputs]
+               for o in requested] if requested else None
     return InferenceRequest(
         inputs=inputs,
         model_name=request.model_name,
@@ -127,9 +130,17 @@ def request_to_internal(request: Pb) -> InferenceRequest:
     )
 
 
+def _refuse_mixed_contents(tensors: Iterable[Pb]) -> None:
+    """With raw_input_contents, no input may also carry typed contents."""
+    typed = [t.name for t in tensors if t.HasField("contents") and t.contents.ListFields()]
+    if typed:
+        raise InvalidInput(f"input(s) {typed} carry typed contents while the request also "
+                           "uses raw_input_contents; send every input one way")
+
+
 def _shape_of(tensor: Pb) -> tuple[int, ...]:
     shape = tuple(tensor.shape)
-    if any(dim < 0 for dim in shape):
+    if shape and min(shape) < 0:
         raise InvalidInput(f"input '{tensor.name}' has a negative dimension in shape "
                            f"{list(shape)}")
     if math.prod(shape) >= _MAX_ELEMENTS:
@@ -173,15 +184,20 @@ def response_from_internal(response: InferenceResponse, *, raw: bool) -> Pb:
     The protocol allows raw contents only for every output at once, so one FP16 output makes
     the whole response raw.
     """
-    raw = raw or any(t.datatype == "FP16" for t in response.outputs)
+    if not raw:
+        for tensor in response.outputs:
+            if tensor.datatype == "FP16":
+                raw = True
     message = proto.ModelInferResponse(model_name=response.model_name,
                                        model_version=response.model_version or "",
                                        id=response.id or "")
-    fill_parameters(message.parameters, response.parameters)
+    if response.parameters:
+        fill_parameters(message.parameters, response.parameters)
     for tensor in response.outputs:
         out = message.outputs.add(name=tensor.name, datatype=tensor.datatype,
-                                  shape=tensor.shape)
-        fill_parameters(out.parameters, tensor.parameters)
+                                  shape=tensor.data.shape)
+        if tensor.parameters:
+            fill_parameters(out.parameters, tensor.parameters)
         if raw:
             message.raw_output_contents.append(array_to_raw(tensor.data))
         else:

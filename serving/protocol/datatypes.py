@@ -7,6 +7,7 @@ maps to one fixed-size numpy dtype, so tensors can be decoded with ``np.frombuff
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -29,6 +30,11 @@ DATATYPE_TO_DTYPE: dict[str, np.dtype] = {
 }
 DATATYPES = frozenset(DATATYPE_TO_DTYPE)
 _DTYPE_TO_DATATYPE = {dt: name for name, dt in DATATYPE_TO_DTYPE.items() if name != "BYTES"}
+# Byte-order marks that mean little-endian: "<", "|" (single bytes) and, here, native "=".
+_WIRE_ORDER = frozenset("<|=" if sys.byteorder == "little" else "<|")
+# The wire layout is little-endian whatever the machine; built once, not per tensor.
+_LITTLE_ENDIAN = {name: dt.newbyteorder("<") for name, dt in DATATYPE_TO_DTYPE.items()
+                  if name != "BYTES"}
 
 
 def dtype_for(datatype: str) -> np.dtype:
@@ -122,18 +128,23 @@ def raw_to_array(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...],
     """Decode one tensor's raw bytes (binary extension or gRPC raw contents) without copying."""
     if datatype == "BYTES":
         return deserialize_bytes_tensor(raw, shape)
-    dtype = dtype_for(datatype)
+    dtype = _LITTLE_ENDIAN.get(datatype)
+    if dtype is None:
+        dtype = dtype_for(datatype)  # raises the client error for an unknown name
     count = math.prod(shape)
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
             f"input '{name}': {len(raw)} bytes of raw data do not match shape {list(shape)} "
             f"of {datatype} ({count * dtype.itemsize} bytes expected)"
         )
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def array_to_raw(array: np.ndarray) -> bytes:
     """Encode a tensor in the protocol's raw little-endian layout."""
-    if array.dtype.kind in ("O", "S", "U"):
+    dtype = array.dtype
+    if dtype.kind in ("O", "S", "U"):
         return serialize_bytes_tensor(array)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    if dtype.byteorder in _WIRE_ORDER:  # already the wire layout
+        return array.tobytes()  # tobytes() copies in C order whatever the strides
+    return np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
