@@ -103,7 +103,8 @@ class OnnxRuntime(Runtime):
         feeds = {name: _decode(name, array) if name in self._string_inputs else array
                  for name, array in inputs.items()} if self._string_inputs else inputs
         names = outputs if type(outputs) is list else list(outputs)
-        return dict(zip(names, self._run(names, feeds), strict=True))
+        results = self._run(names, feeds)  # one array per name, in order
+        return {names[0]: results[0]} if len(names) == 1 else dict(zip(names, results, strict=True))
 
     def unload(self) -> None:
         self.model = None
