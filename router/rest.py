@@ -15,12 +15,15 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from serving.protocol.errors import Overloaded, TurnoutError
+from serving.rest.fastpath import Headers, Reply
 
 from .client import UpstreamResponse
 from .compare import Comparison, compare_outputs, v1_outputs, v2_outputs
@@ -96,41 +99,84 @@ class RestEdge:
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, rid: bytes, *, model: str,
                      version: str | None, suffix: str, kind: str, protocol: str) -> None:
-        started = time.perf_counter()
         table = self.router.table  # one snapshot for the whole request
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         body = await read_body(receive, headers.get("content-length"), self.max_payload_bytes)
         if model in table.graphs and kind != "other" and self.graphs is not None:
             return await self.graphs.serve(send, rid, graph=table.graphs[model], body=body,
                                            headers=headers, protocol=protocol)
+        call = _Call(scope["method"], scope["headers"], scope.get("query_string", b""), rid,
+                     model, version, suffix, kind, protocol, table)
+        status, payload, out_headers = await self._proxy_body(call, headers, body)
+        await send_response(send, status, payload, out_headers)
+
+    async def _proxy_body(self, call: _Call, headers: dict[str, str], body: bytes) -> Reply:
+        """Route one request to a variant and return its answer, as the client will get it."""
+        started = time.perf_counter()
+        table = call.table
         service_label = variant_label = ""
         try:
-            service = table.service(model)
+            service = table.service(call.model)
             service_label = service.name
             variant, _ = table.pick(service, headers)
             variant_label = variant.name
-            response = await self._forward(scope, service, variant, rid, body=body,
-                                           version=version, suffix=suffix, kind=kind,
-                                           protocol=protocol)
+            response = await self._forward(call, service, variant, body)
         except TurnoutError as err:
             if isinstance(err, Overloaded):
                 self.router.metrics.rejected.labels(service_label, variant_label).inc()
-            self._count(service_label, variant_label, protocol, err.http_status, started)
+            self._count(service_label, variant_label, call.protocol, err.http_status, started)
             raise
-        self._count(service_label, variant_label, protocol, response.status, started)
-        out_headers = [(b"x-request-id", rid), (VARIANT_HEADER.encode(), variant.name.encode())]
+        self._count(service_label, variant_label, call.protocol, response.status, started)
+        out_headers = [(b"x-request-id", call.rid), (VARIANT_HEADER.encode(), variant.name.encode())]
         for key, value in response.headers:
             if key.lower() not in RESPONSE_DROP:
                 out_headers.append((key.lower().encode("latin-1"), value.encode("latin-1")))
-        await send_response(send, response.status, response.body, out_headers)
+        return response.status, response.body, out_headers
 
-    async def _forward(self, scope: Scope, service: ServiceRoute, variant: VariantRoute,
-                       rid: bytes, *, body: bytes, version: str | None, suffix: str, kind: str,
-                       protocol: str) -> UpstreamResponse:
-        fwd = forward_headers(scope["headers"])
+    # -- serving/rest/fastpath.py's FastHandler: proxied inference without an ASGI cycle -----
+    def claim(self, path: str, headers: Headers) -> tuple[_Call, bool] | None:
+        """Inference calls to services (graphs keep the ASGI path) are answered from the
+        HTTP protocol's callbacks, in one task per request."""
+        match = _V2.match(path)
+        if match is not None:
+            model, version, suffix = match.group(1), match.group(2), match.group(3)
+            if suffix != "/infer":
+                return None
+            protocol, kind = "rest", "infer"
+        else:
+            match = _V1.match(path)
+            if match is None or not match.group(2):
+                return None
+            model, version, suffix, protocol, kind = match.group(1), None, ":predict", \
+                "rest-v1", "predict"
+        table = self.router.table  # the snapshot the call will be routed by
+        if model in table.graphs:
+            return None
+        return _Call("POST", headers, b"", _request_id_of(headers), model, version, suffix,
+                     kind, protocol, table), False
+
+    def answer_now(self, route: _Call, body: bytes, headers: Headers) -> Reply:
+        raise NotImplementedError("every proxied call awaits its upstream")
+
+    async def answer(self, route: _Call, body: bytes, headers: Headers) -> Reply:
+        try:
+            return await self._proxy_body(
+                route, {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}, body)
+        except TurnoutError as err:
+            return err.http_status, orjson.dumps({"error": str(err)}), [
+                (b"content-type", b"application/json"), (b"x-request-id", route.rid)]
+        except Exception:
+            log.exception("unhandled error on POST for model %s", route.model)
+            return 500, b'{"error":"internal server error"}', [
+                (b"content-type", b"application/json"), (b"x-request-id", route.rid)]
+
+    async def _forward(self, call: _Call, service: ServiceRoute, variant: VariantRoute,
+                       body: bytes) -> UpstreamResponse:
+        fwd = forward_headers(call.headers)
         if not any(k == "x-request-id" for k, _ in fwd):
-            fwd.append(("x-request-id", rid.decode("latin-1")))
-        query = scope.get("query_string", b"")
+            fwd.append(("x-request-id", call.rid.decode("latin-1")))
+        query, version, suffix, protocol, kind = call.query, call.version, call.suffix, \
+            call.protocol, call.kind
         deadline = time.monotonic() + service.upstream.timeout_seconds
 
         def target(v: VariantRoute) -> str:
@@ -146,8 +192,8 @@ class RestEdge:
         try:
             if kind != "other" and service.mirrors:
                 primary = PrimaryAnswer()
-                self._mirror(service, variant, primary, target, scope["method"], fwd, body, kind)
-            response = await self.router.http_call(variant, method=scope["method"],
+                self._mirror(service, variant, primary, target, call.method, fwd, body, kind)
+            response = await self.router.http_call(variant, method=call.method,
                                                    path=target(variant), headers=fwd,
                                                    body=body, deadline=deadline)
         except BaseException:
@@ -189,10 +235,30 @@ class RestEdge:
 
 
 def _request_id(scope: Scope) -> bytes:
-    for key, value in scope["headers"]:
+    return _request_id_of(scope["headers"])
+
+
+def _request_id_of(headers: Headers) -> bytes:
+    for key, value in headers:
         if key == b"x-request-id":
             return bytes(value[:128])
     return b"%s%x" % (_ID_PREFIX, next(_ID_COUNTER))
+
+
+@dataclass(slots=True, frozen=True)
+class _Call:
+    """What the edge knows about one proxied call before picking a variant."""
+
+    method: str
+    headers: Headers
+    query: bytes
+    rid: bytes
+    model: str
+    version: str | None
+    suffix: str
+    kind: str
+    protocol: str
+    table: Any  # the routing table snapshot taken when the call arrived
 
 
 def _header_length(response: UpstreamResponse) -> int | None:

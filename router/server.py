@@ -20,6 +20,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from serving.rest.coalesce import CoalescingHttpToolsProtocol
+from serving.rest.fastpath import bind_protocol
 
 from .admin import AdminApp
 from .client import HttpClient
@@ -44,9 +45,10 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
-def _http_server(app: object, host: str, port: int, drain: float) -> _UvicornServer:
+def _http_server(app: object, host: str, port: int, drain: float,
+                 protocol: type[asyncio.Protocol] = CoalescingHttpToolsProtocol) -> _UvicornServer:
     return _UvicornServer(uvicorn.Config(
-        app, host=host, port=port, loop="none", http=CoalescingHttpToolsProtocol,
+        app, host=host, port=port, loop="none", http=protocol,
         lifespan="off", log_config=None, access_log=False, server_header=False,
         proxy_headers=False, timeout_graceful_shutdown=int(drain) or None, backlog=4096))
 
@@ -77,7 +79,8 @@ class RouterServer:
         router = self.router = Router(config, client=client, metrics=metrics,
                                       max_message_bytes=s.max_payload_bytes)
         rest = RestEdge(router, max_payload_bytes=s.max_payload_bytes, graphs=GraphRunner(router))
-        self._http.append(_http_server(rest, s.host, s.http_port, s.drain_seconds))
+        self._http.append(_http_server(rest, s.host, s.http_port, s.drain_seconds,
+                                       bind_protocol(rest)))
         if s.admin_port:
             admin = AdminApp(router, reload=self.source.load)
             self._http.append(_http_server(admin, s.admin_host, s.admin_port, 1))

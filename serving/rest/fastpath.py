@@ -1,104 +1,210 @@
-"""Inference requests to inline models answered inside uvicorn's protocol callbacks.
+"""Hot HTTP routes answered from uvicorn's protocol callbacks, without an ASGI cycle.
 
 Per request, uvicorn's httptools protocol builds an ASGI scope, a ``RequestResponseCycle``,
 an ``asyncio.Event`` and a task, and passes four messages through ``receive`` and ``send``:
-py-spy put that machinery above a third of the server's CPU for a small ONNX model, more than
-decoding, predicting and encoding together. For a model whose predict runs on the event loop
-anyway (inline, unbatched: ``DataPlane.runs_blocking``) none of it buys anything, so
-:class:`InferenceHttpProtocol` parses such a request with the same httptools parser, answers
-it synchronously in ``on_message_complete`` through :meth:`InferenceEndpoints.answer_blocking`
-(the same decode, data plane and encode as the ASGI path) and writes the response in one go.
+py-spy put that machinery above a third of the model server's CPU for a small ONNX model, more
+than decoding, predicting and encoding together. :class:`FastPathProtocol` lets a
+:class:`FastHandler` claim requests when their headers arrive (the model server claims its
+inference routes, the router the routes it proxies), reads the body with the same httptools
+parser, and writes the handler's answer in one go:
 
-Everything else takes uvicorn's own path unchanged: other routes and methods, thread-pool and
-batched models, bodies without a Content-Length or over the payload limit, ``Expect:
-100-continue``, query strings and escaped paths, and any request that arrives while an earlier
-one on the connection is still being answered (so pipelined responses keep their order) or
-while the client is not reading its responses (so writes stay under flow control).
+- synchronously inside ``on_message_complete`` when the handler can answer without awaiting
+  (an inline, unbatched model: its predict would run on the event loop anyway);
+- otherwise from one task that awaits the handler (batched or thread-pool models, upstream
+  calls) — a task, but no scope, cycle, event or ASGI messages.
+
+HTTP's rules stay uvicorn's: responses leave in request order (a request that arrives while an
+earlier one is unanswered waits its turn, claimed or not), keep-alive and ``Connection: close``
+are honoured, writes wait while the client is not reading, graceful shutdown waits for claimed
+requests in flight (their tasks join uvicorn's), and everything unclaimed — other routes, bodies
+without a Content-Length or over the payload limit, ``Expect: 100-continue``, query strings and
+escaped paths — takes uvicorn's own path unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, ClassVar, Protocol
 
-from ..logs import request_id_var
 from .coalesce import CoalescingHttpToolsProtocol
-from .infer import InferenceEndpoints, inference_headers, new_request_id, route_of
 
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def bind_protocol(endpoints: InferenceEndpoints) -> type[InferenceHttpProtocol]:
-    """The protocol class to give ``uvicorn.Config(http=...)`` for these endpoints."""
-    return type("BoundInferenceHttpProtocol", (InferenceHttpProtocol,), {"endpoints": endpoints})
+# An answer before framing: status, body, headers (content-length is added when framing).
+Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+Headers = list[tuple[bytes, bytes]]
 
 
-class InferenceHttpProtocol(CoalescingHttpToolsProtocol):
-    endpoints: ClassVar[InferenceEndpoints]
-    # (route, inference-header-content-length, x-request-id, keep-alive) of the request whose
-    # body is being read on the fast path, else None; its body chunks.
-    _fast: tuple[tuple[str, str, str | None], bytes | None, bytes | None, bool] | None = None
-    _fast_body: list[bytes]
+class FastHandler(Protocol):
+    """What a server gives :func:`bind_protocol`."""
+
+    max_payload_bytes: int
+
+    def claim(self, path: str, headers: Headers) -> tuple[Any, bool] | None:
+        """For a POST to ``path`` (no query string): an opaque route and whether
+        :meth:`answer_now` can answer it without awaiting, or None to leave it to uvicorn."""
+
+    def answer_now(self, route: Any, body: bytes, headers: Headers) -> Reply:
+        """Answer a claimed request without awaiting anything."""
+
+    def answer(self, route: Any, body: bytes, headers: Headers) -> Awaitable[Reply]:
+        """Answer a claimed request that must await."""
+
+
+def bind_protocol(handler: FastHandler) -> type[FastPathProtocol]:
+    """The protocol class to give ``uvicorn.Config(http=...)`` for this handler."""
+    return type("BoundFastPathProtocol", (FastPathProtocol,), {"handler": handler})
+
+
+class _Busy:
+    """Stands in as uvicorn's current cycle while a claimed request is unanswered, so uvicorn
+    queues requests it parses meanwhile (its pipeline) instead of starting them out of order,
+    and so shutdown and disconnects reach the claimed request."""
+
+    response_complete = False
+    disconnected = False
+    keep_alive = True
+
+    def __init__(self) -> None:
+        self.message_event = asyncio.Event()  # uvicorn sets it on disconnect
+
+
+class FastPathProtocol(CoalescingHttpToolsProtocol):
+    handler: ClassVar[FastHandler]
+    # The claimed request whose body is being read: (route, now, headers, keep-alive).
+    _claimed: tuple[Any, bool, Headers, bool] | None = None
+    _body: list[bytes]
+    # Claimed requests answered or waiting, in order, while one is being answered; their
+    # presence is what _Busy signals to uvicorn.
+    _busy: _Busy | None = None
+    _waiting: deque[tuple[Any, bool, Headers, bool, bytes]]
 
     def on_headers_complete(self) -> None:
-        fast = self._fast_request()
-        if fast is None:
+        claimed = self._claim()
+        if claimed is None:
             super().on_headers_complete()
             return
-        self._fast = fast
-        self._fast_body = []
+        self._claimed = claimed
+        self._body = []
 
     def on_body(self, body: bytes) -> None:
-        if self._fast is None:
+        if self._claimed is None:
             super().on_body(body)
         else:
-            self._fast_body.append(body)
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
-        fast = self._fast
-        if fast is None:
+        claimed = self._claimed
+        if claimed is None:
             super().on_message_complete()
             return
-        self._fast = None
-        chunks = self._fast_body
+        self._claimed = None
+        chunks = self._body
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        route, header_length, request_id, keep_alive = fast
-        token = request_id_var.set(request_id.decode("latin-1") if request_id
-                                   else new_request_id())
-        try:
-            status, payload, headers = self.endpoints.answer_blocking(route, body, header_length)
-        finally:
-            request_id_var.reset(token)
-        self._write_response(status, payload, headers, request_id, keep_alive)
+        route, now, headers, keep_alive = claimed
+        if self._busy is not None:  # an earlier claimed request is still being answered
+            self._waiting.append((route, now, headers, keep_alive, body))
+            if len(self._waiting) >= _MAX_WAITING:
+                self.flow.pause_reading()  # a client pipelining without end waits for us
+        elif now and not self.flow.write_paused:
+            status, payload, out = self.handler.answer_now(route, body, headers)
+            self._write(status, payload, out, keep_alive)
+            self._after_response(keep_alive)
+        else:
+            self._busy = self.cycle = _Busy()  # type: ignore[assignment]
+            self._waiting = deque([(route, now, headers, keep_alive, body)])
+            self._spawn(self._answer_in_order)
 
-    def _fast_request(self) -> Any:
+    def shutdown(self) -> None:
+        if self._busy is not None:
+            self._busy.keep_alive = False  # finish what was claimed, then close
+            return
+        super().shutdown()
+
+    def _claim(self) -> tuple[Any, bool, Headers, bool] | None:
         """The fast-path state for the request whose headers just arrived, or None."""
         parser = self.parser
         if parser.get_method() != b"POST" or self.expect_100_continue or self.pipeline \
-                or (self.cycle is not None and not self.cycle.response_complete) \
-                or self.flow.write_paused:
-            return None
+                or (self.cycle is not None and not self.cycle.response_complete
+                    and self.cycle is not self._busy):
+            return None  # uvicorn owns the connection's turn; it queues in order itself
         url = self.url
         if b"?" in url or b"%" in url:
             return None
         try:
-            route = route_of(url.decode("ascii"))
+            path = url.decode("ascii")
         except UnicodeDecodeError:
             return None
-        if route is None:
-            return None
-        length, header_length, request_id, chunked = inference_headers(self.headers)
+        headers = self.headers
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                return None
         try:
-            if chunked or length is None or int(length) > self.endpoints.max_payload_bytes:
+            if length is None or int(length) > self.handler.max_payload_bytes:
                 return None  # uvicorn's path streams, counts and refuses with 413
         except ValueError:
             return None
-        if not self.endpoints.runs_blocking(route):
+        claimed = self.handler.claim(path, headers)
+        if claimed is None:
             return None
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-        return route, header_length, request_id, keep_alive
+        return claimed[0], claimed[1], headers, keep_alive
 
-    def _write_response(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
-                        request_id: bytes | None, keep_alive: bool) -> None:
+    def _spawn(self, work: Callable[[], Awaitable[None]]) -> None:
+        task = self.loop.create_task(work())  # type: ignore[arg-type]
+        self.tasks.add(task)  # graceful shutdown waits for it, as for uvicorn's own
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer_in_order(self) -> None:
+        """Answer the waiting claimed requests one by one, then hand the turn to uvicorn."""
+        busy = self._busy
+        assert busy is not None
+        waiting = self._waiting
+        keep_alive = True
+        answered = 0
+        while waiting and keep_alive:
+            route, now, headers, keep_alive, body = waiting.popleft()
+            try:
+                if now:
+                    status, payload, out = self.handler.answer_now(route, body, headers)
+                else:
+                    status, payload, out = await self.handler.answer(route, body, headers)
+            except Exception:  # a handler bug: the connection cannot be trusted further
+                self.logger.exception("unhandled error answering %r", route)
+                status, payload, out = 500, b'{"error":"internal server error"}', [
+                    (b"content-type", b"application/json")]
+                keep_alive = False
+            keep_alive = keep_alive and busy.keep_alive
+            if busy.disconnected or self.transport.is_closing():
+                break
+            if self.flow.write_paused:
+                await self.flow.drain()
+            self._write(status, payload, out, keep_alive)
+            answered += 1
+        self._busy = None
+        if self.cycle is busy:  # else uvicorn has queued requests of its own behind ours
+            self.cycle = None  # type: ignore[assignment]
+        if busy.disconnected or self.transport.is_closing():
+            return
+        if not keep_alive:
+            self.transport.close()
+            return
+        self.server_state.total_requests += answered - 1  # on_response_complete counts one
+        self.on_response_complete()  # resumes reading; starts uvicorn's queued requests
+
+    def _after_response(self, keep_alive: bool) -> None:
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self.transport.close()
+        elif self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def _write(self, status: int, body: bytes, headers: Headers, keep_alive: bool) -> None:
         line = _STATUS_LINES.get(status)
         if line is None:
             line = _STATUS_LINES[status] = _status_line(status)
@@ -107,24 +213,19 @@ class InferenceHttpProtocol(CoalescingHttpToolsProtocol):
             parts += (name, b": ", value, b"\r\n")
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
-        if request_id is not None:
-            parts += (b"x-request-id: ", request_id, b"\r\n")
         parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", body)
         self.transport.write(b"".join(parts))
-        self.server_state.total_requests += 1
-        if not keep_alive:
-            self.transport.close()
-        elif self.timeout_keep_alive_task is None:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+# Claimed requests a connection may have queued before it stops reading from the client.
+_MAX_WAITING = 64
 
 
 def _status_line(status: int) -> bytes:
-    from http import HTTPStatus
-
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:

@@ -4,6 +4,8 @@ Starlette's router and middleware stack cost more than decoding and predicting a
 model, so ``POST /v2/models/{m}[/versions/{v}]/infer`` and ``POST /v1/models/{m}:predict``
 are matched by splitting the path once and answered with two ``send`` calls. Other routes
 (health, metadata, repository, metrics) go to the Starlette app, where clarity matters more.
+The same endpoints are the model server's :class:`~serving.rest.fastpath.FastHandler`, which
+answers most inference requests before uvicorn builds an ASGI cycle for them at all.
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ from ..protocol import codec_v1, codec_v2
 from ..protocol.errors import TurnoutError
 from ..protocol.types import InferenceRequest, InferenceResponse
 from .body import parse_header_length, read_body
+from .fastpath import Reply
 
 log = logging.getLogger("turnout.rest")
 
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
-# An answer before framing: status, body, headers (content-length is added by the caller).
-Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 # Cheap unique ids for log lines when the client sends none: process id + a counter.
 _ids = itertools.count(1)
 _id_prefix = f"{os.getpid():x}-"
@@ -104,41 +105,78 @@ class InferenceEndpoints:
     async def _answer(self, route: tuple[str, str, str | None], receive: Receive,
                       declared: bytes | None, header_length: bytes | None) -> Reply:
         try:
-            try:
-                # The model first: an unknown model is 404 whatever the body, as through the
-                # router, which never reads bodies.
-                self._dataplane.check_model(route[1], route[2])
-                body = await read_body(receive, declared=declared, limit=self._limit)
-            except TurnoutError as err:
-                self._count_rejected(route, err)
-                raise
-            request = self._decode(route, body, header_length)
+            # The model first: an unknown model is 404 whatever the body, as through the
+            # router, which never reads bodies.
+            self._check(route)
+            body = await read_body(receive, declared=declared, limit=self._limit)
+        except TurnoutError as err:
+            self._count_rejected(route, err)
+            return _failure(err, route)
+        return await self._answer_body(route, body, header_length)
+
+    async def _answer_body(self, route: tuple[str, str, str | None], body: bytes,
+                           header_length: bytes | None) -> Reply:
+        try:
+            request = self._request(route, body, header_length)
             response = await self._dataplane.infer(request, protocol=route[0])
             return _encode(route[0], request, response)
         except Exception as exc:
             return _failure(exc, route)
 
-    # -- the synchronous path, for inline models (see serving/rest/fastpath.py) --------------
-    def runs_blocking(self, route: tuple[str, str, str | None]) -> bool:
-        """Whether :meth:`answer_blocking` may answer this route inside the protocol callback."""
-        return self._dataplane.runs_blocking(route[1], route[2])
-
     def answer_blocking(self, route: tuple[str, str, str | None], body: bytes,
                         header_length: bytes | None) -> Reply:
-        """:meth:`_answer` without awaiting anything: for inline, unbatched models, whose
-        predict would run on the event loop anyway, so no task or ASGI messages are needed.
-        The body is already read (the caller enforces the payload limit)."""
+        """:meth:`_answer_body` without awaiting anything: for inline, unbatched models,
+        whose predict would run on the event loop anyway."""
         try:
-            try:
-                self._dataplane.check_model(route[1], route[2])
-            except TurnoutError as err:
-                self._count_rejected(route, err)
-                raise
-            request = self._decode(route, body, header_length)
+            request = self._request(route, body, header_length)
             response = self._dataplane.infer_blocking(request, protocol=route[0])
             return _encode(route[0], request, response)
         except Exception as exc:
             return _failure(exc, route)
+
+    # -- serving/rest/fastpath.py's FastHandler: inference routes without an ASGI cycle ------
+    def claim(self, path: str, headers: list[tuple[bytes, bytes]]
+              ) -> tuple[tuple[str, str, str | None], bool] | None:
+        route = route_of(path)
+        if route is None:
+            return None
+        return route, self._dataplane.runs_blocking(route[1], route[2])
+
+    def answer_now(self, route: tuple[str, str, str | None], body: bytes,
+                   headers: list[tuple[bytes, bytes]]) -> Reply:
+        _, header_length, request_id, _ = inference_headers(headers)
+        token = request_id_var.set(request_id.decode("latin-1") if request_id
+                                   else new_request_id())
+        try:
+            reply = self.answer_blocking(route, body, header_length)
+        finally:
+            request_id_var.reset(token)
+        if request_id is not None:
+            reply[2].append((b"x-request-id", request_id))
+        return reply
+
+    async def answer(self, route: tuple[str, str, str | None], body: bytes,
+                     headers: list[tuple[bytes, bytes]]) -> Reply:
+        _, header_length, request_id, _ = inference_headers(headers)
+        # a task of its own: the context variable needs no reset
+        request_id_var.set(request_id.decode("latin-1") if request_id else new_request_id())
+        reply = await self._answer_body(route, body, header_length)
+        if request_id is not None:
+            reply[2].append((b"x-request-id", request_id))
+        return reply
+
+    def _check(self, route: tuple[str, str, str | None]) -> None:
+        self._dataplane.check_model(route[1], route[2])
+
+    def _request(self, route: tuple[str, str, str | None], body: bytes,
+                 header_length: bytes | None) -> InferenceRequest:
+        """The decoded request for a known model; rejections are counted."""
+        try:
+            self._check(route)
+        except TurnoutError as err:
+            self._count_rejected(route, err)
+            raise
+        return self._decode(route, body, header_length)
 
     def _decode(self, route: tuple[str, str, str | None], body: bytes,
                 header_length: bytes | None) -> InferenceRequest:

@@ -1,7 +1,8 @@
-"""Inline models' inference requests are answered inside the HTTP protocol callbacks
-(serving/rest/fastpath.py); everything else goes through uvicorn's ASGI cycle. Both paths must
-give the same answers, and the fast one must keep HTTP's rules: pipelining order, keep-alive,
-Connection: close, the payload limit, request ids and metrics."""
+"""Inference requests are claimed by serving/rest/fastpath.py: answered inside the HTTP
+protocol callbacks (inline models) or from one task (batched and thread-pool models), without an
+ASGI cycle; everything else goes through uvicorn's. Both paths must give the same answers, and
+the fast one must keep HTTP's rules: pipelining order (across claimed and unclaimed requests),
+keep-alive, Connection: close, the payload limit, request ids and metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
 from serving.dataplane import DataPlane
@@ -115,6 +117,31 @@ def test_pipelined_requests_are_answered_in_order(server, model_zoo):
         np.testing.assert_allclose(np.array(data).reshape(1, 3), _mlp(model_zoo, x), rtol=1e-5)
 
 
+def test_unclaimed_requests_pipelined_between_claimed_ones_keep_their_place(server, model_zoo):
+    """uvicorn's own requests (metadata GET, a chunked POST) queued behind a claimed request
+    still being answered, and claimed ones behind those, all leave in order."""
+    x = np.full((1, 8), 0.25, np.float32)
+    slow = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                     "data": [1, 2]}]})
+    payload = b"".join([
+        _request("/v2/models/slow/infer", slow),                      # claimed, awaits 1 s
+        _request("/v2/models/mlp/infer", _body(x)),                   # claimed, waits its turn
+        b"GET /v2/models/mlp HTTP/1.1\r\nhost: x\r\n\r\n",            # uvicorn's
+        _request("/v2/models/mlp/infer", _body(x), chunked=True),     # uvicorn's
+        _request("/v2/models/mlp_batched/infer", _body(x)),           # claimable, behind uvicorn's
+        _request("/v2/models/mlp/infer", _body(x))])
+    answers, closed = _exchange(server.url, payload, 6, wait_close=0.3)
+    assert [a[0] for a in answers] == [200] * 6 and not closed
+    docs = [orjson.loads(a[2]) for a in answers]
+    assert docs[0]["model_name"] == "slow"
+    assert docs[2]["name"] == "mlp" and "inputs" in docs[2]  # the metadata answer, in place
+    expected = _mlp(model_zoo, x)
+    for doc in (docs[1], docs[3], docs[4], docs[5]):
+        np.testing.assert_allclose(np.array(doc["outputs"][0]["data"]).reshape(1, 3), expected,
+                                   rtol=1e-5)
+    assert docs[4]["model_name"] == "mlp_batched"
+
+
 def test_keep_alive_close_and_http_1_0(server):
     x = np.ones((1, 8), np.float32)
     body = _body(x)
@@ -189,10 +216,13 @@ class _Transport:
         return 0
 
 
-@pytest.mark.parametrize(("model", "fast"), [("mlp", True), ("mlp_batched", False)])
-def test_inline_models_are_answered_without_an_asgi_task(model_zoo, model, fast):
-    """The point of the fast path: no task per request for inline models; batched ones (which
-    must await the batcher) still get uvicorn's cycle."""
+@pytest.mark.parametrize(("model", "method", "tasks", "cycle"), [
+    ("mlp", "POST", 0, False),          # inline: answered in the callback, no task
+    ("mlp_batched", "POST", 1, False),  # awaits the batcher: one task, no ASGI cycle
+    ("mlp", "GET", 1, True)])           # metadata: uvicorn's cycle and task
+def test_what_the_fast_path_saves(model_zoo, model, method, tasks, cycle):
+    """The point of the fast path: no ASGI cycle for inference, and no task at all for inline
+    models; other routes keep uvicorn's."""
 
     async def run() -> tuple[int, bytes]:
         metrics = Metrics(CollectorRegistry())
@@ -208,17 +238,21 @@ def test_inline_models_are_answered_without_an_asgi_task(model_zoo, model, fast)
         protocol = config.http_protocol_class(config=config, server_state=state, app_state={})
         transport = _Transport()
         protocol.connection_made(transport)
-        protocol.data_received(_request(f"/v2/models/{model}/infer",
-                                        _body(np.ones((1, 8), np.float32))))
-        tasks = len(state.tasks)
+        if method == "POST":
+            protocol.data_received(_request(f"/v2/models/{model}/infer",
+                                            _body(np.ones((1, 8), np.float32))))
+        else:
+            protocol.data_received(f"GET /v2/models/{model} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        started = (len(state.tasks), isinstance(protocol.cycle, RequestResponseCycle))
         for _ in range(200):  # until the coalesced write (and any task) has run
             await asyncio.sleep(0.005)
             if transport.written:
                 break
         protocol.transport.close()
-        return tasks, b"".join(transport.written)
+        return started, b"".join(transport.written)
 
-    tasks, written = asyncio.run(run())
-    assert tasks == (0 if fast else 1)
+    (started_tasks, asgi_cycle), written = asyncio.run(run())
+    assert (started_tasks, asgi_cycle) == (tasks, cycle)
     assert written.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b'"model_name":"%s"' % model.encode() in written
+    assert (b'"model_name":"%s"' if method == "POST" else b'"name":"%s"') % model.encode() \
+        in written
