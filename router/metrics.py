@@ -6,6 +6,8 @@ from fixed sets, so clients cannot mint new series: an unknown service is counte
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
@@ -72,3 +74,24 @@ class RouterMetrics:
         self.reloads = Counter(
             "turnout_router_config_reloads_total", "Config applications by result",
             ["result"], registry=registry)
+        for metric in (self.requests, self.duration, self.upstream, self.upstream_duration):
+            _cache_children(metric)
+
+
+def _cache_children(metric: Counter | Histogram) -> None:
+    """Make ``metric.labels(...)`` a dictionary lookup after the first call per label values.
+
+    prometheus-client's ``labels()`` validates and locks on every call and cost more than the
+    update itself on the router's hot path (py-spy: ~5% of its CPU for four metrics). Label
+    values come from the routes file or fixed sets, so the cache stays small.
+    """
+    children: dict[tuple[str, ...], Any] = {}
+    find = metric.labels
+
+    def labels(*values: str) -> Any:
+        child = children.get(values)
+        if child is None:
+            child = children[values] = find(*values)
+        return child
+
+    metric.labels = labels  # type: ignore[method-assign]

@@ -119,3 +119,18 @@ def test_step_and_graph_timeouts(router):
 def test_headers_are_propagated_to_steps(router, upstreams):
     resp = post(router, "seq", headers={"x-request-id": "graph-req-7"})
     assert resp.headers["x-request-id"] == "graph-req-7"
+
+
+def test_service_calls_are_claimed_by_the_fast_path_and_graphs_are_not(router):
+    """Service inference skips uvicorn's ASGI cycle (serving/rest/fastpath.py); graphs, GETs
+    and unknown routes keep the ASGI app, and both answer."""
+    edge = router.server._http[0].config.http_protocol_class.handler
+    claimed = edge.claim("/v2/models/echo/infer", [])
+    assert claimed is not None and claimed[1] is False  # always awaits its upstream
+    assert claimed[0].model == "echo" and claimed[0].protocol == "rest"
+    v1 = edge.claim("/v1/models/echo:predict", [(b"x-request-id", b"r-1")])
+    assert v1 is not None and v1[0].protocol == "rest-v1" and v1[0].rid == b"r-1"
+    assert edge.claim("/v2/models/seq/infer", []) is None
+    assert edge.claim("/v2/models/echo/ready", []) is None
+    assert edge.claim("/v2/models/echo", []) is None
+    assert data(post(router, "echo")) and data(post(router, "seq"))
