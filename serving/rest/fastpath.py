@@ -16,9 +16,9 @@ parser, and writes the handler's answer in one go:
 HTTP's rules stay uvicorn's: responses leave in request order (a request that arrives while an
 earlier one is unanswered waits its turn, claimed or not), keep-alive and ``Connection: close``
 are honoured, writes wait while the client is not reading, graceful shutdown waits for claimed
-requests in flight (their tasks join uvicorn's), and everything unclaimed — other routes, bodies
-without a Content-Length or over the payload limit, ``Expect: 100-continue``, query strings and
-escaped paths — takes uvicorn's own path unchanged.
+requests in flight (their tasks join uvicorn's), and everything unclaimed — other routes,
+bodies without a Content-Length or over the payload limit, ``Expect: 100-continue``, upgrade
+requests, query strings and escaped paths — takes uvicorn's own path unchanged.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ class FastPathProtocol(CoalescingHttpToolsProtocol):
         """The fast-path state for the request whose headers just arrived, or None."""
         parser = self.parser
         if parser.get_method() != b"POST" or self.expect_100_continue or self.pipeline \
+                or parser.should_upgrade() \
                 or (self.cycle is not None and not self.cycle.response_complete
                     and self.cycle is not self._busy):
             return None  # uvicorn owns the connection's turn; it queues in order itself
