@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -256,3 +257,44 @@ def test_what_the_fast_path_saves(model_zoo, model, method, tasks, cycle):
     assert written.startswith(b"HTTP/1.1 200 OK\r\n")
     assert (b'"model_name":"%s"' if method == "POST" else b'"name":"%s"') % model.encode() \
         in written
+
+
+def test_a_long_pipeline_of_awaiting_requests_is_answered_in_order(server, model_zoo):
+    """More pipelined requests than the connection queues (it stops reading at 64 and resumes
+    once answered): none lost, none reordered, each with its own outputs."""
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(size=(1, 8)).astype(np.float32) for _ in range(150)]
+    payload = b"".join(_request("/v2/models/mlp_batched/infer", _body(x),
+                                extra=f"x-request-id: r{i}\r\n") for i, x in enumerate(xs))
+    answers, closed = _exchange(server.url, payload, len(xs), wait_close=0.3)
+    assert not closed
+    for i, (answer, x) in enumerate(zip(answers, xs, strict=True)):
+        assert answer[0] == 200 and answer[1]["x-request-id"] == f"r{i}"
+        data = orjson.loads(answer[2])["outputs"][0]["data"]
+        np.testing.assert_allclose(np.array(data).reshape(1, 3), _mlp(model_zoo, x), rtol=1e-5)
+
+
+def test_a_client_leaving_mid_request_leaves_the_server_healthy(server):
+    """The claimed request's task finishes without writing to the closed connection; the
+    request is still counted, and the next client is served."""
+    def in_flight() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "turnout_requests_in_flight" and s.labels["model"] == "slow")
+
+    slow = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                     "data": [1, 2]}]})
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(_request("/v2/models/slow/infer", slow) * 2)
+        deadline = time.monotonic() + 5
+        while in_flight() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert in_flight() == 1
+    deadline = time.monotonic() + 5  # the slow model takes 1 s; then nothing is in flight
+    while in_flight() > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_flight() == 0
+    answer = httpx.post(f"{server.url}/v2/models/mlp/infer", content=_body(np.ones((1, 8),
+                                                                                np.float32)))
+    assert answer.status_code == 200
