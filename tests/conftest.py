@@ -32,22 +32,33 @@ class ServerProcess:
     """A real ``turnout serve`` subprocess on loopback ports."""
 
     def __init__(self, path: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.log_path = path.parent / f"server-{self.http_port}.log"
-        self._log = self.log_path.open("wb")
-        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        self._path, self._extra = path, extra
+        self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(PLUGINS), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.log_path = self._path.parent / f"server-{self.http_port}.log"
+        self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "serve", str(path),
-             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+            [sys.executable, "-m", "serving.cli", "serve", str(self._path),
+             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+             *self._extra], stdout=self._log, stderr=subprocess.STDOUT, env=self._env)
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
 
     def wait_ready(self, timeout: float = 60) -> ServerProcess:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        respawns = 2  # free_port() releases the port before the server binds it; under load
+        while time.monotonic() < deadline:  # an outgoing connection can take it meanwhile
             if self.proc.poll() is not None:
+                if respawns and any(sign in self.log().lower()
+                                    for sign in ("address already in use", "cannot bind")):
+                    respawns -= 1
+                    self._log.close()
+                    self._spawn()
+                    continue
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:

@@ -8,6 +8,7 @@ and a doubler (y = 2x) on the "b" server, and the shadow doubles too, after a de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import shutil
 import threading
@@ -90,6 +91,20 @@ def upstreams(model_zoo: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
             proc.stop()
 
 
+# How a port taken by someone else shows in the router's start-up errors (REST, admin, gRPC).
+_BIND_FAILED = ("could not listen", "address already in use", "bind")
+
+
+def _causes(exc: BaseException) -> str:
+    """The messages of an exception and of its causes, lower-cased."""
+    parts = []
+    current: BaseException | None = exc
+    while current is not None:
+        parts.append(str(current))
+        current = current.__cause__ or current.__context__
+    return " | ".join(parts).lower()
+
+
 class RouterThread:
     """A :class:`RouterServer` on its own event loop in a daemon thread, on free loopback ports."""
 
@@ -99,6 +114,17 @@ class RouterThread:
         doc = config if isinstance(config, dict) else config.model_dump(mode="json", by_alias=True,
                                                                         exclude_none=True)
         self.config_path.write_text(yaml.safe_dump(doc))
+        # free_port() releases the port before the router binds it, and under load an outgoing
+        # connection can take it meanwhile (EADDRINUSE); such a start is retried on new ports.
+        for attempt in range(3):
+            try:
+                self._start(max_payload_bytes, grpc)
+                return
+            except RuntimeError as exc:
+                if attempt == 2 or not any(sign in _causes(exc) for sign in _BIND_FAILED):
+                    raise
+
+    def _start(self, max_payload_bytes: int, grpc: bool) -> None:
         self.http_port, self.admin_port = free_port(), free_port()
         self.grpc_port = free_port() if grpc else 0
         self.registry = CollectorRegistry()
@@ -129,7 +155,15 @@ class RouterThread:
         self.thread.start()
         started.wait(30)
         if self.error is not None:
-            raise RuntimeError("router did not start") from self.error
+            self.thread.join(10)
+            with contextlib.suppress(BaseException):  # close what did start
+                self.loop.run_until_complete(self.server.stop())
+                pending = asyncio.all_tasks(self.loop)
+                for task in pending:
+                    task.cancel()
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
+            raise RuntimeError(f"router did not start: {self.error}") from self.error
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the router's loop and return its result."""
