@@ -218,6 +218,14 @@ def test_payload_limit_is_enforced_at_the_edge(router):
 
 
 def test_router_health_and_metrics(router):
+    def served() -> float:  # whichever variant earlier tests left the weight on
+        return sum(router.sample("turnout_router_requests_total", service="m", variant=v,
+                                 protocol="rest", code="200") for v in ("default", "canary"))
+
+    before = served()
+    assert httpx.post(f"{router.url}/v2/models/m/infer", json=BODY).status_code == 200
+    assert httpx.post(f"{router.url}/v2/models/nope/infer", json=BODY).status_code == 404
+    assert served() == before + 1
     assert httpx.get(f"{router.url}/v2/health/live").json() == {"live": True}
     assert httpx.get(f"{router.url}/v2/health/ready").status_code == 200
     assert httpx.get(f"{router.url}/v2").json()["name"] == "turnout-router"
