@@ -136,7 +136,8 @@ class RestEdge:
     # -- serving/rest/fastpath.py's FastHandler: proxied inference without an ASGI cycle -----
     def claim(self, path: str, headers: Headers) -> tuple[_Call, bool] | None:
         """Inference calls to services (graphs keep the ASGI path) are answered from the
-        HTTP protocol's callbacks, in one task per request."""
+        HTTP protocol's callbacks, in one task per request: each awaits its upstream, so none
+        is claimed as answerable without awaiting."""
         match = _V2.match(path)
         if match is not None:
             model, version, suffix = match.group(1), match.group(2), match.group(3)
@@ -154,9 +155,6 @@ class RestEdge:
             return None
         return _Call("POST", headers, b"", _request_id_of(headers), model, version, suffix,
                      kind, protocol, table), False
-
-    def answer_now(self, route: _Call, body: bytes, headers: Headers) -> Reply:
-        raise NotImplementedError("every proxied call awaits its upstream")
 
     async def answer(self, route: _Call, body: bytes, headers: Headers) -> Reply:
         try:

@@ -27,7 +27,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from .coalesce import CoalescingHttpToolsProtocol
 
@@ -42,14 +42,19 @@ class FastHandler(Protocol):
     max_payload_bytes: int
 
     def claim(self, path: str, headers: Headers) -> tuple[Any, bool] | None:
-        """For a POST to ``path`` (no query string): an opaque route and whether
-        :meth:`answer_now` can answer it without awaiting, or None to leave it to uvicorn."""
-
-    def answer_now(self, route: Any, body: bytes, headers: Headers) -> Reply:
-        """Answer a claimed request without awaiting anything."""
+        """For a POST to ``path`` (no query string): an opaque route and whether it can be
+        answered without awaiting (see :class:`InlineFastHandler`), or None to leave it to
+        uvicorn."""
 
     def answer(self, route: Any, body: bytes, headers: Headers) -> Awaitable[Reply]:
         """Answer a claimed request that must await."""
+
+
+class InlineFastHandler(FastHandler, Protocol):
+    """A handler whose ``claim`` may say a request can be answered without awaiting."""
+
+    def answer_now(self, route: Any, body: bytes, headers: Headers) -> Reply:
+        """Answer a claimed request without awaiting anything."""
 
 
 def bind_protocol(handler: FastHandler) -> type[FastPathProtocol]:
@@ -108,7 +113,8 @@ class FastPathProtocol(CoalescingHttpToolsProtocol):
             if len(self._waiting) >= _MAX_WAITING:
                 self.flow.pause_reading()  # a client pipelining without end waits for us
         elif now and not self.flow.write_paused:
-            status, payload, out = self.handler.answer_now(route, body, headers)
+            status, payload, out = cast(InlineFastHandler, self.handler).answer_now(
+                route, body, headers)
             self._write(status, payload, out, keep_alive)
             self._after_response(keep_alive)
         else:
@@ -171,7 +177,8 @@ class FastPathProtocol(CoalescingHttpToolsProtocol):
             route, now, headers, keep_alive, body = waiting.popleft()
             try:
                 if now:
-                    status, payload, out = self.handler.answer_now(route, body, headers)
+                    status, payload, out = cast(InlineFastHandler, self.handler).answer_now(
+                        route, body, headers)
                 else:
                     status, payload, out = await self.handler.answer(route, body, headers)
             except Exception:  # a handler bug: the connection cannot be trusted further

@@ -4,7 +4,7 @@ Starlette's router and middleware stack cost more than decoding and predicting a
 model, so ``POST /v2/models/{m}[/versions/{v}]/infer`` and ``POST /v1/models/{m}:predict``
 are matched by splitting the path once and answered with two ``send`` calls. Other routes
 (health, metadata, repository, metrics) go to the Starlette app, where clarity matters more.
-The same endpoints are the model server's :class:`~serving.rest.fastpath.FastHandler`, which
+The same endpoints are the model server's :class:`~serving.rest.fastpath.InlineFastHandler`, which
 answers most inference requests before uvicorn builds an ASGI cycle for them at all.
 """
 
@@ -134,7 +134,7 @@ class InferenceEndpoints:
         except Exception as exc:
             return _failure(exc, route)
 
-    # -- serving/rest/fastpath.py's FastHandler: inference routes without an ASGI cycle ------
+    # -- serving/rest/fastpath.py's InlineFastHandler: inference without an ASGI cycle -----
     def claim(self, path: str, headers: list[tuple[bytes, bytes]]
               ) -> tuple[tuple[str, str, str | None], bool] | None:
         route = route_of(path)
