@@ -4,8 +4,9 @@ Starlette's router and middleware stack cost more than decoding and predicting a
 model, so ``POST /v2/models/{m}[/versions/{v}]/infer`` and ``POST /v1/models/{m}:predict``
 are matched by splitting the path once and answered with two ``send`` calls. Other routes
 (health, metadata, repository, metrics) go to the Starlette app, where clarity matters more.
-The same endpoints are the model server's :class:`~serving.rest.fastpath.InlineFastHandler`, which
-answers most inference requests before uvicorn builds an ASGI cycle for them at all.
+The same endpoints are the model server's
+:class:`~serving.rest.fastpath.InlineFastHandler`, which answers most inference requests
+before uvicorn builds an ASGI cycle for them at all.
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ _id_prefix = f"{os.getpid():x}-"
 
 
 def inference_headers(headers: list[tuple[bytes, bytes]]
-                      ) -> tuple[bytes | None, bytes | None, bytes | None, bool]:
-    """Content-Length, Inference-Header-Content-Length, X-Request-Id (at most 128 bytes) and
-    whether the body is chunked, from lower-cased raw headers."""
+                      ) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """Content-Length, Inference-Header-Content-Length and X-Request-Id (at most 128 bytes),
+    from lower-cased raw headers."""
     length = header_length = request_id = None
-    chunked = False
     for name, value in headers:
         if name == b"content-length":
             length = value
@@ -47,9 +47,7 @@ def inference_headers(headers: list[tuple[bytes, bytes]]
             header_length = value
         elif name == b"x-request-id":
             request_id = value[:128]
-        elif name == b"transfer-encoding":
-            chunked = True
-    return length, header_length, request_id, chunked
+    return length, header_length, request_id
 
 
 def new_request_id() -> str:
@@ -89,7 +87,7 @@ class InferenceEndpoints:
         if route is None:
             await self._fallback(scope, receive, send)
             return
-        declared, header_length, request_id, _ = inference_headers(scope["headers"])
+        declared, header_length, request_id = inference_headers(scope["headers"])
         token = request_id_var.set(request_id.decode("latin-1") if request_id
                                    else new_request_id())
         try:
@@ -144,7 +142,7 @@ class InferenceEndpoints:
 
     def answer_now(self, route: tuple[str, str, str | None], body: bytes,
                    headers: list[tuple[bytes, bytes]]) -> Reply:
-        _, header_length, request_id, _ = inference_headers(headers)
+        _, header_length, request_id = inference_headers(headers)
         token = request_id_var.set(request_id.decode("latin-1") if request_id
                                    else new_request_id())
         try:
@@ -157,7 +155,7 @@ class InferenceEndpoints:
 
     async def answer(self, route: tuple[str, str, str | None], body: bytes,
                      headers: list[tuple[bytes, bytes]]) -> Reply:
-        _, header_length, request_id, _ = inference_headers(headers)
+        _, header_length, request_id = inference_headers(headers)
         # a task of its own: the context variable needs no reset
         request_id_var.set(request_id.decode("latin-1") if request_id else new_request_id())
         reply = await self._answer_body(route, body, header_length)
