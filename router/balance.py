@@ -1,12 +1,15 @@
 """Endpoint state, least-outstanding power-of-two-choices, outlier ejection and the retry budget.
 
-Concurrency: everything here runs on the router's one event loop, so counters are plain ints
-changed between awaits; no locks. Time comes from an injected clock so tests can step it.
+Concurrency: the REST edge and graphs change this state from the event loop, the gRPC edge from
+its handler threads. Read-modify-write updates (outstanding counts, failure streaks, budget
+tokens) take the owning object's lock; single assignments and reads need none under the GIL.
+Time comes from an injected clock so tests can step it.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +56,16 @@ class Pool:
     max_eject_seconds: float = 300.0
     clock: Clock = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def acquire(self, endpoint: Endpoint) -> None:
+        """Count one request in flight at ``endpoint`` (what p2c compares)."""
+        with self._lock:
+            endpoint.outstanding += 1
+
+    def release(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            endpoint.outstanding -= 1
 
     def choose(self, exclude: frozenset[Endpoint] | set[Endpoint] = frozenset()) -> Endpoint | None:
         """An endpoint for the next attempt, or ``None`` when every endpoint was tried.
@@ -74,15 +87,16 @@ class Pool:
 
     def record_failure(self, endpoint: Endpoint) -> bool:
         """Count a connect error or 5xx; returns True when this failure ejected the endpoint."""
-        endpoint.consecutive_failures += 1
-        now = self.clock()
-        if endpoint.consecutive_failures < self.eject_after or now < endpoint.ejected_until:
-            return False
-        duration = min(self.eject_seconds * 2 ** endpoint.ejections, self.max_eject_seconds)
-        endpoint.ejected_until = now + duration
-        endpoint.ejections += 1
-        endpoint.consecutive_failures = 0
-        return True
+        with self._lock:
+            endpoint.consecutive_failures += 1
+            now = self.clock()
+            if endpoint.consecutive_failures < self.eject_after or now < endpoint.ejected_until:
+                return False
+            duration = min(self.eject_seconds * 2 ** endpoint.ejections, self.max_eject_seconds)
+            endpoint.ejected_until = now + duration
+            endpoint.ejections += 1
+            endpoint.consecutive_failures = 0
+            return True
 
     def record_check(self, endpoint: Endpoint, ok: bool, *, healthy_after: int,
                      unhealthy_after: int) -> bool | None:
@@ -116,6 +130,7 @@ class RetryBudget:
     _tokens: float = 0.0
     _floor: float = 0.0
     _last: float = field(default=-1.0)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _refill(self) -> None:
         now = self.clock()
@@ -129,15 +144,17 @@ class RetryBudget:
             self._last = now
 
     def deposit(self) -> None:
-        self._refill()
-        self._tokens = min(self._tokens + self.ratio, 1e9)
+        with self._lock:
+            self._refill()
+            self._tokens = min(self._tokens + self.ratio, 1e9)
 
     def try_spend(self) -> bool:
-        self._refill()
-        if self._tokens >= 1.0 - 1e-9:  # 0.2 added five times is 0.999…
-            self._tokens -= 1.0
-            return True
-        if self._floor >= 1.0:
-            self._floor -= 1.0
-            return True
-        return False
+        with self._lock:
+            self._refill()
+            if self._tokens >= 1.0 - 1e-9:  # 0.2 added five times is 0.999…
+                self._tokens -= 1.0
+                return True
+            if self._floor >= 1.0:
+                self._floor -= 1.0
+                return True
+            return False

@@ -9,8 +9,11 @@ assignment; requests already running keep the snapshot they started with.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -28,6 +31,7 @@ log = logging.getLogger("turnout.router")
 # Upstream statuses that mean "this replica cannot serve now; another may".
 RETRY_STATUSES = frozenset({503})
 STRIKE_STATUSES = frozenset({502, 503, 504})
+BLOCKING_CHANNELS = 2  # threaded-client gRPC connections per endpoint
 
 
 def classify_http(response: UpstreamResponse) -> tuple[Verdict, str]:
@@ -47,6 +51,9 @@ class Router:
         self.shadower = Shadower(metrics)
         self.max_message_bytes = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._blocking: dict[str, list[grpc.Channel]] = {}
+        self._calls: dict[tuple[str, str], Iterator[Callable[..., Any]]] = {}
+        self._blocking_lock = threading.Lock()
         self.table: RoutingTable = build_table(config)
         self.ready = True
 
@@ -57,11 +64,18 @@ class Router:
         table = build_table(config, self.table)
         self.table = table
         wanted = {e.address for _, proto, e in table.endpoints() if proto == "grpc"}
+        loop = asyncio.get_running_loop()
+        grace = table.config.upstream.timeout_seconds
         for address in [a for a in self._channels if a not in wanted]:
             channel = self._channels.pop(address)
-            asyncio.get_running_loop().call_later(
-                table.config.upstream.timeout_seconds,
-                lambda c=channel: asyncio.ensure_future(c.close()))
+            loop.call_later(grace, lambda c=channel: asyncio.ensure_future(c.close()))
+        with self._blocking_lock:
+            gone = [a for a in self._blocking if a not in wanted]
+            closing = [c for a in gone for c in self._blocking.pop(a)]
+            self._calls = {k: v for k, v in self._calls.items() if k[0] in self._blocking}
+        if closing:
+            loop.call_later(grace, lambda: loop.run_in_executor(
+                None, lambda: [c.close() for c in closing]))
         self.metrics.reloads.labels("applied").inc()
         log.info("routes applied: %d services, %d graphs", len(table.services), len(table.graphs))
 
@@ -87,13 +101,35 @@ class Router:
         """One HTTP/2 channel per gRPC endpoint, multiplexing every call to it."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=[
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.enable_retries", 0),  # the router retries itself, across endpoints
-            ])
+            channel = grpc.aio.insecure_channel(address, options=self._channel_options())
             self._channels[address] = channel
         return channel
+
+    def blocking_call(self, address: str, method: str) -> Callable[..., Any]:
+        """A callable for ``method`` at ``address`` that the gRPC edge's threads wait on.
+
+        Each endpoint gets :data:`BLOCKING_CHANNELS` threaded-client channels, each its own
+        HTTP/2 connection (``use_local_subchannel_pool``), and calls rotate over them: with one
+        connection every call of a busy router contends for it (probe: ~15% more calls/s with
+        two than with one).
+        """
+        turn = self._calls.get((address, method))
+        if turn is None:
+            with self._blocking_lock:
+                channels = self._blocking.get(address)
+                if channels is None:
+                    channels = self._blocking[address] = [
+                        grpc.insecure_channel(address, options=[
+                            *self._channel_options(), ("grpc.use_local_subchannel_pool", 1)])
+                        for _ in range(BLOCKING_CHANNELS)]
+                turn = self._calls[(address, method)] = itertools.cycle(
+                    [c.unary_unary(method) for c in channels])
+        return next(turn)
+
+    def _channel_options(self) -> list[tuple[str, int]]:
+        return [("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.enable_retries", 0)]  # the router retries itself, across endpoints
 
     # -- health checks ------------------------------------------------------------------------
 
@@ -150,3 +186,9 @@ class Router:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        with self._blocking_lock:
+            for channels in self._blocking.values():
+                for blocking in channels:
+                    blocking.close()
+            self._blocking.clear()
+            self._calls.clear()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from serving.protocol.errors import DeadlineExceeded, ModelNotReady
 
@@ -38,6 +38,74 @@ class UpstreamTimeout(DeadlineExceeded):
     DEADLINE_EXCEEDED, as a gateway reports it); not retried, the work may still be running."""
 
 
+class _Attempts(Generic[T]):
+    """The retry loop's bookkeeping, shared by :func:`call_variant` (event loop) and
+    :func:`call_variant_blocking` (gRPC edge threads), so both retry, eject and count alike."""
+
+    __slots__ = ("variant", "pool", "max_attempts", "deadline", "classify", "metrics", "labels",
+                 "tried", "number", "last_answer", "have_answer", "last_error")
+
+    def __init__(self, variant: VariantRoute, pool: Pool, max_attempts: int, deadline: float,
+                 classify: Callable[[T], tuple[Verdict, str]], metrics: RouterMetrics) -> None:
+        self.variant, self.pool, self.max_attempts = variant, pool, max_attempts
+        self.deadline, self.classify, self.metrics = deadline, classify, metrics
+        self.labels = (variant.service, variant.name)
+        self.tried: set[Endpoint] = set()
+        self.number = 0
+        self.last_answer: T | None = None
+        self.have_answer = False
+        self.last_error = "no endpoints configured for this protocol"
+        variant.budget.deposit()
+
+    def next(self) -> tuple[Endpoint, float] | None:
+        """The endpoint and time left for the next attempt (counted in flight), or ``None``."""
+        if self.number >= self.max_attempts:
+            return None
+        endpoint = self.pool.choose(self.tried)
+        remaining = self.deadline - time.monotonic()
+        if endpoint is None or remaining <= 0:
+            return None
+        if self.number > 0:
+            if not self.variant.budget.try_spend():
+                self.metrics.retry_budget_exhausted.labels(*self.labels).inc()
+                return None
+            self.metrics.retries.labels(*self.labels).inc()
+        self.number += 1
+        self.tried.add(endpoint)
+        self.pool.acquire(endpoint)
+        return endpoint, remaining
+
+    def failed(self, endpoint: Endpoint, err: UpstreamError) -> None:
+        """No answer from ``endpoint``; raises for a timeout (never retried)."""
+        _strike(self.pool, endpoint, self.variant, self.metrics)
+        self.metrics.upstream.labels(*self.labels, endpoint.address, err.kind).inc()
+        self.last_error = str(err)
+        if err.kind == "timeout":
+            raise UpstreamTimeout(f"{self.variant.service}/{self.variant.name}: {err}") from None
+
+    def answered(self, endpoint: Endpoint, started: float, answer: T) -> bool:
+        """Record ``answer``; True when it is the one to return."""
+        self.metrics.upstream_duration.labels(*self.labels, endpoint.address).observe(
+            time.perf_counter() - started)
+        verdict, outcome = self.classify(answer)
+        self.metrics.upstream.labels(*self.labels, endpoint.address, outcome).inc()
+        if verdict == "ok":
+            self.pool.record_success(endpoint)
+            return True
+        _strike(self.pool, endpoint, self.variant, self.metrics)
+        if verdict == "failed":
+            return True
+        self.last_answer, self.have_answer = answer, True
+        return False
+
+    def result(self) -> T:
+        """After the last attempt: the last retryable answer, else UpstreamUnavailable."""
+        if self.have_answer:
+            return self.last_answer  # type: ignore[return-value]
+        raise UpstreamUnavailable(f"no endpoint of {self.variant.service}/{self.variant.name} "
+                                  f"answered: {self.last_error}")
+
+
 async def call_variant(*, variant: VariantRoute, pool: Pool, max_attempts: int, deadline: float,
                        attempt: Callable[[Endpoint, float], Awaitable[T]],
                        classify: Callable[[T], tuple[Verdict, str]],
@@ -47,51 +115,41 @@ async def call_variant(*, variant: VariantRoute, pool: Pool, max_attempts: int, 
     ``classify`` maps an answer to a verdict and an outcome label (e.g. the status code).
     Raises :class:`UpstreamUnavailable` when no attempt produced an answer.
     """
-    labels = (variant.service, variant.name)
-    variant.budget.deposit()
-    tried: set[Endpoint] = set()
-    last_answer: T | None = None
-    have_answer = False
-    last_error = "no endpoints configured for this protocol"
-    for number in range(max_attempts):
-        endpoint = pool.choose(tried)
-        remaining = deadline - time.monotonic()
-        if endpoint is None or remaining <= 0:
-            break
-        if number > 0:
-            if not variant.budget.try_spend():
-                metrics.retry_budget_exhausted.labels(*labels).inc()
-                break
-            metrics.retries.labels(*labels).inc()
-        tried.add(endpoint)
-        endpoint.outstanding += 1
+    run = _Attempts(variant, pool, max_attempts, deadline, classify, metrics)
+    while (step := run.next()) is not None:
+        endpoint, remaining = step
         started = time.perf_counter()
         try:
             answer = await attempt(endpoint, remaining)
         except UpstreamError as err:
-            _strike(pool, endpoint, variant, metrics)
-            metrics.upstream.labels(*labels, endpoint.address, err.kind).inc()
-            last_error = str(err)
-            if err.kind == "timeout":
-                raise UpstreamTimeout(f"{variant.service}/{variant.name}: {err}") from None
+            run.failed(endpoint, err)
             continue
         finally:
-            endpoint.outstanding -= 1
-        metrics.upstream_duration.labels(*labels, endpoint.address).observe(
-            time.perf_counter() - started)
-        verdict, outcome = classify(answer)
-        metrics.upstream.labels(*labels, endpoint.address, outcome).inc()
-        if verdict == "ok":
-            pool.record_success(endpoint)
+            pool.release(endpoint)
+        if run.answered(endpoint, started, answer):
             return answer
-        _strike(pool, endpoint, variant, metrics)
-        if verdict == "failed":
+    return run.result()
+
+
+def call_variant_blocking(*, variant: VariantRoute, pool: Pool, max_attempts: int,
+                          deadline: float, attempt: Callable[[Endpoint, float], T],
+                          classify: Callable[[T], tuple[Verdict, str]],
+                          metrics: RouterMetrics) -> T:
+    """:func:`call_variant` for a thread that waits on its upstream call (the gRPC edge)."""
+    run = _Attempts(variant, pool, max_attempts, deadline, classify, metrics)
+    while (step := run.next()) is not None:
+        endpoint, remaining = step
+        started = time.perf_counter()
+        try:
+            answer = attempt(endpoint, remaining)
+        except UpstreamError as err:
+            run.failed(endpoint, err)
+            continue
+        finally:
+            pool.release(endpoint)
+        if run.answered(endpoint, started, answer):
             return answer
-        last_answer, have_answer = answer, True
-    if have_answer:
-        return last_answer  # type: ignore[return-value]
-    raise UpstreamUnavailable(f"no endpoint of {variant.service}/{variant.name} answered: "
-                              f"{last_error}")
+    return run.result()
 
 
 def _strike(pool: Pool, endpoint: Endpoint, variant: VariantRoute, metrics: RouterMetrics) -> None:

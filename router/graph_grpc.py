@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -63,31 +65,40 @@ class GrpcGraphs:
         self.executor = executor or GraphExecutor(router)
         self.wire = GrpcWire(router)
 
-    async def serve(self, graph: Graph, request: bytes, context: Any) -> bytes:
+    async def serve(self, graph: Graph, request: bytes, invocation_metadata: Sequence[Any],
+                    budget: float | None) -> GraphOutcome:
+        """Run ``graph`` for one call, given the call's metadata and time left (None: no
+        deadline); the edge's thread turns the outcome into the gRPC answer."""
         metadata: list[tuple[str, Any]] = [
-            (k, v) for k, v in context.invocation_metadata() or ()
+            (k, v) for k, v in invocation_metadata
             if not k.startswith(":") and k not in _DROP_METADATA]
         rid = next((v for k, v in metadata if k == REQUEST_ID and isinstance(v, str)), None)
         if rid is None:
             rid = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
             metadata.append((REQUEST_ID, rid))
-        failure: tuple[grpc.StatusCode, str] | None = None
+        trailing = ((REQUEST_ID, rid),)
         try:
             answer = await self.executor.run(graph, GrpcAnswer(_OK, "", request), self.wire,
-                                             headers=metadata, budget=context.time_remaining())
+                                             headers=metadata, budget=budget)
         except StepFailed as failed:
             if failed.error is not None:
                 failure = grpc.StatusCode[failed.error.grpc_code], str(failed.error)
             else:
                 assert failed.answer is not None
                 failure = failed.answer.code, failed.answer.details
+            return GraphOutcome(b"", failure, trailing)
         except TurnoutError as err:
-            failure = grpc.StatusCode[err.grpc_code], str(err)
-        context.set_trailing_metadata(((REQUEST_ID, rid),))
-        if failure is not None:
-            await context.abort(*failure)
-            raise AssertionError("abort returned")
-        return with_name_version(answer.body, graph.name, None)
+            return GraphOutcome(b"", (grpc.StatusCode[err.grpc_code], str(err)), trailing)
+        return GraphOutcome(with_name_version(answer.body, graph.name, None), None, trailing)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphOutcome:
+    """One graph call's answer: the body, or the status to abort with; and trailing metadata."""
+
+    body: bytes
+    failure: tuple[grpc.StatusCode, str] | None
+    trailing: tuple[tuple[str, str], ...]
 
 
 class GrpcWire:

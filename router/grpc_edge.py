@@ -4,17 +4,26 @@ A generic handler receives every RPC as bytes (no deserializer). For ModelInfer,
 and ModelMetadata the router reads fields 1/2 (model name, version) from the wire bytes,
 picks a variant with the same rules as REST (gRPC metadata plays the part of headers),
 rewrites the name/version by appending fields when the variant needs it, and forwards the
-bytes on one HTTP/2 channel per endpoint. Tensors are never decoded on the primary path.
+bytes to an endpoint. Tensors are never decoded on the primary path.
 Server-level RPCs (live, ready, metadata) are answered by the router itself; repository RPCs
-are administration of one model server and are not proxied. ModelInfer for a graph's name is
-handed to ``graph_grpc.py``, whose steps call variants through :func:`grpc_attempt` as well.
+are administration of one model server and are not proxied.
+
+Concurrency: the edge is grpcio's threaded server, and a handler thread waits on its upstream
+call (a threaded-client channel per endpoint). py-spy put ~80% of a grpc.aio edge's CPU in
+grpc.aio's own machinery; threads handle about twice the calls per core
+(``loadtests/router_hop/RESULTS.md``). Routing state shared with the event loop is locked
+where it is updated (``balance.py``, ``table.py``). What needs the loop goes there: ModelInfer
+for a graph's name runs ``graph_grpc.py`` on the loop (its steps use the loop's grpc.aio
+channels) while the thread waits, and shadow copies are started there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +35,9 @@ from serving.protocol.errors import InvalidInput, Overloaded, TurnoutError
 from .balance import Endpoint
 from .client import UpstreamError
 from .compare import Comparison, compare_outputs, grpc_outputs
+from .config import Graph
 from .core import Router
-from .forward import Verdict, call_variant
+from .forward import Verdict, call_variant, call_variant_blocking
 from .http_util import VARIANT_HEADER
 from .rewrite import read_name_version, with_name_version
 from .shadow import PrimaryAnswer
@@ -60,7 +70,8 @@ Attempt = Callable[[Endpoint, float], Awaitable[GrpcAnswer]]
 
 def grpc_attempt(router: Router, method: str, message: bytes,
                  metadata: Sequence[tuple[str, Any]]) -> Attempt:
-    """One call of ``method`` with ``message`` on one endpoint, for :func:`call_variant`.
+    """One call of ``method`` with ``message`` on one endpoint, for :func:`call_variant`
+    on the event loop (graph steps, shadow copies).
 
     A status other than OK is an answer (classified by :func:`classify_grpc`); the upstream's
     DEADLINE_EXCEEDED is a timeout, never retried.
@@ -70,50 +81,86 @@ def grpc_attempt(router: Router, method: str, message: bytes,
         try:
             body = await call(message, timeout=remaining, metadata=metadata)
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise UpstreamError("timeout", f"{endpoint.address} did not answer within "
-                                               f"{remaining:.3g}s ({err.details()})") from None
-            return GrpcAnswer(err.code(), err.details() or "", b"")
+            return _failed_call(endpoint, remaining, err)
         return GrpcAnswer(grpc.StatusCode.OK, "", body)
     return attempt
 
 
+def blocking_attempt(router: Router, method: str, message: bytes,
+                     metadata: Sequence[tuple[str, Any]]) -> Callable[[Endpoint, float], GrpcAnswer]:
+    """:func:`grpc_attempt` for the edge's threads, on the router's threaded-client channels."""
+    def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
+        call = router.blocking_call(endpoint.address, method)
+        try:
+            body = call(message, timeout=remaining, metadata=metadata)
+        except grpc.RpcError as err:
+            return _failed_call(endpoint, remaining, err)  # type: ignore[arg-type]
+        return GrpcAnswer(grpc.StatusCode.OK, "", body)
+    return attempt
+
+
+def _failed_call(endpoint: Endpoint, remaining: float, err: grpc.Call) -> GrpcAnswer:
+    if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        raise UpstreamError("timeout", f"{endpoint.address} did not answer within "
+                                       f"{remaining:.3g}s ({err.details()})") from None
+    return GrpcAnswer(err.code(), err.details() or "", b"")
+
+
+def _message_for(variant: VariantRoute, request: bytes, version: str) -> bytes:
+    """The request as ``variant``'s endpoints must see it: their model name, its pinned version."""
+    pinned = variant.spec.version if variant.spec.version and variant.spec.version != version \
+        else None
+    return with_name_version(request, variant.model if variant.renamed else None, pinned)
+
+
 class GrpcEdge(grpc.GenericRpcHandler):
-    def __init__(self, router: Router) -> None:
+    """The generic handler; its methods run on grpcio's handler threads."""
+
+    def __init__(self, router: Router, loop: asyncio.AbstractEventLoop) -> None:
         from .graph_grpc import GrpcGraphs  # builds on this module's calls, so imported late
 
         self.router = router
+        self.loop = loop
         self.graphs = GrpcGraphs(router)
         ready_false = proto.ServerReadyResponse(ready=False).SerializeToString()
-        self._local = {
+        server_metadata = proto.ServerMetadataResponse(
+            name="turnout-router", version="0.1.0").SerializeToString()
+        local: dict[str, Callable[[], bytes]] = {
             "ServerLive": lambda: b"\x08\x01",
             "ServerReady": lambda: b"\x08\x01" if router.ready else ready_false,
-            "ServerMetadata": lambda: proto.ServerMetadataResponse(
-                name="turnout-router", version="0.1.0").SerializeToString(),
+            "ServerMetadata": lambda: server_metadata,
         }
+        # grpcio asks for a handler on every call: build each once.
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for rpc in _ROUTED:
+            self._handlers[rpc] = grpc.unary_unary_rpc_method_handler(self._routed_handler(rpc))
+        for rpc, answer in local.items():
+            self._handlers[rpc] = grpc.unary_unary_rpc_method_handler(
+                lambda request, context, answer=answer: answer())
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         prefix, _, name = details.method.rpartition("/")  # type: ignore[attr-defined]
         if prefix != "/" + SERVICE:
             return None
-        if name in _ROUTED:
-            async def routed(request: bytes, context: Any) -> bytes:
-                return await self._routed(name, request, context)
-            return grpc.unary_unary_rpc_method_handler(routed)
-        if name in self._local:
-            answer = self._local[name]
+        handler = self._handlers.get(name)
+        if handler is not None:
+            return handler
 
-            async def local(request: bytes, context: Any) -> bytes:
-                return answer()
-            return grpc.unary_unary_rpc_method_handler(local)
-
-        async def refused(request: bytes, context: Any) -> bytes:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                f"{name} is not proxied by the router; call the model server")
+        def refused(request: bytes, context: grpc.ServicerContext) -> bytes:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                          f"{name} is not proxied by the router; call the model server")
             raise AssertionError("abort returned")
         return grpc.unary_unary_rpc_method_handler(refused)
 
-    async def _routed(self, rpc: str, request: bytes, context: Any) -> bytes:
+    def _routed_handler(self, rpc: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        method = f"/{SERVICE}/{rpc}"
+
+        def routed(request: bytes, context: grpc.ServicerContext) -> bytes:
+            return self._routed(rpc, method, request, context)
+        return routed
+
+    def _routed(self, rpc: str, method: str, request: bytes,
+                context: grpc.ServicerContext) -> bytes:
         started = time.perf_counter()
         service_label = variant_label = ""
         try:
@@ -123,7 +170,7 @@ class GrpcEdge(grpc.GenericRpcHandler):
             except ValueError as exc:
                 raise InvalidInput(f"malformed {rpc} request: {exc}") from None
             if rpc == "ModelInfer" and model in table.graphs:
-                return await self.graphs.serve(table.graphs[model], request, context)
+                return self._graph(table.graphs[model], request, context)
             service = table.service(model)
             service_label = service.name
             metadata = [(k, v) for k, v in context.invocation_metadata() or ()
@@ -131,63 +178,68 @@ class GrpcEdge(grpc.GenericRpcHandler):
             headers = {k: v for k, v in metadata if isinstance(v, str)}
             variant, _ = table.pick(service, headers)
             variant_label = variant.name
-            answer = await self._forward(rpc, service, variant, request, version, metadata,
-                                         context)
+            answer = self._forward(rpc, method, service, variant, request, version, metadata,
+                                   context)
         except TurnoutError as err:
             if isinstance(err, Overloaded):
                 self.router.metrics.rejected.labels(service_label, variant_label).inc()
             self._count(service_label, variant_label, err.grpc_code, started)
-            await context.abort(grpc.StatusCode[err.grpc_code], str(err))
+            context.abort(grpc.StatusCode[err.grpc_code], str(err))
             raise AssertionError("abort returned") from None
         self._count(service_label, variant_label, answer.code.name, started)
         # Trailing metadata rides with the status; initial metadata would be a separate send
         # (py-spy: a sixth of the gRPC hop's CPU).
         context.set_trailing_metadata(((VARIANT_HEADER, variant.name),))
         if answer.code != grpc.StatusCode.OK:
-            await context.abort(answer.code, answer.details)
+            context.abort(answer.code, answer.details)
         if variant.renamed and rpc in _RENAME_RESPONSE:
             return with_name_version(answer.body, service.name, None)
         return answer.body
 
-    async def _forward(self, rpc: str, service: ServiceRoute, variant: VariantRoute,
-                       request: bytes, version: str, metadata: list[tuple[str, Any]],
-                       context: Any) -> GrpcAnswer:
-        method = f"/{SERVICE}/{rpc}"
+    def _graph(self, graph: Graph, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Run the graph on the event loop while this thread waits for its outcome."""
+        outcome = asyncio.run_coroutine_threadsafe(self.graphs.serve(
+            graph, request, list(context.invocation_metadata() or ()), context.time_remaining()),
+            self.loop).result()
+        context.set_trailing_metadata(outcome.trailing)
+        if outcome.failure is not None:
+            context.abort(*outcome.failure)
+        return outcome.body
+
+    def _forward(self, rpc: str, method: str, service: ServiceRoute, variant: VariantRoute,
+                 request: bytes, version: str, metadata: list[tuple[str, Any]],
+                 context: grpc.ServicerContext) -> GrpcAnswer:
         budget = service.upstream.timeout_seconds
         remaining = context.time_remaining()
         if remaining is not None:
             budget = min(budget, remaining)
         deadline = time.monotonic() + budget
-
-        def message_for(v: VariantRoute) -> bytes:
-            pinned = v.spec.version if v.spec.version and v.spec.version != version else None
-            return with_name_version(request, v.model if v.renamed else None, pinned)
-
-        def attempt_on(v: VariantRoute) -> Attempt:
-            return grpc_attempt(self.router, method, message_for(v), metadata)
-
         variant.gate.enter(f"variant {variant.name} of {service.name}")
         primary: PrimaryAnswer[GrpcAnswer] | None = None
         try:
             if rpc == "ModelInfer" and service.mirrors:
-                primary = PrimaryAnswer()
-                self._mirror(service, variant, primary, attempt_on)
-            answer = await call_variant(
+                primary = PrimaryAnswer(self.loop)
+                self.loop.call_soon_threadsafe(self._mirror, service, variant, primary, method,
+                                               request, version, metadata)
+            answer = call_variant_blocking(
                 variant=variant, pool=variant.grpc, max_attempts=service.upstream.max_attempts,
-                deadline=deadline, attempt=attempt_on(variant), classify=classify_grpc,
-                metrics=self.router.metrics)
+                deadline=deadline, attempt=blocking_attempt(
+                    self.router, method, _message_for(variant, request, version), metadata),
+                classify=classify_grpc, metrics=self.router.metrics)
         except BaseException:
             if primary is not None:
-                primary.set(None)
+                primary.set_threadsafe(None)
             raise
         finally:
             variant.gate.leave()
         if primary is not None:
-            primary.set(answer)
+            primary.set_threadsafe(answer)
         return answer
 
     def _mirror(self, service: ServiceRoute, serving: VariantRoute,
-                primary: PrimaryAnswer[GrpcAnswer], attempt_on: Any) -> None:
+                primary: PrimaryAnswer[GrpcAnswer], method: str, request: bytes, version: str,
+                metadata: list[tuple[str, Any]]) -> None:
+        """Start the shadow copies of one call; runs on the event loop."""
         shadower = self.router.shadower
         for mirror, shadow in service.mirrors:
             # A copy to the variant that answers anyway would only agree with itself.
@@ -195,10 +247,13 @@ class GrpcEdge(grpc.GenericRpcHandler):
                     or not shadower.wanted(mirror):
                 continue
             deadline = time.monotonic() + mirror.timeout_seconds
+            attempt = grpc_attempt(self.router, method, _message_for(shadow, request, version),
+                                   metadata)
 
-            async def send(shadow: VariantRoute = shadow, deadline: float = deadline) -> GrpcAnswer:
+            async def send(shadow: VariantRoute = shadow, deadline: float = deadline,
+                           attempt: Attempt = attempt) -> GrpcAnswer:
                 return await call_variant(variant=shadow, pool=shadow.grpc, max_attempts=1,
-                                          deadline=deadline, attempt=attempt_on(shadow),
+                                          deadline=deadline, attempt=attempt,
                                           classify=classify_grpc, metrics=self.router.metrics)
 
             shadower.start(mirror=mirror, variant=shadow, send=send, primary=primary,
@@ -217,19 +272,25 @@ def _compare(primary: GrpcAnswer, shadow: GrpcAnswer) -> Comparison | None:
     return compare_outputs(grpc_outputs(primary.body), grpc_outputs(shadow.body))
 
 
-async def build_grpc_server(router: Router, *, host: str, port: int,
-                            max_payload_bytes: int) -> grpc.aio.Server:
-    """The public gRPC server with the proxy and ``grpc.health.v1``; not started yet."""
+def build_grpc_server(router: Router, *, host: str, port: int, max_payload_bytes: int,
+                      threads: int) -> grpc.Server:
+    """The public gRPC server with the proxy and ``grpc.health.v1``; not started yet.
+
+    Call from the router's event loop (graphs and shadows are handed to it). ``threads`` calls
+    are forwarded at once; grpcio queues up to 16 times as many and refuses more with
+    RESOURCE_EXHAUSTED at once, so a stalled upstream cannot queue calls without bound.
+    """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", max_payload_bytes),
-        ("grpc.max_send_message_length", max_payload_bytes),
-    ])
-    server.add_generic_rpc_handlers((GrpcEdge(router),))
-    health_servicer = health.aio.HealthServicer()
+    server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="grpc-edge"),
+                         maximum_concurrent_rpcs=16 * threads, options=[
+                             ("grpc.max_receive_message_length", max_payload_bytes),
+                             ("grpc.max_send_message_length", max_payload_bytes),
+                         ])
+    server.add_generic_rpc_handlers((GrpcEdge(router, asyncio.get_running_loop()),))
+    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server.add_insecure_port(f"{host}:{port}")
     return server

@@ -66,7 +66,7 @@ class RouterServer:
         self._client = client
         self.router: Router | None = None
         self._http: list[_UvicornServer] = []
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: grpc.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -87,9 +87,10 @@ class RouterServer:
         for server in self._http:
             self._tasks.append(asyncio.create_task(server.serve()))
         if s.grpc_port:
-            self._grpc = await build_grpc_server(router, host=s.host, port=s.grpc_port,
-                                                 max_payload_bytes=s.max_payload_bytes)
-            await self._grpc.start()
+            self._grpc = build_grpc_server(router, host=s.host, port=s.grpc_port,
+                                           max_payload_bytes=s.max_payload_bytes,
+                                           threads=s.grpc_threads)
+            self._grpc.start()
         self._tasks.append(asyncio.create_task(router.run_health_checks()))
         if s.reload_poll_seconds:
             self._tasks.append(asyncio.create_task(
@@ -114,7 +115,8 @@ class RouterServer:
             server.should_exit = True
         waits: list[asyncio.Future[object] | asyncio.Task[None]] = list(self._tasks[:len(self._http)])
         if self._grpc is not None:
-            waits.append(asyncio.ensure_future(self._grpc.stop(grace=self.settings.drain_seconds)))
+            stopped = self._grpc.stop(grace=self.settings.drain_seconds)
+            waits.append(asyncio.get_running_loop().run_in_executor(None, stopped.wait))
         await asyncio.gather(*waits, return_exceptions=True)
         for task in self._tasks:
             task.cancel()

@@ -23,6 +23,8 @@ class RouterSettings(BaseSettings):
     admin_host: str = Field("127.0.0.1", description="Admin API bind address; loopback because "
                             "whoever reaches it can redirect all traffic")
     admin_port: int = Field(8090, ge=0, description="Admin API port; 0 disables it")
+    grpc_threads: int = Field(64, ge=1, description="gRPC calls forwarded at once (handler "
+                              "threads); up to 16x more wait, beyond that RESOURCE_EXHAUSTED")
     max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                    description="Largest request, REST and gRPC alike (bytes)")
     reload_poll_seconds: float = Field(2.0, ge=0, description="How often the routes file's "

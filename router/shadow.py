@@ -25,14 +25,22 @@ A = TypeVar("A")
 
 
 class PrimaryAnswer(Generic[A]):
-    """The primary answer as the shadow task will see it; set once by the edge."""
+    """The primary answer as the shadow task will see it; set once by the edge.
 
-    def __init__(self) -> None:
-        self.future: asyncio.Future[A | None] = asyncio.get_running_loop().create_future()
+    The gRPC edge runs on threads: it passes the router's loop and sets the answer with
+    :meth:`set_threadsafe`; the loop-side edges use :meth:`set`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.future: asyncio.Future[A | None] = self.loop.create_future()
 
     def set(self, answer: A | None) -> None:
         if not self.future.done():
             self.future.set_result(answer)
+
+    def set_threadsafe(self, answer: A | None) -> None:
+        self.loop.call_soon_threadsafe(self.set, answer)
 
 
 class Shadower:

@@ -10,6 +10,7 @@ the pending cap while old requests still hold slots.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,18 +24,25 @@ from .decide import choose_variant, parse_cookies
 
 @dataclass(eq=False)
 class Gate:
-    """Pending requests of one variant, capped: over the cap the router answers 429 at once."""
+    """Pending requests of one variant, capped: over the cap the router answers 429 at once.
+
+    Locked: the event loop (REST, graphs) and the gRPC edge's threads share it.
+    """
 
     limit: int
     pending: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def enter(self, what: str) -> None:
-        if self.pending >= self.limit:
-            raise Overloaded(f"{what} has {self.pending} requests pending; the limit is {self.limit}")
-        self.pending += 1
+        with self._lock:
+            if self.pending >= self.limit:
+                raise Overloaded(f"{what} has {self.pending} requests pending; "
+                                 f"the limit is {self.limit}")
+            self.pending += 1
 
     def leave(self) -> None:
-        self.pending -= 1
+        with self._lock:
+            self.pending -= 1
 
 
 @dataclass(eq=False)

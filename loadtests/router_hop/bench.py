@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--models", nargs="+", default=["mlp", "xgb"], choices=list(models.MODELS))
+    ap.add_argument("--protocols", nargs="+", default=["REST", "gRPC"], choices=["REST", "gRPC"])
     ap.add_argument("--server-cpu", type=int, default=0)
-    ap.add_argument("--router-cpu", type=int, default=1, help="core of the router and h2load")
+    ap.add_argument("--router-cpu", type=int, default=1, help="core of the router")
+    ap.add_argument("--load-cpu", type=int, default=None,
+                    help="core of h2load (default: the router's)")
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="JSON lines file (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server_cpu = None if args.no_pin else args.server_cpu
     router_cpu = None if args.no_pin else args.router_cpu
+    load_cpu = None if args.no_pin else (router_cpu if args.load_cpu is None else args.load_cpu)
 
     work = Path(tempfile.mkdtemp(prefix="turnout-hop-"))
     repo = work / "models"
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         _wait_ready(f"http://127.0.0.1:{rp}/v2/health/ready")
         cells = [(name, protocol, load.build_payloads(work / "payloads", name, 1)[key])
                  for name in args.models for protocol, key in (("REST", "rest-json"),
-                                                               ("gRPC", "grpc"))]
+                                                               ("gRPC", "grpc"))
+                 if protocol in args.protocols]
         for model, protocol, payload in cells:
             ports = (sg, rg) if protocol == "gRPC" else (sp, rp)
             expected = {port: load.probe(payload, port) for port in ports}
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          ("router", (rp, rg))):
                         port = grpc_port if protocol == "gRPC" else http_port
                         result = load.run_h2load(payload, port, concurrency, args.duration,
-                                                 args.warmup, router_cpu, expected[port])
+                                                 args.warmup, load_cpu, expected[port])
                         if not result.get("ok") or result["errors"]:
                             raise RuntimeError(f"{protocol} {path} c={concurrency}: {result}")
                         result.update(model=model, protocol=protocol, path=path,
@@ -137,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         _stop(router)
         _stop(server)
     print(f"\nbatch 1, h2load {args.duration:g}s x {args.reps} (medians), "
-          f"server on cpu {server_cpu}, router + h2load on cpu {router_cpu}; raw: {out}")
+          f"server on cpu {server_cpu}, router on cpu {router_cpu}, h2load on cpu {load_cpu}; "
+          f"raw: {out}")
     print("| model | protocol | concurrency | direct req/s | router req/s | loss | direct p50 ms | "
           "router p50 ms | added p50 ms | direct p99 ms | router p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

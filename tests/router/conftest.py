@@ -109,7 +109,8 @@ class RouterThread:
     """A :class:`RouterServer` on its own event loop in a daemon thread, on free loopback ports."""
 
     def __init__(self, config: RouterConfig | dict[str, Any], tmp: Path, *,
-                 max_payload_bytes: int = 1 << 20, grpc: bool = True) -> None:
+                 max_payload_bytes: int = 1 << 20, grpc: bool = True,
+                 grpc_threads: int = 8) -> None:
         self.config_path = tmp / f"routes-{free_port()}.yaml"
         doc = config if isinstance(config, dict) else config.model_dump(mode="json", by_alias=True,
                                                                         exclude_none=True)
@@ -118,19 +119,20 @@ class RouterThread:
         # connection can take it meanwhile (EADDRINUSE); such a start is retried on new ports.
         for attempt in range(3):
             try:
-                self._start(max_payload_bytes, grpc)
+                self._start(max_payload_bytes, grpc, grpc_threads)
                 return
             except RuntimeError as exc:
                 if attempt == 2 or not any(sign in _causes(exc) for sign in _BIND_FAILED):
                     raise
 
-    def _start(self, max_payload_bytes: int, grpc: bool) -> None:
+    def _start(self, max_payload_bytes: int, grpc: bool, grpc_threads: int) -> None:
         self.http_port, self.admin_port = free_port(), free_port()
         self.grpc_port = free_port() if grpc else 0
         self.registry = CollectorRegistry()
         settings = RouterSettings(config=self.config_path, http_port=self.http_port,
                                   grpc_port=self.grpc_port, admin_port=self.admin_port,
                                   max_payload_bytes=max_payload_bytes, reload_poll_seconds=0,
+                                  grpc_threads=grpc_threads,
                                   drain_seconds=2)
         self.server = RouterServer(settings, registry=self.registry)
         self.url = f"http://127.0.0.1:{self.http_port}"

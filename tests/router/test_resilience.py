@@ -250,3 +250,124 @@ def test_admin_status_and_unknown_service(upstreams, router_cls, tmp_path):
         assert httpx.put(f"{r.admin}/services/m/weights", json={"default": 0}).status_code == 400
     finally:
         r.stop()
+
+
+def _slow_grpc_request(**fields) -> bytes:
+    from serving.protocol import proto
+
+    request = proto.ModelInferRequest(model_name="slow", **fields)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    request.raw_input_contents.append(np.asarray([[1, 2]], dtype=np.float32).tobytes())
+    return request.SerializeToString()
+
+
+def _concurrent_calls(infer, count: int, timeout: float) -> list[tuple[str, str, float]]:
+    """``count`` ModelInfer calls of the slow model at once: (code, details, seconds to end)."""
+    import grpc
+
+    started = time.perf_counter()
+    calls = [infer.future(_slow_grpc_request(), timeout=timeout) for _ in range(count)]
+    finished: dict[int, float] = {}
+    for index, call in enumerate(calls):
+        call.add_done_callback(
+            lambda _, index=index: finished.setdefault(index, time.perf_counter()))
+    outcomes = []
+    for index, call in enumerate(calls):
+        try:
+            call.result()
+            code, details = "OK", ""
+        except grpc.RpcError as err:
+            code, details = err.code().name, err.details()
+        outcomes.append((code, details, finished[index] - started))
+    return outcomes
+
+
+def test_grpc_overload_beyond_the_pending_cap_is_resource_exhausted_at_once(
+        upstreams, router_cls, tmp_path):
+    import grpc
+
+    r = router_cls({"services": [{"name": "slow", "variants": [
+        {"name": "default", "weight": 1, "grpc": [upstreams["a1"].grpc_url]}],
+        "upstream": {"max_pending": 4, "timeout_seconds": 10}}]}, tmp_path, grpc_threads=16)
+    channel = grpc.insecure_channel(r.grpc_url)
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    try:
+        outcomes = _concurrent_calls(infer, 12, timeout=10)
+        for code, details, elapsed in outcomes:
+            if code != "OK":
+                assert code == "RESOURCE_EXHAUSTED" and "limit is 4" in details
+                assert elapsed < 0.9  # refused before any answer
+        refused = sum(code == "RESOURCE_EXHAUSTED" for code, _, _ in outcomes)
+        assert 1 <= 12 - refused <= 4 + 1 and refused >= 7
+        assert r.sample("turnout_router_overload_rejections_total", service="slow",
+                        variant="default") == refused
+        variant = r.server.router.table.services["slow"].variants["default"]
+        assert variant.gate.pending == 0  # the handler threads gave every slot back
+    finally:
+        channel.close()
+        r.stop()
+
+
+def test_grpc_calls_beyond_the_edge_queue_are_refused_by_grpcio(upstreams, router_cls,
+                                                                 tmp_path):
+    """One handler thread queues at most 16 calls; the next ones are refused at once."""
+    import grpc
+
+    r = router_cls({"services": [{"name": "slow", "variants": [
+        {"name": "default", "weight": 1, "grpc": [upstreams["a1"].grpc_url]}],
+        "upstream": {"timeout_seconds": 0.3}}]}, tmp_path, grpc_threads=1)
+    channel = grpc.insecure_channel(r.grpc_url)
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    try:
+        outcomes = _concurrent_calls(infer, 22, timeout=1.0)
+        codes = [code for code, _, _ in outcomes]
+        assert all(elapsed < 0.5 for code, _, elapsed in outcomes if code == "RESOURCE_EXHAUSTED")
+        assert codes.count("RESOURCE_EXHAUSTED") == 22 - 16
+        assert "OK" not in codes  # the 1 s model never answers within 0.3 s
+    finally:
+        channel.close()
+        r.stop()
+
+
+def test_rest_and_grpc_at_once_leave_no_slot_or_outstanding_count_behind(
+        upstreams, router_cls, tmp_path):
+    """The event loop (REST) and the gRPC edge's threads update the same gate and endpoint
+    counters; a lost update would leave a slot taken or skew power-of-two choices forever."""
+    import grpc
+
+    a1, a2 = upstreams["a1"], upstreams["a2"]
+    r = router_cls({"services": [{"name": "m", "variants": [
+        {"name": "default", "weight": 1, "http": [a1.url, a2.url],
+         "grpc": [a1.grpc_url, a2.grpc_url]}]}]}, tmp_path, grpc_threads=16)
+    from serving.protocol import proto
+
+    request = proto.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    request.raw_input_contents.append(np.asarray([[1.5, -2.0]], dtype=np.float32).tobytes())
+    message = request.SerializeToString()
+    channel = grpc.insecure_channel(r.grpc_url)
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    rest = httpx.Client(timeout=30)
+
+    def grpc_calls(_: int) -> int:
+        return sum(len(infer(message, timeout=30)) > 0 for _ in range(60))
+
+    def rest_calls(_: int) -> int:
+        return sum(rest.post(f"{r.url}/v2/models/m/infer", json=BODY).status_code == 200
+                   for _ in range(60))
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            done = list(pool.map(grpc_calls, range(8))) + list(pool.map(rest_calls, range(4)))
+        assert done == [60] * 12
+        variant = r.server.router.table.services["m"].variants["default"]
+        assert variant.gate.pending == 0
+        assert [e.outstanding for e in variant.http.endpoints + variant.grpc.endpoints] == [0] * 4
+        labels = {"service": "m", "variant": "default", "code": "OK"}
+        assert r.sample("turnout_router_requests_total", **labels, protocol="grpc") == 480
+        assert r.sample("turnout_router_requests_total", service="m", variant="default",
+                        protocol="rest", code="200") == 240
+    finally:
+        rest.close()
+        channel.close()
+        r.stop()
