@@ -22,6 +22,7 @@ from .balance import Endpoint
 from .client import HttpClient, UpstreamResponse
 from .config import RouterConfig
 from .forward import Verdict, call_variant
+from .h1blocking import BlockingH1Client
 from .metrics import RouterMetrics
 from .shadow import Shadower
 from .table import RoutingTable, VariantRoute, build_table
@@ -35,7 +36,11 @@ BLOCKING_CHANNELS = 2  # threaded-client gRPC connections per endpoint
 
 
 def classify_http(response: UpstreamResponse) -> tuple[Verdict, str]:
-    status = response.status
+    return classify_status(response.status)
+
+
+def classify_status(status: int) -> tuple[Verdict, str]:
+    """What an upstream's HTTP status means for retries and ejection, and its outcome label."""
     if status in RETRY_STATUSES:
         return "retry", str(status)
     if status in STRIKE_STATUSES:
@@ -54,6 +59,8 @@ class Router:
         self._blocking: dict[str, list[grpc.Channel]] = {}
         self._calls: dict[tuple[str, str], Iterator[Callable[..., Any]]] = {}
         self._blocking_lock = threading.Lock()
+        # the gRPC edge's threads reach REST endpoints through this (upstream.grpc_via_http)
+        self.blocking_http = BlockingH1Client(connect_timeout=config.upstream.connect_timeout_seconds)
         self.table: RoutingTable = build_table(config)
         self.ready = True
 
@@ -186,6 +193,7 @@ class Router:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self.blocking_http.close()
         with self._blocking_lock:
             for channels in self._blocking.values():
                 for blocking in channels:

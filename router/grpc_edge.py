@@ -28,17 +28,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import orjson
 
 from serving.protocol import proto
-from serving.protocol.errors import InvalidInput, Overloaded, TurnoutError
+from serving.protocol.codec_grpc import PROTOBUF_CONTENT_TYPE
+from serving.protocol.errors import STATUS, InvalidInput, Overloaded, TurnoutError
 
 from .balance import Endpoint
 from .client import UpstreamError
 from .compare import Comparison, compare_outputs, grpc_outputs
 from .config import Graph
-from .core import Router
+from .core import Router, classify_status
 from .forward import Verdict, call_variant, call_variant_blocking
-from .http_util import VARIANT_HEADER
+from .http_util import HOP_BY_HOP, VARIANT_HEADER
 from .rewrite import read_name_version, with_name_version
 from .shadow import PrimaryAnswer
 from .table import ServiceRoute, VariantRoute
@@ -47,6 +49,9 @@ log = logging.getLogger("turnout.router.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 _ROUTED = frozenset({"ModelInfer", "ModelReady", "ModelMetadata"})
+# gRPC clients (h2load, some proxies) send these as metadata; over HTTP/1.1 they would
+# describe the wrong message or connection.
+_NOT_HTTP_HEADERS = HOP_BY_HOP | {"content-type", "content-length"}
 _RENAME_RESPONSE = frozenset({"ModelInfer", "ModelMetadata"})  # their field 1 is the model name
 _DROP_METADATA = frozenset({"user-agent", "content-type", "te", "grpc-timeout", "grpc-encoding",
                             "grpc-accept-encoding"})
@@ -57,12 +62,22 @@ class GrpcAnswer:
     code: grpc.StatusCode
     details: str
     body: bytes
+    http_status: int = 0  # set when the answer came as protobuf over HTTP
 
 
 def classify_grpc(answer: GrpcAnswer) -> tuple[Verdict, str]:
     if answer.code == grpc.StatusCode.UNAVAILABLE:
         return "retry", answer.code.name
     return "ok", answer.code.name
+
+
+def classify_protobuf_http(answer: GrpcAnswer) -> tuple[Verdict, str]:
+    """As REST answers from the same endpoints are classified (retry 503, strike 502/504)."""
+    return classify_status(answer.http_status)
+
+
+# The model server's HTTP status for each error kind, back to its gRPC code (one code each).
+_CODE_OF_STATUS = {status: grpc.StatusCode[code] for status, code in STATUS.values()}
 
 
 Attempt = Callable[[Endpoint, float], Awaitable[GrpcAnswer]]
@@ -99,11 +114,40 @@ def blocking_attempt(router: Router, method: str, message: bytes,
     return attempt
 
 
+def protobuf_http_attempt(router: Router, path: str, message: bytes,
+                          headers: list[tuple[str, str]]
+                          ) -> Callable[[Endpoint, float], GrpcAnswer]:
+    """One ModelInfer as protobuf over HTTP/1.1 on one REST endpoint of a Turnout model server;
+    an error answer becomes the status code and message its gRPC edge would have sent."""
+    def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
+        response = router.blocking_http.request(endpoint.address, path, headers=headers,
+                                                content_type=PROTOBUF_CONTENT_TYPE, body=message,
+                                                timeout=remaining)
+        status = response.status
+        if status == 200:
+            return GrpcAnswer(grpc.StatusCode.OK, "", response.body, status)
+        try:
+            details = str(orjson.loads(response.body)["error"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            details = response.body.decode("utf-8", "replace")
+        return GrpcAnswer(_CODE_OF_STATUS.get(status, grpc.StatusCode.UNKNOWN), details, b"",
+                          status)
+    return attempt
+
+
 def _failed_call(endpoint: Endpoint, remaining: float, err: grpc.Call) -> GrpcAnswer:
     if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         raise UpstreamError("timeout", f"{endpoint.address} did not answer within "
                                        f"{remaining:.3g}s ({err.details()})") from None
     return GrpcAnswer(err.code(), err.details() or "", b"")
+
+
+def _infer_path(variant: VariantRoute, version: str) -> str:
+    """The REST path a ModelInfer for ``version`` takes at ``variant``'s endpoints;
+    the model server takes the name and version from the path, so the message is not edited."""
+    pinned = variant.spec.version or version
+    return f"/v2/models/{variant.model}/versions/{pinned}/infer" if pinned \
+        else f"/v2/models/{variant.model}/infer"
 
 
 def _message_for(variant: VariantRoute, request: bytes, version: str) -> bytes:
@@ -221,11 +265,20 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 primary = PrimaryAnswer(self.loop)
                 self.loop.call_soon_threadsafe(self._mirror, service, variant, primary, method,
                                                request, version, metadata)
-            answer = call_variant_blocking(
-                variant=variant, pool=variant.grpc, max_attempts=service.upstream.max_attempts,
-                deadline=deadline, attempt=blocking_attempt(
-                    self.router, method, _message_for(variant, request, version), metadata),
-                classify=classify_grpc, metrics=self.router.metrics)
+            if rpc == "ModelInfer" and service.upstream.grpc_via_http and variant.http.endpoints:
+                answer = call_variant_blocking(
+                    variant=variant, pool=variant.http, max_attempts=service.upstream.max_attempts,
+                    deadline=deadline, attempt=protobuf_http_attempt(
+                        self.router, _infer_path(variant, version), request,
+                        [(k, v) for k, v in metadata
+                         if isinstance(v, str) and k not in _NOT_HTTP_HEADERS]),
+                    classify=classify_protobuf_http, metrics=self.router.metrics)
+            else:
+                answer = call_variant_blocking(
+                    variant=variant, pool=variant.grpc, max_attempts=service.upstream.max_attempts,
+                    deadline=deadline, attempt=blocking_attempt(
+                        self.router, method, _message_for(variant, request, version), metadata),
+                    classify=classify_grpc, metrics=self.router.metrics)
         except BaseException:
             if primary is not None:
                 primary.set_threadsafe(None)

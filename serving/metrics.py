@@ -8,54 +8,17 @@ several worker processes, a registry collected through prometheus-client's multi
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left
-from collections.abc import Iterable
 from threading import get_ident
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .accumulate import Buckets, FlushBeforeCollect
 
 # Serving latencies live between tens of microseconds and seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-
-
-class _Buckets:
-    """One histogram's observations, counted in plain ints until the next flush."""
-
-    __slots__ = ("bounds", "counts", "total", "_flushed_counts", "_flushed_total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
-        self._flushed_counts = [0] * (len(bounds) + 1)
-        self._flushed_total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        # Prometheus buckets are "less than or equal": bisect_left finds the first bound >= value.
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.total += seconds
-
-    def flush_into(self, child: Any) -> None:
-        """Add what was observed since the last flush to a prometheus ``Histogram`` child.
-
-        prometheus-client has no public "observe n values at once"; its child keeps one
-        value per bucket (``_buckets``, not cumulative) and ``_sum``, which work the same in
-        multiprocess mode. tests/serving/test_request_metrics.py pins that layout.
-        """
-        counts, flushed = self.counts, self._flushed_counts
-        for i, now in enumerate(counts):
-            if now != flushed[i]:
-                child._buckets[i].inc(now - flushed[i])
-                flushed[i] = now
-        total = self.total
-        if total != self._flushed_total:
-            child._sum.inc(total - self._flushed_total)
-            self._flushed_total = total
 
 
 class RequestMetrics:
@@ -78,8 +41,8 @@ class RequestMetrics:
         self.finished = 0
         self.by_status: dict[str, int] = {}
         self._flushed_status: dict[str, int] = {}
-        self.latency = _Buckets(LATENCY_BUCKETS)
-        self.inference = _Buckets(LATENCY_BUCKETS)
+        self.latency = Buckets(LATENCY_BUCKETS)
+        self.inference = Buckets(LATENCY_BUCKETS)
 
     def begin(self) -> None:
         self.started += 1
@@ -105,7 +68,7 @@ class Metrics:
         self._per_request: dict[tuple[str, str, str, int], RequestMetrics] = {}
         self._flush_lock = threading.Lock()
         # First in the registry, so an exposition flushes before it reads the metrics below.
-        registry.register(_FlushBeforeCollect(self))
+        registry.register(FlushBeforeCollect(self.flush))
         self.requests = Counter(
             "turnout_requests", "Inference requests by outcome (status is 'success' or an error kind)",
             ["model", "version", "protocol", "status"], registry=registry)
@@ -165,14 +128,3 @@ class Metrics:
             for (model, protocol), count in in_flight.items():
                 if model:  # unknown models are never in flight
                     self.in_flight.labels(model, protocol).set(count)
-
-
-class _FlushBeforeCollect(Collector):
-    """Registered first in the metrics' registry, so every exposition sees current values."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        self._metrics.flush()
-        return ()

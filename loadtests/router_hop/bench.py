@@ -93,33 +93,47 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         (repo / name).mkdir(parents=True)
         os.symlink(artifacts[name], repo / name / artifacts[name].name)
-    sp, sg, rp, rg = free_port(), free_port(), free_port(), free_port()
-    (work / "routes.yaml").write_text(yaml.safe_dump({"services": [{"name": name, "variants": [
-        {"name": "default", "weight": 1, "http": [f"http://127.0.0.1:{sp}"],
-         "grpc": [f"127.0.0.1:{sg}"]}]} for name in args.models]}))
+    sp, sg = free_port(), free_port()
     server = _start(["serve", str(repo), "--http-port", str(sp), "--grpc-port", str(sg),
                      "--log-level", "warning"], server_cpu, work / "server.log")
-    router = _start(["router", "--config", str(work / "routes.yaml"), "--http-port", str(rp),
-                     "--grpc-port", str(rg), "--admin-port", "0", "--log-level", "warning"],
-                    router_cpu, work / "router.log")
+    # Two routers on the same core, used one at a time: gRPC clients' calls forwarded over a
+    # gRPC hop (the default), and as protobuf over HTTP (upstream.grpc_via_http, which
+    # `turnout up` sets since its upstreams are Turnout model servers).
+    routers: dict[str, tuple[int, int]] = {}
+    procs = []
+    for path, via_http in (("router", False), ("router-http", True)):
+        rp, rg = free_port(), free_port()
+        routes = work / f"routes-{path}.yaml"
+        routes.write_text(yaml.safe_dump({"upstream": {"grpc_via_http": via_http}, "services": [
+            {"name": name, "variants": [
+                {"name": "default", "weight": 1, "http": [f"http://127.0.0.1:{sp}"],
+                 "grpc": [f"127.0.0.1:{sg}"]}]} for name in args.models]}))
+        procs.append(_start(["router", "--config", str(routes), "--http-port", str(rp),
+                             "--grpc-port", str(rg), "--admin-port", "0", "--log-level",
+                             "warning"], router_cpu, work / f"{path}.log"))
+        routers[path] = (rp, rg)
     out = args.out or work / "hop.jsonl"
     rows: list[str] = []
     try:
         for name in args.models:
             _wait_ready(f"http://127.0.0.1:{sp}/v2/models/{name}/ready")
-        _wait_ready(f"http://127.0.0.1:{rp}/v2/health/ready")
+        for rp, _ in routers.values():
+            _wait_ready(f"http://127.0.0.1:{rp}/v2/health/ready")
         cells = [(name, protocol, load.build_payloads(work / "payloads", name, 1)[key])
                  for name in args.models for protocol, key in (("REST", "rest-json"),
                                                                ("gRPC", "grpc"))
                  if protocol in args.protocols]
         for model, protocol, payload in cells:
-            ports = (sg, rg) if protocol == "gRPC" else (sp, rp)
+            paths = {"direct": (sp, sg), **routers}
+            if protocol == "REST":  # the two routers differ only for gRPC clients
+                del paths["router-http"]
+            ports = [grpc_port if protocol == "gRPC" else http_port
+                     for http_port, grpc_port in paths.values()]
             expected = {port: load.probe(payload, port) for port in ports}
             for concurrency in args.concurrency:
-                runs: dict[str, list[dict]] = {"direct": [], "router": []}
+                runs: dict[str, list[dict]] = {path: [] for path in paths}
                 for _ in range(args.reps):
-                    for path, (http_port, grpc_port) in (("direct", (sp, sg)),
-                                                         ("router", (rp, rg))):
+                    for path, (http_port, grpc_port) in paths.items():
                         port = grpc_port if protocol == "gRPC" else http_port
                         result = load.run_h2load(payload, port, concurrency, args.duration,
                                                  args.warmup, load_cpu, expected[port])
@@ -130,16 +144,22 @@ def main(argv: list[str] | None = None) -> int:
                         runs[path].append(result)
                         with out.open("a") as fh:
                             fh.write(json.dumps(result) + "\n")
-                d, r = runs["direct"], runs["router"]
-                d_rps, r_rps = _median(d, "rps"), _median(r, "rps")
-                d50, r50 = _median(d, "p50_ms"), _median(r, "p50_ms")
-                rows.append(f"| {model} | {protocol} | {concurrency} | {d_rps:,.0f} | {r_rps:,.0f} | "
-                            f"{100 * (1 - r_rps / d_rps):.1f}% | {d50:.2f} | {r50:.2f} | "
-                            f"{r50 - d50:+.2f} | {_median(d, 'p99_ms'):.2f} | "
-                            f"{_median(r, 'p99_ms'):.2f} |")
-                print(rows[-1], flush=True)
+                d = runs["direct"]
+                d_rps, d50 = _median(d, "rps"), _median(d, "p50_ms")
+                for path in paths:
+                    if path == "direct":
+                        continue
+                    r = runs[path]
+                    r_rps, r50 = _median(r, "rps"), _median(r, "p50_ms")
+                    label = protocol + (" (hop over HTTP)" if path == "router-http" else "")
+                    rows.append(f"| {model} | {label} | {concurrency} | {d_rps:,.0f} | "
+                                f"{r_rps:,.0f} | {100 * (1 - r_rps / d_rps):.1f}% | {d50:.2f} | "
+                                f"{r50:.2f} | {r50 - d50:+.2f} | {_median(d, 'p99_ms'):.2f} | "
+                                f"{_median(r, 'p99_ms'):.2f} |")
+                    print(rows[-1], flush=True)
     finally:
-        _stop(router)
+        for proc in procs:
+            _stop(proc)
         _stop(server)
     print(f"\nbatch 1, h2load {args.duration:g}s x {args.reps} (medians), "
           f"server on cpu {server_cpu}, router on cpu {router_cpu}, h2load on cpu {load_cpu}; "

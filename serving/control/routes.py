@@ -63,7 +63,10 @@ def router_config(*, services: list[tuple[InferenceService, ServiceState]],
             continue
         graph_docs.append(_graph(graph))
     doc: dict[str, Any] = {
-        "upstream": {"health_check": {"interval_seconds": health_interval,
+        # Every endpoint is a Turnout model server (or the activator, which passes bodies on):
+        # gRPC clients' calls take the cheaper protobuf-over-HTTP hop (docs/router.md).
+        "upstream": {"grpc_via_http": True,
+                     "health_check": {"interval_seconds": health_interval,
                                       "timeout_seconds": max(health_interval, 1.0)}},
         "services": docs, "graphs": graph_docs}
     return Plan(parse_config(doc, source="control plane"), omitted)

@@ -75,6 +75,10 @@ def parameters_to_dict(params: Mapping[str, Pb], *, where: str) -> Parameters:
         out[key] = getattr(value, kind)
     return out
 
+# The content type of a serialized ModelInferRequest / ModelInferResponse sent over HTTP: the
+# model server's protobuf-over-HTTP route and the router's hop to it (docs/protocols.md).
+PROTOBUF_CONTENT_TYPE = b"application/x-protobuf"
+
 
 def fill_parameters(target: Pb, params: Parameters) -> None:
     """Write a plain dict into an InferParameter map, picking the field from the value's type."""

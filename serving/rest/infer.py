@@ -16,12 +16,13 @@ import logging
 import os
 
 import orjson
+from google.protobuf.message import DecodeError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..dataplane import DataPlane
 from ..logs import request_id_var
-from ..protocol import codec_v1, codec_v2
-from ..protocol.errors import TurnoutError
+from ..protocol import codec_grpc, codec_v1, codec_v2, proto
+from ..protocol.errors import InvalidInput, TurnoutError
 from ..protocol.types import InferenceRequest, InferenceResponse
 from .body import parse_header_length, read_body
 from .fastpath import Reply
@@ -30,6 +31,10 @@ log = logging.getLogger("turnout.rest")
 
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
+# A serialized ModelInferRequest as the body, answered with a serialized ModelInferResponse:
+# how the router forwards gRPC clients' calls to Turnout model servers (docs/protocols.md).
+PROTOBUF = codec_grpc.PROTOBUF_CONTENT_TYPE
+PROTOBUF_PROTOCOL = "rest-proto"
 # Cheap unique ids for log lines when the client sends none: process id + a counter.
 _ids = itertools.count(1)
 _id_prefix = f"{os.getpid():x}-"
@@ -53,6 +58,18 @@ def inference_headers(headers: list[tuple[bytes, bytes]]
 def new_request_id() -> str:
     """An id for log lines of a request whose client sent no X-Request-Id."""
     return _id_prefix + str(next(_ids))
+
+
+def _protobuf_route(route: tuple[str, str, str | None] | None,
+                    headers: list[tuple[bytes, bytes]]) -> tuple[str, str, str | None] | None:
+    """``route``, marked as protobuf-over-HTTP when a V2 request says so in Content-Type."""
+    if route is not None and route[0] == "rest":
+        for name, value in headers:
+            if name == b"content-type":
+                if value == PROTOBUF:
+                    return PROTOBUF_PROTOCOL, route[1], route[2]
+                break
+    return route
 
 
 def route_of(path: str) -> tuple[str, str, str | None] | None:
@@ -87,6 +104,7 @@ class InferenceEndpoints:
         if route is None:
             await self._fallback(scope, receive, send)
             return
+        route = _protobuf_route(route, scope["headers"])
         declared, header_length, request_id = inference_headers(scope["headers"])
         token = request_id_var.set(request_id.decode("latin-1") if request_id
                                    else new_request_id())
@@ -115,9 +133,9 @@ class InferenceEndpoints:
     async def _answer_body(self, route: tuple[str, str, str | None], body: bytes,
                            header_length: bytes | None) -> Reply:
         try:
-            request = self._request(route, body, header_length)
+            request, raw = self._request(route, body, header_length)
             response = await self._dataplane.infer(request, protocol=route[0])
-            return _encode(route[0], request, response)
+            return _encode(route[0], request, response, raw)
         except Exception as exc:
             return _failure(exc, route)
 
@@ -126,16 +144,16 @@ class InferenceEndpoints:
         """:meth:`_answer_body` without awaiting anything: for inline, unbatched models,
         whose predict would run on the event loop anyway."""
         try:
-            request = self._request(route, body, header_length)
+            request, raw = self._request(route, body, header_length)
             response = self._dataplane.infer_blocking(request, protocol=route[0])
-            return _encode(route[0], request, response)
+            return _encode(route[0], request, response, raw)
         except Exception as exc:
             return _failure(exc, route)
 
     # -- serving/rest/fastpath.py's InlineFastHandler: inference without an ASGI cycle -----
     def claim(self, path: str, headers: list[tuple[bytes, bytes]]
               ) -> tuple[tuple[str, str, str | None], bool] | None:
-        route = route_of(path)
+        route = _protobuf_route(route_of(path), headers)
         if route is None:
             return None
         return route, self._dataplane.runs_blocking(route[1], route[2])
@@ -167,8 +185,9 @@ class InferenceEndpoints:
         self._dataplane.check_model(route[1], route[2])
 
     def _request(self, route: tuple[str, str, str | None], body: bytes,
-                 header_length: bytes | None) -> InferenceRequest:
-        """The decoded request for a known model; rejections are counted."""
+                 header_length: bytes | None) -> tuple[InferenceRequest, bool]:
+        """The decoded request for a known model, and whether a protobuf request carried raw
+        tensor contents (its answer must too); rejections are counted."""
         try:
             self._check(route)
         except TurnoutError as err:
@@ -177,14 +196,16 @@ class InferenceEndpoints:
         return self._decode(route, body, header_length)
 
     def _decode(self, route: tuple[str, str, str | None], body: bytes,
-                header_length: bytes | None) -> InferenceRequest:
+                header_length: bytes | None) -> tuple[InferenceRequest, bool]:
         protocol, model, version = route
         try:
             if protocol == "rest":
                 return codec_v2.request_to_internal(
                     body, header_length=parse_header_length(header_length),
-                    model_name=model, model_version=version)
-            return codec_v1.request_to_internal(body, model_name=model)
+                    model_name=model, model_version=version), False
+            if protocol == PROTOBUF_PROTOCOL:
+                return _protobuf_request(body, model, version)
+            return codec_v1.request_to_internal(body, model_name=model), False
         except TurnoutError as err:
             self._count_rejected(route, err)
             raise
@@ -194,7 +215,24 @@ class InferenceEndpoints:
         self._dataplane.count_rejected(model=model, version=version, protocol=protocol, error=err)
 
 
-def _encode(protocol: str, request: InferenceRequest, response: InferenceResponse) -> Reply:
+def _protobuf_request(body: bytes, model: str, version: str | None
+                      ) -> tuple[InferenceRequest, bool]:
+    """A serialized ModelInferRequest, decoded as the gRPC edge decodes it; the path names the
+    model, as for every REST route."""
+    try:
+        message = proto.ModelInferRequest.FromString(body)
+    except DecodeError as exc:
+        raise InvalidInput(f"malformed ModelInferRequest: {exc}") from None
+    request = codec_grpc.request_to_internal(message)
+    request.model_name, request.model_version = model, version
+    return request, bool(message.raw_input_contents)
+
+
+def _encode(protocol: str, request: InferenceRequest, response: InferenceResponse,
+            raw: bool) -> Reply:
+    if protocol == PROTOBUF_PROTOCOL:
+        return 200, codec_grpc.response_from_internal(response, raw=raw).SerializeToString(), \
+            [(b"content-type", PROTOBUF)]
     if protocol == "rest-v1":
         return 200, codec_v1.response_from_internal(response), [(b"content-type", _JSON)]
     payload, json_length = codec_v2.response_from_internal(response, request)

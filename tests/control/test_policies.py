@@ -133,6 +133,7 @@ def test_routes_are_health_gated_and_weighted_by_role() -> None:
     plan = router_config(services=[(iss("b", 25), s)], endpoints=both, graphs=[])
     weights = {v.name: v.weight for v in plan.config.services[0].variants}
     assert weights == {"stable": 75, "canary": 25}
+    assert plan.config.upstream.grpc_via_http  # Turnout servers: the cheaper gRPC hop
     plan = router_config(services=[(iss("b", 25), s)], endpoints={"iris-00001": both["iris-00001"]},
                          graphs=[])
     assert [v.name for v in plan.config.services[0].variants] == ["stable"]

@@ -9,6 +9,7 @@ import threading
 import time
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
@@ -196,5 +197,108 @@ def test_grpc_shadow_is_compared(upstreams, router_cls, tmp_path):
             time.sleep(0.05)
         assert r.sample("turnout_router_shadow_abs_difference_total", **labels) == \
             pytest.approx(5 * 3.5)
+    finally:
+        r.stop()
+
+
+def _rest_proto_count(upstream, model: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{upstream.url}/metrics").text.splitlines():
+        if line.startswith("turnout_requests_total{") and f'model="{model}"' in line \
+                and 'protocol="rest-proto"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def via_http_router(upstreams, router_cls, tmp_path_factory):
+    """gRPC clients' ModelInfer forwarded as protobuf over HTTP (upstream.grpc_via_http)."""
+    a1, b = upstreams["a1"], upstreams["b"]
+    r = router_cls({"upstream": {"grpc_via_http": True}, "services": [
+        {"name": "m", "variants": [
+            {"name": "default", "weight": 1, "http": [a1.url], "grpc": [a1.grpc_url]},
+            {"name": "canary", "weight": 0, "http": [b.url], "grpc": [b.grpc_url]}],
+         "rules": [{"header": {"x-experiment": "b"}, "variant": "canary"}]},
+        {"name": "iris", "variants": [
+            {"name": "tree", "weight": 1, "model": "iris_tree", "version": "1",
+             "http": [a1.url], "grpc": [a1.grpc_url]}]},
+        {"name": "grpc_only", "variants": [
+            {"name": "default", "weight": 1, "model": "m", "grpc": [a1.grpc_url]}]},
+        {"name": "failing", "variants": [
+            {"name": "default", "weight": 1, "http": [a1.url], "grpc": [a1.grpc_url]}]}]},
+        tmp_path_factory.mktemp("via-http"))
+    yield r
+    r.stop()
+
+
+def _infer_message(model: str, rows: np.ndarray, request_id: str = "") -> bytes:
+    request = proto.ModelInferRequest(model_name=model, id=request_id)
+    request.inputs.add(name="x", datatype="FP32" if rows.dtype == np.float32 else "FP64",
+                       shape=list(rows.shape))
+    request.raw_input_contents.append(rows.tobytes())
+    return request.SerializeToString()
+
+
+def test_grpc_via_http_answers_the_bytes_a_direct_grpc_call_gets(via_http_router, upstreams,
+                                                                 model_zoo):
+    a1 = upstreams["a1"]
+    rows = np.asarray([[0.3, -0.2, 1.4, 0.2], [2.0, 1.0, 0.1, -1.0]])
+    before = _rest_proto_count(a1, "iris_tree")
+    with grpc.insecure_channel(via_http_router.grpc_url) as via, \
+            grpc.insecure_channel(a1.grpc_url) as direct:
+        call = via.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        # h2load sends its HTTP/2 content-length as metadata: it must not reach HTTP/1.1
+        answer, info = call.with_call(_infer_message("iris", rows, "id-7"), timeout=5,
+                                      metadata=(("content-length", "999"),))
+        expected = direct.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+            _infer_message("iris_tree", rows, "id-7"))
+    reply, wanted = (proto.ModelInferResponse.FromString(b) for b in (answer, expected))
+    assert reply.model_name == "iris" and wanted.model_name == "iris_tree"
+    reply.model_name = "iris_tree"
+    assert reply == wanted and reply.id == "id-7" and reply.model_version == "1"
+    assert ("x-turnout-variant", "tree") in info.trailing_metadata()
+    assert _rest_proto_count(a1, "iris_tree") == before + 1  # it did take the HTTP path
+    result = infer(via_http_router.grpc_url, "iris", rows)  # tritonclient, end to end
+    assert result.as_numpy(result.get_response().outputs[0].name).tolist() == \
+        model_zoo["iris_v1"].predict(rows).tolist()
+
+
+def test_grpc_via_http_keeps_rules_and_falls_back_to_grpc_without_rest_endpoints(
+        via_http_router, upstreams):
+    b, a1 = upstreams["b"], upstreams["a1"]
+    before_b, before_a = _rest_proto_count(b, "m"), _rest_proto_count(a1, "m")
+    assert np.array_equal(infer(via_http_router.grpc_url, "m", X,
+                                headers={"x-experiment": "b"}).as_numpy("y"), 2 * X)
+    assert _rest_proto_count(b, "m") == before_b + 1
+    assert np.array_equal(infer(via_http_router.grpc_url, "grpc_only", X).as_numpy("y"), X)
+    assert _rest_proto_count(a1, "m") == before_a  # no REST endpoint: it went over gRPC
+
+
+def test_grpc_via_http_errors_match_the_model_server(via_http_router, upstreams):
+    for model, data, code in (("m", np.zeros((1, 3), dtype=np.float32), "INVALID_ARGUMENT"),
+                              ("failing", X, "INTERNAL")):
+        messages = []
+        for url in (via_http_router.grpc_url, upstreams["a1"].grpc_url):
+            with pytest.raises(InferenceServerException) as info:
+                infer(url, model, data)
+            messages.append((info.value.status(), info.value.message()))
+        assert messages[0] == messages[1] and code in str(messages[0][0]), model
+
+
+def test_grpc_via_http_retries_a_dead_endpoint_on_another(upstreams, router_cls, tmp_path,
+                                                          free_port_fn):
+    a1 = upstreams["a1"]
+    dead = f"http://127.0.0.1:{free_port_fn()}"
+    r = router_cls({"upstream": {"grpc_via_http": True, "health_check": {"enabled": False}},
+                    "services": [{"name": "m", "variants": [
+                        {"name": "default", "weight": 1, "http": [dead, a1.url],
+                         "grpc": [a1.grpc_url]}]}]}, tmp_path)
+    try:
+        for _ in range(10):
+            assert np.array_equal(infer(r.grpc_url, "m", X).as_numpy("y"), X)
+        assert r.sample("turnout_router_upstream_requests_total", service="m",
+                        variant="default", endpoint=dead, outcome="connect") >= 1
+        assert r.sample("turnout_router_upstream_requests_total", service="m",
+                        variant="default", endpoint=a1.url, outcome="200") == 10
     finally:
         r.stop()
