@@ -28,6 +28,9 @@ class Endpoint:
     ejections: int = 0  # in a row; reset by a success after re-admission
     healthy: bool = True  # the active health check's verdict
     check_streak: int = 0  # passed (>0) or failed (<0) checks in a row
+    # REST endpoints: whether the server takes ModelInfer as protobuf over HTTP (GET /v2 lists
+    # the extension); None until a health check has asked
+    speaks_protobuf: bool | None = None
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until

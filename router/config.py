@@ -58,9 +58,10 @@ class Upstream(_Model):
     eject_seconds: float = Field(10.0, gt=0, description="First ejection; doubles on each repeat")
     max_eject_seconds: float = Field(300.0, gt=0, description="Cap on the doubled ejection time")
     max_connections_per_endpoint: int = Field(256, ge=1, description="Keep-alive pool size")
-    grpc_via_http: bool = Field(
-        False, description="Forward gRPC clients' ModelInfer to the variants' REST endpoints as "
-        "protobuf over HTTP/1.1 (Turnout model servers only; see docs/router.md)")
+    grpc_via_http: bool | Literal["auto"] = Field(
+        "auto", description="Forward gRPC clients' ModelInfer to the variants' REST endpoints as "
+        "protobuf over HTTP/1.1: true, false, or auto (when the health checks found that every "
+        "REST endpoint of the variant offers it, as Turnout model servers do; docs/router.md)")
     health_check: HealthCheck = HealthCheck()
 
 

@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import orjson
+
+from serving.protocol.codec_grpc import PROTOBUF_EXTENSION
 
 from .balance import Endpoint
 from .client import HttpClient, UpstreamResponse
@@ -168,10 +171,15 @@ class Router:
                                                      headers=[], body=b"",
                                                      timeout=check.timeout_seconds)
                 ok = response.status == 200
+                if ok and endpoint.speaks_protobuf is None:
+                    endpoint.speaks_protobuf = await self._speaks_protobuf(
+                        endpoint.address, check.timeout_seconds)
             else:
                 ok = await self._grpc_ready(endpoint.address, check.timeout_seconds)
         except Exception:
             ok = False
+        if not ok:
+            endpoint.speaks_protobuf = None  # whatever answers next is asked again
         pool = variant.http if proto == "http" else variant.grpc
         changed = pool.record_check(endpoint, ok, healthy_after=check.healthy_threshold,
                                     unhealthy_after=check.unhealthy_threshold)
@@ -180,6 +188,19 @@ class Router:
         if changed is not None:
             log.warning("%s of %s/%s is now %s", endpoint.address, variant.service, variant.name,
                         "healthy" if changed else "unhealthy")
+
+    async def _speaks_protobuf(self, address: str, timeout: float) -> bool | None:
+        """Whether the server at ``address`` lists the protobuf-over-HTTP extension in its
+        metadata; None when the answer says nothing either way (asked again next check)."""
+        response = await self.client.request("GET", address + "/v2", headers=[], body=b"",
+                                             timeout=timeout)
+        if response.status != 200:
+            return False if response.status in (404, 405) else None
+        try:
+            extensions = orjson.loads(response.body).get("extensions") or []
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+        return PROTOBUF_EXTENSION in extensions
 
     async def _grpc_ready(self, address: str, timeout: float) -> bool:
         call = self.channel(address).unary_unary("/inference.GRPCInferenceService/ServerReady")

@@ -142,6 +142,14 @@ def _failed_call(endpoint: Endpoint, remaining: float, err: grpc.Call) -> GrpcAn
     return GrpcAnswer(err.code(), err.details() or "", b"")
 
 
+def _via_http(service: ServiceRoute, variant: VariantRoute) -> bool:
+    """Whether ModelInfer to ``variant`` takes the protobuf-over-HTTP hop (docs/router.md)."""
+    mode, endpoints = service.upstream.grpc_via_http, variant.http.endpoints
+    if mode == "auto":
+        return bool(endpoints) and all(e.speaks_protobuf for e in endpoints)
+    return mode and bool(endpoints)
+
+
 def _infer_path(variant: VariantRoute, version: str) -> str:
     """The REST path a ModelInfer for ``version`` takes at ``variant``'s endpoints;
     the model server takes the name and version from the path, so the message is not edited."""
@@ -265,7 +273,7 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 primary = PrimaryAnswer(self.loop)
                 self.loop.call_soon_threadsafe(self._mirror, service, variant, primary, method,
                                                request, version, metadata)
-            if rpc == "ModelInfer" and service.upstream.grpc_via_http and variant.http.endpoints:
+            if rpc == "ModelInfer" and _via_http(service, variant):
                 answer = call_variant_blocking(
                     variant=variant, pool=variant.http, max_attempts=service.upstream.max_attempts,
                     deadline=deadline, attempt=protobuf_http_attempt(

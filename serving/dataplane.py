@@ -18,6 +18,7 @@ import numpy as np
 from .batching import AdaptiveBatcher
 from .content_types import CONTENT_TYPES, TENSOR_CODECS, encode_tensor
 from .metrics import Metrics, RequestMetrics
+from .protocol.codec_grpc import PROTOBUF_EXTENSION
 from .protocol.datatypes import datatype_of
 from .protocol.errors import ErrorKind, InvalidInput, ModelFailed, ModelNotReady, TurnoutError
 from .protocol.types import (
@@ -34,7 +35,7 @@ from .validation import prepare_inputs, select_outputs
 
 log = logging.getLogger("turnout.dataplane")
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics", PROTOBUF_EXTENSION]
 
 
 class DataPlane:

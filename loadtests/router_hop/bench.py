@@ -2,15 +2,21 @@
 ``turnout router``, over REST (V2 JSON) and gRPC, at several concurrencies.
 
 Usage: python -m loadtests.router_hop.bench [--duration 8] [--reps 3] [--concurrency 1 8 32]
-                                            [--models mlp xgb]
+                                            [--models mlp xgb] [--protocols REST gRPC]
+                                            [--server-cpu 0] [--router-cpu 1] [--load-cpu N]
 
-Layout, as in a deployment where the router has its own CPU: the model server (the main
-harness's models: the ONNX MLP, whose predict is ~15 µs so the hop is all there is to see, and
-the XGBoost model, whose predict costs what real models cost) is pinned to ``--server-cpu``;
-the router and h2load share ``--router-cpu``.
-The direct runs use the same pinning without a router, so the only difference between the two
-columns is the hop. Runs are interleaved (direct, router, direct, …) and medians of ``--reps``
-are reported. Results are printed as Markdown (copy into RESULTS.md) and written as JSON lines.
+The model server (the main harness's models: the ONNX MLP, whose predict is ~15 µs so the hop
+is all there is to see, and the XGBoost model, whose predict costs what real models cost) is
+pinned to ``--server-cpu`` and the router to ``--router-cpu``; h2load runs on ``--load-cpu``
+(default: the router's core). On a 2-core machine neither choice is a deployment: with h2load
+beside the router, the router has what h2load leaves of a core while the model server has a
+whole one; with ``--load-cpu 0``, the router has its own core and h2load takes from the model
+server in both columns. RESULTS.md reports both. The direct runs use the same pinning without a
+router, so the only difference between the columns is the hop. gRPC is measured through two
+routers: the default routes (ModelInfer reaches the Turnout model server as protobuf over HTTP)
+and routes with ``grpc_via_http: false`` (a gRPC hop, as for other servers). Runs are
+interleaved (direct, router, …) and medians of ``--reps`` are reported. Results are printed as
+Markdown (copy into RESULTS.md) and written as JSON lines.
 """
 
 from __future__ import annotations
@@ -96,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     sp, sg = free_port(), free_port()
     server = _start(["serve", str(repo), "--http-port", str(sp), "--grpc-port", str(sg),
                      "--log-level", "warning"], server_cpu, work / "server.log")
-    # Two routers on the same core, used one at a time: gRPC clients' calls forwarded over a
-    # gRPC hop (the default), and as protobuf over HTTP (upstream.grpc_via_http, which
-    # `turnout up` sets since its upstreams are Turnout model servers).
+    # Two routers on the same core, used one at a time: the default routes (gRPC clients'
+    # calls reach the Turnout model server as protobuf over HTTP: upstream.grpc_via_http is
+    # "auto"), and routes that keep a gRPC hop (grpc_via_http: false, as for other servers).
     routers: dict[str, tuple[int, int]] = {}
     procs = []
-    for path, via_http in (("router", False), ("router-http", True)):
+    for path, via_http in (("router", "auto"), ("router-grpc-hop", False)):
         rp, rg = free_port(), free_port()
         routes = work / f"routes-{path}.yaml"
         routes.write_text(yaml.safe_dump({"upstream": {"grpc_via_http": via_http}, "services": [
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         for model, protocol, payload in cells:
             paths = {"direct": (sp, sg), **routers}
             if protocol == "REST":  # the two routers differ only for gRPC clients
-                del paths["router-http"]
+                del paths["router-grpc-hop"]
             ports = [grpc_port if protocol == "gRPC" else http_port
                      for http_port, grpc_port in paths.values()]
             expected = {port: load.probe(payload, port) for port in ports}
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     r = runs[path]
                     r_rps, r50 = _median(r, "rps"), _median(r, "p50_ms")
-                    label = protocol + (" (hop over HTTP)" if path == "router-http" else "")
+                    label = protocol + (" (gRPC hop)" if path == "router-grpc-hop" else "")
                     rows.append(f"| {model} | {label} | {concurrency} | {d_rps:,.0f} | "
                                 f"{r_rps:,.0f} | {100 * (1 - r_rps / d_rps):.1f}% | {d50:.2f} | "
                                 f"{r50:.2f} | {r50 - d50:+.2f} | {_median(d, 'p99_ms'):.2f} | "

@@ -78,6 +78,9 @@ def parameters_to_dict(params: Mapping[str, Pb], *, where: str) -> Parameters:
 # The content type of a serialized ModelInferRequest / ModelInferResponse sent over HTTP: the
 # model server's protobuf-over-HTTP route and the router's hop to it (docs/protocols.md).
 PROTOBUF_CONTENT_TYPE = b"application/x-protobuf"
+# Named in the server metadata's extensions (``GET /v2``) by servers that take it; the router
+# looks for it before choosing that hop.
+PROTOBUF_EXTENSION = "turnout_protobuf_infer"
 
 
 def fill_parameters(target: Pb, params: Parameters) -> None:

@@ -302,3 +302,64 @@ def test_grpc_via_http_retries_a_dead_endpoint_on_another(upstreams, router_cls,
                         variant="default", endpoint=a1.url, outcome="200") == 10
     finally:
         r.stop()
+
+
+class _ForeignRest:
+    """An HTTP server that is ready but is not a Turnout model server (no protobuf extension),
+    and fails any inference sent to it, so a call that took the HTTP hop would show."""
+
+    def __init__(self, port: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = b'{"name":"other","extensions":["binary_tensor_data"]}' \
+                    if self.path == "/v2" else b'{"ready":true}'
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.send_response(500)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def test_grpc_via_http_auto_takes_the_http_hop_only_to_servers_that_offer_it(
+        upstreams, router_cls, tmp_path, free_port_fn):
+    a1 = upstreams["a1"]
+    foreign = _ForeignRest(free_port_fn())
+    r = router_cls({"upstream": {"health_check": {"interval_seconds": 0.2}}, "services": [
+        {"name": "m", "variants": [
+            {"name": "default", "weight": 1, "http": [a1.url], "grpc": [a1.grpc_url]}]},
+        {"name": "other", "variants": [
+            {"name": "default", "weight": 1, "model": "m", "http": [foreign.url],
+             "grpc": [a1.grpc_url]}]}]}, tmp_path)
+    try:
+        table = r.server.router.table
+        turnout_ep = table.services["m"].variants["default"].http.endpoints[0]
+        foreign_ep = table.services["other"].variants["default"].http.endpoints[0]
+        deadline = time.monotonic() + 10
+        while (turnout_ep.speaks_protobuf is None or foreign_ep.speaks_protobuf is None) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (turnout_ep.speaks_protobuf, foreign_ep.speaks_protobuf) == (True, False)
+        before = _rest_proto_count(a1, "m")
+        assert np.array_equal(infer(r.grpc_url, "m", X).as_numpy("y"), X)
+        assert _rest_proto_count(a1, "m") == before + 1  # the HTTP hop
+        assert np.array_equal(infer(r.grpc_url, "other", X).as_numpy("y"), X)  # the gRPC hop
+        assert _rest_proto_count(a1, "m") == before + 1
+    finally:
+        r.stop()
+        foreign.stop()

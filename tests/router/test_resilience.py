@@ -371,3 +371,26 @@ def test_rest_and_grpc_at_once_leave_no_slot_or_outstanding_count_behind(
         rest.close()
         channel.close()
         r.stop()
+
+
+def test_per_request_timeout_on_the_protobuf_http_hop_is_deadline_exceeded(
+        upstreams, router_cls, tmp_path):
+    import grpc
+
+    a1 = upstreams["a1"]
+    r = router_cls({"services": [{"name": "slow", "variants": [
+        {"name": "default", "weight": 1, "http": [a1.url], "grpc": [a1.grpc_url]}],
+        "upstream": {"timeout_seconds": 0.3, "grpc_via_http": True}}]}, tmp_path)
+    try:
+        with grpc.insecure_channel(r.grpc_url) as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            started = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as err:
+                infer(_slow_grpc_request(), timeout=10)
+            assert time.perf_counter() - started < 0.9
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "did not answer within 0.3" in err.value.details()
+        assert r.sample("turnout_router_upstream_requests_total", service="slow",
+                        variant="default", endpoint=a1.url, outcome="timeout") == 1
+    finally:
+        r.stop()
