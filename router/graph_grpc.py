@@ -48,7 +48,18 @@ from .config import Graph
 from .core import Router
 from .forward import call_variant
 from .graph import REQUEST_ID, GraphExecutor, Headers, StepFailed
-from .grpc_edge import _DROP_METADATA, SERVICE, GrpcAnswer, classify_grpc, grpc_attempt
+from .grpc_edge import (
+    _DROP_METADATA,
+    SERVICE,
+    GrpcAnswer,
+    classify_grpc,
+    classify_protobuf_http,
+    grpc_attempt,
+    infer_path,
+    protobuf_http_attempt_async,
+    protobuf_http_headers,
+    via_http,
+)
 from .rewrite import with_name_version
 from .table import ServiceRoute, VariantRoute
 
@@ -130,6 +141,13 @@ class GrpcWire:
                    headers: Headers, deadline: float) -> GrpcAnswer:
         # The graph's name becomes the variant's model; the client's version does not apply
         # to the steps (as on REST), the variant's pinned one does.
+        if via_http(service, variant):  # the model server takes the path's name and version
+            return await call_variant(
+                variant=variant, pool=variant.http, max_attempts=service.upstream.max_attempts,
+                deadline=deadline, attempt=protobuf_http_attempt_async(
+                    self.router, infer_path(variant, ""), data.body,
+                    protobuf_http_headers(headers)),
+                classify=classify_protobuf_http, metrics=self.router.metrics)
         message = with_name_version(data.body, variant.model, variant.spec.version or "")
         return await call_variant(
             variant=variant, pool=variant.grpc, max_attempts=service.upstream.max_attempts,

@@ -117,22 +117,44 @@ def blocking_attempt(router: Router, method: str, message: bytes,
 def protobuf_http_attempt(router: Router, path: str, message: bytes,
                           headers: list[tuple[str, str]]
                           ) -> Callable[[Endpoint, float], GrpcAnswer]:
-    """One ModelInfer as protobuf over HTTP/1.1 on one REST endpoint of a Turnout model server;
-    an error answer becomes the status code and message its gRPC edge would have sent."""
+    """One ModelInfer as protobuf over HTTP/1.1 on one REST endpoint of a Turnout model server,
+    from an edge thread (router/h1blocking.py)."""
     def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
         response = router.blocking_http.request(endpoint.address, path, headers=headers,
                                                 content_type=PROTOBUF_CONTENT_TYPE, body=message,
                                                 timeout=remaining)
-        status = response.status
-        if status == 200:
-            return GrpcAnswer(grpc.StatusCode.OK, "", response.body, status)
-        try:
-            details = str(orjson.loads(response.body)["error"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            details = response.body.decode("utf-8", "replace")
-        return GrpcAnswer(_CODE_OF_STATUS.get(status, grpc.StatusCode.UNKNOWN), details, b"",
-                          status)
+        return _protobuf_answer(response.status, response.body)
     return attempt
+
+
+def protobuf_http_attempt_async(router: Router, path: str, message: bytes,
+                                headers: list[tuple[str, str]]) -> Attempt:
+    """:func:`protobuf_http_attempt` on the event loop (graph steps), with the REST pool's
+    client."""
+    fields = [("content-type", PROTOBUF_CONTENT_TYPE.decode()), *headers]
+
+    async def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
+        response = await router.client.request("POST", endpoint.address + path, headers=fields,
+                                               body=message, timeout=remaining)
+        return _protobuf_answer(response.status, response.body)
+    return attempt
+
+
+def protobuf_http_headers(metadata: Sequence[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """The call's metadata that may travel as HTTP/1.1 headers."""
+    return [(k, v) for k, v in metadata if isinstance(v, str) and k not in _NOT_HTTP_HEADERS]
+
+
+def _protobuf_answer(status: int, body: bytes) -> GrpcAnswer:
+    """An answer of the protobuf-over-HTTP route as the model server's gRPC edge would give it:
+    the same bytes, or its error's one gRPC code and message."""
+    if status == 200:
+        return GrpcAnswer(grpc.StatusCode.OK, "", body, status)
+    try:
+        details = str(orjson.loads(body)["error"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        details = body.decode("utf-8", "replace")
+    return GrpcAnswer(_CODE_OF_STATUS.get(status, grpc.StatusCode.UNKNOWN), details, b"", status)
 
 
 def _failed_call(endpoint: Endpoint, remaining: float, err: grpc.Call) -> GrpcAnswer:
@@ -142,7 +164,7 @@ def _failed_call(endpoint: Endpoint, remaining: float, err: grpc.Call) -> GrpcAn
     return GrpcAnswer(err.code(), err.details() or "", b"")
 
 
-def _via_http(service: ServiceRoute, variant: VariantRoute) -> bool:
+def via_http(service: ServiceRoute, variant: VariantRoute) -> bool:
     """Whether ModelInfer to ``variant`` takes the protobuf-over-HTTP hop (docs/router.md)."""
     mode, endpoints = service.upstream.grpc_via_http, variant.http.endpoints
     if mode == "auto":
@@ -150,7 +172,7 @@ def _via_http(service: ServiceRoute, variant: VariantRoute) -> bool:
     return mode and bool(endpoints)
 
 
-def _infer_path(variant: VariantRoute, version: str) -> str:
+def infer_path(variant: VariantRoute, version: str) -> str:
     """The REST path a ModelInfer for ``version`` takes at ``variant``'s endpoints;
     the model server takes the name and version from the path, so the message is not edited."""
     pinned = variant.spec.version or version
@@ -273,13 +295,12 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 primary = PrimaryAnswer(self.loop)
                 self.loop.call_soon_threadsafe(self._mirror, service, variant, primary, method,
                                                request, version, metadata)
-            if rpc == "ModelInfer" and _via_http(service, variant):
+            if rpc == "ModelInfer" and via_http(service, variant):
                 answer = call_variant_blocking(
                     variant=variant, pool=variant.http, max_attempts=service.upstream.max_attempts,
                     deadline=deadline, attempt=protobuf_http_attempt(
-                        self.router, _infer_path(variant, version), request,
-                        [(k, v) for k, v in metadata
-                         if isinstance(v, str) and k not in _NOT_HTTP_HEADERS]),
+                        self.router, infer_path(variant, version), request,
+                        protobuf_http_headers(metadata)),
                     classify=classify_protobuf_http, metrics=self.router.metrics)
             else:
                 answer = call_variant_blocking(

@@ -307,3 +307,26 @@ def test_ensemble_merge_makes_mixed_contents_raw():
     assert {k: v.string_param for k, v in merged.parameters.items()} == {
         "one.model_name": "a", "one.model_version": "2", "two.model_name": "b",
         "three.error": "boom"}
+
+
+def test_grpc_graph_steps_reach_rest_only_services_over_the_protobuf_hop(upstreams, router_cls,
+                                                                         tmp_path):
+    """A step whose service has no gRPC endpoint: over gRPC the graph still runs, each step's
+    ModelInfer going to the Turnout server as protobuf over HTTP."""
+    a1, b = upstreams["a1"], upstreams["b"]
+    r = router_cls({"upstream": {"grpc_via_http": True}, "services": [
+        {"name": "echo", "variants": [{"name": "v", "weight": 1, "model": "m", "http": [a1.url]}]},
+        {"name": "double", "variants": [{"name": "v", "weight": 1, "model": "m",
+                                         "http": [b.url]}]}],
+        "graphs": [graph("seq", "Sequence", [step("echo"), step("double", data="$response")])]},
+        tmp_path)
+    client = tgrpc.InferenceServerClient(r.grpc_url)
+    try:
+        result = infer(client, "seq", X, headers={"x-request-id": "g-1"})
+        assert np.array_equal(result.as_numpy("y"), 2 * X)
+        assert result.get_response().model_name == "seq"
+        assert r.sample("turnout_router_upstream_requests_total", service="double",
+                        variant="v", endpoint=b.url, outcome="200") == 1
+    finally:
+        client.close()
+        r.stop()
