@@ -34,7 +34,7 @@ from serving.protocol import proto
 from serving.protocol.codec_grpc import PROTOBUF_CONTENT_TYPE
 from serving.protocol.errors import STATUS, InvalidInput, Overloaded, TurnoutError
 
-from .balance import Endpoint
+from .balance import Endpoint, Pool
 from .client import UpstreamError
 from .compare import Comparison, compare_outputs, grpc_outputs
 from .config import Graph
@@ -325,18 +325,27 @@ class GrpcEdge(grpc.GenericRpcHandler):
         shadower = self.router.shadower
         for mirror, shadow in service.mirrors:
             # A copy to the variant that answers anyway would only agree with itself.
-            if shadow.name == serving.name or not shadow.grpc.endpoints \
-                    or not shadower.wanted(mirror):
+            if shadow.name == serving.name or not shadower.wanted(mirror):
+                continue
+            # The copy takes the hop the shadow variant's servers offer, as a primary call would.
+            if via_http(service, shadow):
+                pool, classify = shadow.http, classify_protobuf_http
+                attempt = protobuf_http_attempt_async(self.router, infer_path(shadow, version),
+                                                      request, protobuf_http_headers(metadata))
+            elif shadow.grpc.endpoints:
+                pool, classify = shadow.grpc, classify_grpc
+                attempt = grpc_attempt(self.router, method,
+                                       _message_for(shadow, request, version), metadata)
+            else:
                 continue
             deadline = time.monotonic() + mirror.timeout_seconds
-            attempt = grpc_attempt(self.router, method, _message_for(shadow, request, version),
-                                   metadata)
 
             async def send(shadow: VariantRoute = shadow, deadline: float = deadline,
-                           attempt: Attempt = attempt) -> GrpcAnswer:
-                return await call_variant(variant=shadow, pool=shadow.grpc, max_attempts=1,
+                           attempt: Attempt = attempt, pool: Pool = pool,
+                           classify: Any = classify) -> GrpcAnswer:
+                return await call_variant(variant=shadow, pool=pool, max_attempts=1,
                                           deadline=deadline, attempt=attempt,
-                                          classify=classify_grpc, metrics=self.router.metrics)
+                                          classify=classify, metrics=self.router.metrics)
 
             shadower.start(mirror=mirror, variant=shadow, send=send, primary=primary,
                            compare=_compare)

@@ -363,3 +363,26 @@ def test_grpc_via_http_auto_takes_the_http_hop_only_to_servers_that_offer_it(
     finally:
         r.stop()
         foreign.stop()
+
+
+def test_grpc_shadow_copies_take_the_protobuf_hop_to_a_rest_only_shadow(upstreams, router_cls,
+                                                                        tmp_path):
+    a1, b = upstreams["a1"], upstreams["b"]
+    r = router_cls({"upstream": {"grpc_via_http": True}, "services": [{"name": "m", "variants": [
+        {"name": "default", "weight": 1, "http": [a1.url], "grpc": [a1.grpc_url]},
+        {"name": "twice", "weight": 0, "http": [b.url]}],
+        "mirror": {"variant": "twice"}}]}, tmp_path)
+    try:
+        before = _rest_proto_count(b, "m")
+        for _ in range(4):
+            assert np.array_equal(infer(r.grpc_url).as_numpy("y"), X)
+        labels = {"service": "m", "variant": "twice"}
+        deadline = time.monotonic() + 10
+        while r.sample("turnout_router_shadow_requests_total", **labels,
+                       outcome="compared") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.sample("turnout_router_shadow_abs_difference_total", **labels) == \
+            pytest.approx(4 * 3.5)
+        assert _rest_proto_count(b, "m") == before + 4
+    finally:
+        r.stop()
