@@ -181,6 +181,16 @@ def test_grpc_payload_limit_and_unproxied_rpcs(grpc_router):
     client.close()
 
 
+def _wait_compared(r, count: int) -> dict[str, str]:
+    """Wait (bounded) until ``count`` shadow copies of m to twice were compared."""
+    labels = {"service": "m", "variant": "twice"}
+    deadline = time.monotonic() + 10
+    while r.sample("turnout_router_shadow_requests_total", **labels,
+                   outcome="compared") < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return labels
+
+
 def test_grpc_shadow_is_compared(upstreams, router_cls, tmp_path):
     a1, b = upstreams["a1"], upstreams["b"]
     r = router_cls({"services": [{"name": "m", "variants": [
@@ -190,11 +200,7 @@ def test_grpc_shadow_is_compared(upstreams, router_cls, tmp_path):
     try:
         for _ in range(5):
             assert np.array_equal(infer(r.grpc_url).as_numpy("y"), X)
-        labels = {"service": "m", "variant": "twice"}
-        deadline = time.monotonic() + 10
-        while r.sample("turnout_router_shadow_requests_total", **labels,
-                       outcome="compared") < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        labels = _wait_compared(r, 5)
         assert r.sample("turnout_router_shadow_abs_difference_total", **labels) == \
             pytest.approx(5 * 3.5)
     finally:
@@ -376,11 +382,7 @@ def test_grpc_shadow_copies_take_the_protobuf_hop_to_a_rest_only_shadow(upstream
         before = _rest_proto_count(b, "m")
         for _ in range(4):
             assert np.array_equal(infer(r.grpc_url).as_numpy("y"), X)
-        labels = {"service": "m", "variant": "twice"}
-        deadline = time.monotonic() + 10
-        while r.sample("turnout_router_shadow_requests_total", **labels,
-                       outcome="compared") < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        labels = _wait_compared(r, 4)
         assert r.sample("turnout_router_shadow_abs_difference_total", **labels) == \
             pytest.approx(4 * 3.5)
         assert _rest_proto_count(b, "m") == before + 4
