@@ -65,7 +65,9 @@ def test_router_hop_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {(r["protocol"], r["path"]) for r in records} == {
-        (protocol, path) for protocol in ("REST", "gRPC") for path in ("direct", "router")}
+        (protocol, path) for protocol in ("REST", "gRPC") for path in ("direct", "router")} | {
+        ("gRPC", "router-grpc-hop")}  # the second router: routes that keep a gRPC hop
     for r in records:
         assert r["ok"] and r["errors"] == 0 and r["completed"] > 0, r
     assert "| mlp | REST | 2 |" in done.stdout and "| mlp | gRPC | 2 |" in done.stdout
+    assert "| mlp | gRPC (gRPC hop) | 2 |" in done.stdout
