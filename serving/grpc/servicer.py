@@ -36,6 +36,10 @@ def _rpc(method: Handler) -> Handler:
     @functools.wraps(method)
     async def handler(self: InferenceServicer, request: Pb, context: Context) -> Pb:
         try:
+            if type(request) is codec.Undecodable:
+                self.dataplane.count_rejected(model="", version=None, protocol=PROTOCOL,
+                                              error=request.error)
+                raise request.error
             return await method(self, request, context)
         except TurnoutError as err:
             await context.abort(grpc.StatusCode[err.grpc_code], str(err))
@@ -116,7 +120,7 @@ def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHand
         behaviour: Any = getattr(servicer, name)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=request_cls.FromString,
+            request_deserializer=codec.lenient_parser(request_cls),
             response_serializer=response_cls.SerializeToString,
         )
     return handlers

@@ -52,6 +52,8 @@ class ThreadedServicer:
 
     def ModelInfer(self, request: Pb, context: grpc.ServicerContext) -> Pb:
         dataplane = self._dataplane
+        if type(request) is codec.Undecodable:  # the loop's servicer answers it
+            return self._on_loop("ModelInfer", request, context)
         if not dataplane.runs_blocking(request.model_name, request.model_version or None):
             return self._on_loop("ModelInfer", request, context)
         try:
@@ -100,7 +102,7 @@ def build_threaded_grpc_server(dataplane: DataPlane, settings: ServerSettings,
     servicer = ThreadedServicer(dataplane, loop)
     handlers: dict[str, Any] = {
         name: grpc.unary_unary_rpc_method_handler(
-            servicer.handler(name), request_deserializer=request_cls.FromString,
+            servicer.handler(name), request_deserializer=codec.lenient_parser(request_cls),
             response_serializer=response_cls.SerializeToString)
         for name, (request_cls, response_cls) in proto.METHODS.items()}
     server.add_generic_rpc_handlers(

@@ -8,10 +8,11 @@ with a message naming the tensor, so the servicer can answer INVALID_ARGUMENT ve
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from . import proto
 from .datatypes import array_to_raw, dtype_for, raw_to_array
@@ -61,6 +62,36 @@ _FIELD_DTYPE: dict[str, np.dtype] = {
 _MAX_ELEMENTS = 1 << 62
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
 
+# The content type of a serialized ModelInferRequest / ModelInferResponse sent over HTTP: the
+# model server's protobuf-over-HTTP route and the router's hop to it (docs/protocols.md).
+PROTOBUF_CONTENT_TYPE = b"application/x-protobuf"
+# Named in the server metadata's extensions (``GET /v2``) by servers that take it; the router
+# looks for it before choosing that hop.
+PROTOBUF_EXTENSION = "turnout_protobuf_infer"
+
+
+# -- request messages --------------------------------------------------------------------
+class Undecodable:
+    """What a gRPC request deserializer hands on for bytes that are not the message, so the
+    handler answers INVALID_ARGUMENT with the reason (grpcio itself would answer INTERNAL)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidInput) -> None:
+        self.error = error
+
+
+def lenient_parser(message_cls: Any) -> Callable[[bytes], Any]:
+    """``message_cls.FromString`` that returns :class:`Undecodable` instead of raising."""
+    name = message_cls.DESCRIPTOR.name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(InvalidInput(f"malformed {name}: {exc}"))
+    return parse
+
 
 # -- parameters ----------------------------------------------------------------------------
 def parameters_to_dict(params: Mapping[str, Pb], *, where: str) -> Parameters:
@@ -74,13 +105,6 @@ def parameters_to_dict(params: Mapping[str, Pb], *, where: str) -> Parameters:
             raise InvalidInput(f"{where} parameter '{key}' has no value set")
         out[key] = getattr(value, kind)
     return out
-
-# The content type of a serialized ModelInferRequest / ModelInferResponse sent over HTTP: the
-# model server's protobuf-over-HTTP route and the router's hop to it (docs/protocols.md).
-PROTOBUF_CONTENT_TYPE = b"application/x-protobuf"
-# Named in the server metadata's extensions (``GET /v2``) by servers that take it; the router
-# looks for it before choosing that hop.
-PROTOBUF_EXTENSION = "turnout_protobuf_infer"
 
 
 def fill_parameters(target: Pb, params: Parameters) -> None:

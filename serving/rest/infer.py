@@ -16,13 +16,12 @@ import logging
 import os
 
 import orjson
-from google.protobuf.message import DecodeError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..dataplane import DataPlane
 from ..logs import request_id_var
 from ..protocol import codec_grpc, codec_v1, codec_v2, proto
-from ..protocol.errors import InvalidInput, TurnoutError
+from ..protocol.errors import TurnoutError
 from ..protocol.types import InferenceRequest, InferenceResponse
 from .body import parse_header_length, read_body
 from .fastpath import Reply
@@ -35,6 +34,7 @@ _BINARY = b"application/octet-stream"
 # how the router forwards gRPC clients' calls to Turnout model servers (docs/protocols.md).
 PROTOBUF = codec_grpc.PROTOBUF_CONTENT_TYPE
 PROTOBUF_PROTOCOL = "rest-proto"
+_parse_infer_request = codec_grpc.lenient_parser(proto.ModelInferRequest)
 # Cheap unique ids for log lines when the client sends none: process id + a counter.
 _ids = itertools.count(1)
 _id_prefix = f"{os.getpid():x}-"
@@ -219,10 +219,9 @@ def _protobuf_request(body: bytes, model: str, version: str | None
                       ) -> tuple[InferenceRequest, bool]:
     """A serialized ModelInferRequest, decoded as the gRPC edge decodes it; the path names the
     model, as for every REST route."""
-    try:
-        message = proto.ModelInferRequest.FromString(body)
-    except DecodeError as exc:
-        raise InvalidInput(f"malformed ModelInferRequest: {exc}") from None
+    message = _parse_infer_request(body)
+    if type(message) is codec_grpc.Undecodable:
+        raise message.error
     request = codec_grpc.request_to_internal(message)
     request.model_name, request.model_version = model, version
     return request, bool(message.raw_input_contents)

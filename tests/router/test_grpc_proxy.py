@@ -289,6 +289,14 @@ def test_grpc_via_http_errors_match_the_model_server(via_http_router, upstreams)
                 infer(url, model, data)
             messages.append((info.value.status(), info.value.message()))
         assert messages[0] == messages[1] and code in str(messages[0][0]), model
+    inner = b"\x0a\x01x" + b"\x12\x02\xff\xfe"  # a message the server cannot decode
+    message = b"\x0a\x01m" + b"\x2a" + bytes([len(inner)]) + inner
+    answers = []
+    for url in (via_http_router.grpc_url, upstreams["a1"].grpc_url):
+        with grpc.insecure_channel(url) as channel, pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(message, timeout=5)
+        answers.append((info.value.code(), info.value.details()))
+    assert answers[0] == answers[1] and answers[0][0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_grpc_via_http_retries_a_dead_endpoint_on_another(upstreams, router_cls, tmp_path,

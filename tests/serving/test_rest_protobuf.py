@@ -91,6 +91,25 @@ def test_protobuf_errors_are_the_grpc_errors(server, grpc_infer):
     assert resp.status_code == 400 and "malformed ModelInferRequest" in resp.json()["error"]
 
 
+def test_undecodable_messages_are_invalid_argument_on_both_edges(server, grpc_infer):
+    """Bytes that are not a ModelInferRequest (a string field that is not UTF-8): grpcio would
+    answer INTERNAL by itself; both edges answer INVALID_ARGUMENT with the reason."""
+    inner = b"\x0a\x01x" + b"\x12\x02\xff\xfe"  # input "x" whose datatype is not UTF-8
+    message = b"\x0a\x03mlp" + b"\x2a" + bytes([len(inner)]) + inner
+    resp = _post(server, "mlp", message)
+    with pytest.raises(grpc.RpcError) as direct:
+        grpc_infer(message)
+    assert resp.status_code == 400 and direct.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert resp.json()["error"] == direct.value.details()
+    assert direct.value.details().startswith("malformed ModelInferRequest")
+    metadata = grpc.insecure_channel(server.grpc_url).unary_unary(
+        "/inference.GRPCInferenceService/ModelMetadata")
+    with pytest.raises(grpc.RpcError) as other:  # every RPC, not only ModelInfer
+        metadata(b"\x0a\x02\xff\xfe")
+    assert other.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert other.value.details().startswith("malformed ModelMetadataRequest")
+
+
 def test_protobuf_requests_are_counted_as_their_own_protocol(server):
     def count() -> float:
         for line in httpx.get(f"{server.url}/metrics").text.splitlines():
