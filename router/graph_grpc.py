@@ -48,9 +48,8 @@ from .config import Graph
 from .core import Router
 from .forward import call_variant
 from .graph import REQUEST_ID, GraphExecutor, Headers, StepFailed
-from .grpc_edge import (
-    _DROP_METADATA,
-    SERVICE,
+from .grpc_edge import _DROP_METADATA, SERVICE
+from .grpc_hops import (
     GrpcAnswer,
     classify_grpc,
     classify_protobuf_http,

@@ -2,14 +2,15 @@
 
 A generic handler receives every RPC as bytes (no deserializer). For ModelInfer, ModelReady
 and ModelMetadata the router reads fields 1/2 (model name, version) from the wire bytes,
-picks a variant with the same rules as REST (gRPC metadata plays the part of headers),
-rewrites the name/version by appending fields when the variant needs it, and forwards the
-bytes to an endpoint. Tensors are never decoded on the primary path.
+picks a variant with the same rules as REST (gRPC metadata plays the part of headers), and
+forwards the bytes to an endpoint by one of the hops in ``grpc_hops.py`` (protobuf over HTTP to
+Turnout model servers, else gRPC with fields 1/2 rewritten where the variant needs it). Tensors
+are never decoded on the primary path.
 Server-level RPCs (live, ready, metadata) are answered by the router itself; repository RPCs
 are administration of one model server and are not proxied.
 
 Concurrency: the edge is grpcio's threaded server, and a handler thread waits on its upstream
-call (a threaded-client channel per endpoint). py-spy put ~80% of a grpc.aio edge's CPU in
+call (its own HTTP/1.1 socket, or a threaded-client gRPC channel). py-spy put ~80% of a grpc.aio edge's CPU in
 grpc.aio's own machinery; threads handle about twice the calls per core
 (``loadtests/router_hop/RESULTS.md``). Routing state shared with the event loop is locked
 where it is updated (``balance.py``, ``table.py``). What needs the loop goes there: ModelInfer
@@ -22,25 +23,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import orjson
 
 from serving.protocol import proto
-from serving.protocol.codec_grpc import PROTOBUF_CONTENT_TYPE
-from serving.protocol.errors import STATUS, InvalidInput, Overloaded, TurnoutError
+from serving.protocol.errors import InvalidInput, Overloaded, TurnoutError
 
-from .balance import Endpoint, Pool
-from .client import UpstreamError
+from .balance import Pool
 from .compare import Comparison, compare_outputs, grpc_outputs
 from .config import Graph
-from .core import Router, classify_status
-from .forward import Verdict, call_variant, call_variant_blocking
-from .http_util import HOP_BY_HOP, VARIANT_HEADER
+from .core import Router
+from .forward import call_variant, call_variant_blocking
+from .grpc_hops import (
+    Attempt,
+    GrpcAnswer,
+    blocking_attempt,
+    classify_grpc,
+    classify_protobuf_http,
+    grpc_attempt,
+    infer_path,
+    message_for,
+    protobuf_http_attempt,
+    protobuf_http_attempt_async,
+    protobuf_http_headers,
+    via_http,
+)
+from .http_util import VARIANT_HEADER
 from .rewrite import read_name_version, with_name_version
 from .shadow import PrimaryAnswer
 from .table import ServiceRoute, VariantRoute
@@ -49,142 +60,9 @@ log = logging.getLogger("turnout.router.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 _ROUTED = frozenset({"ModelInfer", "ModelReady", "ModelMetadata"})
-# gRPC clients (h2load, some proxies) send these as metadata; over HTTP/1.1 they would
-# describe the wrong message or connection.
-_NOT_HTTP_HEADERS = HOP_BY_HOP | {"content-type", "content-length"}
 _RENAME_RESPONSE = frozenset({"ModelInfer", "ModelMetadata"})  # their field 1 is the model name
 _DROP_METADATA = frozenset({"user-agent", "content-type", "te", "grpc-timeout", "grpc-encoding",
                             "grpc-accept-encoding"})
-
-
-@dataclass(frozen=True, slots=True)
-class GrpcAnswer:
-    code: grpc.StatusCode
-    details: str
-    body: bytes
-    http_status: int = 0  # set when the answer came as protobuf over HTTP
-
-
-def classify_grpc(answer: GrpcAnswer) -> tuple[Verdict, str]:
-    if answer.code == grpc.StatusCode.UNAVAILABLE:
-        return "retry", answer.code.name
-    return "ok", answer.code.name
-
-
-def classify_protobuf_http(answer: GrpcAnswer) -> tuple[Verdict, str]:
-    """As REST answers from the same endpoints are classified (retry 503, strike 502/504)."""
-    return classify_status(answer.http_status)
-
-
-# The model server's HTTP status for each error kind, back to its gRPC code (one code each).
-_CODE_OF_STATUS = {status: grpc.StatusCode[code] for status, code in STATUS.values()}
-
-
-Attempt = Callable[[Endpoint, float], Awaitable[GrpcAnswer]]
-
-
-def grpc_attempt(router: Router, method: str, message: bytes,
-                 metadata: Sequence[tuple[str, Any]]) -> Attempt:
-    """One call of ``method`` with ``message`` on one endpoint, for :func:`call_variant`
-    on the event loop (graph steps, shadow copies).
-
-    A status other than OK is an answer (classified by :func:`classify_grpc`); the upstream's
-    DEADLINE_EXCEEDED is a timeout, never retried.
-    """
-    async def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
-        call = router.channel(endpoint.address).unary_unary(method)
-        try:
-            body = await call(message, timeout=remaining, metadata=metadata)
-        except grpc.aio.AioRpcError as err:
-            return _failed_call(endpoint, remaining, err)
-        return GrpcAnswer(grpc.StatusCode.OK, "", body)
-    return attempt
-
-
-def blocking_attempt(router: Router, method: str, message: bytes,
-                     metadata: Sequence[tuple[str, Any]]) -> Callable[[Endpoint, float], GrpcAnswer]:
-    """:func:`grpc_attempt` for the edge's threads, on the router's threaded-client channels."""
-    def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
-        call = router.blocking_call(endpoint.address, method)
-        try:
-            body = call(message, timeout=remaining, metadata=metadata)
-        except grpc.RpcError as err:
-            return _failed_call(endpoint, remaining, err)  # type: ignore[arg-type]
-        return GrpcAnswer(grpc.StatusCode.OK, "", body)
-    return attempt
-
-
-def protobuf_http_attempt(router: Router, path: str, message: bytes,
-                          headers: list[tuple[str, str]]
-                          ) -> Callable[[Endpoint, float], GrpcAnswer]:
-    """One ModelInfer as protobuf over HTTP/1.1 on one REST endpoint of a Turnout model server,
-    from an edge thread (router/h1blocking.py)."""
-    def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
-        response = router.blocking_http.request(endpoint.address, path, headers=headers,
-                                                content_type=PROTOBUF_CONTENT_TYPE, body=message,
-                                                timeout=remaining)
-        return _protobuf_answer(response.status, response.body)
-    return attempt
-
-
-def protobuf_http_attempt_async(router: Router, path: str, message: bytes,
-                                headers: list[tuple[str, str]]) -> Attempt:
-    """:func:`protobuf_http_attempt` on the event loop (graph steps), with the REST pool's
-    client."""
-    fields = [("content-type", PROTOBUF_CONTENT_TYPE.decode()), *headers]
-
-    async def attempt(endpoint: Endpoint, remaining: float) -> GrpcAnswer:
-        response = await router.client.request("POST", endpoint.address + path, headers=fields,
-                                               body=message, timeout=remaining)
-        return _protobuf_answer(response.status, response.body)
-    return attempt
-
-
-def protobuf_http_headers(metadata: Sequence[tuple[str, Any]]) -> list[tuple[str, str]]:
-    """The call's metadata that may travel as HTTP/1.1 headers."""
-    return [(k, v) for k, v in metadata if isinstance(v, str) and k not in _NOT_HTTP_HEADERS]
-
-
-def _protobuf_answer(status: int, body: bytes) -> GrpcAnswer:
-    """An answer of the protobuf-over-HTTP route as the model server's gRPC edge would give it:
-    the same bytes, or its error's one gRPC code and message."""
-    if status == 200:
-        return GrpcAnswer(grpc.StatusCode.OK, "", body, status)
-    try:
-        details = str(orjson.loads(body)["error"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        details = body.decode("utf-8", "replace")
-    return GrpcAnswer(_CODE_OF_STATUS.get(status, grpc.StatusCode.UNKNOWN), details, b"", status)
-
-
-def _failed_call(endpoint: Endpoint, remaining: float, err: grpc.Call) -> GrpcAnswer:
-    if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        raise UpstreamError("timeout", f"{endpoint.address} did not answer within "
-                                       f"{remaining:.3g}s ({err.details()})") from None
-    return GrpcAnswer(err.code(), err.details() or "", b"")
-
-
-def via_http(service: ServiceRoute, variant: VariantRoute) -> bool:
-    """Whether ModelInfer to ``variant`` takes the protobuf-over-HTTP hop (docs/router.md)."""
-    mode, endpoints = service.upstream.grpc_via_http, variant.http.endpoints
-    if mode == "auto":
-        return bool(endpoints) and all(e.speaks_protobuf for e in endpoints)
-    return mode and bool(endpoints)
-
-
-def infer_path(variant: VariantRoute, version: str) -> str:
-    """The REST path a ModelInfer for ``version`` takes at ``variant``'s endpoints;
-    the model server takes the name and version from the path, so the message is not edited."""
-    pinned = variant.spec.version or version
-    return f"/v2/models/{variant.model}/versions/{pinned}/infer" if pinned \
-        else f"/v2/models/{variant.model}/infer"
-
-
-def _message_for(variant: VariantRoute, request: bytes, version: str) -> bytes:
-    """The request as ``variant``'s endpoints must see it: their model name, its pinned version."""
-    pinned = variant.spec.version if variant.spec.version and variant.spec.version != version \
-        else None
-    return with_name_version(request, variant.model if variant.renamed else None, pinned)
 
 
 class GrpcEdge(grpc.GenericRpcHandler):
@@ -306,7 +184,7 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 answer = call_variant_blocking(
                     variant=variant, pool=variant.grpc, max_attempts=service.upstream.max_attempts,
                     deadline=deadline, attempt=blocking_attempt(
-                        self.router, method, _message_for(variant, request, version), metadata),
+                        self.router, method, message_for(variant, request, version), metadata),
                     classify=classify_grpc, metrics=self.router.metrics)
         except BaseException:
             if primary is not None:
@@ -335,7 +213,7 @@ class GrpcEdge(grpc.GenericRpcHandler):
             elif shadow.grpc.endpoints:
                 pool, classify = shadow.grpc, classify_grpc
                 attempt = grpc_attempt(self.router, method,
-                                       _message_for(shadow, request, version), metadata)
+                                       message_for(shadow, request, version), metadata)
             else:
                 continue
             deadline = time.monotonic() + mirror.timeout_seconds
