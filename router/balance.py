@@ -76,8 +76,11 @@ class Pool:
         When all endpoints are ejected or unhealthy the router "panics" and uses them all
         (as Envoy does): a guess at a recovering replica beats refusing every request.
         """
+        endpoints = self.endpoints
+        if len(endpoints) == 1:  # ejected or not, the only endpoint is the choice (panic mode)
+            return None if endpoints[0] in exclude else endpoints[0]
         now = self.clock()
-        fresh = [e for e in self.endpoints if e not in exclude]
+        fresh = [e for e in endpoints if e not in exclude]
         if not fresh:
             return None
         ready = [e for e in fresh if e.available(now)]

@@ -100,7 +100,7 @@ class RestEdge:
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, rid: bytes, *, model: str,
                      version: str | None, suffix: str, kind: str, protocol: str) -> None:
         table = self.router.table  # one snapshot for the whole request
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _decoded(scope["headers"])
         body = await read_body(receive, headers.get("content-length"), self.max_payload_bytes)
         if model in table.graphs and kind != "other" and self.graphs is not None:
             return await self.graphs.serve(send, rid, graph=table.graphs[model], body=body,
@@ -110,14 +110,22 @@ class RestEdge:
         status, payload, out_headers = await self._proxy_body(call, headers, body)
         await send_response(send, status, payload, out_headers)
 
-    async def _proxy_body(self, call: _Call, headers: dict[str, str], body: bytes) -> Reply:
-        """Route one request to a variant and return its answer, as the client will get it."""
+    async def _proxy_body(self, call: _Call, headers: dict[str, str] | None,
+                          body: bytes) -> Reply:
+        """Route one request to a variant and return its answer, as the client will get it.
+
+        ``headers`` (lower-case names, decoded) may be None: they are decoded from the call's
+        raw headers only if the service has rules or sticky sessions to read them with.
+        """
         started = time.perf_counter()
         table = call.table
         service_label = variant_label = ""
         try:
             service = table.service(call.model)
             service_label = service.name
+            if headers is None:
+                headers = _decoded(call.headers) if service.spec.rules or service.spec.sticky \
+                    else {}
             variant, _ = table.pick(service, headers)
             variant_label = variant.name
             response = await self._forward(call, service, variant, body)
@@ -158,8 +166,7 @@ class RestEdge:
 
     async def answer(self, route: _Call, body: bytes, headers: Headers) -> Reply:
         try:
-            return await self._proxy_body(
-                route, {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}, body)
+            return await self._proxy_body(route, None, body)
         except TurnoutError as err:
             return err.http_status, orjson.dumps({"error": str(err)}), [
                 (b"content-type", b"application/json"), (b"x-request-id", route.rid)]
@@ -230,6 +237,10 @@ class RestEdge:
         m.requests.labels(service, variant, protocol, str(status)).inc()
         if service:
             m.duration.labels(service, variant, protocol).observe(time.perf_counter() - started)
+
+
+def _decoded(headers: Headers) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
 
 
 def _request_id(scope: Scope) -> bytes:
