@@ -23,6 +23,14 @@ def test_bad_routes_file_is_refused_with_its_errors(tmp_path):
     assert "services.0.variants.0" in proc.stderr and "wieght" in proc.stderr
 
 
+def test_grpc_threads_is_a_flag_and_is_checked():
+    proc = subprocess.run([sys.executable, "-m", "serving.cli", "router", "--config",
+                           str(EXAMPLE), "--grpc-threads", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "grpc_threads" in proc.stderr and "greater than or equal to 1" in proc.stderr
+
+
 def test_example_routes_serve_through_the_cli(upstreams, tmp_path, free_port_fn, model_zoo):
     a1, b = upstreams["a1"], upstreams["b"]
     text = EXAMPLE.read_text()
