@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from .models import INPUT_NAME, MODELS, rows
+from loadtests.models import INPUT_NAME, MODELS, rows
 
 
 @dataclass(frozen=True)

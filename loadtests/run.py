@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import anchors, load, models, report, servers
+from loadtests import anchors, load, models, report, servers
 
 ROOT = Path(__file__).resolve().parent
 

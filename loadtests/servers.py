@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import anchors
-from .models import MODELS
+from loadtests import anchors
+from loadtests.models import MODELS
 
 ROOT = Path(__file__).resolve().parent
 REPO_ROOT = ROOT.parent

@@ -16,7 +16,7 @@ __all__ = ["ConfigError", "RouterConfig", "load_config", "load_config_text", "pa
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import config
+        from router import config
 
         return getattr(config, name)
     raise AttributeError(f"module 'router' has no attribute {name!r}")

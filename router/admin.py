@@ -23,11 +23,10 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from router.core import Router
+from router.http_util import read_body, send_error, send_json
 from serving.protocol.errors import InvalidInput, ModelNotFound, TurnoutError
-
-from .config import ConfigError, RouterConfig, load_config_text, parse_config
-from .core import Router
-from .http_util import read_body, send_error, send_json
+from serving.spec.routes import ConfigError, RouterConfig, load_config_text, parse_config
 
 _WEIGHTS = re.compile(r"^/services/([^/]+)/weights$")
 

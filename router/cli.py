@@ -30,11 +30,10 @@ def add_router_parser(sub: Any) -> None:
 
 
 def run_router(args: argparse.Namespace) -> int:
-    from serving.logs import configure_logging
-
-    from .config import ConfigError, load_config
-    from .server import run
-    from .settings import RouterSettings
+    from router.server import run
+    from router.settings import RouterSettings
+    from serving.spec.routes import ConfigError, load_config
+    from serving.transport.logs import configure_logging
 
     given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     try:

@@ -19,16 +19,15 @@ from typing import Any
 import grpc
 import orjson
 
+from router.balance import Endpoint
+from router.client import HttpClient, UpstreamResponse
+from router.forward import Verdict, call_variant
+from router.h1blocking import BlockingH1Client
+from router.metrics import RouterMetrics
+from router.shadow import Shadower
+from router.table import RoutingTable, VariantRoute, build_table
 from serving.protocol.codec_grpc import PROTOBUF_EXTENSION
-
-from .balance import Endpoint
-from .client import HttpClient, UpstreamResponse
-from .config import RouterConfig
-from .forward import Verdict, call_variant
-from .h1blocking import BlockingH1Client
-from .metrics import RouterMetrics
-from .shadow import Shadower
-from .table import RoutingTable, VariantRoute, build_table
+from serving.spec.routes import RouterConfig
 
 log = logging.getLogger("turnout.router")
 

@@ -10,7 +10,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 
-from .config import Rule
+from serving.spec.routes import Rule
 
 
 def parse_cookies(header: str | None) -> dict[str, str]:

@@ -16,12 +16,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, Literal, TypeVar
 
+from router.balance import Endpoint, Pool
+from router.client import UpstreamError
+from router.metrics import RouterMetrics
+from router.table import VariantRoute
 from serving.protocol.errors import DeadlineExceeded, ModelNotReady
-
-from .balance import Endpoint, Pool
-from .client import UpstreamError
-from .metrics import RouterMetrics
-from .table import VariantRoute
 
 log = logging.getLogger("turnout.router")
 

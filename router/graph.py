@@ -43,16 +43,15 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 from starlette.types import Send
 
+from router.compare import v2_outputs
+from router.core import Router
+from router.decide import weighted_choice
+from router.forward import UpstreamTimeout, UpstreamUnavailable
+from router.http_util import HOP_BY_HOP, send_json, send_response
+from router.table import RoutingTable, ServiceRoute, VariantRoute
 from serving.protocol.errors import DeadlineExceeded, ModelNotFound, TurnoutError
-
-from .compare import v2_outputs
-from .conditions import holds
-from .config import Graph, Node, Step
-from .core import Router
-from .decide import weighted_choice
-from .forward import UpstreamTimeout, UpstreamUnavailable
-from .http_util import HOP_BY_HOP, send_json, send_response
-from .table import RoutingTable, ServiceRoute, VariantRoute
+from serving.spec.conditions import holds
+from serving.spec.routes import Graph, Node, Step
 
 _HEADER_LENGTH = "inference-header-content-length"
 REQUEST_ID = "x-request-id"

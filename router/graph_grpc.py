@@ -38,18 +38,11 @@ import grpc
 import orjson
 from google.protobuf.message import DecodeError
 
-from serving.protocol import codec_grpc, codec_v2, proto
-from serving.protocol.codec_grpc import Pb
-from serving.protocol.datatypes import array_to_raw
-from serving.protocol.errors import InvalidInput, TurnoutError
-from serving.protocol.types import InferenceRequest, InferenceResponse
-
-from .config import Graph
-from .core import Router
-from .forward import call_variant
-from .graph import REQUEST_ID, GraphExecutor, Headers, StepFailed
-from .grpc_edge import _DROP_METADATA, SERVICE
-from .grpc_hops import (
+from router.core import Router
+from router.forward import call_variant
+from router.graph import REQUEST_ID, GraphExecutor, Headers, StepFailed
+from router.grpc_edge import _DROP_METADATA, SERVICE
+from router.grpc_hops import (
     GrpcAnswer,
     classify_grpc,
     classify_protobuf_http,
@@ -59,8 +52,14 @@ from .grpc_hops import (
     protobuf_http_headers,
     via_http,
 )
-from .rewrite import with_name_version
-from .table import ServiceRoute, VariantRoute
+from router.rewrite import with_name_version
+from router.table import ServiceRoute, VariantRoute
+from serving.protocol import codec_grpc, codec_v2, proto
+from serving.protocol.codec_grpc import Pb
+from serving.protocol.datatypes import array_to_raw
+from serving.protocol.errors import InvalidInput, TurnoutError
+from serving.protocol.types import InferenceRequest, InferenceResponse
+from serving.spec.routes import Graph
 
 _INFER = f"/{SERVICE}/ModelInfer"
 _OK = grpc.StatusCode.OK

@@ -29,15 +29,11 @@ from typing import Any
 
 import grpc
 
-from serving.protocol import proto
-from serving.protocol.errors import InvalidInput, Overloaded, TurnoutError
-
-from .balance import Pool
-from .compare import Comparison, compare_outputs, grpc_outputs
-from .config import Graph
-from .core import Router
-from .forward import call_variant, call_variant_blocking
-from .grpc_hops import (
+from router.balance import Pool
+from router.compare import Comparison, compare_outputs, grpc_outputs
+from router.core import Router
+from router.forward import call_variant, call_variant_blocking
+from router.grpc_hops import (
     Attempt,
     GrpcAnswer,
     blocking_attempt,
@@ -51,10 +47,13 @@ from .grpc_hops import (
     protobuf_http_headers,
     via_http,
 )
-from .http_util import VARIANT_HEADER
-from .rewrite import read_name_version, with_name_version
-from .shadow import PrimaryAnswer
-from .table import ServiceRoute, VariantRoute
+from router.http_util import VARIANT_HEADER
+from router.rewrite import read_name_version, with_name_version
+from router.shadow import PrimaryAnswer
+from router.table import ServiceRoute, VariantRoute
+from serving.protocol import proto
+from serving.protocol.errors import InvalidInput, Overloaded, TurnoutError
+from serving.spec.routes import Graph
 
 log = logging.getLogger("turnout.router.grpc")
 
@@ -69,7 +68,7 @@ class GrpcEdge(grpc.GenericRpcHandler):
     """The generic handler; its methods run on grpcio's handler threads."""
 
     def __init__(self, router: Router, loop: asyncio.AbstractEventLoop) -> None:
-        from .graph_grpc import GrpcGraphs  # builds on this module's calls, so imported late
+        from router.graph_grpc import GrpcGraphs  # builds on this module's calls, so imported late
 
         self.router = router
         self.loop = loop

@@ -18,16 +18,15 @@ from typing import Any
 import grpc
 import orjson
 
+from router.balance import Endpoint
+from router.client import UpstreamError
+from router.core import Router, classify_status
+from router.forward import Verdict
+from router.http_util import HOP_BY_HOP
+from router.rewrite import with_name_version
+from router.table import ServiceRoute, VariantRoute
 from serving.protocol.codec_grpc import PROTOBUF_CONTENT_TYPE
 from serving.protocol.errors import STATUS
-
-from .balance import Endpoint
-from .client import UpstreamError
-from .core import Router, classify_status
-from .forward import Verdict
-from .http_util import HOP_BY_HOP
-from .rewrite import with_name_version
-from .table import ServiceRoute, VariantRoute
 
 # gRPC clients (h2load, some proxies) send these as metadata; over HTTP/1.1 they would
 # describe the wrong message or connection.

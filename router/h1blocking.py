@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from .client import UpstreamError, UpstreamResponse
+from router.client import UpstreamError, UpstreamResponse
 
 
 class _Connection:

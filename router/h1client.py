@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from .client import UpstreamError, UpstreamResponse
+from router.client import UpstreamError, UpstreamResponse
 
 _HOP_BY_HOP = frozenset({"host", "content-length", "connection", "transfer-encoding",
                          "keep-alive", "te", "upgrade"})

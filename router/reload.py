@@ -10,8 +10,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from .config import ConfigError, RouterConfig, load_config
-from .core import Router
+from router.core import Router
+from serving.spec.routes import ConfigError, RouterConfig, load_config
 
 log = logging.getLogger("turnout.router.reload")
 

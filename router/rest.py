@@ -22,13 +22,10 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from serving.protocol.errors import Overloaded, TurnoutError
-from serving.rest.fastpath import Headers, Reply
-
-from .client import UpstreamResponse
-from .compare import Comparison, compare_outputs, v1_outputs, v2_outputs
-from .core import Router
-from .http_util import (
+from router.client import UpstreamResponse
+from router.compare import Comparison, compare_outputs, v1_outputs, v2_outputs
+from router.core import Router
+from router.http_util import (
     RESPONSE_DROP,
     VARIANT_HEADER,
     forward_headers,
@@ -37,9 +34,11 @@ from .http_util import (
     send_json,
     send_response,
 )
-from .rewrite import rename_v2_json
-from .shadow import PrimaryAnswer
-from .table import ServiceRoute, VariantRoute
+from router.rewrite import rename_v2_json
+from router.shadow import PrimaryAnswer
+from router.table import ServiceRoute, VariantRoute
+from serving.protocol.errors import Overloaded, TurnoutError
+from serving.transport.fastpath import Headers, Reply
 
 log = logging.getLogger("turnout.router.rest")
 

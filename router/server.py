@@ -19,20 +19,19 @@ import grpc
 import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from serving.rest.coalesce import CoalescingHttpToolsProtocol
-from serving.rest.fastpath import bind_protocol
-
-from .admin import AdminApp
-from .client import HttpClient
-from .config import RouterConfig
-from .core import Router
-from .graph import GraphRunner
-from .grpc_edge import build_grpc_server
-from .h1client import H1Client
-from .metrics import RouterMetrics
-from .reload import FileSource
-from .rest import RestEdge
-from .settings import RouterSettings
+from router.admin import AdminApp
+from router.client import HttpClient
+from router.core import Router
+from router.graph import GraphRunner
+from router.grpc_edge import build_grpc_server
+from router.h1client import H1Client
+from router.metrics import RouterMetrics
+from router.reload import FileSource
+from router.rest import RestEdge
+from router.settings import RouterSettings
+from serving.spec.routes import RouterConfig
+from serving.transport.coalesce import CoalescingHttpToolsProtocol
+from serving.transport.fastpath import bind_protocol
 
 log = logging.getLogger("turnout.router")
 
@@ -46,7 +45,8 @@ class _UvicornServer(uvicorn.Server):
 
 
 def _http_server(app: object, host: str, port: int, drain: float,
-                 protocol: type[asyncio.Protocol] = CoalescingHttpToolsProtocol) -> _UvicornServer:
+                 protocol: type[asyncio.Protocol] | str = CoalescingHttpToolsProtocol
+                 ) -> _UvicornServer:
     return _UvicornServer(uvicorn.Config(
         app, host=host, port=port, loop="none", http=protocol,
         lifespan="off", log_config=None, access_log=False, server_header=False,

@@ -15,10 +15,10 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from .compare import Comparison
-from .config import Mirror
-from .metrics import RouterMetrics
-from .table import VariantRoute
+from router.compare import Comparison
+from router.metrics import RouterMetrics
+from router.table import VariantRoute
+from serving.spec.routes import Mirror
 
 log = logging.getLogger("turnout.router.shadow")
 A = TypeVar("A")

@@ -15,11 +15,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from router.balance import Clock, Endpoint, Pool, RetryBudget
+from router.decide import choose_variant, parse_cookies
 from serving.protocol.errors import ModelNotFound, Overloaded
-
-from .balance import Clock, Endpoint, Pool, RetryBudget
-from .config import Graph, Mirror, RouterConfig, Service, Upstream, Variant
-from .decide import choose_variant, parse_cookies
+from serving.spec.routes import Graph, Mirror, RouterConfig, Service, Upstream, Variant
 
 
 @dataclass(eq=False)

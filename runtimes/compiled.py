@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.lazy import LazyModule
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime
-from serving.storage import default_cache_dir
+from serving.runtime.base import Runtime
+from serving.runtime.cache import default_cache_dir
+from serving.runtime.lazy import LazyModule
 
 ort = LazyModule("onnxruntime")
 log = logging.getLogger("turnout.runtimes.compiled")
@@ -69,7 +69,7 @@ class CompiledModel:
     output_names: list[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from .onnx import session_runner
+        from runtimes.onnx import session_runner
 
         # frozen: set once here, the dataclass way
         object.__setattr__(self, "run", session_runner(self.session))

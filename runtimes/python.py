@@ -40,12 +40,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serving.content_types import encode_tensor, from_frame, to_frame
-from serving.model_settings import ModelSettings, TensorSpecSettings
 from serving.protocol.datatypes import datatype_of, dtype_for
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime
+from serving.runtime.base import Runtime
+from serving.runtime.content_types import encode_tensor, from_frame, to_frame
+from serving.runtime.settings import ModelSettings, TensorSpecSettings
 
 __all__ = ["Model", "PythonRuntime"]
 

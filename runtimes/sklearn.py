@@ -14,15 +14,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serving.content_types import to_frame
-from serving.lazy import LazyModule
-from serving.model_settings import ModelSettings
+from runtimes import compiled, sklearn_onnx
 from serving.protocol.datatypes import datatype_of, dtype_for
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import find_artifact
-
-from . import compiled, sklearn_onnx
+from serving.runtime.base import find_artifact
+from serving.runtime.content_types import to_frame
+from serving.runtime.lazy import LazyModule
+from serving.runtime.settings import ModelSettings
 
 joblib = LazyModule("joblib")
 sklearn = LazyModule("sklearn")

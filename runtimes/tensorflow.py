@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serving.lazy import LazyModule
-from serving.model_settings import ModelSettings
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime, find_artifact
+from serving.runtime.base import Runtime, find_artifact
+from serving.runtime.lazy import LazyModule
+from serving.runtime.settings import ModelSettings
 
 tf = LazyModule("tensorflow")
 

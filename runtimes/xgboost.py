@@ -15,13 +15,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from serving.lazy import LazyModule
-from serving.model_settings import ModelSettings
+from runtimes import compiled, xgboost_onnx
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import describe_outputs, find_artifact
-
-from . import compiled, xgboost_onnx
+from serving.runtime.base import describe_outputs, find_artifact
+from serving.runtime.lazy import LazyModule
+from serving.runtime.settings import ModelSettings
 
 xgb = LazyModule("xgboost")
 special = LazyModule("scipy.special")

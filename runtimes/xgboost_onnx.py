@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from runtimes import compiled
+from runtimes.compiled import CompiledModel, Tolerance
 from serving.protocol.types import TensorSpec
-
-from . import compiled
-from .compiled import CompiledModel, Tolerance
 
 DISTS = ("xgboost-cpu", "xgboost")
 OBJECTIVES = frozenset({"binary:logistic", "multi:softprob", "reg:squarederror"})

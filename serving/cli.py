@@ -39,8 +39,8 @@ def _serve_parser(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .logs import configure_logging
-    from .settings import ServerSettings
+    from serving.server.settings import ServerSettings
+    from serving.transport.logs import configure_logging
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("command", "path")}
@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"turnout serve: {settings.model_path} does not exist", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from .server import run
+    from serving.server.process import run
 
     run(settings)
     return 0
@@ -70,11 +70,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _local_model_path(path: str) -> Path:
     """PATH as a local path; a remote URI is fetched into the model cache first, with progress."""
-    from .storage import fetch, is_remote, local_path, print_progress
+    from serving.storage import fetch, is_remote, local_path, print_progress
 
     if not is_remote(path):
         return local_path(path)
-    from .protocol.errors import ModelLoadError
+    from serving.protocol.errors import ModelLoadError
 
     try:
         return fetch(path, progress=print_progress)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from router.cli import add_router_parser, run_router
 
     add_router_parser(sub)
-    from .control.cli import add_parsers, dispatch
+    from serving.control.local.cli import add_parsers, dispatch
 
     add_parsers(sub)
     args = parser.parse_args(argv)

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .protocol.errors import ModelLoadError
+from serving.protocol.errors import ModelLoadError
+from serving.runtime.cache import default_cache_dir
 
 log = logging.getLogger("turnout.storage")
 
-CACHE_ENV = "TURNOUT_MODEL_CACHE"
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024  # smaller files download without progress reports
 # What a store may report about an object's content, most specific first.
 _IDENTITY_FIELDS = ("ETag", "etag", "Content-MD5", "Digest", "md5Hash", "md5", "crc32c",
@@ -58,13 +58,6 @@ def local_path(uri: str, *, base: Path | None = None) -> Path:
     if not path.is_absolute() and base is not None:
         path = base / path
     return path
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "turnout" / "models"
 
 
 def fetch(uri: str, *, options: dict[str, Any] | None = None, base: Path | None = None,

@@ -6,10 +6,10 @@ Pure (reusable by a Kubernetes controller): :mod:`.revisions` (KServe canary sem
 :mod:`.routerproc`, :mod:`.activator`, :mod:`.admin`, :mod:`.metrics`, :mod:`.run`, :mod:`.cli`.
 """
 
-from .autoscale import ScaleDecision, ScalePolicy, ScaleState, Window, decide
-from .revisions import ServiceState, apply_manifest, promote, rollback
-from .rollout import VariantWindow, Verdict, analyse
-from .routes import Endpoints, router_config
+from serving.control.policy.autoscale import ScaleDecision, ScalePolicy, ScaleState, Window, decide
+from serving.control.policy.revisions import ServiceState, apply_manifest, promote, rollback
+from serving.control.policy.rollout import VariantWindow, Verdict, analyse
+from serving.control.policy.routes import Endpoints, router_config
 
 __all__ = ["Endpoints", "ScaleDecision", "ScalePolicy", "ScaleState", "ServiceState",
            "VariantWindow", "Verdict", "Window", "analyse", "apply_manifest", "decide", "promote",

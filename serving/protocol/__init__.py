@@ -1,6 +1,6 @@
 """Protocol-neutral types, datatypes and errors used by every Turnout component."""
 
-from .errors import (
+from serving.protocol.errors import (
     ErrorKind,
     InvalidInput,
     ModelFailed,
@@ -11,7 +11,7 @@ from .errors import (
     PayloadTooLarge,
     TurnoutError,
 )
-from .types import (
+from serving.protocol.types import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from . import proto
-from .datatypes import array_to_raw, dtype_for, raw_to_array
-from .errors import InvalidInput
-from .types import (
+from serving.protocol import proto
+from serving.protocol.datatypes import array_to_raw, dtype_for, raw_to_array
+from serving.protocol.errors import InvalidInput
+from serving.protocol.types import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,

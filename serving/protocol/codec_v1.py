@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .codec_v2 import parse_json
-from .datatypes import datatype_of, to_bytes_array
-from .errors import InvalidInput
-from .types import InferenceRequest, InferenceResponse, Tensor
+from serving.protocol.codec_v2 import parse_json
+from serving.protocol.datatypes import datatype_of, to_bytes_array
+from serving.protocol.errors import InvalidInput
+from serving.protocol.types import InferenceRequest, InferenceResponse, Tensor
 
 V1_INPUT_NAME = "input-0"
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .datatypes import array_to_raw, dtype_for, raw_to_array, to_bytes_array
-from .errors import InvalidInput
-from .types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from serving.protocol.datatypes import array_to_raw, dtype_for, raw_to_array, to_bytes_array
+from serving.protocol.errors import InvalidInput
+from serving.protocol.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY

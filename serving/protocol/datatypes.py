@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from .errors import InvalidInput
+from serving.protocol.errors import InvalidInput
 
 DATATYPE_TO_DTYPE: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import SpecModel
-from .inferenceservice import ObjectMeta
+from serving.spec.base import SpecModel
+from serving.spec.inferenceservice import ObjectMeta
 
 
 class InferenceStep(SpecModel):

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import SpecModel
-from .turnout import TurnoutSpec
+from serving.spec.base import SpecModel
+from serving.spec.turnout import TurnoutSpec
 
 DNS_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 FRAMEWORKS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "tensorflow", "triton",

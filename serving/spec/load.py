@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .base import unknown_fields
-from .graph import InferenceGraph
-from .inferenceservice import InferenceService
+from serving.spec.base import unknown_fields
+from serving.spec.graph import InferenceGraph
+from serving.spec.inferenceservice import InferenceService
 
 ANNOTATION = "serving.turnout.dev/spec"
 _KINDS: dict[tuple[str, str], type[InferenceService] | type[InferenceGraph]] = {

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import Seconds, SpecModel
+from serving.spec.base import Seconds, SpecModel
 
 Role = Literal["stable", "canary"]
 

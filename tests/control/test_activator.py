@@ -17,7 +17,7 @@ import grpc
 import httpx
 import pytest
 
-from serving.control.activator import GRPC_SERVICE, Activator
+from serving.control.local.activator import GRPC_SERVICE, Activator
 from serving.protocol import proto
 
 SERVICE, REVISION = "iris", "iris-00002"

@@ -6,8 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from serving.control.metrics import ROLLOUT_EVENTS, PlaneMetrics
-from serving.control.revisions import (
+from serving.control.local.metrics import ROLLOUT_EVENTS, PlaneMetrics
+from serving.control.policy.revisions import (
     MAX_EVENTS,
     Revision,
     ServiceState,

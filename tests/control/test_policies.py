@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.control.autoscale import ScalePolicy, ScaleState, Window, decide
-from serving.control.observe import Totals, quantile, window
-from serving.control.revisions import apply_manifest, promote, rollback
-from serving.control.rollout import VariantWindow, analyse
-from serving.control.routes import Endpoints, router_config
+from serving.control.policy.autoscale import ScalePolicy, ScaleState, Window, decide
+from serving.control.policy.observe import Totals, quantile, window
+from serving.control.policy.revisions import apply_manifest, promote, rollback
+from serving.control.policy.rollout import VariantWindow, analyse
+from serving.control.policy.routes import Endpoints, router_config
 from serving.spec import Analysis, load_texts
 
 A = Analysis(minRequests=20, maxErrorRate=0.05, maxErrorRateIncrease=0.02, maxP99Seconds=1.0,
@@ -167,8 +167,8 @@ def test_window_is_the_difference_of_two_reads() -> None:
 
 
 def test_kserve_batcher_reaches_the_model_servers_flags() -> None:
-    from serving.control.revisions import _revision
-    from serving.control.supervisor import ReplicaSpec
+    from serving.control.local.supervisor import ReplicaSpec
+    from serving.control.policy.revisions import _revision
     text = """
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService

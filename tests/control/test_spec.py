@@ -147,8 +147,8 @@ def test_example_manifests_load_without_warnings(name: str) -> None:
 
 
 def test_shadow_example_mirrors_to_the_canary_and_sends_the_cold_service_to_the_activator() -> None:
-    from serving.control.revisions import apply_manifest
-    from serving.control.routes import Endpoints, router_config
+    from serving.control.policy.revisions import apply_manifest
+    from serving.control.policy.routes import Endpoints, router_config
     from serving.spec.load import load_files
 
     manifests = load_files([EXAMPLES / "shadow-rollout.yaml"])

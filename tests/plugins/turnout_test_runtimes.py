@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime
+from serving.runtime.base import Runtime
 
 
 class Echo(Runtime):

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from router.config import RouterConfig, parse_config
 from router.server import RouterServer
 from router.settings import RouterSettings
+from serving.spec.routes import RouterConfig, parse_config
 
 
 def _shared() -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.conditions import holds
+from serving.spec.conditions import holds
 
 DOC = {
     "decision_picker": "ENSEMBLE",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config, load_config_text, parse_config
+from serving.spec.routes import ConfigError, load_config, load_config_text, parse_config
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "routes.yaml"
 

@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from router.config import Rule
 from router.decide import (
     choose_variant,
     match_rule,
@@ -15,6 +14,7 @@ from router.decide import (
     sticky_choice,
     weighted_choice,
 )
+from serving.spec.routes import Rule
 
 
 def within_binomial(count: int, n: int, p: float, z: float = 4.5) -> bool:

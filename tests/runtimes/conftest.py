@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.model_settings import ModelSettings
 from serving.protocol.datatypes import dtype_for
-from serving.runtime import Runtime
+from serving.runtime.base import Runtime
+from serving.runtime.settings import ModelSettings
 
 Reference = Callable[[np.ndarray], dict[str, np.ndarray]]
 

@@ -9,11 +9,11 @@ import joblib
 import numpy as np
 import pytest
 
-from serving.content_types import decode_tensor, encode_tensor, from_frame, to_frame
-from serving.model_settings import ModelSettings
 from serving.protocol.errors import InvalidInput, ModelLoadError
 from serving.protocol.types import InferenceRequest, Tensor
-from serving.validation import prepare_inputs
+from serving.runtime.content_types import decode_tensor, encode_tensor, from_frame, to_frame
+from serving.runtime.settings import ModelSettings
+from serving.server.validation import prepare_inputs
 
 
 def _bytes(*items: bytes) -> np.ndarray:

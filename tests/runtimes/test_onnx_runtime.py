@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from runtimes.onnx import OnnxRuntime, session_runner
-from serving.model_settings import ModelSettings
 from serving.protocol.errors import InvalidInput, ModelLoadError
 from serving.protocol.types import TensorSpec
+from serving.runtime.settings import ModelSettings
 
 if TYPE_CHECKING:
     from conftest import ModelCase

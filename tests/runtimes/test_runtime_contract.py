@@ -18,11 +18,11 @@ from runtimes.sklearn import SklearnRuntime
 from runtimes.tensorflow import TensorFlowRuntime
 from runtimes.torch import TorchRuntime
 from runtimes.xgboost import XGBoostRuntime
-from serving.model_settings import ModelSettings
 from serving.protocol.datatypes import DATATYPES, datatype_of
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime, available_runtimes, find_artifact
+from serving.runtime.base import Runtime, available_runtimes, find_artifact
+from serving.runtime.settings import ModelSettings
 
 if TYPE_CHECKING:
     from conftest import ModelCase

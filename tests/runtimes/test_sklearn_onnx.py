@@ -20,9 +20,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from runtimes import compiled as compiled_module
 from runtimes import sklearn_onnx
 from runtimes.sklearn import SklearnRuntime
-from serving.model_settings import ModelSettings
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
+from serving.runtime.settings import ModelSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(7)
@@ -83,7 +83,7 @@ def test_a_later_start_serves_the_cache_without_importing_sklearn(tmp_path: Path
         import json, sys
         import numpy as np
         from runtimes.sklearn import SklearnRuntime
-        from serving.model_settings import ModelSettings
+        from serving.runtime.settings import ModelSettings
         rt = SklearnRuntime(ModelSettings(name="m", artifact={str(tmp_path / 'a' / 'model.joblib')!r},
                                           parameters={{"compile": "onnx"}}))
         rt.load()

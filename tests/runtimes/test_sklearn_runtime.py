@@ -13,9 +13,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from runtimes.sklearn import SklearnRuntime
-from serving.model_settings import ModelSettings
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
+from serving.runtime.settings import ModelSettings
 
 if TYPE_CHECKING:
     from conftest import ModelCase

@@ -15,7 +15,7 @@ import pytest
 import xgboost as xgb
 
 from runtimes.xgboost import XGBoostRuntime
-from serving.model_settings import ModelSettings
+from serving.runtime.settings import ModelSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(11)
@@ -80,7 +80,7 @@ def test_a_later_start_serves_the_cache_without_importing_xgboost(tmp_path: Path
         import json, sys
         import numpy as np
         from runtimes.xgboost import XGBoostRuntime
-        from serving.model_settings import ModelSettings
+        from serving.runtime.settings import ModelSettings
         rt = XGBoostRuntime(ModelSettings(name="m", artifact={str(path)!r},
                                           parameters={{"compile": "onnx"}}))
         rt.load()

@@ -10,8 +10,8 @@ import xgboost as xgb
 from scipy.special import expit
 
 from runtimes.xgboost import XGBoostRuntime
-from serving.model_settings import ModelSettings
 from serving.protocol.types import TensorSpec
+from serving.runtime.settings import ModelSettings
 
 if TYPE_CHECKING:
     from conftest import ModelCase

@@ -9,7 +9,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from serving.accumulate import Deferred, FlushBeforeCollect
+from serving.transport.accumulate import Deferred, FlushBeforeCollect
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 

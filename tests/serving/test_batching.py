@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from serving.batching import AdaptiveBatcher
-from serving.model_settings import BatchingSettings
 from serving.protocol.errors import Overloaded
+from serving.runtime.settings import BatchingSettings
+from serving.server.batching import AdaptiveBatcher
 
 
 class Recorder:

@@ -20,8 +20,8 @@ import tritonclient.http as httpclient
 import yaml
 
 from runtimes.python import PythonRuntime
-from serving.model_settings import ModelSettings
 from serving.protocol.errors import ModelLoadError
+from serving.runtime.settings import ModelSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "custom_model"

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serving.execution import INLINE_BUDGET_S, resolve_execution
-from serving.model_settings import ModelSettings
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime
+from serving.runtime.base import Runtime
+from serving.runtime.settings import ModelSettings
+from serving.server.execution import INLINE_BUDGET_S, resolve_execution
 
 
 class Timed(Runtime):

@@ -8,7 +8,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from serving.metrics import LATENCY_BUCKETS, Metrics
+from serving.server.metrics import LATENCY_BUCKETS, Metrics
 
 
 def test_flushed_histogram_matches_direct_observation():

@@ -21,11 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
-from serving.dataplane import DataPlane
-from serving.metrics import Metrics
-from serving.repository import ModelRepository
-from serving.rest import build_rest_app
-from serving.rest.fastpath import bind_protocol
+from serving.server.dataplane import DataPlane
+from serving.server.metrics import Metrics
+from serving.server.repository import ModelRepository
+from serving.server.rest import build_rest_app
+from serving.transport.fastpath import bind_protocol
 
 
 def _mlp(model_zoo, x: np.ndarray) -> np.ndarray:
@@ -298,3 +298,22 @@ def test_a_client_leaving_mid_request_leaves_the_server_healthy(server):
     answer = httpx.post(f"{server.url}/v2/models/mlp/infer", content=_body(np.ones((1, 8),
                                                                                 np.float32)))
     assert answer.status_code == 200
+
+
+def test_the_fast_path_finds_what_it_needs_in_this_uvicorn():
+    from serving.transport.fastpath import missing_internals
+
+    assert missing_internals() == []
+
+
+def test_a_uvicorn_without_those_internals_gets_its_own_path_and_a_warning(monkeypatch, caplog):
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from serving.transport import fastpath
+
+    # h11's protocol has a different shape: what a future httptools protocol might look like
+    assert "parser" in fastpath.missing_internals(H11Protocol)
+    monkeypatch.setattr(fastpath, "missing_internals", lambda: ["parser"])
+    with caplog.at_level("WARNING", logger="turnout.transport"):
+        assert fastpath.bind_protocol(object()) == "httptools"  # type: ignore[arg-type]
+    assert "uvicorn's own path" in caplog.text and "parser" in caplog.text

@@ -13,7 +13,7 @@ import numpy as np
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.server import METRICS_FLUSH_SECONDS
+from serving.server.process import METRICS_FLUSH_SECONDS
 
 GOOD = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
 

@@ -14,7 +14,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from .grpc_predict_v2_descriptor import FILE_DESCRIPTOR
+from serving.protocol.proto.grpc_predict_v2_descriptor import FILE_DESCRIPTOR
 
 PROTO_FILE = "grpc_predict_v2.proto"
 SERVICE_NAME = "inference.GRPCInferenceService"

@@ -32,13 +32,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
-from serving.dataplane import DataPlane
-from serving.grpc import InferenceServicer, SetServing, build_grpc_server
-from serving.metrics import Metrics
 from serving.protocol import proto
 from serving.protocol.datatypes import serialize_bytes_tensor
-from serving.repository import ModelRepository
-from serving.settings import ServerSettings
+from serving.server.dataplane import DataPlane
+from serving.server.grpc import InferenceServicer, SetServing, build_grpc_server
+from serving.server.metrics import Metrics
+from serving.server.repository import ModelRepository
+from serving.server.settings import ServerSettings
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]

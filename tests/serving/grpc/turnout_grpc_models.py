@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.protocol.types import TensorSpec
-from serving.runtime import Runtime
+from serving.runtime.base import Runtime
 
 
 class MatMul(Runtime):

@@ -1,0 +1,89 @@
+"""The plane's admin API on loopback, used by ``turnout apply/status/rollout/down``.
+
+| method | path | does |
+| --- | --- | --- |
+| GET | /status | services, revisions, replicas, weights, rollout state, events, live metrics |
+| GET | /metrics | Prometheus text: rollout events, canary share, phase, replicas (``metrics.py``) |
+| POST | /apply | ``{"documents": [{"path": ..., "text": ...}]}``: manifests to apply |
+| POST | /services/{name}/promote, /services/{name}/rollback | end a canary |
+| POST | /shutdown | drain and stop everything (what ``turnout down`` calls) |
+
+Where it listens is written to ``.turnout/plane.json``. Loopback only: whoever reaches it can
+replace every model being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
+
+from serving.control.local.plane import Plane
+from serving.control.local.status import status
+from serving.spec.load import ManifestError, load_texts
+
+_ACTION = re.compile(r"^/services/([^/]+)/(promote|rollback)$")
+
+
+class PlaneAdmin:
+    def __init__(self, plane: Plane, stop: asyncio.Event) -> None:
+        self.plane = plane
+        self.stop = stop
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and path == "/metrics":
+            body = generate_latest(self.plane.metrics.registry)
+            return await _send(send, 200, body, CONTENT_TYPE_LATEST)
+        code, doc = 404, {"error": f"Not Found: {method} {path}"}
+        try:
+            if method == "GET" and path == "/status":
+                code, doc = 200, status(self.plane)
+            elif method == "POST" and path == "/apply":
+                code, doc = await self._apply(await _body(receive))
+            elif method == "POST" and path == "/shutdown":
+                self.stop.set()
+                code, doc = 200, {"stopping": True}
+            elif method == "POST" and (match := _ACTION.match(path)):
+                act: Callable[[str], Awaitable[str]] = getattr(self.plane, match.group(2))
+                code, doc = 200, {"event": await act(match.group(1))}
+        except KeyError as exc:
+            code, doc = 404, {"error": str(exc.args[0])}
+        await _send(send, code, orjson.dumps(doc), "application/json")
+
+    async def _apply(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            request = orjson.loads(body)
+            texts = [(Path(d["path"]), d["text"]) for d in request["documents"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return 400, {"error": 'body must be {"documents": [{"path": ..., "text": ...}]}'}
+        try:
+            manifests = load_texts(texts)
+            events = await self.plane.apply(manifests)
+        except ManifestError as exc:
+            return 400, {"error": str(exc)}
+        return 200, {"warnings": manifests.warnings, "events": events}
+
+
+async def _send(send: Send, code: int, body: bytes, content_type: str) -> None:
+    await send({"type": "http.response.start", "status": code,
+                "headers": [(b"content-type", content_type.encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)

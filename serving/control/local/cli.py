@@ -1,0 +1,107 @@
+"""``turnout up | apply | status | down | rollout``: the local control plane's command line.
+
+``up`` runs the plane in the foreground; the others talk to it through its loopback admin API,
+found in ``<state-dir>/plane.json`` (``.turnout/`` by default, ``TURNOUT_STATE_DIR`` or
+``--state-dir`` to choose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+COMMANDS = ("up", "apply", "status", "down", "rollout")
+
+
+def add_parsers(sub: Any) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-dir", type=Path,
+                       default=Path(os.environ.get("TURNOUT_STATE_DIR", ".turnout")),
+                       help="where the plane keeps state, logs and routes (default .turnout)")
+
+    up = sub.add_parser("up", help="run InferenceService manifests locally: router + model servers")
+    up.add_argument("-f", "--filename", dest="files", type=Path, action="append", required=True,
+                    help="manifest file (repeatable; several documents per file)")
+    up.add_argument("--host", default="127.0.0.1", help="bind address of the public ports")
+    up.add_argument("--http-port", type=int, default=8080, help="public REST port (default 8080)")
+    up.add_argument("--grpc-port", type=int, default=8081, help="public gRPC port (default 8081)")
+    up.add_argument("--ready-timeout", type=float, default=120.0,
+                    help="seconds for the first replicas to become ready before giving up")
+    up.add_argument("--log-level", default="info")
+    common(up)
+    apply = sub.add_parser("apply", help="apply manifests to the running plane")
+    apply.add_argument("-f", "--filename", dest="files", type=Path, action="append", required=True)
+    common(apply)
+    status = sub.add_parser("status", help="services, revisions, replicas, weights, metrics")
+    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    common(status)
+    down = sub.add_parser("down", help="drain and stop the running plane")
+    common(down)
+    rollout = sub.add_parser("rollout", help="promote or roll back a canary")
+    rollout.add_argument("action", choices=["promote", "rollback"])
+    rollout.add_argument("name", help="InferenceService name")
+    common(rollout)
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    """Run the command if it is one of ours; None means it is someone else's."""
+    if args.command not in COMMANDS:
+        return None
+    if args.command == "up":
+        from serving.control.local.run import up
+
+        return up(args)
+    try:
+        if args.command == "apply":
+            docs = [{"path": str(p.resolve()), "text": p.read_text()} for p in args.files]
+            answer = _call(args.state_dir, "POST", "/apply", {"documents": docs})
+            for line in answer.get("warnings", []):
+                print(f"warning: {line}", file=sys.stderr)
+            for line in answer.get("events", []) or ["unchanged"]:
+                print(line)
+        elif args.command == "status":
+            answer = _call(args.state_dir, "GET", "/status")
+            from serving.control.local.status import render
+
+            print(json.dumps(answer, indent=1) if args.output == "json" else render(answer))
+        elif args.command == "down":
+            _call(args.state_dir, "POST", "/shutdown")
+            print("stopping (draining in-flight requests)")
+        else:
+            print(_call(args.state_dir, "POST", f"/services/{args.name}/{args.action}")["event"])
+    except PlaneError as exc:
+        print(f"turnout {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"turnout {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class PlaneError(RuntimeError):
+    pass
+
+
+def _call(state_dir: Path, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    try:
+        info = json.loads((state_dir / "plane.json").read_text())
+    except (OSError, ValueError):
+        raise PlaneError(f"no running plane found in {state_dir} (start one with turnout up)") \
+            from None
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(info["admin"] + path, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as err:
+        raise PlaneError(json.loads(err.read()).get("error", str(err))) from None
+    except urllib.error.URLError as err:
+        raise PlaneError(f"plane at {info['admin']} is not answering ({err.reason}); "
+                         f"remove {state_dir / 'plane.json'} if it is gone") from None

@@ -1,0 +1,135 @@
+"""``turnout up``: the composition root of the local control plane.
+
+Order at start: validate every manifest and storage path (nothing starts if one is bad), start
+the router on the public ports, open the admin API, apply the manifests, and wait until every
+service has a ready replica (or fail, stopping everything). Order at stop (Ctrl-C, SIGTERM,
+``turnout down``): the router drains first so no new request reaches a replica, then every
+replica drains and stops, then ``plane.json`` goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from serving.control.local.activator import Activator
+from serving.control.local.admin import PlaneAdmin
+from serving.control.local.metrics import PlaneMetrics
+from serving.control.local.plane import Plane
+from serving.control.local.routerproc import RouterProcess
+from serving.control.local.supervisor import free_port
+from serving.spec.load import ManifestError, Manifests, load_files
+from serving.transport.logs import configure_logging
+
+log = logging.getLogger("turnout.control")
+
+
+def up(args: argparse.Namespace) -> int:
+    try:
+        manifests = load_files(args.files)
+    except ManifestError as exc:
+        print(f"turnout up: {exc}", file=sys.stderr)
+        return 2
+    for line in manifests.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    state_dir = args.state_dir.resolve()
+    info = state_dir / "plane.json"
+    if info.exists() and _alive(json.loads(info.read_text()).get("pid", 0)):
+        print(f"turnout up: a plane is already running from {state_dir} (turnout down first)",
+              file=sys.stderr)
+        return 2
+    configure_logging(args.log_level, "text")
+    return asyncio.run(_main(args, manifests, state_dir))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0
+
+
+async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(exist_ok=True)
+    (state_dir / "routes.yaml").write_text("services: []\n")
+    router = RouterProcess(state_dir, host=args.host, http_port=args.http_port,
+                           grpc_port=args.grpc_port)
+    plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()))
+    try:
+        plane.check(manifests)
+    except ManifestError as exc:
+        print(f"turnout up: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    admin_port = free_port()
+    admin = uvicorn.Server(uvicorn.Config(PlaneAdmin(plane, stop), host="127.0.0.1",
+                                          port=admin_port, log_config=None, access_log=False,
+                                          lifespan="off"))
+    admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    admin_task = asyncio.create_task(admin.serve())
+    code = 0
+    activator: Activator | None = None
+    try:
+        await router.start()
+        activator = await Activator.start(plane)
+        await plane.apply(manifests)
+        (state_dir / "plane.json").write_text(json.dumps({
+            "pid": os.getpid(), "admin": f"http://127.0.0.1:{admin_port}",
+            "http_port": args.http_port, "grpc_port": args.grpc_port}))
+        loop_task = asyncio.create_task(plane.run(stop))
+        if not await _wait_ready(plane, args.ready_timeout, stop):
+            code = 1
+            stop.set()
+        else:
+            names = ", ".join(plane.states)
+            print(f"turnout: serving {names} on http://{args.host}:{args.http_port} "
+                  f"and grpc {args.host}:{args.grpc_port} (state in {state_dir})", flush=True)
+        await stop.wait()
+        await loop_task
+    except RuntimeError as exc:
+        print(f"turnout up: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        log.info("draining")
+        await plane.shutdown()
+        if activator is not None:
+            await activator.stop()
+        admin.should_exit = True
+        await admin_task
+        (state_dir / "plane.json").unlink(missing_ok=True)
+    return code
+
+
+async def _wait_ready(plane: Plane, timeout: float, stop: asyncio.Event) -> bool:
+    """Every service reachable: a ready stable replica, or scaled to zero behind the activator."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        pending = [n for n, s in plane.states.items()
+                   if not plane.supervisor.ready(s.stable) and s.stable not in plane.at_zero()]
+        if not pending:
+            return True
+        await asyncio.sleep(0.2)
+    for name, state in plane.states.items():
+        for replica in plane.supervisor.replicas.get(state.stable, []):
+            if replica.state != "ready":
+                tail = replica.log_path.read_text(errors="replace")[-2000:] \
+                    if replica.log_path.exists() else ""
+                print(f"turnout up: {name} ({state.stable}) not ready after {timeout:.0f}s; "
+                      f"{replica.log_path}:\n{tail}", file=sys.stderr)
+                break
+    return False

@@ -1,0 +1,71 @@
+"""``turnout status``: one JSON document built from the plane's state, and its text rendering."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from serving.control.policy.observe import window
+
+if TYPE_CHECKING:
+    from serving.control.local.plane import Plane
+
+
+def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
+    now = time.monotonic()
+    history = plane.history
+    latest_t, latest = history[-1] if history else (now, {})
+    then_t, then = next(((t, h) for t, h in history if t >= latest_t - live_seconds),
+                        (latest_t, latest))
+    span = max(latest_t - then_t, 1e-9)
+    services = []
+    for name, state in plane.states.items():
+        roles = state.serving()
+        variants = []
+        for role, revision in roles.items():
+            w = window(latest.get((name, role)), then.get((name, role)))
+            replicas = plane.supervisor.replicas.get(revision, [])
+            weight = (100 - state.percent if "canary" in roles else 100) if role == "stable" \
+                else state.percent
+            scaling = plane.scaling.get(revision)
+            variants.append({
+                "role": role, "revision": revision, "weight": weight,
+                "storageUri": state.revisions[revision].storage_uri,
+                "replicas": {"ready": sum(r.state == "ready" for r in replicas),
+                             "total": len([r for r in replicas if r.state != "stopping"]),
+                             "desired": scaling.state.replicas if scaling else None,
+                             "restarts": sum(r.restarts for r in replicas)},
+                # where the ready replicas listen, to reach one replica's /metrics or logs
+                "endpoints": {"http": [r.http for r in replicas if r.state == "ready"],
+                              "grpc": [r.grpc for r in replicas if r.state == "ready"]},
+                "rps": round(w.requests / span, 2) if history else 0.0,
+                "error_rate": round(w.error_rate, 4),
+                "p99_ms": round(w.p99_seconds * 1000, 2) if w.p99_seconds is not None else None})
+        services.append({"name": name, "phase": state.phase, "stable": state.stable,
+                         "canary": state.canary, "canary_percent": state.percent,
+                         "variants": variants,
+                         "events": [{"at": e.at, "kind": e.kind, "message": e.message}
+                                    for e in state.events[-10:]]})
+    return {"http_port": plane.router.http_port, "grpc_port": plane.router.grpc_port,
+            "services": services, "graphs": sorted(plane.graphs)}
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [f"router: http :{doc['http_port']}  grpc :{doc['grpc_port']}"]
+    for svc in doc["services"]:
+        canary = f", canary {svc['canary']} at {svc['canary_percent']}%" if svc["canary"] else ""
+        lines.append(f"\n{svc['name']}  [{svc['phase']}]  stable {svc['stable']}{canary}")
+        lines.append(f"  {'ROLE':7} {'REVISION':22} {'WEIGHT':>6} {'READY':>6} {'RPS':>8} "
+                     f"{'ERR%':>6} {'P99ms':>8}")
+        for v in svc["variants"]:
+            r = v["replicas"]
+            p99 = "-" if v["p99_ms"] is None else f"{v['p99_ms']:.1f}"
+            lines.append(f"  {v['role']:7} {v['revision']:22} {v['weight']:>5}% "
+                         f"{r['ready']:>2}/{r['total']:<3} {v['rps']:>8.1f} "
+                         f"{v['error_rate'] * 100:>6.2f} {p99:>8}")
+        for event in svc["events"][-5:]:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
+            lines.append(f"  {stamp}  {event['message']}")
+    if doc["graphs"]:
+        lines.append(f"\ngraphs: {', '.join(doc['graphs'])}")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Manifests + revision state + ready endpoints → the router's config.
+
+Pure. Variants are named by role (``stable``, ``canary``) so traffic rules in ``spec.turnout``
+keep meaning the same thing as revisions come and go; the revision behind each role is in
+``turnout status``. Only ready endpoints are listed (health-gated routing): a role with none is
+left out and its share goes to the other, and a role scaled to zero points at the activator
+(its REST and gRPC endpoints), which holds requests while a replica starts. The result is
+validated by the router's own config model, so the control plane cannot hand the router
+something it would refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.control.policy.revisions import ServiceState
+from serving.spec.graph import InferenceGraph
+from serving.spec.inferenceservice import InferenceService
+from serving.spec.routes import RouterConfig, parse_config
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    http: list[str] = field(default_factory=list)
+    grpc: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.http or self.grpc)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The routes and what was left out of them, for status and logs."""
+
+    config: RouterConfig
+    omitted: list[str]
+
+
+def router_config(*, services: list[tuple[InferenceService, ServiceState]],
+                  endpoints: Mapping[str, Endpoints], graphs: list[InferenceGraph],
+                  activator: Endpoints | None = None, at_zero: frozenset[str] = frozenset(),
+                  health_interval: float = 1.0) -> Plan:
+    """Build the routes; ``endpoints`` maps revision name → its ready endpoints.
+
+    ``at_zero``: revisions with no replica on purpose (scaled to zero); they route to
+    ``activator`` instead of being left out.
+    """
+    omitted: list[str] = []
+    docs = []
+    for isvc, state in services:
+        doc = _service(isvc, state, endpoints, activator, at_zero, omitted)
+        if doc is not None:
+            docs.append(doc)
+    names = {d["name"] for d in docs}
+    graph_docs = []
+    for graph in graphs:
+        missing = sorted(_services_of(graph) - names)
+        if missing:
+            omitted.append(f"graph {graph.name}: services {missing} have no ready variant")
+            continue
+        graph_docs.append(_graph(graph))
+    doc: dict[str, Any] = {
+        # Every endpoint is a Turnout model server (or the activator, which passes bodies on):
+        # gRPC clients' calls take the cheaper protobuf-over-HTTP hop (docs/router.md).
+        "upstream": {"grpc_via_http": True,
+                     "health_check": {"interval_seconds": health_interval,
+                                      "timeout_seconds": max(health_interval, 1.0)}},
+        "services": docs, "graphs": graph_docs}
+    return Plan(parse_config(doc, source="control plane"), omitted)
+
+
+def _service(isvc: InferenceService, state: ServiceState, endpoints: Mapping[str, Endpoints],
+             activator: Endpoints | None, at_zero: frozenset[str], omitted: list[str]
+             ) -> dict[str, Any] | None:
+    roles = state.serving()
+    weights = {"stable": 100 - state.percent if "canary" in roles else 100,
+               "canary": state.percent}
+    variants = []
+    for role, revision in roles.items():
+        ready = endpoints.get(revision) or Endpoints()
+        model = isvc.name
+        if not ready and revision in at_zero and activator:
+            ready, model = activator, revision  # the activator finds the revision by this name
+        if not ready:
+            omitted.append(f"{isvc.name}/{role} ({revision}): no ready replica")
+            continue
+        variants.append({"name": role, "weight": weights[role], "model": model,
+                         "http": ready.http, "grpc": ready.grpc})
+    if not variants:
+        return None
+    if sum(v["weight"] for v in variants) <= 0:
+        for v in variants:
+            v["weight"] = 1  # only a 0% canary is left: it serves rather than nobody
+    present = {v["name"] for v in variants}
+    doc: dict[str, Any] = {"name": isvc.name, "variants": variants}
+    extra = isvc.spec.turnout
+    if extra is not None:
+        doc["rules"] = [r.model_dump(include={"header", "cookie", "variant"}) for r in extra.rules
+                        if r.variant in present]
+        if extra.sticky is not None:
+            doc["sticky"] = extra.sticky.model_dump(include={"header", "cookie"}, exclude_none=True)
+        if extra.mirror is not None and {"stable", "canary"} <= present:
+            doc["mirror"] = [{"variant": "canary", "percent": extra.mirror.percent,
+                              "max_in_flight": extra.mirror.maxInFlight}]
+    timeout = isvc.spec.predictor.timeout
+    if timeout:
+        doc["upstream"] = {"timeout_seconds": float(timeout)}
+    return doc
+
+
+def _services_of(graph: InferenceGraph) -> set[str]:
+    return {s.serviceName for node in graph.spec.nodes.values() for s in node.steps
+            if s.serviceName is not None}
+
+
+def _graph(graph: InferenceGraph) -> dict[str, Any]:
+    nodes = {}
+    for name, node in graph.spec.nodes.items():
+        steps = [step.model_dump(include={"stepName", "serviceName", "nodeName", "data",
+                                          "condition", "weight", "dependency"}, exclude_none=True)
+                 for step in node.steps]
+        nodes[name] = {"routerType": node.routerType, "steps": steps}
+    doc: dict[str, Any] = {"name": graph.name, "nodes": nodes}
+    if graph.spec.timeout:
+        doc["timeout_seconds"] = float(graph.spec.timeout)
+    return doc

@@ -1,0 +1,178 @@
+"""Adaptive batching: merge concurrent requests for one model into fewer, larger predict calls.
+
+Concurrency design: one asyncio task per batcher (started lazily on the running loop) drains
+a FIFO of pending requests. A batch closes when it holds ``max_batch_size`` rows or when its
+first request has waited ``max_latency_ms``. Only requests that agree on input names, dtypes,
+trailing shapes and requested outputs are merged, in arrival order. While one batch runs in
+the thread pool the next one fills, so batch size adapts to load. Outputs are split back by
+row offsets and each split is checked to hold exactly its request's rows. If a merged call
+fails, each request is retried alone so one bad request cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.protocol.errors import ModelFailed, Overloaded
+from serving.runtime.settings import BatchingSettings
+
+Arrays = dict[str, np.ndarray]
+Predict = Callable[[Arrays, Sequence[str]], Awaitable[Arrays]]
+# Called once per merged batch with its row count and each request's seconds in the queue.
+Observe = Callable[[int, list[float]], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: Arrays
+    outputs: tuple[str, ...]
+    rows: int
+    future: asyncio.Future[Arrays]
+    enqueued: float
+    key: tuple[object, ...] = field(default=())
+
+
+def _merge_key(inputs: Arrays, outputs: tuple[str, ...]) -> tuple[object, ...]:
+    return (outputs, tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items())))
+
+
+class AdaptiveBatcher:
+    def __init__(self, *, predict: Predict, settings: BatchingSettings,
+                 observe: Observe | None = None) -> None:
+        self._predict = predict
+        self._settings = settings
+        self._observe = observe or (lambda rows, waits: None)
+        self._queue: deque[_Pending] = deque()
+        self._rows = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
+        """Queue one request and wait for its share of a batch's outputs."""
+        rows = next(iter(inputs.values())).shape[0]
+        if rows >= self._settings.max_batch_size:
+            return await self._predict(inputs, outputs)  # already a full batch on its own
+        if len(self._queue) >= self._settings.max_queue_size:
+            raise Overloaded(f"batching queue is full ({self._settings.max_queue_size} requests); "
+                             "retry later")
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        key_outputs = tuple(outputs)
+        pending = _Pending(inputs, key_outputs, rows, loop.create_future(), time.monotonic(),
+                           _merge_key(inputs, key_outputs))
+        self._queue.append(pending)
+        self._rows += rows
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await pending.future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(Overloaded("model is unloading"))
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        limit = self._settings.max_batch_size
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = self._queue[0].enqueued + self._settings.max_latency_ms / 1000
+            while self._rows < limit and (remaining := deadline - time.monotonic()) > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take(limit)
+            if batch:
+                await self._execute(batch)
+
+    def _take(self, limit: int) -> list[_Pending]:
+        """The oldest compatible requests that fit in ``limit`` rows; expired ones are refused."""
+        timeout = self._settings.queue_timeout_ms
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        rows = 0
+        skipped: list[_Pending] = []
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():  # the caller went away
+                self._rows -= pending.rows
+                continue
+            if timeout is not None and now - pending.enqueued > timeout / 1000:
+                self._rows -= pending.rows
+                pending.future.set_exception(Overloaded(
+                    f"request waited over {timeout:g} ms in the batching queue"))
+                continue
+            if batch and (pending.key != batch[0].key or rows + pending.rows > limit):
+                skipped.append(pending)
+                if rows + pending.rows > limit:
+                    break
+                continue
+            batch.append(pending)
+            rows += pending.rows
+            self._rows -= pending.rows
+        self._queue.extendleft(reversed(skipped))  # keep arrival order for the next batch
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
+        self._observe(sum(p.rows for p in batch), [started - p.enqueued for p in batch])
+        merged = {name: np.concatenate([p.inputs[name] for p in batch])
+                  for name in batch[0].inputs} if len(batch) > 1 else batch[0].inputs
+        try:
+            result = await self._predict(merged, batch[0].outputs)
+            parts = _split(result, [p.rows for p in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+                return
+            await asyncio.gather(*(self._alone(p) for p in batch))
+            return
+        for pending, part in zip(batch, parts, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(part)
+
+    async def _alone(self, pending: _Pending) -> None:
+        try:
+            result = await self._predict(pending.inputs, pending.outputs)
+        except Exception as exc:
+            _fail(pending, exc)
+        else:
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+
+def _fail(pending: _Pending, exc: BaseException) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(exc)
+
+
+def _split(result: Arrays, sizes: list[int]) -> list[Arrays]:
+    """Cut merged outputs back into per-request outputs, exactly by row counts."""
+    total = sum(sizes)
+    for name, array in result.items():
+        if np.ndim(array) == 0 or len(array) != total:
+            raise ModelFailed(f"batched output '{name}' has {np.shape(array)[:1]} rows for "
+                              f"{total} input rows")
+    offsets = np.cumsum([0, *sizes])
+    return [{name: array[offsets[i]:offsets[i + 1]] for name, array in result.items()}
+            for i in range(len(sizes))]

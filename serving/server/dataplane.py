@@ -1,0 +1,280 @@
+"""The protocol-neutral core that every edge (REST V1/V2, gRPC) calls.
+
+Each method takes and returns internal types; edges only translate. ``infer`` owns the
+request metrics, validation, where predict runs (inline or the bounded thread pool) and the
+conversion of model exceptions into clean ``ModelFailed`` errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from serving.protocol.codec_grpc import PROTOBUF_EXTENSION
+from serving.protocol.datatypes import datatype_of
+from serving.protocol.errors import ErrorKind, InvalidInput, ModelFailed, ModelNotReady, TurnoutError
+from serving.protocol.types import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    RepositoryEntry,
+    ServerMetadata,
+    Tensor,
+)
+from serving.runtime.base import Runtime
+from serving.runtime.content_types import CONTENT_TYPES, TENSOR_CODECS, encode_tensor
+from serving.server.batching import AdaptiveBatcher
+from serving.server.metrics import Metrics, RequestMetrics
+from serving.server.repository import ModelRepository, ModelVersion
+from serving.server.validation import prepare_inputs, select_outputs
+
+log = logging.getLogger("turnout.dataplane")
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics", PROTOBUF_EXTENSION]
+
+
+class DataPlane:
+    def __init__(self, *, repository: ModelRepository, metrics: Metrics,
+                 executor: ThreadPoolExecutor, server_name: str = "turnout",
+                 server_version: str = "0.1.0", repository_mutable: bool = True) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self._executor = executor
+        self._server = ServerMetadata(server_name, server_version, list(EXTENSIONS))
+        self.started = False
+        self.draining = False
+        # Worker processes each hold their own copy of the table; changing one would make
+        # workers disagree, so the repository extension is read-only there.
+        self._repository_mutable = repository_mutable
+
+    # -- health and metadata -------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready once startup loading finished and until draining begins.
+
+        A model that failed to load does not make the server unready (it reports its own
+        readiness), so one broken model cannot take a whole replica out of rotation.
+        """
+        return self.started and not self.draining
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.repository.get(name, version).state == "READY"
+
+    def server_metadata(self) -> ServerMetadata:
+        return self._server
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        mv = self.repository.get(name, version)
+        runtime = mv.runtime
+        return ModelMetadata(
+            name=name,
+            versions=self.repository.versions(name),
+            platform=mv.platform,
+            inputs=list(runtime.inputs) if runtime else [],
+            outputs=list(runtime.outputs) if runtime else [],
+            state=mv.state,
+            reason=mv.reason,
+        )
+
+    # -- repository extension ----------------------------------------------------------------
+    def repository_index(self) -> list[RepositoryEntry]:
+        return self.repository.index()
+
+    async def load_model(self, name: str) -> None:
+        self._check_mutable()
+        await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        self._check_mutable()
+        await self.repository.unload(name)
+
+    def _check_mutable(self) -> None:
+        if not self._repository_mutable:
+            raise InvalidInput("model load/unload is not available with --workers > 1: each "
+                               "worker holds its own models; restart the server to change them")
+
+    # -- inference -------------------------------------------------------------------------
+    async def infer(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:
+        started = time.perf_counter()
+        mv, record = self._resolve(request, protocol, started)
+        # try/finally rather than a context manager: this runs once per request.
+        status = "success"
+        record.begin()
+        try:
+            runtime, inputs, names = self._prepare(mv, request)
+            try:
+                if runtime.settings.batching is not None:
+                    result = await self._batcher(mv, record).submit(inputs, names)
+                else:
+                    result = await self._predict(mv, inputs, names, record)
+            except Exception as exc:
+                raise _model_failed(mv, exc) from None
+            return self._respond(mv, request, result, names, inputs)
+        except TurnoutError as err:
+            status = err.kind.value
+            raise
+        finally:
+            record.end(status, time.perf_counter() - started)
+
+    def check_model(self, name: str, version: str | None) -> None:
+        """Raise :class:`ModelNotFound` for a model (or version) this server does not have."""
+        self.repository.get(name, version)
+
+    def runs_blocking(self, name: str, version: str | None) -> bool:
+        """Whether :meth:`infer_blocking` may serve this model from the calling thread: true
+        for inline, unbatched models. Unknown models answer true, so the caller gets the same
+        NOT_FOUND either way without a hop to the event loop."""
+        try:
+            runtime = self.repository.get(name, version).runtime
+        except TurnoutError:
+            return True
+        return runtime is None or (runtime.execution == "inline"
+                                   and runtime.settings.batching is None)
+
+    def infer_blocking(self, request: InferenceRequest, *, protocol: str) -> InferenceResponse:
+        """:meth:`infer` in the calling thread, for edges that run handlers in threads (the
+        synchronous gRPC server); only for models where :meth:`runs_blocking` is true."""
+        started = time.perf_counter()
+        mv, record = self._resolve(request, protocol, started)
+        status = "success"
+        record.begin()
+        try:
+            runtime, inputs, names = self._prepare(mv, request)
+            computed = time.perf_counter()
+            try:
+                result = runtime.predict(inputs, names)
+            except Exception as exc:
+                raise _model_failed(mv, exc) from None
+            record.inference.observe(time.perf_counter() - computed)
+            return self._respond(mv, request, result, names, inputs)
+        except TurnoutError as err:
+            status = err.kind.value
+            raise
+        finally:
+            record.end(status, time.perf_counter() - started)
+
+    def count_rejected(self, *, model: str, version: str | None, protocol: str,
+                       error: TurnoutError) -> None:
+        """Count a request the edge rejected before it became an InferenceRequest."""
+        known = error.kind is not ErrorKind.NOT_FOUND and model in self.repository.names()
+        self.metrics.requests.labels(model if known else "", (version or "") if known else "",
+                                     protocol, error.kind.value).inc()
+
+    def _resolve(self, request: InferenceRequest, protocol: str,
+                 started: float) -> tuple[ModelVersion, RequestMetrics]:
+        try:
+            mv = self.repository.get(request.model_name, request.model_version)
+        except TurnoutError as err:
+            # unknown names get empty labels: clients must not be able to mint label values
+            self.metrics.for_request("", "", protocol).refused(err.kind.value,
+                                                              time.perf_counter() - started)
+            raise
+        return mv, self.metrics.for_request(mv.name, mv.version, protocol)
+
+    def _prepare(self, mv: ModelVersion, request: InferenceRequest
+                 ) -> tuple[Runtime, dict[str, np.ndarray], list[str]]:
+        runtime = mv.runtime
+        if mv.state != "READY" or runtime is None:
+            raise ModelNotReady(f"model '{mv.name}' version {mv.version} is not ready"
+                                + (f": {mv.reason}" if mv.reason else ""))
+        request.model_name = mv.name
+        return runtime, prepare_inputs(request, runtime), select_outputs(request, runtime)
+
+    def _respond(self, mv: ModelVersion, request: InferenceRequest,
+                 result: dict[str, np.ndarray], names: Sequence[str],
+                 inputs: dict[str, np.ndarray]) -> InferenceResponse:
+        batch = next(iter(inputs.values())).shape[0]
+        outputs = _package_outputs(mv.name, result, names, batch)
+        if mv.runtime is not None and not mv.runtime.encodes_outputs:
+            _encode_outputs(mv.runtime, request, outputs)
+        return InferenceResponse(model_name=mv.name, model_version=mv.version, id=request.id,
+                                 outputs=outputs)
+
+    async def _predict(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
+                       names: Sequence[str], record: RequestMetrics) -> dict[str, np.ndarray]:
+        """Run predict where the runtime says it is cheapest: inline or in the thread pool."""
+        runtime = mv.runtime
+        assert runtime is not None
+        started = time.perf_counter()
+        if runtime.execution == "inline":
+            result = runtime.predict(inputs, names)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, runtime.predict, inputs, names)
+        record.inference.observe(time.perf_counter() - started)
+        return result
+
+    def _batcher(self, mv: ModelVersion, record: RequestMetrics) -> AdaptiveBatcher:
+        if mv.batcher is None:
+            assert mv.runtime is not None and mv.runtime.settings.batching is not None
+            batch_size = self.metrics.batch_size.labels(mv.name, mv.version)
+            queue_time = self.metrics.batch_queue_time.labels(mv.name, mv.version)
+
+            def observe(rows: int, waits: list[float]) -> None:
+                batch_size.observe(rows)
+                for waited in waits:
+                    queue_time.observe(waited)
+
+            mv.batcher = AdaptiveBatcher(
+                predict=lambda inputs, names: self._predict(mv, inputs, names, record),
+                settings=mv.runtime.settings.batching, observe=observe)
+        return mv.batcher
+
+
+def _encode_outputs(runtime: Runtime, request: InferenceRequest, outputs: list[Tensor]) -> None:
+    """Encode outputs by the content type the request asks for on each output, else the one
+    declared for it in model settings, and say so in the output's parameters."""
+    if not request.outputs and not runtime.settings.outputs:
+        return  # the common case, decided without building the two maps
+    requested = {o.name: o.parameters.get("content_type") for o in request.outputs or ()}
+    declared = {s.name: s.content_type for s in runtime.settings.outputs if s.content_type}
+    for tensor in outputs:
+        content_type = requested.get(tensor.name) or declared.get(tensor.name)
+        if content_type is None:
+            continue
+        if content_type not in CONTENT_TYPES:
+            raise InvalidInput(f"output '{tensor.name}': unknown content_type {content_type!r}; "
+                               f"expected one of {', '.join(CONTENT_TYPES)}")
+        if content_type in TENSOR_CODECS:
+            tensor.data = encode_tensor(tensor.name, tensor.data, content_type)
+            tensor.datatype = "BYTES"
+        tensor.parameters["content_type"] = content_type
+
+
+def _model_failed(mv: ModelVersion, exc: Exception) -> TurnoutError:
+    """Our own errors pass through; anything a model raises becomes a clean ModelFailed."""
+    if isinstance(exc, TurnoutError):
+        return exc
+    log.error("model %s version %s failed during predict", mv.name, mv.version,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return ModelFailed(f"model '{mv.name}' failed during predict: {type(exc).__name__}: {exc}")
+
+
+def _package_outputs(model: str, result: dict[str, np.ndarray],
+                     names: Sequence[str], batch: int) -> list[Tensor]:
+    """Turn runtime arrays into tensors, checking that every output covers the whole batch."""
+    outputs = []
+    for name in names:
+        if name not in result:
+            raise ModelFailed(f"model '{model}' did not produce output '{name}'")
+        array = result[name]
+        if type(array) is not np.ndarray:
+            array = np.asarray(array)
+        if array.ndim == 0 or array.shape[0] != batch:
+            raise ModelFailed(f"model '{model}' returned {array.shape[0] if array.ndim else 0} "
+                              f"rows of '{name}' for a batch of {batch}")
+        if array.dtype.kind == "U":
+            array = array.astype(object)
+        try:
+            datatype = datatype_of(array)
+        except TypeError as exc:
+            raise ModelFailed(f"model '{model}' output '{name}': {exc}") from None
+        outputs.append(Tensor(name, datatype, array))
+    return outputs

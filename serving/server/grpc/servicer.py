@@ -1,0 +1,126 @@
+"""The ``inference.GRPCInferenceService`` servicer: translate, call the data plane, translate.
+
+Every RPC is wrapped by :func:`_rpc`, so a ``TurnoutError`` becomes its mapped status code
+with its message and anything unexpected becomes INTERNAL with a clean message (the traceback
+stays in the server log). A handler therefore never crashes the server or leaks internals.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import ServicerContext as Context
+
+from serving.protocol import codec_grpc as codec
+from serving.protocol import proto
+from serving.protocol.codec_grpc import Pb
+from serving.protocol.errors import ModelNotReady, TurnoutError
+from serving.server.dataplane import DataPlane
+
+log = logging.getLogger("turnout.grpc")
+
+PROTOCOL = "grpc"
+# Turnout has no ensembles, so there are never dependents to unload along with a model.
+UNLOAD_IGNORED = frozenset({"unload_dependents"})
+Handler = Callable[["InferenceServicer", Pb, Context], Awaitable[Pb]]
+
+
+def _rpc(method: Handler) -> Handler:
+    """Map errors raised by one RPC to gRPC statuses (see the module docstring)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def handler(self: InferenceServicer, request: Pb, context: Context) -> Pb:
+        try:
+            if type(request) is codec.Undecodable:
+                self.dataplane.count_rejected(model="", version=None, protocol=PROTOCOL,
+                                              error=request.error)
+                raise request.error
+            return await method(self, request, context)
+        except TurnoutError as err:
+            await context.abort(grpc.StatusCode[err.grpc_code], str(err))
+        except Exception:
+            log.exception("unexpected error in gRPC %s", name)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal server error in {name}; see the server log")
+        raise AssertionError("context.abort returned")  # it always raises
+
+    return handler
+
+
+class InferenceServicer:
+    """One async method per RPC of the service, named exactly as the RPC."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @_rpc
+    async def ServerLive(self, request: Pb, context: Context) -> Pb:
+        return proto.ServerLiveResponse(live=self.dataplane.live())
+
+    @_rpc
+    async def ServerReady(self, request: Pb, context: Context) -> Pb:
+        return proto.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @_rpc
+    async def ModelReady(self, request: Pb, context: Context) -> Pb:
+        ready = self.dataplane.model_ready(request.name, request.version or None)
+        return proto.ModelReadyResponse(ready=ready)
+
+    @_rpc
+    async def ServerMetadata(self, request: Pb, context: Context) -> Pb:
+        return codec.server_metadata_to_proto(self.dataplane.server_metadata())
+
+    @_rpc
+    async def ModelMetadata(self, request: Pb, context: Context) -> Pb:
+        meta = self.dataplane.model_metadata(request.name, request.version or None)
+        if meta.state != "READY":  # a model that failed to load has no real metadata
+            raise ModelNotReady(f"model '{meta.name}' is {meta.state}"
+                                + (f": {meta.reason}" if meta.reason else ""))
+        return codec.model_metadata_to_proto(meta)
+
+    @_rpc
+    async def ModelInfer(self, request: Pb, context: Context) -> Pb:
+        try:
+            internal = codec.request_to_internal(request)
+        except TurnoutError as err:
+            self.dataplane.count_rejected(model=request.model_name,
+                                          version=request.model_version or None,
+                                          protocol=PROTOCOL, error=err)
+            raise
+        response = await self.dataplane.infer(internal, protocol=PROTOCOL)
+        return codec.response_from_internal(response, raw=bool(request.raw_input_contents))
+
+    @_rpc
+    async def RepositoryIndex(self, request: Pb, context: Context) -> Pb:
+        return codec.repository_index_to_proto(self.dataplane.repository_index(),
+                                               ready_only=request.ready)
+
+    @_rpc
+    async def RepositoryModelLoad(self, request: Pb, context: Context) -> Pb:
+        name = codec.repository_model_name(request)
+        await self.dataplane.load_model(name)
+        return proto.RepositoryModelLoadResponse(model_name=name, is_loaded=True)
+
+    @_rpc
+    async def RepositoryModelUnload(self, request: Pb, context: Context) -> Pb:
+        name = codec.repository_model_name(request, ignored=UNLOAD_IGNORED)
+        await self.dataplane.unload_model(name)
+        return proto.RepositoryModelUnloadResponse(model_name=name, is_unloaded=True)
+
+
+def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """Unary handlers for every RPC in the service descriptor, with the private-pool codecs."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for name, (request_cls, response_cls) in proto.METHODS.items():
+        behaviour: Any = getattr(servicer, name)
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=codec.lenient_parser(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    return handlers

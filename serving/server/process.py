@@ -1,0 +1,171 @@
+"""Composition root of a model-server process, and its lifecycle.
+
+Startup: listen on REST and gRPC at once (liveness answers while models load), load the
+repository (unless a supervisor already did, before forking), then report ready. Shutdown on
+SIGTERM/SIGINT: report not ready (REST, gRPC and the gRPC health service), stop accepting, let
+in-flight requests finish within ``drain_seconds``, stop the predict pool, exit 0. A second
+signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from serving.server.dataplane import DataPlane
+from serving.server.metrics import Metrics
+from serving.server.repository import ModelRepository
+from serving.server.rest import build_rest_app
+from serving.server.settings import ServerSettings
+from serving.transport.fastpath import bind_protocol
+
+log = logging.getLogger("turnout.server")
+# How stale a worker's request counts may be in the shared multiprocess files.
+METRICS_FLUSH_SECONDS = 0.5
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the composition root owns the shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def process_registry() -> CollectorRegistry:
+    """Registry for a single-process server: our metrics plus process/GC/platform collectors."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that sibling worker processes can bind too; the kernel spreads
+    connections between them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(settings: ServerSettings, *, repository: ModelRepository, metrics: Metrics,
+                exposition: CollectorRegistry, preloaded: bool = False,
+                reuse_port: bool = False) -> None:
+    """Run one server process until a signal arrives, then drain and return."""
+    executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="predict")
+    dataplane = DataPlane(repository=repository, metrics=metrics, executor=executor,
+                          server_name=settings.server_name, repository_mutable=not reuse_port)
+    app = build_rest_app(dataplane, registry=exposition,
+                         max_payload_bytes=settings.max_payload_bytes)
+    http = _UvicornServer(uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, loop="none", http=bind_protocol(app),
+        lifespan="off", log_config=None, access_log=False, proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.drain_seconds) or None))
+    sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None
+
+    grpc_server: Any = None
+    set_serving = None
+    if settings.grpc_port and settings.grpc_engine == "aio":
+        from serving.server.grpc.server import build_grpc_server
+
+        grpc_server, set_serving = build_grpc_server(dataplane, settings)
+        await grpc_server.start()
+    elif settings.grpc_port:
+        from serving.server.grpc.threaded import build_threaded_grpc_server
+
+        grpc_server, set_serving = build_threaded_grpc_server(
+            dataplane, settings, asyncio.get_running_loop())
+        grpc_server.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting without waiting for in-flight requests", sig.name)
+            http.force_exit = True
+            return
+        log.info("%s received: draining", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    http_task = asyncio.create_task(http.serve(sockets=sockets))
+    log.info("serving REST on %s:%d, gRPC on %s", settings.host, settings.http_port,
+             f"{settings.host}:{settings.grpc_port}" if settings.grpc_port else "off")
+    if not preloaded:
+        await repository.load_all()
+    dataplane.started = True
+    log.info("ready")
+
+    flusher = asyncio.create_task(_flush_metrics_periodically(metrics, METRICS_FLUSH_SECONDS))
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    if http_task in done:  # the HTTP server died on its own (e.g. the port is taken)
+        stopper.cancel()
+        if not http_task.cancelled():
+            http_task.exception()  # retrieved: uvicorn already logged why
+        raise SystemExit(f"turnout serve: the REST server on {settings.host}:"
+                         f"{settings.http_port} stopped (see the log above)")
+
+    dataplane.draining = True
+    if set_serving is not None:
+        set_serving(False)
+    http.should_exit = True
+    waits: list[asyncio.Future[object]] = [http_task]
+    if grpc_server is not None and settings.grpc_engine == "aio":
+        waits.append(asyncio.ensure_future(grpc_server.stop(grace=settings.drain_seconds)))
+    elif grpc_server is not None:  # threaded: stop() returns an Event set once drained
+        drained = grpc_server.stop(grace=settings.drain_seconds)
+        waits.append(asyncio.ensure_future(asyncio.to_thread(drained.wait)))
+    await asyncio.gather(*waits, return_exceptions=True)
+    executor.shutdown(wait=True, cancel_futures=False)
+    flusher.cancel()
+    metrics.flush()
+    log.info("stopped")
+
+
+async def _flush_metrics_periodically(metrics: Metrics, interval: float) -> None:
+    """Worker processes expose each other's counts through files, not through this process's
+    /metrics handler, so each flushes its request counts on a timer too."""
+    while True:
+        await asyncio.sleep(interval)
+        metrics.flush()
+
+
+def run_loop(main: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is Linux/macOS only; asyncio's loop works everywhere
+        asyncio.run(main)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main)  # type: ignore[arg-type]
+
+
+def run(settings: ServerSettings) -> None:
+    if settings.workers > 1:
+        from serving.server.workers import supervise
+
+        supervise(settings)
+        return
+    registry = process_registry()
+    metrics = Metrics(registry)
+    repository = ModelRepository(path=settings.model_path, name=settings.model_name,
+                                 metrics=metrics, model_class=settings.model_class,
+                                 default_batching=settings.default_batching())
+    run_loop(serve(settings, repository=repository, metrics=metrics, exposition=registry))

@@ -1,0 +1,250 @@
+"""The REST hot path: raw ASGI for the inference routes, everything else falls through.
+
+Starlette's router and middleware stack cost more than decoding and predicting a small
+model, so ``POST /v2/models/{m}[/versions/{v}]/infer`` and ``POST /v1/models/{m}:predict``
+are matched by splitting the path once and answered with two ``send`` calls. Other routes
+(health, metadata, repository, metrics) go to the Starlette app, where clarity matters more.
+The same endpoints are the model server's
+:class:`~serving.transport.fastpath.InlineFastHandler`, which answers most inference requests
+before uvicorn builds an ASGI cycle for them at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving.protocol import codec_grpc, codec_v1, codec_v2, proto
+from serving.protocol.errors import TurnoutError
+from serving.protocol.types import InferenceRequest, InferenceResponse
+from serving.server.dataplane import DataPlane
+from serving.server.rest.body import parse_header_length, read_body
+from serving.transport.fastpath import Reply
+from serving.transport.logs import request_id_var
+
+log = logging.getLogger("turnout.rest")
+
+_JSON = b"application/json"
+_BINARY = b"application/octet-stream"
+# A serialized ModelInferRequest as the body, answered with a serialized ModelInferResponse:
+# how the router forwards gRPC clients' calls to Turnout model servers (docs/protocols.md).
+PROTOBUF = codec_grpc.PROTOBUF_CONTENT_TYPE
+PROTOBUF_PROTOCOL = "rest-proto"
+_parse_infer_request = codec_grpc.lenient_parser(proto.ModelInferRequest)
+# Cheap unique ids for log lines when the client sends none: process id + a counter.
+_ids = itertools.count(1)
+_id_prefix = f"{os.getpid():x}-"
+
+
+def inference_headers(headers: list[tuple[bytes, bytes]]
+                      ) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """Content-Length, Inference-Header-Content-Length and X-Request-Id (at most 128 bytes),
+    from lower-cased raw headers."""
+    length = header_length = request_id = None
+    for name, value in headers:
+        if name == b"content-length":
+            length = value
+        elif name == b"inference-header-content-length":
+            header_length = value
+        elif name == b"x-request-id":
+            request_id = value[:128]
+    return length, header_length, request_id
+
+
+def new_request_id() -> str:
+    """An id for log lines of a request whose client sent no X-Request-Id."""
+    return _id_prefix + str(next(_ids))
+
+
+def _protobuf_route(route: tuple[str, str, str | None] | None,
+                    headers: list[tuple[bytes, bytes]]) -> tuple[str, str, str | None] | None:
+    """``route``, marked as protobuf-over-HTTP when a V2 request says so in Content-Type."""
+    if route is not None and route[0] == "rest":
+        for name, value in headers:
+            if name == b"content-type":
+                if value == PROTOBUF:
+                    return PROTOBUF_PROTOCOL, route[1], route[2]
+                break
+    return route
+
+
+def route_of(path: str) -> tuple[str, str, str | None] | None:
+    """(protocol, model, version) for an inference path, else None."""
+    parts = path.split("/")
+    n = len(parts)
+    if n == 5 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "infer":
+        return "rest", parts[3], None
+    if n == 7 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions" \
+            and parts[6] == "infer":
+        return "rest", parts[3], parts[5]
+    if n == 4 and parts[1] == "v1" and parts[2] == "models" and parts[3].endswith(":predict"):
+        return "rest-v1", parts[3][: -len(":predict")], None
+    return None
+
+
+class InferenceEndpoints:
+    """ASGI app answering inference routes itself and passing the rest to ``fallback``."""
+
+    def __init__(self, dataplane: DataPlane, fallback: ASGIApp, *, max_payload_bytes: int) -> None:
+        self._dataplane = dataplane
+        self._fallback = fallback
+        self._limit = max_payload_bytes
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self._limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = route_of(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" \
+            else None
+        if route is None:
+            await self._fallback(scope, receive, send)
+            return
+        route = _protobuf_route(route, scope["headers"])
+        declared, header_length, request_id = inference_headers(scope["headers"])
+        token = request_id_var.set(request_id.decode("latin-1") if request_id
+                                   else new_request_id())
+        try:
+            status, body, headers = await self._answer(route, receive, declared, header_length)
+        finally:
+            request_id_var.reset(token)
+        if request_id is not None:
+            headers.append((b"x-request-id", request_id))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, route: tuple[str, str, str | None], receive: Receive,
+                      declared: bytes | None, header_length: bytes | None) -> Reply:
+        try:
+            # The model first: an unknown model is 404 whatever the body, as through the
+            # router, which never reads bodies.
+            self._check(route)
+            body = await read_body(receive, declared=declared, limit=self._limit)
+        except TurnoutError as err:
+            self._count_rejected(route, err)
+            return _failure(err, route)
+        return await self._answer_body(route, body, header_length)
+
+    async def _answer_body(self, route: tuple[str, str, str | None], body: bytes,
+                           header_length: bytes | None) -> Reply:
+        try:
+            request, raw = self._request(route, body, header_length)
+            response = await self._dataplane.infer(request, protocol=route[0])
+            return _encode(route[0], request, response, raw)
+        except Exception as exc:
+            return _failure(exc, route)
+
+    def answer_blocking(self, route: tuple[str, str, str | None], body: bytes,
+                        header_length: bytes | None) -> Reply:
+        """:meth:`_answer_body` without awaiting anything: for inline, unbatched models,
+        whose predict would run on the event loop anyway."""
+        try:
+            request, raw = self._request(route, body, header_length)
+            response = self._dataplane.infer_blocking(request, protocol=route[0])
+            return _encode(route[0], request, response, raw)
+        except Exception as exc:
+            return _failure(exc, route)
+
+    # -- serving/rest/fastpath.py's InlineFastHandler: inference without an ASGI cycle -----
+    def claim(self, path: str, headers: list[tuple[bytes, bytes]]
+              ) -> tuple[tuple[str, str, str | None], bool] | None:
+        route = _protobuf_route(route_of(path), headers)
+        if route is None:
+            return None
+        return route, self._dataplane.runs_blocking(route[1], route[2])
+
+    def answer_now(self, route: tuple[str, str, str | None], body: bytes,
+                   headers: list[tuple[bytes, bytes]]) -> Reply:
+        _, header_length, request_id = inference_headers(headers)
+        token = request_id_var.set(request_id.decode("latin-1") if request_id
+                                   else new_request_id())
+        try:
+            reply = self.answer_blocking(route, body, header_length)
+        finally:
+            request_id_var.reset(token)
+        if request_id is not None:
+            reply[2].append((b"x-request-id", request_id))
+        return reply
+
+    async def answer(self, route: tuple[str, str, str | None], body: bytes,
+                     headers: list[tuple[bytes, bytes]]) -> Reply:
+        _, header_length, request_id = inference_headers(headers)
+        # a task of its own: the context variable needs no reset
+        request_id_var.set(request_id.decode("latin-1") if request_id else new_request_id())
+        reply = await self._answer_body(route, body, header_length)
+        if request_id is not None:
+            reply[2].append((b"x-request-id", request_id))
+        return reply
+
+    def _check(self, route: tuple[str, str, str | None]) -> None:
+        self._dataplane.check_model(route[1], route[2])
+
+    def _request(self, route: tuple[str, str, str | None], body: bytes,
+                 header_length: bytes | None) -> tuple[InferenceRequest, bool]:
+        """The decoded request for a known model, and whether a protobuf request carried raw
+        tensor contents (its answer must too); rejections are counted."""
+        try:
+            self._check(route)
+        except TurnoutError as err:
+            self._count_rejected(route, err)
+            raise
+        return self._decode(route, body, header_length)
+
+    def _decode(self, route: tuple[str, str, str | None], body: bytes,
+                header_length: bytes | None) -> tuple[InferenceRequest, bool]:
+        protocol, model, version = route
+        try:
+            if protocol == "rest":
+                return codec_v2.request_to_internal(
+                    body, header_length=parse_header_length(header_length),
+                    model_name=model, model_version=version), False
+            if protocol == PROTOBUF_PROTOCOL:
+                return _protobuf_request(body, model, version)
+            return codec_v1.request_to_internal(body, model_name=model), False
+        except TurnoutError as err:
+            self._count_rejected(route, err)
+            raise
+
+    def _count_rejected(self, route: tuple[str, str, str | None], err: TurnoutError) -> None:
+        protocol, model, version = route
+        self._dataplane.count_rejected(model=model, version=version, protocol=protocol, error=err)
+
+
+def _protobuf_request(body: bytes, model: str, version: str | None
+                      ) -> tuple[InferenceRequest, bool]:
+    """A serialized ModelInferRequest, decoded as the gRPC edge decodes it; the path names the
+    model, as for every REST route."""
+    message = _parse_infer_request(body)
+    if type(message) is codec_grpc.Undecodable:
+        raise message.error
+    request = codec_grpc.request_to_internal(message)
+    request.model_name, request.model_version = model, version
+    return request, bool(message.raw_input_contents)
+
+
+def _encode(protocol: str, request: InferenceRequest, response: InferenceResponse,
+            raw: bool) -> Reply:
+    if protocol == PROTOBUF_PROTOCOL:
+        return 200, codec_grpc.response_from_internal(response, raw=raw).SerializeToString(), \
+            [(b"content-type", PROTOBUF)]
+    if protocol == "rest-v1":
+        return 200, codec_v1.response_from_internal(response), [(b"content-type", _JSON)]
+    payload, json_length = codec_v2.response_from_internal(response, request)
+    if json_length is None:
+        return 200, payload, [(b"content-type", _JSON)]
+    return 200, payload, [(b"content-type", _BINARY),
+                          (b"inference-header-content-length", str(json_length).encode())]
+
+
+def _failure(exc: Exception, route: tuple[str, str, str | None]) -> Reply:
+    """The answer for an exception: the error's own status, or a logged 500."""
+    if isinstance(exc, TurnoutError):
+        return exc.http_status, orjson.dumps({"error": str(exc)}), [(b"content-type", _JSON)]
+    log.error("unhandled error on inference for model %s", route[1],
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return 500, b'{"error":"internal server error"}', [(b"content-type", _JSON)]

@@ -1,0 +1,275 @@
+"""Hot HTTP routes answered from uvicorn's protocol callbacks, without an ASGI cycle.
+
+Per request, uvicorn's httptools protocol builds an ASGI scope, a ``RequestResponseCycle``,
+an ``asyncio.Event`` and a task, and passes four messages through ``receive`` and ``send``:
+py-spy put that machinery above a third of the model server's CPU for a small ONNX model, more
+than decoding, predicting and encoding together. :class:`FastPathProtocol` lets a
+:class:`FastHandler` claim requests when their headers arrive (the model server claims its
+inference routes, the router the routes it proxies), reads the body with the same httptools
+parser, and writes the handler's answer in one go:
+
+- synchronously inside ``on_message_complete`` when the handler can answer without awaiting
+  (an inline, unbatched model: its predict would run on the event loop anyway);
+- otherwise from one task that awaits the handler (batched or thread-pool models, upstream
+  calls) — a task, but no scope, cycle, event or ASGI messages.
+
+HTTP's rules stay uvicorn's: responses leave in request order (a request that arrives while an
+earlier one is unanswered waits its turn, claimed or not), keep-alive and ``Connection: close``
+are honoured, writes wait while the client is not reading, graceful shutdown waits for claimed
+requests in flight (their tasks join uvicorn's), and everything unclaimed — other routes,
+bodies without a Content-Length or over the payload limit, ``Expect: 100-continue``, upgrade
+requests, query strings and escaped paths — takes uvicorn's own path unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, ClassVar, Protocol, cast
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from serving.transport.coalesce import CoalescingHttpToolsProtocol
+
+# An answer before framing: status, body, headers (content-length is added when framing).
+Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+Headers = list[tuple[bytes, bytes]]
+log = logging.getLogger("turnout.transport")
+
+
+class FastHandler(Protocol):
+    """What a server gives :func:`bind_protocol`."""
+
+    max_payload_bytes: int
+
+    def claim(self, path: str, headers: Headers) -> tuple[Any, bool] | None:
+        """For a POST to ``path`` (no query string): an opaque route and whether it can be
+        answered without awaiting (see :class:`InlineFastHandler`), or None to leave it to
+        uvicorn."""
+
+    def answer(self, route: Any, body: bytes, headers: Headers) -> Awaitable[Reply]:
+        """Answer a claimed request that must await."""
+
+
+class InlineFastHandler(FastHandler, Protocol):
+    """A handler whose ``claim`` may say a request can be answered without awaiting."""
+
+    def answer_now(self, route: Any, body: bytes, headers: Headers) -> Reply:
+        """Answer a claimed request without awaiting anything."""
+
+
+def bind_protocol(handler: FastHandler) -> type[asyncio.Protocol] | str:
+    """The protocol class to give ``uvicorn.Config(http=...)`` for this handler.
+
+    When this uvicorn lacks the internals the fast path relies on, uvicorn's own
+    ``"httptools"`` protocol, with a warning: slower, never wrong.
+    """
+    missing = missing_internals()
+    if missing:
+        log.warning("uvicorn %s lacks what the fast HTTP path relies on (%s); serving on "
+                    "uvicorn's own path", getattr(uvicorn, "__version__", "?"), ", ".join(missing))
+        return "httptools"
+    return type("BoundFastPathProtocol", (FastPathProtocol,), {"handler": handler})
+
+
+# What FastPathProtocol reads or calls on uvicorn's HttpToolsProtocol.
+_METHODS = ("on_headers_complete", "on_body", "on_message_complete", "on_response_complete",
+            "shutdown", "timeout_keep_alive_handler")
+_ATTRIBUTES = ("parser", "url", "headers", "expect_100_continue", "pipeline", "cycle", "flow",
+               "server_state", "timeout_keep_alive_task", "timeout_keep_alive", "tasks", "loop",
+               "logger", "transport")
+
+
+def missing_internals(protocol: type = HttpToolsProtocol) -> list[str]:
+    """Names the fast path needs that ``protocol`` does not define or assign (checked in the
+    compiled code of its methods, so no source is needed)."""
+    assigned: set[str] = set()
+    for value in vars(protocol).values():
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            assigned.update(code.co_names)
+    missing = [m for m in _METHODS if not callable(getattr(protocol, m, None))]
+    return missing + [a for a in _ATTRIBUTES if a not in assigned]
+
+
+class _Busy:
+    """Stands in as uvicorn's current cycle while a claimed request is unanswered, so uvicorn
+    queues requests it parses meanwhile (its pipeline) instead of starting them out of order,
+    and so shutdown and disconnects reach the claimed request."""
+
+    response_complete = False
+    disconnected = False
+    keep_alive = True
+
+    def __init__(self) -> None:
+        self.message_event = asyncio.Event()  # uvicorn sets it on disconnect
+
+
+class FastPathProtocol(CoalescingHttpToolsProtocol):
+    handler: ClassVar[FastHandler]
+    # The claimed request whose body is being read: (route, now, headers, keep-alive).
+    _claimed: tuple[Any, bool, Headers, bool] | None = None
+    _body: list[bytes]
+    # Claimed requests answered or waiting, in order, while one is being answered; their
+    # presence is what _Busy signals to uvicorn.
+    _busy: _Busy | None = None
+    _waiting: deque[tuple[Any, bool, Headers, bool, bytes]]
+
+    def on_headers_complete(self) -> None:
+        claimed = self._claim()
+        if claimed is None:
+            super().on_headers_complete()
+            return
+        self._claimed = claimed
+        self._body = []
+
+    def on_body(self, body: bytes) -> None:
+        if self._claimed is None:
+            super().on_body(body)
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        claimed = self._claimed
+        if claimed is None:
+            super().on_message_complete()
+            return
+        self._claimed = None
+        chunks = self._body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        route, now, headers, keep_alive = claimed
+        if self._busy is not None:  # an earlier claimed request is still being answered
+            self._waiting.append((route, now, headers, keep_alive, body))
+            if len(self._waiting) >= _MAX_WAITING:
+                self.flow.pause_reading()  # a client pipelining without end waits for us
+        elif now and not self.flow.write_paused:
+            status, payload, out = cast(InlineFastHandler, self.handler).answer_now(
+                route, body, headers)
+            self._write(status, payload, out, keep_alive)
+            self._after_response(keep_alive)
+        else:
+            self._busy = self.cycle = _Busy()  # type: ignore[assignment]
+            self._waiting = deque([(route, now, headers, keep_alive, body)])
+            self._spawn(self._answer_in_order)
+
+    def shutdown(self) -> None:
+        if self._busy is not None:
+            self._busy.keep_alive = False  # finish what was claimed, then close
+            return
+        super().shutdown()
+
+    def _claim(self) -> tuple[Any, bool, Headers, bool] | None:
+        """The fast-path state for the request whose headers just arrived, or None."""
+        parser = self.parser
+        if parser.get_method() != b"POST" or self.expect_100_continue or self.pipeline \
+                or parser.should_upgrade() \
+                or (self.cycle is not None and not self.cycle.response_complete
+                    and self.cycle is not self._busy):
+            return None  # uvicorn owns the connection's turn; it queues in order itself
+        url = self.url
+        if b"?" in url or b"%" in url:
+            return None
+        try:
+            path = url.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        headers = self.headers
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                return None
+        try:
+            if length is None or int(length) > self.handler.max_payload_bytes:
+                return None  # uvicorn's path streams, counts and refuses with 413
+        except ValueError:
+            return None
+        claimed = self.handler.claim(path, headers)
+        if claimed is None:
+            return None
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        return claimed[0], claimed[1], headers, keep_alive
+
+    def _spawn(self, work: Callable[[], Awaitable[None]]) -> None:
+        task = self.loop.create_task(work())  # type: ignore[arg-type]
+        self.tasks.add(task)  # graceful shutdown waits for it, as for uvicorn's own
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer_in_order(self) -> None:
+        """Answer the waiting claimed requests one by one, then hand the turn to uvicorn."""
+        busy = self._busy
+        assert busy is not None
+        waiting = self._waiting
+        keep_alive = True
+        answered = 0
+        while waiting and keep_alive:
+            route, now, headers, keep_alive, body = waiting.popleft()
+            try:
+                if now:
+                    status, payload, out = cast(InlineFastHandler, self.handler).answer_now(
+                        route, body, headers)
+                else:
+                    status, payload, out = await self.handler.answer(route, body, headers)
+            except Exception:  # a handler bug: the connection cannot be trusted further
+                self.logger.exception("unhandled error answering %r", route)
+                status, payload, out = 500, b'{"error":"internal server error"}', [
+                    (b"content-type", b"application/json")]
+                keep_alive = False
+            keep_alive = keep_alive and busy.keep_alive
+            if busy.disconnected or self.transport.is_closing():
+                break
+            if self.flow.write_paused:
+                await self.flow.drain()
+            self._write(status, payload, out, keep_alive)
+            answered += 1
+        self._busy = None
+        if self.cycle is busy:  # else uvicorn has queued requests of its own behind ours
+            self.cycle = None  # type: ignore[assignment]
+        if busy.disconnected or self.transport.is_closing():
+            return
+        if not keep_alive:
+            self.transport.close()
+            return
+        self.server_state.total_requests += answered - 1  # on_response_complete counts one
+        self.on_response_complete()  # resumes reading; starts uvicorn's queued requests
+
+    def _after_response(self, keep_alive: bool) -> None:
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self.transport.close()
+        elif self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def _write(self, status: int, body: bytes, headers: Headers, keep_alive: bool) -> None:
+        line = _STATUS_LINES.get(status)
+        if line is None:
+            line = _STATUS_LINES[status] = _status_line(status)
+        parts = [line]
+        for name, value in self.server_state.default_headers:  # server, date: as uvicorn sends
+            parts += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        self.transport.write(b"".join(parts))
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+# Claimed requests a connection may have queued before it stops reading from the client.
+_MAX_WAITING = 64
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
