@@ -20,6 +20,8 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--name", dest="model_name", help="model name when PATH is one model")
     p.add_argument("--model-class", help="module:Class of a custom Python model (a subclass of "
                    "runtimes.python.Model); PATH (default: the current folder) is that model's folder")
+    p.add_argument("--runtime", help="runtime the model must be served by (sklearn, xgboost, "
+                   "onnx...); an artifact of another framework is then an error")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="REST port (default 8080)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 disables)")

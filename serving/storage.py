@@ -14,6 +14,7 @@ settings, which are passed to the filesystem as they are.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -82,6 +83,23 @@ def fetch(uri: str, *, options: dict[str, Any] | None = None, base: Path | None 
         log.info("%s: using the cached copy in %s", uri, final)
         return target
     cache.mkdir(parents=True, exist_ok=True)
+    # Replicas of one revision start together: one downloads, the others wait and reuse it.
+    lock_path = cache / f".lock-{key}"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if final.is_dir():
+                log.info("%s: another process fetched it; using the cached copy in %s", uri,
+                         final)
+                return target
+            _download(uri, fs, listing, cache, key, final, progress)
+        finally:
+            lock_path.unlink(missing_ok=True)  # waiters hold it open; they find ``final``
+    return target
+
+
+def _download(uri: str, fs: Any, listing: Listing, cache: Path, key: str, final: Path,
+              progress: Progress | None) -> None:
     _remove_abandoned(cache, key)
     partial = cache / f".partial-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
@@ -115,7 +133,6 @@ def fetch(uri: str, *, options: dict[str, Any] | None = None, base: Path | None 
     total = sum(size or 0 for _, size, _ in listing.values())
     log.info("%s: fetched %d file(s), %.1f MiB in %.1fs into %s", uri, len(listing),
              total / 2**20, time.monotonic() - started, final)
-    return target
 
 
 def _filesystem(uri: str, options: dict[str, Any]) -> tuple[Any, str]:

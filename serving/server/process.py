@@ -167,5 +167,6 @@ def run(settings: ServerSettings) -> None:
     metrics = Metrics(registry)
     repository = ModelRepository(path=settings.model_path, name=settings.model_name,
                                  metrics=metrics, model_class=settings.model_class,
-                                 default_batching=settings.default_batching())
+                                 default_batching=settings.default_batching(),
+                                 runtime=settings.runtime)
     run_loop(serve(settings, repository=repository, metrics=metrics, exposition=registry))

@@ -102,7 +102,8 @@ def discover(path: Path, *, name: str | None = None,
 
 
 def _load_version(source: ModelSource, version: str, folder: Path,
-                  default_batching: dict[str, Any] | None = None) -> tuple[Runtime, float]:
+                  default_batching: dict[str, Any] | None = None,
+                  expected_runtime: str | None = None) -> tuple[Runtime, float]:
     """Build settings, pick the runtime and load; raises ModelLoadError on any failure."""
     fields = dict(source.base_settings)
     if folder.is_dir() and (folder / SETTINGS_FILE).is_file():
@@ -115,6 +116,8 @@ def _load_version(source: ModelSource, version: str, folder: Path,
         settings.artifact = fetch(settings.storage_uri, options=settings.storage_options,
                                   base=folder if folder.is_dir() else folder.parent)
     runtime_name = settings.runtime or detect_runtime(settings.artifact)
+    if expected_runtime is not None:
+        check_runtime(runtime_name, expected_runtime, declared=settings.runtime is not None)
     runtime_cls = resolve_runtime(runtime_name)
     started = time.perf_counter()
     runtime = runtime_cls(settings)
@@ -131,13 +134,26 @@ def _load_version(source: ModelSource, version: str, folder: Path,
     return runtime, time.perf_counter() - started
 
 
+def check_runtime(found: str, expected: str, *, declared: bool) -> None:
+    """A model must be served by the runtime its manifest names (``--runtime``): an artifact
+    of another framework is an error, not a silent switch. A custom runtime class that the
+    model's own settings name (``module:Class``) is the user's explicit choice and stands."""
+    if found == expected or ":" in found:
+        return
+    what = "model-settings.yaml names" if declared else "the artifact is for"
+    raise ModelLoadError(f"{what} the {found} runtime, but the manifest asks for {expected} "
+                         "(modelFormat / runtime)")
+
+
 class ModelRepository:
     """Live table of model versions, with load/unload by name from the repository path."""
 
     def __init__(self, *, path: Path | None, name: str | None, metrics: Metrics,
                  model_class: str | None = None,
-                 default_batching: dict[str, Any] | None = None) -> None:
+                 default_batching: dict[str, Any] | None = None,
+                 runtime: str | None = None) -> None:
         self._default_batching = default_batching
+        self._runtime = runtime
         self._path = path
         self._name = name
         self._model_class = model_class
@@ -243,7 +259,7 @@ class ModelRepository:
         mv = ModelVersion(name=source.name, version=version, folder=folder)
         try:
             runtime, seconds = await asyncio.to_thread(_load_version, source, version, folder,
-                                                        self._default_batching)
+                                                        self._default_batching, self._runtime)
         except ModelLoadError as exc:
             mv.state, mv.reason = "UNAVAILABLE", str(exc)
             log.error("model %s version %s failed to load: %s", source.name, version, exc)

@@ -20,6 +20,9 @@ class ServerSettings(BaseSettings):
     model_name: str | None = Field(None, description="Name for a single model path")
     model_class: str | None = Field(None, description="module:Class of a custom Python model "
                                     "that serves model_path")
+    runtime: str | None = Field(None, description="Runtime the model must be served by (what "
+                                "a manifest's modelFormat asks for); an artifact of another "
+                                "framework is then an error instead of a silent switch")
     host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise "
                       "(container images set 0.0.0.0)")
     http_port: int = Field(8080, description="REST port (KServe's default)")

@@ -66,7 +66,8 @@ def supervise(settings: ServerSettings) -> None:
     metrics = Metrics(CollectorRegistry())  # values go to the multiprocess files, not this one
     repository = ModelRepository(path=settings.model_path, name=settings.model_name,
                                  metrics=metrics, model_class=settings.model_class,
-                                 default_batching=settings.default_batching())
+                                 default_batching=settings.default_batching(),
+                                 runtime=settings.runtime)
     started = time.perf_counter()
     asyncio.run(repository.load_all())  # before forking: workers share the loaded models
     log.info("loaded models in %.3fs; starting %d workers", time.perf_counter() - started,

@@ -24,6 +24,14 @@ class SpecModel(BaseModel):
                               protected_namespaces=())
 
 
+def parse_seconds(value: Any) -> float:
+    """``30``, ``"30s"``, ``"500ms"``, ``"2m"`` → seconds; ``ValueError`` otherwise."""
+    seconds = _seconds(value)
+    if isinstance(seconds, str):
+        raise ValueError(f"{value!r} is not a duration")
+    return float(seconds)
+
+
 def _seconds(value: Any) -> Any:
     """``30``, ``"30s"``, ``"500ms"``, ``"2m"`` → seconds; anything else is left to pydantic."""
     if isinstance(value, str):

@@ -139,13 +139,12 @@ def test_routes_are_health_gated_and_weighted_by_role() -> None:
     assert [v.name for v in plan.config.services[0].variants] == ["stable"]
     assert "no ready replica" in plan.omitted[0]
     at_zero = router_config(services=[(iss("b", 25), s)], endpoints={}, graphs=[],
-                            activator=Endpoints(["http://127.0.0.1:9"], ["127.0.0.1:10"]),
-                            at_zero=frozenset({"iris-00001", "iris-00002"}))
+                            at_zero=frozenset({"iris-00001", "iris-00002"}), hold_seconds=45)
     variants = at_zero.config.services[0].variants
-    assert {v.model for v in variants} == {"iris-00001", "iris-00002"}
-    # REST and gRPC alike reach the activator while a revision is at zero
-    assert {(tuple(v.http), tuple(v.grpc)) for v in variants} == {
-        (("http://127.0.0.1:9",), ("127.0.0.1:10",))}
+    # a revision at zero is listed without endpoints: the router holds its requests
+    assert {(v.name, v.model, tuple(v.http), tuple(v.grpc)) for v in variants} == {
+        ("stable", "iris", (), ()), ("canary", "iris", (), ())}
+    assert at_zero.config.services[0].upstream.hold_seconds == 45
 
 
 @pytest.mark.parametrize("buckets, q, want", [
@@ -180,9 +179,10 @@ spec:
 """
     isvc = load_texts([(Path("m.yaml"), text)]).services[0]
     revision = _revision(isvc, 1)
-    spec = ReplicaSpec(revision.name, "iris", Path("/models/iris"), revision.max_batch_size,
+    spec = ReplicaSpec(revision.name, "iris", "/models/iris", "sklearn", revision.max_batch_size,
                        revision.max_batch_latency_ms)
-    assert spec.serve_flags() == ["--max-batch-size", "24", "--max-batch-latency-ms", "5"]
+    assert spec.serve_flags() == ["--runtime", "sklearn", "--max-batch-size", "24",
+                                  "--max-batch-latency-ms", "5"]
     no_batcher = _revision(load_texts([(Path("m.yaml"), text.replace(
         "    batcher: {maxBatchSize: 24, maxLatency: 5}\n", ""))]).services[0], 2)
-    assert ReplicaSpec("r", "iris", Path("/m"), no_batcher.max_batch_size).serve_flags() == []
+    assert ReplicaSpec("r", "iris", "/m", None, no_batcher.max_batch_size).serve_flags() == []

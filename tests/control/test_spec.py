@@ -146,7 +146,7 @@ def test_example_manifests_load_without_warnings(name: str) -> None:
     assert manifests.services and manifests.warnings == []
 
 
-def test_shadow_example_mirrors_to_the_canary_and_sends_the_cold_service_to_the_activator() -> None:
+def test_shadow_example_mirrors_to_the_canary_and_the_router_holds_the_cold_service() -> None:
     from serving.control.policy.revisions import apply_manifest
     from serving.control.policy.routes import Endpoints, router_config
     from serving.spec.load import load_files
@@ -161,10 +161,10 @@ def test_shadow_example_mirrors_to_the_canary_and_sends_the_cold_service_to_the_
     ready = {iris.stable: Endpoints(["http://127.0.0.1:1"], ["127.0.0.1:2"]),
              iris.canary: Endpoints(["http://127.0.0.1:3"], ["127.0.0.1:4"])}
     plan = router_config(services=[(latest[n], s) for n, s in states.items()], endpoints=ready,
-                         graphs=[], activator=Endpoints(["http://127.0.0.1:5"], ["127.0.0.1:6"]),
-                         at_zero=frozenset({cold.stable}))
+                         graphs=[], at_zero=frozenset({cold.stable}))
     routes = {s.name: s for s in plan.config.services}
     assert [(m.variant, m.percent) for m in routes["iris"].mirror] == [("canary", 100)]
     assert [(r.header, r.variant) for r in routes["iris"].rules] == [({"x-pin": "stable"}, "stable")]
     (zero,) = routes["iris-cold"].variants
-    assert (zero.model, zero.http, zero.grpc) == (cold.stable, ["http://127.0.0.1:5"], ["127.0.0.1:6"])
+    assert (zero.model, zero.http, zero.grpc) == ("iris-cold", [], [])
+    assert routes["iris-cold"].upstream.hold_seconds > 0

@@ -5,6 +5,7 @@
 | GET | /status | services, revisions, replicas, weights, rollout state, events, live metrics |
 | GET | /metrics | Prometheus text: rollout events, canary share, phase, replicas (``metrics.py``) |
 | POST | /apply | ``{"documents": [{"path": ..., "text": ...}]}``: manifests to apply |
+| POST | /delete | ``{"services": [...], "graphs": [...]}``: remove them, draining replicas |
 | POST | /services/{name}/promote, /services/{name}/rollback | end a canary |
 | POST | /shutdown | drain and stop everything (what ``turnout down`` calls) |
 
@@ -15,6 +16,7 @@ replace every model being served.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from serving.control.local.plane import Plane
 from serving.control.local.status import status
 from serving.spec.load import ManifestError, load_texts
 
+log = logging.getLogger("turnout.control")
 _ACTION = re.compile(r"^/services/([^/]+)/(promote|rollback)$")
 
 
@@ -49,6 +52,8 @@ class PlaneAdmin:
                 code, doc = 200, status(self.plane)
             elif method == "POST" and path == "/apply":
                 code, doc = await self._apply(await _body(receive))
+            elif method == "POST" and path == "/delete":
+                code, doc = await self._delete(await _body(receive))
             elif method == "POST" and path == "/shutdown":
                 self.stop.set()
                 code, doc = 200, {"stopping": True}
@@ -57,6 +62,12 @@ class PlaneAdmin:
                 code, doc = 200, {"event": await act(match.group(1))}
         except KeyError as exc:
             code, doc = 404, {"error": str(exc.args[0])}
+        except ManifestError as exc:
+            code, doc = 400, {"error": str(exc)}
+        except Exception:  # a bug: say so without internals; the plane's log has the trace
+            log.exception("admin %s %s failed", method, path)
+            code, doc = 500, {"error": f"internal error in the plane on {method} {path}; see "
+                              "its log"}
         await _send(send, code, orjson.dumps(doc), "application/json")
 
     async def _apply(self, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -65,12 +76,18 @@ class PlaneAdmin:
             texts = [(Path(d["path"]), d["text"]) for d in request["documents"]]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return 400, {"error": 'body must be {"documents": [{"path": ..., "text": ...}]}'}
-        try:
-            manifests = load_texts(texts)
-            events = await self.plane.apply(manifests)
-        except ManifestError as exc:
-            return 400, {"error": str(exc)}
+        manifests = load_texts(texts)
+        events = await self.plane.apply(manifests)
         return 200, {"warnings": manifests.warnings, "events": events}
+
+    async def _delete(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            request = orjson.loads(body)
+            services = [str(n) for n in request.get("services", [])]
+            graphs = [str(n) for n in request.get("graphs", [])]
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            return 400, {"error": 'body must be {"services": [...], "graphs": [...]}'}
+        return 200, {"events": await self.plane.delete(services, graphs)}
 
 
 async def _send(send: Send, code: int, body: bytes, content_type: str) -> None:

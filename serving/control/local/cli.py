@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("up", "apply", "status", "down", "rollout")
+COMMANDS = ("up", "apply", "delete", "status", "down", "rollout")
 
 
 def add_parsers(sub: Any) -> None:
@@ -38,6 +38,12 @@ def add_parsers(sub: Any) -> None:
     apply = sub.add_parser("apply", help="apply manifests to the running plane")
     apply.add_argument("-f", "--filename", dest="files", type=Path, action="append", required=True)
     common(apply)
+    delete = sub.add_parser("delete", help="remove InferenceServices and InferenceGraphs "
+                            "(their replicas drain and stop)")
+    delete.add_argument("names", nargs="*", help="InferenceService or InferenceGraph names")
+    delete.add_argument("-f", "--filename", dest="files", type=Path, action="append", default=[],
+                        help="delete what these manifests define")
+    common(delete)
     status = sub.add_parser("status", help="services, revisions, replicas, weights, metrics")
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
     common(status)
@@ -65,6 +71,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
                 print(f"warning: {line}", file=sys.stderr)
             for line in answer.get("events", []) or ["unchanged"]:
                 print(line)
+        elif args.command == "delete":
+            for line in _call(args.state_dir, "POST", "/delete", _to_delete(args))["events"]:
+                print(line)
         elif args.command == "status":
             answer = _call(args.state_dir, "GET", "/status")
             from serving.control.local.status import render
@@ -88,6 +97,30 @@ class PlaneError(RuntimeError):
     pass
 
 
+def _to_delete(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Names given on the command line (services or graphs, as the plane has them) and the
+    documents of ``-f`` files."""
+    from serving.spec.load import ManifestError, load_files
+
+    if not args.names and not args.files:
+        raise PlaneError("name what to delete: turnout delete NAME... or -f FILE")
+    services: list[str] = []
+    graphs: list[str] = []
+    if args.files:
+        try:
+            manifests = load_files(args.files)
+        except ManifestError as exc:
+            raise PlaneError(str(exc)) from None
+        services += [s.name for s in manifests.services]
+        graphs += [g.name for g in manifests.graphs]
+    if args.names:
+        known = _call(args.state_dir, "GET", "/status")
+        running_graphs = set(known.get("graphs", []))
+        for name in args.names:
+            (graphs if name in running_graphs else services).append(name)
+    return {"services": services, "graphs": graphs}
+
+
 def _call(state_dir: Path, method: str, path: str, body: Any = None) -> dict[str, Any]:
     try:
         info = json.loads((state_dir / "plane.json").read_text())
@@ -101,7 +134,11 @@ def _call(state_dir: Path, method: str, path: str, body: Any = None) -> dict[str
         with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
     except urllib.error.HTTPError as err:
-        raise PlaneError(json.loads(err.read()).get("error", str(err))) from None
+        try:
+            message = json.loads(err.read()).get("error", str(err))
+        except ValueError:
+            message = str(err)
+        raise PlaneError(message) from None
     except urllib.error.URLError as err:
         raise PlaneError(f"plane at {info['admin']} is not answering ({err.reason}); "
                          f"remove {state_dir / 'plane.json'} if it is gone") from None

@@ -1,12 +1,13 @@
-"""The local control plane: router + model server processes driven by manifests and policies.
+"""The local control plane: the actuator and observer around the pure plan, on one machine.
 
-Concurrency design: one asyncio loop owns all state (no locks). A single ``_loop`` task ticks
-every ``tick`` seconds: the supervisor notices ready and crashed replicas, the autoscaler samples
-the router's per-variant concurrency, the rollout analysis runs when a step's interval is over,
-and the router's routes are re-pushed whenever what they would say changes. The admin API
-(:mod:`serving.control.local.admin`) calls into :class:`Plane` on the same loop, so an ``apply``
-is never interleaved with half a tick. The pure policies (revisions, routes, rollout,
-autoscale) decide; this module only observes and acts.
+Concurrency design: one asyncio loop owns all state (no locks). A single ``run`` task ticks
+every ``tick`` seconds: the supervisor notices ready and crashed replicas, the autoscaler reads
+the requests the router holds or has in flight, the rollout step runs on the latest scrape of
+the router's metrics, and :meth:`Plane.reconcile` calls :func:`~serving.control.policy.plan.plan`
+and brings processes and routes in line with what it says. The admin API
+(:mod:`serving.control.local.admin`) calls into :class:`Plane` on the same loop, so an
+``apply`` is never interleaved with half a tick. Decisions live in
+:mod:`serving.control.policy`; this module only observes, acts and persists.
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 from prometheus_client import CollectorRegistry
 
+from serving.control.local.checks import resolve, storage_problems
 from serving.control.local.metrics import PlaneMetrics
 from serving.control.local.routerproc import RouterProcess
+from serving.control.local.statefile import Saved, SavedService, StateFile
 from serving.control.local.status import status
-from serving.control.local.storage import StorageError, local_path
 from serving.control.local.supervisor import ReplicaSpec, Supervisor
 from serving.control.policy import revisions as rev
-from serving.control.policy.autoscale import ScalePolicy, ScaleState, Window, decide
+from serving.control.policy import validate
+from serving.control.policy.autoscale import ScaleState, Window, decide
 from serving.control.policy.observe import Totals, parse_router_metrics, window
-from serving.control.policy.rollout import analyse
-from serving.control.policy.routes import Endpoints, router_config
+from serving.control.policy.plan import Desired, Observed, plan
+from serving.control.policy.rollout import step
+from serving.control.policy.routes import Endpoints
 from serving.spec import InferenceGraph, InferenceService, Manifests
 from serving.spec.load import ManifestError
 
@@ -42,7 +45,7 @@ log = logging.getLogger("turnout.control")
 
 @dataclass
 class Scaling:
-    """The autoscaler's memory for one revision."""
+    """The autoscaler's memory for one revision (in memory: a restart starts it afresh)."""
 
     state: ScaleState
     stable: Window
@@ -60,17 +63,17 @@ class Plane:
     states: dict[str, rev.ServiceState] = field(default_factory=dict)
     supervisor: Supervisor = field(init=False)
     scaling: dict[str, Scaling] = field(default_factory=dict)
-    snapshots: dict[str, dict[tuple[str, str], Totals]] = field(default_factory=dict)
     history: list[tuple[float, dict[tuple[str, str], Totals]]] = field(default_factory=list)
-    waiting: dict[str, int] = field(default_factory=dict)  # revision -> requests held (activator)
-    activator: Endpoints | None = None
+    held: dict[str, int] = field(default_factory=dict)  # revision -> requests the router holds
     metrics: PlaneMetrics = field(default_factory=lambda: PlaneMetrics(CollectorRegistry()))
+    desired: Desired | None = None
     _pushed: str = ""
-    _session: aiohttp.ClientSession | None = None
+    _statefile: StateFile = field(init=False)
 
     def __post_init__(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.supervisor = Supervisor(self.state_dir / "logs")
+        self._statefile = StateFile(self.state_dir / "state.json")
         self.metrics.watch(lambda: status(self))
 
     def _set(self, name: str, state: rev.ServiceState) -> None:
@@ -78,23 +81,47 @@ class Plane:
         self.metrics.record(name, rev.new_events(self.states.get(name), state))
         self.states[name] = state
 
+    # -- state that survives restarts -------------------------------------------------------
+
+    def restore(self) -> list[str]:
+        """Read ``state.json`` back (raises StateFileError); returns the services restored."""
+        saved = self._statefile.read()
+        for name, entry in saved.services.items():
+            self.services[name] = (entry.manifest, entry.base)
+            self.states[name] = entry.state
+            self.metrics.record(name, [])
+        self.graphs.update(saved.graphs)
+        return sorted(saved.services)
+
+    def save(self) -> None:
+        """Persist the state if it changed since the last write (atomic rename)."""
+        self._statefile.write(Saved(
+            services={n: SavedService(self.services[n][0], self.services[n][1], s)
+                      for n, s in self.states.items()},
+            graphs=dict(self.graphs)))
+        # Process ids per revision, for operators (and tests) who need to find a replica.
+        pids = {revision: [r.process.pid for r in replicas if r.process is not None]
+                for revision, replicas in self.supervisor.replicas.items()}
+        (self.state_dir / "replicas.json").write_text(json.dumps(pids))
+
     # -- manifests --------------------------------------------------------------------------
 
     def check(self, manifests: Manifests) -> None:
-        """Refuse manifests whose models are not on this machine, before anything changes."""
-        problems = []
+        """Refuse the whole set unless everything in it, with what runs already, can run.
+
+        Raises :class:`ManifestError` listing every problem as ``where: what``; nothing is
+        stored or changed before this passes.
+        """
+        services = {n: s for n, (s, _) in self.services.items()}
+        services.update({s.name: s for s in manifests.services})
+        graphs = {**self.graphs, **{g.name: g for g in manifests.graphs}}
+        found = validate.problems(services, graphs)
         for isvc in manifests.services:
-            uri = isvc.spec.predictor.resolved().storageUri or ""
-            try:
-                path = local_path(uri, base=manifests.sources[isvc.name].parent)
-            except StorageError as exc:
-                problems.append(f"{isvc.name}: spec.predictor: {exc}")
-                continue
-            if not path.exists():
-                problems.append(f"{isvc.name}: spec.predictor storageUri {uri!r}: {path} does not "
-                                "exist")
-        if problems:
-            raise ManifestError("invalid manifests:\n  " + "\n  ".join(problems))
+            base = manifests.sources[isvc.name].parent
+            found += [f"InferenceService {isvc.name}: {p}" for p in storage_problems(isvc, base)]
+        if found:
+            raise ManifestError("invalid manifests:\n  " + "\n  ".join(sorted(set(found),
+                                                                            key=found.index)))
 
     async def apply(self, manifests: Manifests) -> list[str]:
         """Apply services and graphs (others stay as they are); returns the new events."""
@@ -102,13 +129,37 @@ class Plane:
         now = time.time()
         before = dict(self.states)
         for isvc in manifests.services:
-            self.services[isvc.name] = (isvc, manifests.sources[isvc.name].parent)
-            self._set(isvc.name, rev.apply_manifest(self.states.get(isvc.name), isvc, now=now))
+            base = manifests.sources[isvc.name].parent
+            uri = isvc.spec.predictor.resolved().storageUri or ""
+            self.services[isvc.name] = (isvc, base)
+            self._set(isvc.name, rev.apply_manifest(self.states.get(isvc.name), isvc, now=now,
+                                                    resolved_uri=resolve(uri, base)))
         for graph in manifests.graphs:
             self.graphs[graph.name] = graph
         await self.reconcile()
         return [e.message for name, s in self.states.items()
                 for e in rev.new_events(before.get(name), s)]
+
+    async def delete(self, services: list[str], graphs: list[str]) -> list[str]:
+        """Remove services and graphs; their replicas drain and stop. A service a remaining
+        graph still uses cannot go (delete the graph too)."""
+        unknown = [f"InferenceService {n}" for n in services if n not in self.states] + \
+            [f"InferenceGraph {n}" for n in graphs if n not in self.graphs]
+        if unknown:
+            raise KeyError(f"not found: {', '.join(unknown)}")
+        remaining = {n: s for n, (s, _) in self.services.items() if n not in services}
+        kept = {n: g for n, g in self.graphs.items() if n not in graphs}
+        used = [f"InferenceGraph {n}: {p}" for n, g in kept.items()
+                for p in validate.graph_problems(g, remaining)]
+        if used:
+            raise ManifestError("cannot delete:\n  " + "\n  ".join(used))
+        for name in services:
+            del self.services[name], self.states[name]
+        for name in graphs:
+            del self.graphs[name]
+        await self.reconcile()
+        return [f"deleted InferenceService {n}" for n in services] + \
+            [f"deleted InferenceGraph {n}" for n in graphs]
 
     async def promote(self, name: str) -> str:
         return await self._decide(name, rev.promote, "promoted from the CLI")
@@ -128,51 +179,41 @@ class Plane:
 
     # -- acting -----------------------------------------------------------------------------
 
-    def _policy(self, isvc: InferenceService) -> ScalePolicy:
-        p = isvc.spec.predictor
-        extra = isvc.spec.turnout.autoscaling if isvc.spec.turnout else None
-        low = 1 if p.minReplicas is None else p.minReplicas
-        high = p.maxReplicas or max(low, 1)
-        default_target = 200.0 if p.scaleMetric == "rps" else float(p.containerConcurrency or 100)
-        policy = ScalePolicy(min_replicas=low, max_replicas=high,
-                             target=float(p.scaleTarget or default_target))
-        if extra is not None:
-            policy = ScalePolicy(**{**policy.__dict__, "stable_window": extra.stableWindow,
-                                    "panic_window": extra.panicWindow,
-                                    "panic_threshold": extra.panicThreshold,
-                                    "scale_to_zero_grace": extra.scaleToZeroGrace,
-                                    "max_scale_up_rate": extra.maxScaleUpRate,
-                                    "max_scale_down_rate": extra.maxScaleDownRate})
-        return policy
-
-    def _scaling(self, revision: str, policy: ScalePolicy) -> Scaling:
-        scaling = self.scaling.get(revision)
-        if scaling is None:
-            scaling = self.scaling[revision] = Scaling(
-                ScaleState(policy.min_replicas, last_active=time.monotonic()),
-                Window(policy.stable_window), Window(policy.panic_window))
-        return scaling
+    def _observed(self) -> Observed:
+        endpoints = {revision: Endpoints([r.http for r in self.supervisor.ready(revision)],
+                                         [r.grpc for r in self.supervisor.ready(revision)])
+                     for revision in self.supervisor.replicas}
+        return Observed(endpoints=endpoints,
+                        replicas={r: s.state.replicas for r, s in self.scaling.items()})
 
     async def reconcile(self) -> None:
-        """Bring processes and routes in line with the states and scaling decisions."""
-        wanted: dict[str, tuple[ReplicaSpec, int]] = {}
-        for name, state in self.states.items():
-            isvc, base = self.services[name]
-            policy = self._policy(isvc)
-            for revision in state.serving().values():
-                r = state.revisions[revision]
-                spec = ReplicaSpec(revision, name, local_path(r.storage_uri, base=base),
-                                   r.max_batch_size, r.max_batch_latency_ms)
-                wanted[revision] = (spec, self._scaling(revision, policy).state.replicas)
+        """Bring processes and routes in line with the plan."""
+        services = [(self.services[n][0], s) for n, s in self.states.items()]
+        try:
+            desired = plan(services=services, graphs=list(self.graphs.values()),
+                           observed=self._observed())
+        except Exception:  # validated at apply; never let one bad plan stop every service
+            log.exception("planning failed; routes and replicas stay as they are")
+            return
+        self.desired = desired
         to_stop = []
-        for spec, count in wanted.values():
-            to_stop += await self.supervisor.scale(spec, count)
+        for revision, workload in desired.workloads.items():
+            if revision not in self.scaling:
+                self.scaling[revision] = Scaling(
+                    ScaleState(workload.replicas, last_active=time.monotonic()),
+                    Window(workload.policy.stable_window), Window(workload.policy.panic_window))
+            spec = ReplicaSpec(revision, workload.model_name, workload.storage_uri,
+                               workload.runtime, workload.max_batch_size,
+                               workload.max_batch_latency_ms)
+            to_stop += await self.supervisor.scale(spec, workload.replicas)
         for revision, replicas in self.supervisor.replicas.items():
-            if revision not in wanted:
+            if revision not in desired.workloads:
                 to_stop += [r for r in replicas if r.state != "stopping"]
                 for r in replicas:
                     r.state = "stopping"
-        await self.push_routes()
+        for revision in [r for r in self.scaling if r not in desired.workloads]:
+            del self.scaling[revision]
+        await self.push_routes(desired)
         if to_stop:
             asyncio.create_task(self.supervisor.stop(to_stop))
         self.save()
@@ -180,28 +221,11 @@ class Plane:
     def at_zero(self) -> frozenset[str]:
         return frozenset(r for r, s in self.scaling.items() if s.state.replicas == 0)
 
-    async def push_routes(self) -> None:
-        endpoints = {revision: Endpoints([r.http for r in self.supervisor.ready(revision)],
-                                         [r.grpc for r in self.supervisor.ready(revision)])
-                     for revision in self.supervisor.replicas}
-        plan = router_config(
-            services=[(self.services[n][0], s) for n, s in self.states.items()],
-            endpoints=endpoints, graphs=list(self.graphs.values()), activator=self.activator,
-            at_zero=self.at_zero())
-        text = yaml.safe_dump(plan.config.model_dump(mode="json", by_alias=True, exclude_none=True),
-                              sort_keys=False)
+    async def push_routes(self, desired: Desired) -> None:
+        text = yaml.safe_dump(desired.routes.model_dump(mode="json", by_alias=True,
+                                                        exclude_none=True), sort_keys=False)
         if text != self._pushed and await self.router.put_config(text):
             self._pushed = text
-
-    def save(self) -> None:
-        doc = {name: state.model_dump(mode="json") for name, state in self.states.items()}
-        tmp = self.state_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(self.state_dir / "state.json")
-        # Process ids per revision, for operators (and tests) who need to find a replica.
-        pids = {revision: [r.process.pid for r in replicas if r.process is not None]
-                for revision, replicas in self.supervisor.replicas.items()}
-        (self.state_dir / "replicas.json").write_text(json.dumps(pids))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -213,15 +237,14 @@ class Plane:
             if stop.is_set():
                 break
             try:
-                await self.router.watch()
-                changed = await self.supervisor.tick()
+                if await self.router.watch():
+                    self._pushed = ""  # a restarted router starts from the routes file
+                await self.supervisor.tick()
                 await self._autoscale()
                 if time.monotonic() - last_scrape >= 1.0:
                     last_scrape = time.monotonic()
                     await self._scrape()
-                    changed = await self._rollouts() or changed
-                if changed:
-                    self.save()
+                    self._rollouts()
                 await self.reconcile()
             except Exception:  # one bad tick must not end supervision
                 log.exception("control loop tick failed")
@@ -237,68 +260,55 @@ class Plane:
     def latest(self) -> dict[tuple[str, str], Totals]:
         return self.history[-1][1] if self.history else {}
 
-    async def _rollouts(self) -> bool:
-        changed = False
-        now = time.time()
+    def _rollouts(self) -> None:
+        now, current = time.time(), self.latest()
         for name, state in list(self.states.items()):
             isvc = self.services[name][0]
             rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
-            if state.phase != "progressing" or rollout is None or state.canary is None:
-                self.snapshots.pop(name, None)
-                continue
-            if name not in self.snapshots or not self.supervisor.ready(state.canary):
-                # The interval counts from when the canary can actually take its share.
-                self.snapshots[name] = self.latest()
-                self._set(name, state.model_copy(update={"step_started": now}))
-                continue
-            if now - state.step_started < rollout.interval:
-                continue
-            then, current = self.snapshots[name], self.latest()
-            verdict = analyse(analysis=rollout.analysis, steps=rollout.steps, percent=state.percent,
-                              holds=state.holds,
-                              canary=window(current.get((name, "canary")), then.get((name, "canary"))),
-                              stable=window(current.get((name, "stable")), then.get((name, "stable"))))
-            if verdict.action == "promote":
-                state = rev.promote(state, now=now, reason=verdict.reason)
-            elif verdict.action == "rollback":
-                state = rev.rollback(state, now=now, reason=verdict.reason)
-            elif verdict.action == "advance":
-                state = rev.set_step(state, verdict.percent, now=now, reason=verdict.reason)
-            else:
-                state = rev.hold(state, now=now, reason=verdict.reason)
-            log.info("%s: %s", name, state.events[-1].message)
-            self._set(name, state)
-            if verdict.action != "hold":  # a hold waits for more data: the window grows
-                self.snapshots[name] = current
-            changed = True
-        return changed
+            ready = state.canary is not None and bool(self.supervisor.ready(state.canary))
+            after = step(state, rollout, canary=current.get((name, "canary")),
+                         stable=current.get((name, "stable")), canary_ready=ready, now=now)
+            if after is not state:
+                if after.recorded != state.recorded:
+                    log.info("%s: %s", name, after.events[-1].message)
+                self._set(name, after)
 
     async def _autoscale(self) -> None:
-        status = await self.router.get("/status")
-        pending: dict[tuple[str, str], int] = {}
-        if status is not None:
-            for row in json.loads(status).get("endpoints", []):
-                pending[(row["service"], row["variant"])] = int(row.get("pending", 0))
+        status_text = await self.router.get("/status")
+        load: dict[tuple[str, str], int] = {}
+        held: dict[tuple[str, str], int] = {}
+        if status_text is not None:
+            for row in json.loads(status_text).get("endpoints", []):
+                key = (row["service"], row["variant"])
+                load[key] = load.get(key, 0) + int(row.get("pending", 0))
+                held[key] = held.get(key, 0) + int(row.get("held", 0))
         now = time.monotonic()
-        for name, state in self.states.items():
-            isvc = self.services[name][0]
-            policy = self._policy(isvc)
-            rps = isvc.spec.predictor.scaleMetric == "rps"
-            for role, revision in state.serving().items():
-                scaling = self._scaling(revision, policy)
-                load = self._rps(name, role) if rps else float(pending.get((name, role), 0))
-                scaling.stable.add(now, load)
-                scaling.panic.add(now, load)
-                decision = decide(policy=policy, state=scaling.state,
-                                  stable_load=scaling.stable.average(),
-                                  panic_load=scaling.panic.average(),
-                                  waiting=self.waiting.get(revision, 0), now=now)
-                if decision.replicas != scaling.state.replicas:
-                    log.info("%s/%s (%s): %s", name, role, revision, decision.reason)
-                    self._set(name, rev.record_event(self.states[name], time.time(), "scaled",
-                                                     f"{revision}: replicas {decision.reason}"))
-                    scaling.reason = decision.reason
-                scaling.state = decision.state
+        desired = self.desired
+        if desired is None:
+            return
+        self.held = {}
+        for revision, workload in desired.workloads.items():
+            scaling = self.scaling.get(revision)
+            if scaling is None:
+                continue
+            key = (workload.service, workload.role)
+            waiting = held.get(key, 0)
+            self.held[revision] = waiting
+            value = self._rps(*key) if workload.policy.metric == "rps" else \
+                float(load.get(key, 0) + waiting)
+            scaling.stable.add(now, value)
+            scaling.panic.add(now, value)
+            decision = decide(policy=workload.policy, state=scaling.state,
+                              stable_load=scaling.stable.average(),
+                              panic_load=scaling.panic.average(), waiting=waiting, now=now)
+            if decision.replicas != scaling.state.replicas:
+                log.info("%s/%s (%s): %s", workload.service, workload.role, revision,
+                         decision.reason)
+                self._set(workload.service, rev.record_event(
+                    self.states[workload.service], time.time(), "scaled",
+                    f"{revision}: replicas {decision.reason}"))
+                scaling.reason = decision.reason
+            scaling.state = decision.state
 
     def _rps(self, service: str, role: str, seconds: float = 10.0) -> float:
         if len(self.history) < 2:
@@ -311,6 +321,6 @@ class Plane:
         return window(now.get(key), then.get(key)).requests / (now_t - then_t)
 
     async def shutdown(self) -> None:
+        self.save()
         await self.router.stop()
         await self.supervisor.stop_all()
-        self.save()

@@ -89,10 +89,10 @@ class RouterProcess:
             log.warning("router admin unreachable: %s", exc)
             return False
 
-    async def watch(self) -> None:
-        """Restart the router with backoff if it exited."""
+    async def watch(self) -> bool:
+        """Restart the router with backoff if it exited; True when it was just restarted."""
         if self.process is None or self.process.returncode is None:
-            return
+            return False
         now = time.monotonic()
         if not self._retry_at:
             self._retry_at = now + min(30.0, 0.5 * 2 ** self.restarts)
@@ -102,6 +102,8 @@ class RouterProcess:
             self._retry_at = 0.0
             with contextlib.suppress(RuntimeError):
                 await self.start()
+                return True
+        return False
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:

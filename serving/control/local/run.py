@@ -1,6 +1,8 @@
 """``turnout up``: the composition root of the local control plane.
 
-Order at start: validate every manifest and storage path (nothing starts if one is bad), start
+Order at start: read ``state.json`` back (a restart resumes every service, revision and
+rollout where it was; a file that cannot be read stops here, naming it), validate every
+manifest and storage path with the restored services (nothing starts if one is bad), start
 the router on the public ports, open the admin API, apply the manifests, and wait until every
 service has a ready replica (or fail, stopping everything). Order at stop (Ctrl-C, SIGTERM,
 ``turnout down``): the router drains first so no new request reaches a replica, then every
@@ -22,11 +24,11 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from serving.control.local.activator import Activator
 from serving.control.local.admin import PlaneAdmin
 from serving.control.local.metrics import PlaneMetrics
 from serving.control.local.plane import Plane
 from serving.control.local.routerproc import RouterProcess
+from serving.control.local.statefile import StateFileError
 from serving.control.local.supervisor import free_port
 from serving.spec.load import ManifestError, Manifests, load_files
 from serving.transport.logs import configure_logging
@@ -68,10 +70,13 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
                            grpc_port=args.grpc_port)
     plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()))
     try:
+        restored = plane.restore()
         plane.check(manifests)
-    except ManifestError as exc:
+    except (ManifestError, StateFileError) as exc:
         print(f"turnout up: {exc}", file=sys.stderr)
         return 2
+    if restored:
+        log.info("restored %s from %s", ", ".join(restored), state_dir / "state.json")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,10 +88,8 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     admin_task = asyncio.create_task(admin.serve())
     code = 0
-    activator: Activator | None = None
     try:
         await router.start()
-        activator = await Activator.start(plane)
         await plane.apply(manifests)
         (state_dir / "plane.json").write_text(json.dumps({
             "pid": os.getpid(), "admin": f"http://127.0.0.1:{admin_port}",
@@ -107,8 +110,6 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     finally:
         log.info("draining")
         await plane.shutdown()
-        if activator is not None:
-            await activator.stop()
         admin.should_exit = True
         await admin_task
         (state_dir / "plane.json").unlink(missing_ok=True)
@@ -116,7 +117,8 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
 
 
 async def _wait_ready(plane: Plane, timeout: float, stop: asyncio.Event) -> bool:
-    """Every service reachable: a ready stable replica, or scaled to zero behind the activator."""
+    """Every service reachable: a ready stable replica, or scaled to zero (the router holds
+    its requests while a replica starts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
         pending = [n for n, s in plane.states.items()

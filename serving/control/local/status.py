@@ -38,11 +38,13 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
                 # where the ready replicas listen, to reach one replica's /metrics or logs
                 "endpoints": {"http": [r.http for r in replicas if r.state == "ready"],
                               "grpc": [r.grpc for r in replicas if r.state == "ready"]},
+                "held": plane.held.get(revision, 0),  # requests the router holds for it
                 "rps": round(w.requests / span, 2) if history else 0.0,
                 "error_rate": round(w.error_rate, 4),
                 "p99_ms": round(w.p99_seconds * 1000, 2) if w.p99_seconds is not None else None})
         services.append({"name": name, "phase": state.phase, "stable": state.stable,
                          "canary": state.canary, "canary_percent": state.percent,
+                         "previous": state.previous,
                          "variants": variants,
                          "events": [{"at": e.at, "kind": e.kind, "message": e.message}
                                     for e in state.events[-10:]]})

@@ -37,19 +37,27 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    """What a revision's replicas run: ``turnout serve PATH --name MODEL``."""
+    """What a revision's replicas run: ``turnout serve URI --name MODEL --runtime RUNTIME``.
+
+    ``uri`` is the revision's resolved storage URI: an absolute path, or a remote URI each
+    replica fetches into the shared model cache (one download per revision: see
+    :func:`serving.storage.fetch`).
+    """
 
     revision: str
     model: str
-    path: Path
+    uri: str
+    runtime: str | None = None
     max_batch_size: int | None = None
     max_batch_latency_ms: int | None = None
 
     def serve_flags(self) -> list[str]:
-        """Flags beyond ports: KServe's batcher becomes the server's default batching."""
+        """Flags beyond ports: the runtime the manifest asks for, and KServe's batcher as the
+        server's default batching."""
+        flags = ["--runtime", self.runtime] if self.runtime else []
         if self.max_batch_size is None:
-            return []
-        flags = ["--max-batch-size", str(self.max_batch_size)]
+            return flags
+        flags += ["--max-batch-size", str(self.max_batch_size)]
         if self.max_batch_latency_ms is not None:
             flags += ["--max-batch-latency-ms", str(self.max_batch_latency_ms)]
         return flags
@@ -120,7 +128,7 @@ class Supervisor:
             out.write(f"--- start {time.strftime('%H:%M:%S')} http {replica.http_port} grpc "
                       f"{replica.grpc_port}\n".encode())
             replica.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "serving.cli", "serve", str(replica.spec.path),
+                sys.executable, "-m", "serving.cli", "serve", replica.spec.uri,
                 "--name", replica.spec.model, "--http-port", str(replica.http_port),
                 "--grpc-port", str(replica.grpc_port), "--drain-seconds", str(self.drain_seconds),
                 *replica.spec.serve_flags(),

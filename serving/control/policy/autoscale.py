@@ -16,7 +16,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from serving.spec.base import parse_seconds
+
+if TYPE_CHECKING:
+    from serving.spec.inferenceservice import InferenceService
+
+KNATIVE = "autoscaling.knative.dev/"
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,12 @@ class ScalePolicy:
     scale_to_zero_grace: float = 30.0
     max_scale_up_rate: float = 1000.0
     max_scale_down_rate: float = 2.0
+    initial_replicas: int | None = None  # replicas at creation; None: min_replicas
+    metric: str = "concurrency"        # what ``target`` counts: concurrency or rps
+
+    @property
+    def start(self) -> int:
+        return self.min_replicas if self.initial_replicas is None else self.initial_replicas
 
 
 @dataclass(frozen=True)
@@ -97,3 +111,88 @@ class Window:
         if not self._samples:
             return 0.0
         return sum(v for _, v in self._samples) / len(self._samples)
+
+
+def scale_policy(isvc: InferenceService) -> ScalePolicy:
+    """The autoscaling policy a predictor asks for: KServe's fields, then Knative's
+    ``autoscaling.knative.dev/*`` annotations for what the fields leave unset, then
+    ``spec.turnout.autoscaling`` for the windows."""
+    p = isvc.spec.predictor
+    notes = knative_settings(isvc)
+    metric = p.scaleMetric or notes.get("metric") or "concurrency"
+    metric = "rps" if metric == "rps" else "concurrency"  # cpu/memory: warned at load
+    low = p.minReplicas if p.minReplicas is not None else int(notes.get("min-scale", 1))
+    high = p.maxReplicas or int(notes.get("max-scale", 0)) or max(low, 1)
+    default_target = 200.0 if metric == "rps" else float(p.containerConcurrency or 100)
+    target = float(p.scaleTarget or notes.get("target") or default_target)
+    policy = ScalePolicy(min_replicas=low, max_replicas=max(high, low), target=target,
+                         metric=metric)
+    extra = isvc.spec.turnout.autoscaling if isvc.spec.turnout else None
+    if extra is not None:
+        policy = replace(policy, stable_window=extra.stableWindow, panic_window=extra.panicWindow,
+                         panic_threshold=extra.panicThreshold,
+                         scale_to_zero_grace=extra.scaleToZeroGrace,
+                         max_scale_up_rate=extra.maxScaleUpRate,
+                         max_scale_down_rate=extra.maxScaleDownRate)
+    if "window" in notes:
+        policy = replace(policy, stable_window=float(notes["window"]))
+    if "panic-window-percentage" in notes:
+        policy = replace(policy, panic_window=policy.stable_window
+                         * float(notes["panic-window-percentage"]) / 100)
+    if "panic-threshold-percentage" in notes:
+        policy = replace(policy, panic_threshold=float(notes["panic-threshold-percentage"]) / 100)
+    if "scale-to-zero-pod-retention-period" in notes:
+        policy = replace(policy,
+                         scale_to_zero_grace=float(notes["scale-to-zero-pod-retention-period"]))
+    if "initial-scale" in notes:
+        policy = replace(policy, initial_replicas=min(max(int(notes["initial-scale"]), low),
+                                                      policy.max_replicas))
+    return policy
+
+
+# Knative's annotation -> how its value reads; legacy camelCase names are accepted too.
+_KNATIVE_KEYS = {"target": float, "metric": str, "min-scale": int, "max-scale": int,
+                 "initial-scale": int, "window": parse_seconds,
+                 "panic-window-percentage": float, "panic-threshold-percentage": float,
+                 "scale-to-zero-pod-retention-period": parse_seconds}
+_LEGACY = {"minScale": "min-scale", "maxScale": "max-scale", "initialScale": "initial-scale",
+           "panicWindowPercentage": "panic-window-percentage",
+           "panicThresholdPercentage": "panic-threshold-percentage"}
+
+
+def knative_settings(isvc: InferenceService) -> dict[str, float | int | str]:
+    """The Knative autoscaling annotations Turnout acts on, parsed (bad values raise
+    ``ValueError`` naming the annotation). Others are reported by :func:`knative_ignored`."""
+    out: dict[str, float | int | str] = {}
+    for key, value in _annotations(isvc).items():
+        if not key.startswith(KNATIVE):
+            continue
+        name = _LEGACY.get(key[len(KNATIVE):], key[len(KNATIVE):])
+        parse = _KNATIVE_KEYS.get(name)
+        if parse is None:
+            continue
+        try:
+            parsed = parse(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"annotation {key}: {value!r} is not a valid {name}") from None
+        if name == "metric" and parsed not in ("concurrency", "rps", "cpu", "memory"):
+            raise ValueError(f"annotation {key}: {value!r} is not concurrency, rps, cpu or memory")
+        if isinstance(parsed, int | float) and not isinstance(parsed, bool) and parsed < 0:
+            raise ValueError(f"annotation {key}: {value!r} must not be negative")
+        out[name] = parsed
+    return out
+
+
+def knative_ignored(isvc: InferenceService) -> list[str]:
+    """Knative autoscaling annotations accepted but not acted on locally, by full name."""
+    ignored = []
+    for key in _annotations(isvc):
+        name = key[len(KNATIVE):]
+        if key.startswith(KNATIVE) and _LEGACY.get(name, name) not in _KNATIVE_KEYS:
+            ignored.append(key)
+    return ignored
+
+
+def _annotations(isvc: InferenceService) -> dict[str, str]:
+    """Annotations of the resource and of the predictor (KServe allows both)."""
+    return {**isvc.metadata.annotations, **(isvc.spec.predictor.annotations or {})}

@@ -1,14 +1,22 @@
 """Revisions and traffic of one InferenceService, with KServe's canary semantics.
 
-Pure transitions on a serialisable :class:`ServiceState` (the supervisor keeps it in
-``.turnout/state.json``; a controller would keep it in the resource's status):
+Pure transitions on a serialisable :class:`ServiceState` (``turnout up`` keeps it in
+``.turnout/state.json``; a controller keeps it in the resource's status):
 
 - the first manifest creates revision 1, which takes all traffic;
 - a changed predictor (model, format, runtime, protocol, batcher) creates a new revision; with
-  ``canaryTrafficPercent`` (or a ``turnout.rollout``) it becomes the canary beside the stable
-  revision, without them it is promoted at once, as KServe does;
-- the same predictor with ``canaryTrafficPercent`` removed promotes the canary; ``0`` rolls back;
+  ``canaryTrafficPercent`` below 100 (or a ``turnout.rollout``) it becomes the canary beside the
+  stable revision; without it, or at 100, it is promoted at once, as KServe does;
+- the same predictor with ``canaryTrafficPercent`` removed promotes the canary; ``0`` rolls
+  back — and after a promotion, ``0`` pins the previous rolled-out revision again (KServe's
+  "rollback and pin the previous model"), the new one staying the latest at 0%;
 - ``promote`` / ``rollback`` do the same from the CLI or the rollout analysis.
+
+Mid-rollout edits, where KServe says nothing, follow Flagger and Argo Rollouts: they act
+explicitly and leave an event, never silently. A new ``canaryTrafficPercent`` sets the share
+and the analysis continues from there; removing ``spec.turnout.rollout`` stops the analysis and
+leaves the canary at its share (a manual canary); adding it starts the analysis from the
+current share; editing it restarts the current step's interval with the new settings.
 """
 
 from __future__ import annotations
@@ -19,14 +27,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from serving.control.policy.observe import Totals
 from serving.spec.inferenceservice import InferenceService
 
 Phase = Literal["stable", "canary", "progressing", "rolled-back"]
 # What an event records, so metrics and tools need not parse messages: a revision taking all
 # traffic at once, a canary starting, a rollout step, a held step, the two ends of a canary,
-# a canary share set by the manifest, a canary removed by the manifest, an autoscaling decision.
+# a canary share set by the manifest, a canary removed by the manifest, the analysis stopped,
+# resumed or re-configured by a manifest edit, an autoscaling decision.
 EventKind = Literal["created", "started", "step", "held", "promoted", "rolled_back", "share",
-                    "removed", "scaled"]
+                    "removed", "paused", "resumed", "scaled"]
 MAX_EVENTS = 50
 
 
@@ -34,7 +44,8 @@ class Revision(BaseModel):
     name: str
     number: int
     digest: str
-    storage_uri: str
+    storage_uri: str                 # as the manifest wrote it
+    resolved_uri: str = ""           # what replicas are given: absolute, or a pinned version
     model_format: str
     runtime: str | None = None
     max_batch_size: int | None = None  # KServe's predictor.batcher, for this revision's servers
@@ -52,11 +63,16 @@ class ServiceState(BaseModel):
     revisions: dict[str, Revision] = Field(default_factory=dict)
     stable: str
     canary: str | None = None
+    previous: str | None = None      # the previous rolled-out revision (KServe's), for pinning
     percent: int = 0                 # the canary's share of traffic
     phase: Phase = "stable"
-    step_started: float = 0.0        # when the current rollout step began
+    step_started: float = 0.0        # when the current rollout step began (wall clock)
     holds: int = 0                   # consecutive analyses held for lack of data
+    # The router's counters per role when the current step's window began; None until the
+    # canary can take its share. Serialised, so a restarted plane resumes the same window.
+    baseline: dict[str, Totals] | None = None
     manifest_percent: int | None = None  # canaryTrafficPercent last applied: changes act
+    rollout_digest: str | None = None    # spec.turnout.rollout last applied: edits act
     events: list[Event] = Field(default_factory=list)  # the last MAX_EVENTS
     recorded: int = 0                # events ever recorded: tells a reader which ones are new
 
@@ -76,11 +92,20 @@ def digest(isvc: InferenceService) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _revision(isvc: InferenceService, number: int) -> Revision:
+def rollout_digest(isvc: InferenceService) -> str | None:
+    rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
+    if rollout is None:
+        return None
+    text = json.dumps(rollout.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _revision(isvc: InferenceService, number: int, resolved_uri: str | None = None) -> Revision:
     model = isvc.spec.predictor.resolved()
     batcher = isvc.spec.predictor.batcher
     return Revision(name=f"{isvc.name}-{number:05d}", number=number, digest=digest(isvc),
                     storage_uri=model.storageUri or "", model_format=model.modelFormat.name,
+                    resolved_uri=resolved_uri or model.storageUri or "",
                     runtime=model.runtime,
                     max_batch_size=(batcher.maxBatchSize or 32) if batcher else None,
                     max_batch_latency_ms=batcher.maxLatency if batcher else None)
@@ -97,58 +122,121 @@ def new_events(before: ServiceState | None, after: ServiceState) -> list[Event]:
     return after.events[len(after.events) - min(max(fresh, 0), len(after.events)):]
 
 
-def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: float
-                   ) -> ServiceState:
-    """The state after applying ``isvc`` (KServe semantics, see the module docstring)."""
+def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: float,
+                   resolved_uri: str | None = None) -> ServiceState:
+    """The state after applying ``isvc`` (KServe semantics, see the module docstring).
+
+    ``resolved_uri``: what the storage URI resolved to (an absolute path, a pinned registry
+    version), recorded in a new revision.
+    """
     predictor = isvc.spec.predictor
     wanted = predictor.canaryTrafficPercent
     rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
     if state is None:
-        first = _revision(isvc, 1)
+        first = _revision(isvc, 1, resolved_uri)
         return record_event(ServiceState(name=isvc.name, revisions={first.name: first},
-                                         stable=first.name, manifest_percent=wanted), now,
+                                         stable=first.name, manifest_percent=wanted,
+                                         rollout_digest=rollout_digest(isvc)), now,
                             "created", f"created {first.name} ({first.storage_uri}) with all traffic")
     new_digest = digest(isvc)
     latest = state.revisions[state.canary or state.stable]
     if new_digest != latest.digest:
-        if new_digest == state.revisions[state.stable].digest and state.canary is not None:
-            return record_event(state.model_copy(update={"canary": None, "percent": 0,
-                                                         "phase": "stable",
-                                                         "manifest_percent": wanted}), now,
-                                "removed",
-                                f"manifest is back to {state.stable}: canary {state.canary} removed")
-        number = max(r.number for r in state.revisions.values()) + 1
-        revision = _revision(isvc, number)
-        state = state.model_copy(update={"revisions": {**state.revisions, revision.name: revision},
-                                         "manifest_percent": wanted})
-        if rollout is not None:
-            percent = wanted if wanted is not None else rollout.steps[0]
-            return start_canary(state, revision.name, percent, now=now, phase="progressing")
-        if wanted is None:
-            state = state.model_copy(update={"stable": revision.name, "canary": None, "percent": 0,
-                                             "phase": "stable"})
-            return record_event(state, now, "created", f"created {revision.name} "
-                                f"({revision.storage_uri}) with all traffic (no canaryTrafficPercent)")
-        return start_canary(state, revision.name, wanted, now=now, phase="canary")
+        return _new_revision(state, isvc, new_digest, now=now, resolved_uri=resolved_uri)
+    state = _rollout_edit(state, isvc, now=now)
     if wanted == state.manifest_percent:
         return state  # the manifest did not change: a CLI or analysis decision stands
     state = state.model_copy(update={"manifest_percent": wanted})
-    if state.canary is None or rollout is not None and wanted is None:
-        return state  # nothing to split, or the rollout loop owns the canary's share
+    if state.canary is None:
+        if wanted == 0 and state.previous is not None and state.previous in state.revisions:
+            return _pin_previous(state, now=now)
+        return state  # nothing to split
     if wanted is None:
+        if rollout is not None and state.phase == "progressing":
+            return state  # the rollout owns the canary's share
         return promote(state, now=now, reason="canaryTrafficPercent removed")
     if wanted == 0:
         return rollback(state, now=now, reason="canaryTrafficPercent set to 0")
     if wanted == 100:
         return promote(state, now=now, reason="canaryTrafficPercent set to 100")
-    return record_event(state.model_copy(update={"percent": wanted, "phase": "canary"}), now,
-                        "share", f"canary {state.canary} at {wanted}%")
+    phase: Phase = "progressing" if rollout is not None else "canary"
+    state = state.model_copy(update={"percent": wanted, "phase": phase, "holds": 0,
+                                     "step_started": now, "baseline": None})
+    then = "; the analysis continues from there" if rollout is not None else ""
+    return record_event(state, now, "share", f"canary {state.canary} at {wanted}% "
+                        f"(canaryTrafficPercent){then}")
+
+
+def _new_revision(state: ServiceState, isvc: InferenceService, new_digest: str, *, now: float,
+                  resolved_uri: str | None) -> ServiceState:
+    wanted = isvc.spec.predictor.canaryTrafficPercent
+    rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
+    update = {"manifest_percent": wanted, "rollout_digest": rollout_digest(isvc)}
+    if new_digest == state.revisions[state.stable].digest and state.canary is not None:
+        return record_event(state.model_copy(update={**update, "canary": None, "percent": 0,
+                                                     "phase": "stable", "baseline": None}), now,
+                            "removed",
+                            f"manifest is back to {state.stable}: canary {state.canary} removed")
+    number = max(r.number for r in state.revisions.values()) + 1
+    revision = _revision(isvc, number, resolved_uri)
+    state = state.model_copy(update={**update, "revisions": {**state.revisions,
+                                                             revision.name: revision}})
+    if wanted == 100 or (wanted is None and rollout is None):
+        why = "canaryTrafficPercent 100" if wanted == 100 else "no canaryTrafficPercent"
+        previous = state.stable
+        state = state.model_copy(update={"stable": revision.name, "canary": None, "percent": 0,
+                                         "phase": "stable", "previous": previous,
+                                         "baseline": None})
+        return record_event(state, now, "created", f"created {revision.name} "
+                            f"({revision.storage_uri}) with all traffic ({why})")
+    if rollout is not None:
+        percent = wanted if wanted is not None else rollout.steps[0]
+        return start_canary(state, revision.name, percent, now=now, phase="progressing")
+    assert wanted is not None
+    return start_canary(state, revision.name, wanted, now=now, phase="canary")
+
+
+def _rollout_edit(state: ServiceState, isvc: InferenceService, *, now: float) -> ServiceState:
+    """``spec.turnout.rollout`` added, removed or edited for the same revision: say what the
+    analysis does now (Flagger/Argo Rollouts: explicit, never silent)."""
+    new = rollout_digest(isvc)
+    if new == state.rollout_digest:
+        return state
+    state = state.model_copy(update={"rollout_digest": new})
+    if state.canary is None or state.phase == "rolled-back":
+        return state
+    if new is None and state.phase == "progressing":
+        return record_event(state.model_copy(update={"phase": "canary", "baseline": None}), now,
+                            "paused", f"rollout removed from the manifest: analysis stopped, "
+                            f"canary {state.canary} stays at {state.percent}% (promote or roll "
+                            "back with turnout rollout, or set canaryTrafficPercent)")
+    if new is not None and state.phase == "canary":
+        return record_event(state.model_copy(update={"phase": "progressing", "baseline": None,
+                                                     "step_started": now, "holds": 0}), now,
+                            "resumed", f"rollout added: analysis of {state.canary} starts at "
+                            f"{state.percent}%")
+    if new is not None:
+        return record_event(state.model_copy(update={"baseline": None, "step_started": now,
+                                                     "holds": 0}), now,
+                            "resumed", f"rollout settings changed: the step at {state.percent}% "
+                            "starts over with them")
+    return state
+
+
+def _pin_previous(state: ServiceState, *, now: float) -> ServiceState:
+    """KServe's "rollback and pin the previous model": after a promotion, 0% sends all traffic
+    back to the previous rolled-out revision; the promoted one stays the latest at 0%."""
+    assert state.previous is not None
+    latest, previous = state.stable, state.previous
+    state = state.model_copy(update={"stable": previous, "canary": latest, "percent": 0,
+                                     "phase": "rolled-back", "holds": 0, "baseline": None})
+    return record_event(state, now, "rolled_back", f"rolled back {latest}, all traffic to the "
+                        f"previous rolled-out revision {previous}: canaryTrafficPercent set to 0")
 
 
 def start_canary(state: ServiceState, revision: str, percent: int, *, now: float,
                  phase: Phase) -> ServiceState:
     state = state.model_copy(update={"canary": revision, "percent": percent, "phase": phase,
-                                     "step_started": now, "holds": 0})
+                                     "step_started": now, "holds": 0, "baseline": None})
     if percent == 0:
         state = state.model_copy(update={"phase": "rolled-back"})
     how = "progressive rollout" if phase == "progressing" else "canary"
@@ -171,13 +259,14 @@ def promote(state: ServiceState, *, now: float, reason: str) -> ServiceState:
         return state
     old, new = state.stable, state.canary
     state = state.model_copy(update={"stable": new, "canary": None, "percent": 0, "phase": "stable",
-                                     "holds": 0})
+                                     "holds": 0, "previous": old, "baseline": None})
     return record_event(state, now, "promoted", f"promoted {new} to all traffic (was {old}): {reason}")
 
 
 def rollback(state: ServiceState, *, now: float, reason: str) -> ServiceState:
     if state.canary is None or state.phase == "rolled-back":
         return state
-    state = state.model_copy(update={"percent": 0, "phase": "rolled-back", "holds": 0})
+    state = state.model_copy(update={"percent": 0, "phase": "rolled-back", "holds": 0,
+                                     "baseline": None})
     return record_event(state, now, "rolled_back",
                         f"rolled back {state.canary}, all traffic to {state.stable}: {reason}")

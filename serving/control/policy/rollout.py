@@ -1,7 +1,10 @@
 """Rollout analysis: from one interval's canary and stable metrics to advance, hold or roll back.
 
-A pure function of its arguments, so the local supervisor and a Kubernetes controller make the
-same decision from the same numbers, and tests state every case as a row of a table.
+:func:`analyse` decides from one window; :func:`step` is the whole progressive rollout as a
+pure transition of the service's serialised state (its interval timing and metric baseline are
+part of that state), so ``turnout up`` and a Kubernetes controller make the same decision from
+the same numbers, a restarted plane resumes where it was, and tests state every case as a row
+of a table.
 Checks run in a fixed order and the first failure is the reason recorded, so an operator reads
 one concrete cause ("error rate 0.31 > 0.05") rather than a score.
 """
@@ -11,24 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from serving.spec.turnout import Analysis
+from serving.control.policy import revisions as rev
+from serving.control.policy.observe import Totals, VariantWindow, window
+from serving.spec.turnout import Analysis, Rollout
 
 Action = Literal["advance", "promote", "hold", "rollback"]
-
-
-@dataclass(frozen=True)
-class VariantWindow:
-    """What one variant did during the interval under analysis (deltas, not totals)."""
-
-    requests: int = 0
-    errors: int = 0            # answers with status >= 500 (a 4xx is the client's fault)
-    p99_seconds: float | None = None
-    compared: int = 0          # mirrored class outputs compared with the stable answer
-    agreed: int = 0
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
 
 
 @dataclass(frozen=True)
@@ -95,3 +85,35 @@ def _passed(canary: VariantWindow, stable: VariantWindow) -> str:
     p99 = f", p99 {canary.p99_seconds * 1000:.1f} ms" if canary.p99_seconds is not None else ""
     return (f"analysis passed: {canary.requests} requests, error rate {canary.error_rate:.3f}"
             f"{p99} (stable {stable.error_rate:.3f})")
+
+
+def step(state: rev.ServiceState, rollout: Rollout | None, *, canary: Totals | None,
+         stable: Totals | None, canary_ready: bool, now: float) -> rev.ServiceState:
+    """One tick of a progressive rollout; ``canary``/``stable``: the router's counters now.
+
+    The step's interval counts from when the canary can take its share (``canary_ready``);
+    until then the baseline is unset. Once the interval is over the window since the baseline
+    is analysed; a hold keeps the baseline (the window grows), any other verdict starts a new
+    window. Returns ``state`` itself when nothing changed.
+    """
+    if state.phase != "progressing" or rollout is None or state.canary is None:
+        return state.model_copy(update={"baseline": None}) if state.baseline else state
+    current = {"canary": canary or Totals(), "stable": stable or Totals()}
+    if not canary_ready:
+        return state.model_copy(update={"baseline": None}) if state.baseline else state
+    if state.baseline is None:
+        return state.model_copy(update={"baseline": current, "step_started": now})
+    if now - state.step_started < rollout.interval:
+        return state
+    verdict = analyse(analysis=rollout.analysis, steps=rollout.steps, percent=state.percent,
+                      holds=state.holds,
+                      canary=window(current["canary"], state.baseline.get("canary")),
+                      stable=window(current["stable"], state.baseline.get("stable")))
+    if verdict.action == "promote":
+        return rev.promote(state, now=now, reason=verdict.reason)
+    if verdict.action == "rollback":
+        return rev.rollback(state, now=now, reason=verdict.reason)
+    if verdict.action == "advance":
+        state = rev.set_step(state, verdict.percent, now=now, reason=verdict.reason)
+        return state.model_copy(update={"baseline": current})
+    return rev.hold(state, now=now, reason=verdict.reason)

@@ -3,8 +3,11 @@
 Pure. Variants are named by role (``stable``, ``canary``) so traffic rules in ``spec.turnout``
 keep meaning the same thing as revisions come and go; the revision behind each role is in
 ``turnout status``. Only ready endpoints are listed (health-gated routing): a role with none is
-left out and its share goes to the other, and a role scaled to zero points at the activator
-(its REST and gRPC endpoints), which holds requests while a replica starts. The result is
+left out and its share goes to the other, and a role scaled to zero is listed without
+endpoints, so the router holds its requests (the activator's job, bounded by
+``hold_seconds``) while the autoscaler, seeing them as demand, starts a replica. With KServe's
+``serving.kserve.io/enable-tag-routing``, ``latest-<name>`` and ``prev-<name>`` are services of
+their own that reach the latest and the previous rolled-out revision directly. The result is
 validated by the router's own config model, so the control plane cannot hand the router
 something it would refuse.
 """
@@ -38,21 +41,23 @@ class Plan:
     omitted: list[str]
 
 
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+HOLD_SECONDS = 60.0   # how long the router holds a request for a revision starting from zero
+
+
 def router_config(*, services: list[tuple[InferenceService, ServiceState]],
                   endpoints: Mapping[str, Endpoints], graphs: list[InferenceGraph],
-                  activator: Endpoints | None = None, at_zero: frozenset[str] = frozenset(),
-                  health_interval: float = 1.0) -> Plan:
+                  at_zero: frozenset[str] = frozenset(), health_interval: float = 1.0,
+                  hold_seconds: float = HOLD_SECONDS) -> Plan:
     """Build the routes; ``endpoints`` maps revision name → its ready endpoints.
 
-    ``at_zero``: revisions with no replica on purpose (scaled to zero); they route to
-    ``activator`` instead of being left out.
+    ``at_zero``: revisions with no replica on purpose (scaled to zero); they are listed
+    without endpoints and the router holds their requests for up to ``hold_seconds``.
     """
     omitted: list[str] = []
     docs = []
     for isvc, state in services:
-        doc = _service(isvc, state, endpoints, activator, at_zero, omitted)
-        if doc is not None:
-            docs.append(doc)
+        docs += _service(isvc, state, endpoints, at_zero, omitted, hold_seconds)
     names = {d["name"] for d in docs}
     graph_docs = []
     for graph in graphs:
@@ -62,8 +67,8 @@ def router_config(*, services: list[tuple[InferenceService, ServiceState]],
             continue
         graph_docs.append(_graph(graph))
     doc: dict[str, Any] = {
-        # Every endpoint is a Turnout model server (or the activator, which passes bodies on):
-        # gRPC clients' calls take the cheaper protobuf-over-HTTP hop (docs/router.md).
+        # Every endpoint is a Turnout model server: gRPC clients' calls take the cheaper
+        # protobuf-over-HTTP hop (docs/router.md).
         "upstream": {"grpc_via_http": True,
                      "health_check": {"interval_seconds": health_interval,
                                       "timeout_seconds": max(health_interval, 1.0)}},
@@ -71,25 +76,28 @@ def router_config(*, services: list[tuple[InferenceService, ServiceState]],
     return Plan(parse_config(doc, source="control plane"), omitted)
 
 
+def tag_routing(isvc: InferenceService) -> bool:
+    return isvc.metadata.annotations.get(TAG_ROUTING, "").lower() == "true"
+
+
 def _service(isvc: InferenceService, state: ServiceState, endpoints: Mapping[str, Endpoints],
-             activator: Endpoints | None, at_zero: frozenset[str], omitted: list[str]
-             ) -> dict[str, Any] | None:
+             at_zero: frozenset[str], omitted: list[str], hold_seconds: float
+             ) -> list[dict[str, Any]]:
     roles = state.serving()
     weights = {"stable": 100 - state.percent if "canary" in roles else 100,
                "canary": state.percent}
     variants = []
+    holding = False
     for role, revision in roles.items():
         ready = endpoints.get(revision) or Endpoints()
-        model = isvc.name
-        if not ready and revision in at_zero and activator:
-            ready, model = activator, revision  # the activator finds the revision by this name
-        if not ready:
+        if not ready and revision not in at_zero:
             omitted.append(f"{isvc.name}/{role} ({revision}): no ready replica")
             continue
-        variants.append({"name": role, "weight": weights[role], "model": model,
+        holding = holding or not ready
+        variants.append({"name": role, "weight": weights[role], "model": isvc.name,
                          "http": ready.http, "grpc": ready.grpc})
     if not variants:
-        return None
+        return []
     if sum(v["weight"] for v in variants) <= 0:
         for v in variants:
             v["weight"] = 1  # only a 0% canary is left: it serves rather than nobody
@@ -104,10 +112,37 @@ def _service(isvc: InferenceService, state: ServiceState, endpoints: Mapping[str
         if extra.mirror is not None and {"stable", "canary"} <= present:
             doc["mirror"] = [{"variant": "canary", "percent": extra.mirror.percent,
                               "max_in_flight": extra.mirror.maxInFlight}]
+    upstream: dict[str, Any] = {}
     timeout = isvc.spec.predictor.timeout
     if timeout:
-        doc["upstream"] = {"timeout_seconds": float(timeout)}
-    return doc
+        upstream["timeout_seconds"] = float(timeout)
+    if holding:
+        upstream["hold_seconds"] = hold_seconds
+    if upstream:
+        doc["upstream"] = upstream
+    docs = [doc]
+    if tag_routing(isvc):
+        docs += _tags(isvc, state, variants, upstream)
+    return docs
+
+
+def _tags(isvc: InferenceService, state: ServiceState, variants: list[dict[str, Any]],
+          upstream: dict[str, Any]) -> list[dict[str, Any]]:
+    """KServe's tag routing: ``latest-<name>`` reaches the latest revision, ``prev-<name>``
+    the previous rolled-out one, whatever the split, while both serve."""
+    by_role = {v["name"]: v for v in variants}
+    latest = by_role.get("canary") if state.canary is not None else by_role.get("stable")
+    prev = by_role.get("stable") if state.canary is not None else None
+    docs = []
+    for tag, variant in (("latest", latest), ("prev", prev)):
+        if variant is None:
+            continue
+        doc: dict[str, Any] = {"name": f"{tag}-{isvc.name}", "variants": [
+            {**variant, "name": variant["name"], "weight": 100}]}
+        if upstream:
+            doc["upstream"] = upstream
+        docs.append(doc)
+    return docs
 
 
 def _services_of(graph: InferenceGraph) -> set[str]:

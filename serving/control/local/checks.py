@@ -1,0 +1,75 @@
+"""The checks of an apply that need this machine: does a local model exist, and is it the
+framework the manifest says? Remote URIs are checked for a filesystem that can read them;
+their content is checked by the model servers that fetch them (a mismatch fails the revision's
+replicas with the reason in their log)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from serving.control.policy.formats import FormatError, runtime_for
+from serving.protocol.errors import ModelLoadError
+from serving.runtime.base import detect_runtime
+from serving.runtime.settings import SETTINGS_FILE, read_settings_file
+from serving.spec.inferenceservice import InferenceService
+from serving.storage import is_remote, local_path
+
+_REMOTE_EXTRAS = {"http": "storage", "https": "storage", "s3": "s3", "s3a": "s3", "gs": "gcs",
+                  "gcs": "gcs"}
+
+
+def resolve(uri: str, base: Path) -> str:
+    """What replicas are given: an absolute path for a local URI, a remote URI unchanged."""
+    return uri if is_remote(uri) else str(local_path(uri, base=base).resolve())
+
+
+def storage_problems(isvc: InferenceService, base: Path) -> list[str]:
+    model = isvc.spec.predictor.resolved()
+    where = "spec.predictor.model.storageUri" if isvc.spec.predictor.model is not None \
+        else f"spec.predictor.{model.modelFormat.name}.storageUri"
+    uri = model.storageUri or ""
+    if is_remote(uri):
+        scheme = urlsplit(uri).scheme
+        if scheme not in _REMOTE_EXTRAS:
+            return [f"{where}: {uri!r}: scheme {scheme}:// is not supported (file, http(s), "
+                    "s3, gs)"]
+        try:
+            import fsspec  # noqa: F401
+        except ImportError:
+            return [f"{where}: {uri!r} needs fsspec: install turnout[{_REMOTE_EXTRAS[scheme]}]"]
+        return []
+    path = local_path(uri, base=base)
+    if not path.exists():
+        return [f"{where}: {uri!r}: {path} does not exist"]
+    try:
+        expected = runtime_for(model.modelFormat.name, model.runtime)
+    except FormatError:
+        return []  # reported by the format check
+    found = artifact_runtime(path)
+    if found is not None and found != expected and ":" not in found:
+        return [f"{where}: {uri!r} holds a {found} model, but modelFormat "
+                f"{model.modelFormat.name!r} is served by the {expected} runtime"]
+    return []
+
+
+def artifact_runtime(path: Path) -> str | None:
+    """The runtime a model path would be served by on its own; None when it cannot be told
+    without loading it (a model-settings.yaml naming none, unknown files)."""
+    if path.is_dir():
+        versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()),
+                          key=lambda p: int(p.name))
+        settings = path / SETTINGS_FILE
+        if settings.is_file():
+            try:
+                named = read_settings_file(settings).get("runtime")
+            except ModelLoadError:
+                return None
+            if named:
+                return str(named)
+        if versions:
+            return artifact_runtime(versions[-1])
+    try:
+        return detect_runtime(path)
+    except (ModelLoadError, OSError):
+        return None
