@@ -38,6 +38,14 @@ class Manifests:
     sources: dict[str, Path] = field(default_factory=dict)  # service name -> its file
 
 
+def last_documents(manifests: Manifests) -> Manifests:
+    """Only the last document of each InferenceService: where a restored plane already holds
+    the history, re-applying earlier documents of the same file would replay it."""
+    last = {isvc.name: isvc for isvc in manifests.services}
+    return Manifests(services=list(last.values()), graphs=manifests.graphs,
+                     warnings=manifests.warnings, sources=manifests.sources)
+
+
 def load_files(paths: list[Path]) -> Manifests:
     texts = []
     for path in paths:

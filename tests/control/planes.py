@@ -35,12 +35,12 @@ def isvc(name: str, uri: str, *, percent: int | None = None, turnout: dict | Non
 
 
 class Up:
-    def __init__(self, folder: Path, *docs: dict) -> None:
+    def __init__(self, folder: Path, *docs: dict, env: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.http_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+            [str(PLUGINS), os.environ.get("PYTHONPATH", "")]), **(env or {})}
         self.write("manifest.yaml", *docs)
         self.log = (folder / "up.log").open("wb")
         self.proc = subprocess.Popen(
@@ -57,6 +57,14 @@ class Up:
                               env=self.env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout
+
+    def cli_fails(self, *args: str) -> str:
+        """Run a CLI command that must fail cleanly: its stderr (never a traceback)."""
+        done = subprocess.run([sys.executable, "-m", "serving.cli", *args], cwd=self.folder,
+                              env=self.env, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0, done.stdout
+        assert "Traceback" not in done.stderr, done.stderr
+        return done.stderr
 
     def status(self, name: str | None = None) -> dict:
         """One service of ``turnout status -o json``: ``name``, or the first."""

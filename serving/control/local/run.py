@@ -30,7 +30,7 @@ from serving.control.local.plane import Plane
 from serving.control.local.routerproc import RouterProcess
 from serving.control.local.statefile import StateFileError
 from serving.control.local.supervisor import free_port
-from serving.spec.load import ManifestError, Manifests, load_files
+from serving.spec.load import ManifestError, Manifests, last_documents, load_files
 from serving.transport.logs import configure_logging
 
 log = logging.getLogger("turnout.control")
@@ -71,6 +71,8 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()))
     try:
         restored = plane.restore()
+        if restored:  # the state holds the history: apply what each file ends with
+            manifests = last_documents(manifests)
         plane.check(manifests)
     except (ManifestError, StateFileError) as exc:
         print(f"turnout up: {exc}", file=sys.stderr)
