@@ -174,7 +174,35 @@ class InferenceService(SpecModel):
             notes.append("spec.explainer (explainers are not run locally)")
         if self.spec.predictor.logger is not None:
             notes.append("spec.predictor.logger (payload logging is not done locally)")
-        if self.spec.predictor.scaleMetric in ("cpu", "memory"):
+        predictor = self.spec.predictor
+        if predictor.scaleMetric in ("cpu", "memory"):
             notes.append("spec.predictor.scaleMetric cpu/memory (local autoscaling uses "
                          "concurrency)")
+        if predictor.deploymentStrategy is not None:
+            notes.append("spec.predictor.deploymentStrategy (replicas are replaced by the "
+                         "plane: a new one is ready before an old one drains)")
+        for name in _POD_FIELDS:
+            if getattr(predictor, name) is not None:
+                notes.append(f"spec.predictor.{name} (a Kubernetes field: no local effect)")
+        model = predictor.resolved()
+        where = "spec.predictor.model" if predictor.model is not None else \
+            f"spec.predictor.{model.modelFormat.name}"
+        if model.protocolVersion == "grpc-v1":  # v1, v2, grpc-v2: all served at once
+            notes.append(f"{where}.protocolVersion grpc-v1 (TensorFlow Serving's gRPC API is "
+                         "not served; V1 REST, V2 REST and V2 gRPC are)")
+        if model.modelFormat.version is not None:
+            notes.append(f"{where}.modelFormat.version (the installed framework serves it)")
+        if model.runtimeVersion is not None:
+            notes.append(f"{where}.runtimeVersion (the installed Turnout runs it)")
+        for name in _CONTAINER_FIELDS:
+            if getattr(model, name) is not None:
+                notes.append(f"{where}.{name} (a Kubernetes field: no local effect)")
         return notes
+
+
+_POD_FIELDS = ("serviceAccountName", "nodeSelector", "tolerations", "affinity", "volumes",
+               "containers", "imagePullSecrets", "priorityClassName", "workerSpec", "labels",
+               "annotations")
+_CONTAINER_FIELDS = ("name", "image", "args", "command", "env", "resources", "ports",
+                     "volumeMounts", "readinessProbe", "livenessProbe", "securityContext",
+                     "imagePullPolicy")

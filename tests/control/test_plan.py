@@ -269,3 +269,37 @@ spec:
 def test_promote_records_the_previous_revision() -> None:
     s = apply_manifest(apply_manifest(None, isvc("a"), now=1), isvc("b", 10), now=2)
     assert promote(s, now=3, reason="cli").previous == "iris-00001"
+
+
+def test_fields_accepted_but_not_acted_on_are_warnings_naming_them() -> None:
+    from serving.control.policy.validate import warnings
+
+    manifest = load_texts([(Path("m.yaml"), """
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: iris
+  annotations:
+    serving.kserve.io/deploymentMode: RawDeployment
+    serving.kserve.io/enable-tag-routing: "true"
+    autoscaling.knative.dev/class: kpa.autoscaling.knative.dev
+    autoscaling.knative.dev/target: "10"
+spec:
+  predictor:
+    serviceAccountName: sa
+    deploymentStrategy: {type: RollingUpdate}
+    model:
+      modelFormat: {name: sklearn, version: "1"}
+      protocolVersion: grpc-v1
+      resources: {limits: {cpu: "1"}}
+      storageUri: gs://models/iris
+""")])
+    notes = "\n".join(manifest.warnings + warnings(manifest.services))
+    for field in ("spec.predictor.serviceAccountName", "spec.predictor.deploymentStrategy",
+                  "spec.predictor.model.modelFormat.version", "spec.predictor.model.resources",
+                  "spec.predictor.model.protocolVersion grpc-v1",
+                  "metadata.annotations.serving.kserve.io/deploymentMode",
+                  "metadata.annotations.autoscaling.knative.dev/class"):
+        assert field in notes, (field, notes)
+    # acted on: never warned about
+    assert "enable-tag-routing" not in notes and "knative.dev/target" not in notes

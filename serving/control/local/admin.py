@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from serving.control.local.plane import Plane
 from serving.control.local.status import status
+from serving.control.policy import validate
 from serving.spec.load import ManifestError, load_texts
 
 log = logging.getLogger("turnout.control")
@@ -78,7 +79,8 @@ class PlaneAdmin:
             return 400, {"error": 'body must be {"documents": [{"path": ..., "text": ...}]}'}
         manifests = load_texts(texts)
         events = await self.plane.apply(manifests)
-        return 200, {"warnings": manifests.warnings, "events": events}
+        notes = manifests.warnings + validate.warnings(manifests.services)
+        return 200, {"warnings": notes, "events": events}
 
     async def _delete(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:

@@ -30,6 +30,7 @@ from serving.control.local.plane import Plane
 from serving.control.local.routerproc import RouterProcess
 from serving.control.local.statefile import StateFileError
 from serving.control.local.supervisor import free_port
+from serving.control.policy import validate
 from serving.spec.load import ManifestError, Manifests, last_documents, load_files
 from serving.transport.logs import configure_logging
 
@@ -42,7 +43,7 @@ def up(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(f"turnout up: {exc}", file=sys.stderr)
         return 2
-    for line in manifests.warnings:
+    for line in manifests.warnings + validate.warnings(manifests.services):
         print(f"warning: {line}", file=sys.stderr)
     state_dir = args.state_dir.resolve()
     info = state_dir / "plane.json"

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from serving.control.policy.autoscale import knative_settings
+from serving.control.policy.autoscale import knative_ignored, knative_settings
 from serving.control.policy.formats import FormatError, runtime_for
-from serving.control.policy.routes import _graph, _services_of
+from serving.control.policy.routes import TAG_ROUTING, _graph, _services_of
 from serving.spec.graph import InferenceGraph
 from serving.spec.inferenceservice import InferenceService
 from serving.spec.routes import ConfigError, parse_config
@@ -63,3 +63,17 @@ def graph_problems(graph: InferenceGraph, services: Mapping[str, InferenceServic
         lines = str(exc).splitlines()[1:] or [str(exc)]
         return [line.strip().replace("graphs.0.", "spec.", 1) for line in lines]
     return []
+
+
+KSERVE_ANNOTATIONS = "serving.kserve.io/"
+
+
+def warnings(services: list[InferenceService]) -> list[str]:
+    """Annotations accepted but not acted on here, each named (never silently ignored)."""
+    found = []
+    for isvc in services:
+        label = f"InferenceService {isvc.name}: metadata.annotations"
+        found += [f"{label}.{key}: not acted on locally" for key in knative_ignored(isvc)]
+        found += [f"{label}.{key}: not acted on locally" for key in isvc.metadata.annotations
+                  if key.startswith(KSERVE_ANNOTATIONS) and key != TAG_ROUTING]
+    return found
