@@ -21,22 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prometheus_client import CollectorRegistry
 
+from serving.control.local.actuator import LocalActuator, LocalObserver
 from serving.control.local.checks import resolve, storage_problems
 from serving.control.local.metrics import PlaneMetrics
 from serving.control.local.routerproc import RouterProcess
 from serving.control.local.statefile import Saved, SavedService, StateFile
 from serving.control.local.status import status
-from serving.control.local.supervisor import ReplicaSpec, Supervisor
+from serving.control.local.supervisor import Supervisor
 from serving.control.policy import revisions as rev
 from serving.control.policy import validate
 from serving.control.policy.autoscale import ScaleState, Window, decide
-from serving.control.policy.observe import Totals, parse_router_metrics, window
+from serving.control.policy.observe import Totals, window
 from serving.control.policy.plan import Desired, Observed, plan
+from serving.control.policy.ports import Observation
 from serving.control.policy.rollout import step
-from serving.control.policy.routes import Endpoints
 from serving.spec import InferenceGraph, InferenceService, Manifests
 from serving.spec.load import ManifestError
 
@@ -67,12 +67,14 @@ class Plane:
     held: dict[str, int] = field(default_factory=dict)  # revision -> requests the router holds
     metrics: PlaneMetrics = field(default_factory=lambda: PlaneMetrics(CollectorRegistry()))
     desired: Desired | None = None
-    _pushed: str = ""
+    observation: Observation = field(default_factory=Observation)
     _statefile: StateFile = field(init=False)
 
     def __post_init__(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.supervisor = Supervisor(self.state_dir / "logs")
+        self.observer = LocalObserver(self.supervisor, self.router)
+        self.actuator = LocalActuator(self.supervisor, self.router)
         self._statefile = StateFile(self.state_dir / "state.json")
         self.metrics.watch(lambda: status(self))
 
@@ -179,53 +181,31 @@ class Plane:
 
     # -- acting -----------------------------------------------------------------------------
 
-    def _observed(self) -> Observed:
-        endpoints = {revision: Endpoints([r.http for r in self.supervisor.ready(revision)],
-                                         [r.grpc for r in self.supervisor.ready(revision)])
-                     for revision in self.supervisor.replicas}
-        return Observed(endpoints=endpoints,
-                        replicas={r: s.state.replicas for r, s in self.scaling.items()})
-
-    async def reconcile(self) -> None:
-        """Bring processes and routes in line with the plan."""
+    async def reconcile(self, observation: Observation | None = None) -> None:
+        """Plan from ``observation`` (a fresh one when None) and act on it."""
+        self.observation = observation or await self.observer.observe(counters=False)
         services = [(self.services[n][0], s) for n, s in self.states.items()]
         try:
             desired = plan(services=services, graphs=list(self.graphs.values()),
-                           observed=self._observed())
+                           observed=Observed(endpoints=self.observation.endpoints,
+                                             replicas={r: s.state.replicas
+                                                       for r, s in self.scaling.items()}))
         except Exception:  # validated at apply; never let one bad plan stop every service
             log.exception("planning failed; routes and replicas stay as they are")
             return
         self.desired = desired
-        to_stop = []
         for revision, workload in desired.workloads.items():
             if revision not in self.scaling:
                 self.scaling[revision] = Scaling(
                     ScaleState(workload.replicas, last_active=time.monotonic()),
                     Window(workload.policy.stable_window), Window(workload.policy.panic_window))
-            spec = ReplicaSpec(revision, workload.model_name, workload.storage_uri,
-                               workload.runtime, workload.max_batch_size,
-                               workload.max_batch_latency_ms)
-            to_stop += await self.supervisor.scale(spec, workload.replicas)
-        for revision, replicas in self.supervisor.replicas.items():
-            if revision not in desired.workloads:
-                to_stop += [r for r in replicas if r.state != "stopping"]
-                for r in replicas:
-                    r.state = "stopping"
         for revision in [r for r in self.scaling if r not in desired.workloads]:
             del self.scaling[revision]
-        await self.push_routes(desired)
-        if to_stop:
-            asyncio.create_task(self.supervisor.stop(to_stop))
+        await self.actuator.act(desired)
         self.save()
 
     def at_zero(self) -> frozenset[str]:
         return frozenset(r for r, s in self.scaling.items() if s.state.replicas == 0)
-
-    async def push_routes(self, desired: Desired) -> None:
-        text = yaml.safe_dump(desired.routes.model_dump(mode="json", by_alias=True,
-                                                        exclude_none=True), sort_keys=False)
-        if text != self._pushed and await self.router.put_config(text):
-            self._pushed = text
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -238,24 +218,19 @@ class Plane:
                 break
             try:
                 if await self.router.watch():
-                    self._pushed = ""  # a restarted router starts from the routes file
-                await self.supervisor.tick()
-                await self._autoscale()
-                if time.monotonic() - last_scrape >= 1.0:
+                    self.actuator.forget_routes()  # a new router process: push them again
+                await self.supervisor.tick()  # before observing: readiness is fresh
+                scrape = time.monotonic() - last_scrape >= 1.0
+                observation = await self.observer.observe(counters=scrape)
+                self._autoscale(observation)
+                if observation.counters is not None:
                     last_scrape = time.monotonic()
-                    await self._scrape()
+                    self.history = [h for h in self.history if h[0] > last_scrape - 60] + \
+                        [(last_scrape, dict(observation.counters))]
                     self._rollouts()
-                await self.reconcile()
+                await self.reconcile(observation)
             except Exception:  # one bad tick must not end supervision
                 log.exception("control loop tick failed")
-
-    async def _scrape(self) -> None:
-        text = await self.router.get("/metrics", public=True)
-        if text is None:
-            return
-        now = time.monotonic()
-        self.history = [h for h in self.history if h[0] > now - 60] + \
-            [(now, parse_router_metrics(text))]
 
     def latest(self) -> dict[tuple[str, str], Totals]:
         return self.history[-1][1] if self.history else {}
@@ -273,29 +248,21 @@ class Plane:
                     log.info("%s: %s", name, after.events[-1].message)
                 self._set(name, after)
 
-    async def _autoscale(self) -> None:
-        status_text = await self.router.get("/status")
-        load: dict[tuple[str, str], int] = {}
-        held: dict[tuple[str, str], int] = {}
-        if status_text is not None:
-            for row in json.loads(status_text).get("endpoints", []):
-                key = (row["service"], row["variant"])
-                load[key] = load.get(key, 0) + int(row.get("pending", 0))
-                held[key] = held.get(key, 0) + int(row.get("held", 0))
-        now = time.monotonic()
+    def _autoscale(self, observation: Observation) -> None:
         desired = self.desired
         if desired is None:
             return
+        now = time.monotonic()
         self.held = {}
         for revision, workload in desired.workloads.items():
             scaling = self.scaling.get(revision)
             if scaling is None:
                 continue
             key = (workload.service, workload.role)
-            waiting = held.get(key, 0)
+            waiting = observation.held.get(key, 0)
             self.held[revision] = waiting
             value = self._rps(*key) if workload.policy.metric == "rps" else \
-                float(load.get(key, 0) + waiting)
+                float(observation.in_flight.get(key, 0) + waiting)
             scaling.stable.add(now, value)
             scaling.panic.add(now, value)
             decision = decide(policy=workload.policy, state=scaling.state,
