@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -98,3 +100,50 @@ def test_sigterm_to_the_supervisor_drains_every_worker(model_zoo, tmp_path, star
     assert codes == [200] * 10
     assert srv.log().count("SIGTERM received: draining") == 2
     assert "all workers stopped" in srv.log()
+
+
+def test_each_worker_mints_its_own_request_ids(model_zoo, tmp_path, start_server):
+    """Requests without X-Request-Id get ids for their log lines; workers fork after the id
+    generator is imported, and must not hand out the same ids as each other."""
+    root = tmp_path / "repo"
+    shutil.copytree(model_zoo["root"] / "failing", root / "failing")
+    srv = start_server(root, "--workers", "2", "--grpc-port", "0", "--log-format", "json")
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    n = 40
+    for _ in range(n):  # a fresh connection each time, so the kernel spreads them
+        r = httpx.post(f"{srv.url}/v2/models/failing/infer", json=body)
+        assert r.status_code == 500  # logged, with the request's id, by the worker
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [orjson.loads(line) for line in srv.log().splitlines()
+                 if line.startswith("{")]
+        ids = [doc["request_id"] for doc in lines
+               if "failed during predict" in doc["message"]]
+        if len(ids) == n or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(ids) == n and "-" not in ids
+    assert len(set(ids)) == n, sorted(ids)
+    # both workers served, each with a prefix of its own
+    assert len({rid.rsplit("-", 1)[0] for rid in ids}) == 2, sorted(ids)
+
+
+def test_request_id_prefix_is_made_again_in_a_forked_child():
+    from serving.server.rest import infer
+
+    read, write = os.pipe()
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:  # the child: report its first two ids and leave without cleanup
+            os.write(write, f"{infer.new_request_id()} {infer.new_request_id()}\n".encode())
+            os._exit(0)
+        children.append(pid)
+    os.close(write)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+    with os.fdopen(read) as pipe:
+        got = pipe.read().split()
+    mine = [infer.new_request_id() for _ in range(2)]
+    assert len(got) == 4
+    assert len(set(got + mine)) == 6, (got, mine)

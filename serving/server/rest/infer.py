@@ -35,9 +35,22 @@ _BINARY = b"application/octet-stream"
 PROTOBUF = codec_grpc.PROTOBUF_CONTENT_TYPE
 PROTOBUF_PROTOCOL = "rest-proto"
 _parse_infer_request = codec_grpc.lenient_parser(proto.ModelInferRequest)
-# Cheap unique ids for log lines when the client sends none: process id + a counter.
+# Cheap unique ids for log lines when the client sends none: a per-process prefix (process
+# id and random bits, so replicas whose processes share a pid differ too) + a counter. The
+# prefix is made again in every forked child: `--workers N` forks after this module is
+# imported, and workers must not repeat each other's ids (nor the parent's).
 _ids = itertools.count(1)
-_id_prefix = f"{os.getpid():x}-"
+_id_prefix = ""
+
+
+def _new_id_prefix() -> None:
+    global _ids, _id_prefix
+    _ids = itertools.count(1)
+    _id_prefix = f"{os.getpid():x}-{os.urandom(3).hex()}-"
+
+
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def inference_headers(headers: list[tuple[bytes, bytes]]
