@@ -67,6 +67,11 @@ class DataPlane:
     def model_ready(self, name: str, version: str | None = None) -> bool:
         return self.repository.get(name, version).state == "READY"
 
+    def model_names(self) -> list[str]:
+        """The models being served, ready or not (a model that failed to load is listed and
+        reports its reason; an unloaded one is not), sorted."""
+        return sorted(self.repository.names())
+
     def server_metadata(self) -> ServerMetadata:
         return self._server
 

@@ -94,13 +94,17 @@ def test_repository_unload_and_load(model_zoo, tmp_path, start_server):
     shutil.copytree(model_zoo["root"] / "iris", root / "iris")
     srv = start_server(root, "--grpc-port", "0")
     url = srv.url
+    assert httpx.get(f"{url}/v1/models").json() == {"models": ["iris"]}
     assert httpx.post(f"{url}/v2/repository/models/iris/unload").status_code == 200
     assert httpx.post(f"{url}/v2/models/iris/infer", json=GOOD).status_code == 404
+    assert httpx.get(f"{url}/v1/models").json() == {"models": []}  # as /v1/models/iris: 404
+    assert httpx.get(f"{url}/v1/models/iris").status_code == 404
     index = httpx.post(f"{url}/v2/repository/index").json()
     assert index == [{"name": "iris", "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}]
     assert _value(_samples(url), "turnout_model_ready", model="iris", version="2") == 0
     assert httpx.post(f"{url}/v2/repository/models/iris/load").status_code == 200
     assert httpx.post(f"{url}/v2/models/iris/infer", json=GOOD).status_code == 200
+    assert httpx.get(f"{url}/v1/models").json() == {"models": ["iris"]}
     # a new version dropped in is picked up by load
     shutil.copytree(root / "iris" / "2", root / "iris" / "3")
     assert httpx.post(f"{url}/v2/repository/models/iris/load").status_code == 200

@@ -224,6 +224,21 @@ def test_v1_predict_equals_in_process(http, model_zoo):
     assert http.get("/v1/models/nope").status_code == 404
 
 
+def test_v1_list_models_names_every_model_served(http, model_zoo):
+    response = http.get("/v1/models")
+    assert response.status_code == 200
+    # every model folder of the zoo, including the one that failed to load, as KServe's V1
+    # server lists every model it holds; each one answers /v1/models/{m}
+    names = sorted(p.name for p in model_zoo["root"].iterdir() if p.is_dir())
+    assert response.json() == {"models": names}
+    assert "broken" in names and "iris" in names
+    for name in names:
+        assert http.get(f"/v1/models/{name}").json()["ready"] is (name != "broken")
+    refused = http.post("/v1/models", json={})
+    assert refused.status_code == 405
+    assert "error" in refused.json()
+
+
 def test_request_id_header_is_echoed(http):
     response = http.post("/v2/models/iris/infer", json=GOOD, headers={"x-request-id": "trace-42"})
     assert response.headers["x-request-id"] == "trace-42"

@@ -89,6 +89,10 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         ok = dataplane.model_ready(p["model"], p.get("version"))
         return json_response({"name": p["model"], "ready": ok}, 200 if ok else 503)
 
+    async def v1_models(request: Request) -> Response:
+        # KServe's V1 list: every model /v1/models/{m} answers for (ready or not)
+        return json_response({"models": dataplane.model_names()})
+
     async def v1_model(request: Request) -> Response:
         model = request.path_params["model"]
         return json_response({"name": model, "ready": dataplane.model_ready(model)})
@@ -121,6 +125,7 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         route("/v2/models/{model}/versions/{version}", model_metadata, "GET"),
         route("/v2/models/{model}/ready", model_ready, "GET"),
         route("/v2/models/{model}/versions/{version}/ready", model_ready, "GET"),
+        route("/v1/models", v1_models, "GET"),
         route("/v1/models/{model}", v1_model, "GET"),
         route("/v2/repository/index", repository_index, "POST"),
         route("/v2/repository/models/{model}/load", load, "POST"),
