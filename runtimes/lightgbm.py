@@ -2,9 +2,12 @@
 
 Models saved from the scikit-learn wrappers (``LGBMClassifier.booster_.save_model``) load the
 same way; a wrapper pickled with joblib is an sklearn estimator and goes to the sklearn runtime.
-Like the wrapper, classifiers answer ``predict`` (the class index) and ``predict_proba``.
-Prediction uses one thread unless ``parameters.num_threads`` says otherwise: the server already
-runs requests in parallel.
+The default output ``predict`` is what ``Booster.predict`` returns, as KServe's and MLServer's
+LightGBM servers answer: probabilities for classifiers (``[N]``, the positive class, for binary
+objectives; ``[N, K]`` for multiclass ones), raw values otherwise. Classifiers also have
+``label``, asked for by name: the class index (argmax) for multiclass, 1 where the probability
+is above 0.5 for binary, as ``LGBMClassifier.predict`` decides. Prediction uses one thread
+unless ``parameters.num_threads`` says otherwise: the server already runs requests in parallel.
 """
 
 from __future__ import annotations
@@ -75,21 +78,20 @@ class LightGBMRuntime(Runtime):
         self.model = None
 
     def _compute(self, features: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Labels and probabilities as ``LGBMClassifier.predict``/``predict_proba`` give them."""
+        """``Booster.predict``'s answer, and the labels ``LGBMClassifier.predict`` derives."""
         assert self.model is not None, "predict called before load"
-        raw = np.asarray(self.model.predict(features, num_threads=self._threads))
-        if self.objective in BINARY:
-            proba = np.column_stack((1.0 - raw, raw))
-            computed = {"predict": np.argmax(proba, axis=1), "predict_proba": proba}
-        elif self.objective in MULTICLASS:
-            computed = {"predict": np.argmax(raw, axis=1), "predict_proba": raw}
-        else:
-            computed = {"predict": raw}
+        values = np.asarray(self.model.predict(features, num_threads=self._threads))
+        computed = {"predict": values}
+        if "label" in outputs:
+            if self.objective in BINARY:  # the wrapper's argmax over (1 - p, p): ties are 0
+                computed["label"] = (values > 0.5).astype(np.int64)
+            elif self.objective in MULTICLASS:
+                computed["label"] = np.argmax(values, axis=1)
         return {name: computed[name] for name in outputs}
 
     def _methods(self) -> list[str]:
         if self.objective in BINARY or self.objective in MULTICLASS:
-            return ["predict", "predict_proba"]
+            return ["predict", "label"]
         return ["predict"]
 
     def _check_declared(self, path: Path) -> None:
