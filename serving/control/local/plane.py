@@ -69,6 +69,7 @@ class Plane:
     desired: Desired | None = None
     observation: Observation = field(default_factory=Observation)
     _statefile: StateFile = field(init=False)
+    _pids: str = ""
 
     def __post_init__(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -102,9 +103,11 @@ class Plane:
                       for n, s in self.states.items()},
             graphs=dict(self.graphs)))
         # Process ids per revision, for operators (and tests) who need to find a replica.
-        pids = {revision: [r.process.pid for r in replicas if r.process is not None]
-                for revision, replicas in self.supervisor.replicas.items()}
-        (self.state_dir / "replicas.json").write_text(json.dumps(pids))
+        pids = json.dumps({revision: [r.process.pid for r in replicas if r.process is not None]
+                           for revision, replicas in self.supervisor.replicas.items()})
+        if pids != self._pids:
+            (self.state_dir / "replicas.json").write_text(pids)
+            self._pids = pids
 
     # -- manifests --------------------------------------------------------------------------
 
