@@ -2,10 +2,15 @@
 (``torch.export.save``, ``.pt2``), run on the CPU under ``torch.inference_mode()``.
 
 An exported program records its inputs' names, dtypes and shapes (dynamic dimensions become
--1), so it needs no declaration. A saved TorchScript module keeps only its argument names, so
-its inputs' datatypes and shapes must be declared in ``model-settings.yaml``. Outputs are
-learned from one forward pass on zeros: a tensor is ``output-0``, a tuple ``output-0..n``, a
-dict keeps its keys.
+-1), so it needs no declaration. A saved TorchScript module keeps only its argument names;
+inputs declared in ``model-settings.yaml`` are taken as they are, else they are learned: one
+input per tensor argument of ``forward`` (those before the first with a default value), FP32,
+with the sizes the first layer that reads the argument fixes (``linear``: ``[-1, in]``,
+``convNd``: ``[-1, channels, -1...]``, ``matmul``/``mm`` by a parameter: ``[-1, rows]``;
+``embedding`` indices are INT64 ``[-1, -1]``) and -1 for every other size; when no such layer
+reads it, the first rank of 2, 1, 3, 4 a forward pass accepts. Outputs are learned from one
+forward pass on zeros: a tensor is ``output-0``, a tuple ``output-0..n``, a dict keeps its keys;
+an output size that follows an input size of -1 is -1 too.
 
 ``parameters.intra_op_threads`` (default 1) and ``inter_op_threads`` set torch's thread pools;
 they are process-wide, so every torch model in one server shares the last value set.
@@ -71,30 +76,74 @@ class TorchRuntime(Runtime):
                                  f"{type(exc).__name__}: {exc}") from exc
         self.model = module
         inputs = [s.to_spec() for s in self.settings.inputs] or inferred
-        if not inputs:
-            names = _script_argument_names(module)
+        # A TorchScript file without declared inputs: candidates learned from forward's
+        # signature and graph, each checked by a forward pass like declared ones.
+        candidates = [inputs] if inputs else _script_inputs(module, path)
+        failure: Exception | None = None
+        for candidate in candidates:
+            for spec in candidate:
+                if spec.datatype == "BYTES":
+                    raise ModelLoadError(f"{path}: input '{spec.name}' is BYTES; torch takes "
+                                         "numeric tensors only")
+            self.inputs = candidate
+            try:
+                inferred_outputs, probe = self._describe_outputs(candidate)
+            except Exception as exc:
+                failure = failure or exc
+                continue
+            inputs = candidate
+            break
+        else:
+            assert failure is not None
+            shapes = [[list(s.shape) for s in c] for c in candidates]
+            if self.settings.inputs or inferred:
+                raise ModelLoadError(
+                    f"{path}: a forward pass on zeros shaped like the inputs {shapes[0]} fails, "
+                    f"so the outputs cannot be described: {type(failure).__name__}: "
+                    f"{failure}") from failure
+            names = [s.name for s in candidates[0]]
+            reason = (str(failure).strip().splitlines() or [""])[-1]  # TorchScript's trace: long
             raise ModelLoadError(
-                f"{path}: a TorchScript file does not record its inputs' datatypes and shapes; "
-                f"declare them in model-settings.yaml, e.g. inputs: [{{name: "
-                f"{names[0] if names else 'x'}, datatype: FP32, shape: [-1, 4]}}]")
-        for spec in inputs:
-            if spec.datatype == "BYTES":
-                raise ModelLoadError(f"{path}: input '{spec.name}' is BYTES; torch takes "
-                                     "numeric tensors only")
-        self.inputs = inputs
-        try:
-            probe = self._forward({spec.name: np.zeros(
-                tuple(1 if d < 0 else d for d in spec.shape) or (1,),
-                dtype=dtype_for(spec.datatype)) for spec in inputs})
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: a forward pass on zeros shaped like the inputs "
-                                 f"{[list(s.shape) for s in inputs]} fails, so the outputs cannot "
-                                 f"be described: {type(exc).__name__}: {exc}") from exc
+                f"{path}: a TorchScript file does not record its inputs' datatypes and shapes, "
+                f"and forward({', '.join(names)}) fails on zeros shaped like "
+                f"{' or '.join(map(str, shapes))} (-1: sizes 1, 32, 224): "
+                f"{type(failure).__name__}: {reason}; declare them in model-settings.yaml with "
+                f"the sizes forward takes, e.g. inputs: [{{name: {names[0]}, datatype: FP32, "
+                f"shape: [-1, 4]}}]") from failure
         self._output_names = list(probe)
-        inferred_outputs = [TensorSpec(name, datatype_of(array), (-1, *array.shape[1:]))
-                            for name, array in probe.items()]
         self.declared(inputs, inferred_outputs)
         self._check_declared(path, probe)
+
+    def _describe_outputs(self, inputs: list[TensorSpec]
+                          ) -> tuple[list[TensorSpec], dict[str, np.ndarray]]:
+        """Output specs from a forward pass on zeros, one row; other sizes of -1 are 1, else
+        32, else 224 (a convolution needs room for its kernel). Where an input has such a
+        size, a second pass with those sizes doubled tells which output sizes follow it: -1."""
+        def zeros(size: int) -> dict[str, np.ndarray]:
+            return {spec.name: np.zeros(
+                tuple((1 if i == 0 else size) if d < 0 else d for i, d in enumerate(spec.shape))
+                or (1,), dtype=dtype_for(spec.datatype)) for spec in inputs}
+
+        free = any(d < 0 for spec in inputs for d in spec.shape[1:])
+        for size in (1, 32, 224) if free else (1,):
+            try:
+                probe = self._forward(zeros(size))
+                break
+            except Exception:
+                if size == 224 or not free:
+                    raise
+        shapes = {name: (-1, *array.shape[1:]) for name, array in probe.items()}
+        if free:
+            try:
+                second = self._forward(zeros(2 * size))
+            except Exception:
+                second = {}  # the model takes that size only: nothing varies
+            for name, array in second.items():
+                if name in shapes and array.ndim == len(shapes[name]):
+                    shapes[name] = tuple(-1 if a != b else a for a, b in
+                                         zip(shapes[name], (-1, *array.shape[1:]), strict=True))
+        return [TensorSpec(name, datatype_of(array), shapes[name])
+                for name, array in probe.items()], probe
 
     def predict(self, inputs: dict[str, np.ndarray],
                 outputs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -161,11 +210,103 @@ def _exported_inputs(program: Any) -> list[TensorSpec]:
     return specs
 
 
-def _script_argument_names(module: Any) -> list[str]:
+def _script_inputs(module: Any, path: Path) -> list[list[TensorSpec]]:
+    """Candidate inputs of a TorchScript module that declares none: the tensor arguments of
+    ``forward`` up to the first with a default value, FP32 with the sizes their first layer
+    fixes; arguments no known layer reads get -1 sizes, tried at ranks 2, 1, 3 and 4."""
     try:
-        return [a.name for a in module.forward.schema.arguments][1:]
-    except Exception:
-        return []
+        arguments = list(module.forward.schema.arguments)[1:]  # the first is self
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: the TorchScript module has no readable forward "
+                             f"signature ({type(exc).__name__}: {exc}); declare its inputs in "
+                             "model-settings.yaml") from exc
+    names = []
+    for argument in arguments:
+        if argument.has_default_value():
+            break  # left to its default, like every argument after it
+        if not isinstance(argument.type, torch.TensorType):
+            raise ModelLoadError(f"{path}: forward's argument '{argument.name}' is "
+                                 f"{argument.type}, not a tensor; only tensors can be inputs "
+                                 "(give it a default value or wrap the module)")
+        names.append(argument.name)
+    if not names:
+        raise ModelLoadError(f"{path}: forward takes no tensor argument to serve as an input")
+    try:
+        known = _first_layer_specs(module, names)
+    except Exception:  # TorchScript's graph API is torch's own; without it, sizes are unknown
+        known = {}
+    return [[known.get(name) or TensorSpec(name, "FP32", (-1,) * rank) for name in names]
+            for rank in ((2, 1, 3, 4) if len(known) < len(names) else (2,))]
+
+
+# Ops that keep their first operand's shape: an input read through them first is read by
+# whatever reads their result.
+_SAME_SHAPE = frozenset(f"aten::{op}" for op in (
+    "relu", "relu_", "sigmoid", "tanh", "gelu", "silu", "elu", "leaky_relu", "dropout",
+    "contiguous", "clone", "detach", "abs", "neg", "exp", "log", "float", "to"))
+_CONV = {"aten::conv1d": 1, "aten::conv2d": 2, "aten::conv3d": 3}
+
+
+def _first_layer_specs(module: Any, names: list[str]) -> dict[str, TensorSpec]:
+    """Specs of the leading ``forward`` arguments ``names`` whose first reader is a layer that
+    fixes their sizes, found in the inlined TorchScript graph."""
+    graph = module.forward.graph.copy()
+    torch._C._jit_pass_inline(graph)
+    values = list(graph.inputs())
+    this, arguments = values[0], values[1:len(names) + 1]
+
+    def parameter(value: Any) -> Any:
+        """The tensor a graph value holds when it is a module attribute or a constant."""
+        node, names = value.node(), []
+        if node.kind() == "prim::Constant":
+            held = value.toIValue()
+            return held if isinstance(held, torch.Tensor) else None
+        while node.kind() == "prim::GetAttr":
+            names.append(node.s("name"))
+            value = next(iter(node.inputs()))
+            node = value.node()
+        if not names or value.unique() != this.unique():
+            return None
+        held = module
+        for name in reversed(names):
+            held = getattr(held, name)
+        return held if isinstance(held, torch.Tensor) else None
+
+    def constant(value: Any) -> Any:
+        return value.toIValue() if value.node().kind() == "prim::Constant" else None
+
+    def reader_spec(name: str, value: Any) -> TensorSpec | None:
+        pending, seen = [value], 0
+        while pending and seen < 64:
+            current = pending.pop(0)
+            for use in current.uses():
+                seen += 1
+                node, operands = use.user, list(use.user.inputs())
+                kind = node.kind()
+                if kind in _SAME_SHAPE and use.offset == 0:
+                    pending.extend(node.outputs())
+                    continue
+                other = parameter(operands[1]) if len(operands) > 1 else None
+                if kind == "aten::linear" and use.offset == 0 and other is not None \
+                        and other.dim() == 2:
+                    return TensorSpec(name, "FP32", (-1, int(other.shape[1])))
+                if kind in ("aten::matmul", "aten::mm") and use.offset == 0 \
+                        and other is not None and other.dim() == 2:
+                    return TensorSpec(name, "FP32", (-1, int(other.shape[0])))
+                if kind in _CONV and use.offset == 0 and other is not None:
+                    groups = constant(operands[6]) if len(operands) > 6 else 1
+                    channels = int(other.shape[1]) * (groups if isinstance(groups, int) else 1)
+                    return TensorSpec(name, "FP32", (-1, channels, *(-1,) * _CONV[kind]))
+                if kind == "aten::embedding" and use.offset == 1:
+                    return TensorSpec(name, "INT64", (-1, -1))
+        return None
+
+    specs = {}
+    for name, value in zip(names, arguments, strict=True):
+        spec = reader_spec(name, value)
+        if spec is not None:
+            specs[name] = spec
+    return specs
 
 
 def _to_numpy(value: Any) -> np.ndarray:
