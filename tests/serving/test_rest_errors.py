@@ -233,7 +233,14 @@ def test_v1_list_models_names_every_model_served(http, model_zoo):
     assert response.json() == {"models": names}
     assert "broken" in names and "iris" in names
     for name in names:
-        assert http.get(f"/v1/models/{name}").json()["ready"] is (name != "broken")
+        reply = http.get(f"/v1/models/{name}")
+        assert reply.json()["ready"] is (name != "broken")
+        assert reply.status_code == (200 if name != "broken" else 503)  # KServe: not ready
+
+
+def test_v1_liveness_at_the_root(http):
+    reply = http.get("/")
+    assert (reply.status_code, reply.json()) == (200, {"status": "alive"})
     refused = http.post("/v1/models", json={})
     assert refused.status_code == 405
     assert "error" in refused.json()

@@ -94,8 +94,14 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         return json_response({"models": dataplane.model_names()})
 
     async def v1_model(request: Request) -> Response:
+        # KServe's V1: 503 while the model is not ready, so probes and clients can tell
         model = request.path_params["model"]
-        return json_response({"name": model, "ready": dataplane.model_ready(model)})
+        ok = dataplane.model_ready(model)
+        return json_response({"name": model, "ready": ok}, 200 if ok else 503)
+
+    async def v1_live(request: Request) -> Response:
+        # KServe's V1 liveness (its REST client's is_server_ready asks GET /)
+        return json_response({"status": "alive"})
 
     async def repository_index(request: Request) -> Response:
         return json_response([
@@ -125,6 +131,7 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         route("/v2/models/{model}/versions/{version}", model_metadata, "GET"),
         route("/v2/models/{model}/ready", model_ready, "GET"),
         route("/v2/models/{model}/versions/{version}/ready", model_ready, "GET"),
+        route("/", v1_live, "GET"),
         route("/v1/models", v1_models, "GET"),
         route("/v1/models/{model}", v1_model, "GET"),
         route("/v2/repository/index", repository_index, "POST"),
