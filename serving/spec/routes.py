@@ -58,6 +58,15 @@ class Upstream(_Model):
     eject_seconds: float = Field(10.0, gt=0, description="First ejection; doubles on each repeat")
     max_eject_seconds: float = Field(300.0, gt=0, description="Cap on the doubled ejection time")
     max_connections_per_endpoint: int = Field(256, ge=1, description="Keep-alive pool size")
+    hold_seconds: float = Field(
+        0.0, ge=0, description="Seconds a request may wait for a ready endpoint of its variant "
+        "(one lists none, e.g. scaled to zero, or every endpoint fails its health check) before "
+        "503 with Retry-After / UNAVAILABLE; held requests are the demand that scales a variant "
+        "from zero. 0 (the default) never holds: the request is answered at once, and every "
+        "variant must list an endpoint")
+    max_held: int = Field(
+        256, ge=1, description="Requests held at once per variant (as max_pending is per variant); "
+        "one more is answered 503 with Retry-After / UNAVAILABLE at once")
     grpc_via_http: bool | Literal["auto"] = Field(
         "auto", description="Forward gRPC clients' ModelInfer to the variants' REST endpoints as "
         "protobuf over HTTP/1.1: true, false, or auto (when the health checks found that every "
@@ -91,11 +100,10 @@ class Variant(_Model):
                 raise ValueError(f"{address!r} is not a host:port address")
         return addresses
 
-    @model_validator(mode="after")
-    def _has_endpoints(self) -> Variant:
-        if not self.http and not self.grpc:
-            raise ValueError(f"variant {self.name!r} needs at least one http or grpc endpoint")
-        return self
+    @property
+    def empty(self) -> bool:
+        """Lists no endpoint at all (allowed only where its service holds requests)."""
+        return not self.http and not self.grpc
 
 
 class Rule(_Model):
@@ -282,6 +290,16 @@ class RouterConfig(_Model):
                     if step.service is not None and step.service not in services:
                         raise ValueError(f"graph {graph.name!r} node {node_name!r} names unknown "
                                          f"service {step.service!r}")
+        for i, service in enumerate(self.services):
+            if self.upstream_for(service).hold_seconds > 0:
+                continue
+            for j, variant in enumerate(service.variants):
+                if variant.empty:
+                    raise ValueError(
+                        f"services.{i}.variants.{j}: variant {variant.name!r} of service "
+                        f"{service.name!r} needs at least one http or grpc endpoint; a variant "
+                        "without endpoints is allowed only where the service holds requests "
+                        "(upstream.hold_seconds > 0)")
         return self
 
     def upstream_for(self, service: Service) -> Upstream:

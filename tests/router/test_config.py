@@ -63,6 +63,17 @@ def service(**kw):
             {"serviceName": "m", "stepName": "a", "condition": "#(a"},
             {"serviceName": "m"}]}}}]}, "unbalanced"),
     ({"upstream": {"max_pending": 0}}, "upstream.max_pending"),
+    ({"services": [service(variants=[variant(http=[])])]}, "services.0.variants.0: variant "
+     "'default' of service 'm' needs at least one http or grpc endpoint; a variant without "
+     "endpoints is allowed only where the service holds requests (upstream.hold_seconds > 0)"),
+    # the service's own upstream replaces the top level's: it does not hold
+    ({"upstream": {"hold_seconds": 5}, "services": [
+        service(), service(name="n", variants=[variant(), variant("cold", http=[])],
+                           upstream={"timeout_seconds": 3})]},
+     "services.1.variants.1: variant 'cold' of service 'n' needs at least one"),
+    ({"upstream": {"hold_seconds": -1}}, "upstream.hold_seconds"),
+    ({"upstream": {"max_held": 0}}, "upstream.max_held"),
+    ({"upstream": {"hold_seconds": "soon"}}, "upstream.hold_seconds"),
 ])
 def test_invalid_configs_name_the_problem(doc, message):
     with pytest.raises(ConfigError) as info:
@@ -87,3 +98,26 @@ def test_defaults_and_normalisation():
     assert m.variants[0].http == ["http://127.0.0.1:1"]
     assert m.rules[0].header == {"x-exp": "b"} and m.sticky.header == "x-user"
     assert config.upstream_for(m).max_attempts == 3
+
+
+def test_holding_is_off_unless_the_routes_turn_it_on():
+    """A routes file without the hold fields behaves as before: no request is held."""
+    for config in (load_config(EXAMPLE), parse_config({"services": [service()]})):
+        for svc in config.services:
+            upstream = config.upstream_for(svc)
+            assert upstream.hold_seconds == 0 and upstream.max_held == 256
+    assert "hold_seconds" not in load_config(EXAMPLE).model_dump(exclude_defaults=True).get(
+        "upstream", {})
+
+
+def test_variants_without_endpoints_where_the_service_holds():
+    empty = variant("cold", http=[])
+    top = parse_config({"upstream": {"hold_seconds": 30, "max_held": 8},
+                        "services": [service(variants=[variant(), empty])]})
+    m = top.services[0]
+    assert m.variants[1].empty and not m.variants[0].empty
+    assert (top.upstream_for(m).hold_seconds, top.upstream_for(m).max_held) == (30, 8)
+    own = parse_config({"services": [service(variants=[empty | {"weight": 1}],
+                                             upstream={"hold_seconds": 0.5})]})
+    assert own.upstream_for(own.services[0]).hold_seconds == 0.5
+    assert own.services[0].variants[0].http == [] and own.services[0].variants[0].grpc == []
