@@ -51,7 +51,13 @@ def p2c(candidates: Sequence[Endpoint], rng: random.Random) -> Endpoint:
 
 @dataclass(eq=False)
 class Pool:
-    """The endpoints of one variant for one protocol, with ejection bookkeeping."""
+    """The endpoints of one variant for one protocol, with ejection bookkeeping.
+
+    ``ready`` says whether an endpoint is there to serve: one is listed and, where active
+    checks run (``checked``), passes them. The edges read it on every request (an attribute,
+    no lock) to decide whether to hold the request; it changes only when the pool is built and
+    when a check's verdict flips (:meth:`refresh`), both on the event loop.
+    """
 
     endpoints: list[Endpoint]
     eject_after: int = 5
@@ -59,7 +65,18 @@ class Pool:
     max_eject_seconds: float = 300.0
     clock: Clock = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+    checked: bool = True
+    ready: bool = field(init=False, default=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Recompute :attr:`ready` from the endpoints' check verdicts; returns it."""
+        endpoints = self.endpoints
+        self.ready = any(e.healthy for e in endpoints) if self.checked else bool(endpoints)
+        return self.ready
 
     def acquire(self, endpoint: Endpoint) -> None:
         """Count one request in flight at ``endpoint`` (what p2c compares)."""

@@ -158,4 +158,4 @@ def build_table(config: RouterConfig, previous: RoutingTable | None = None,
 def _pool(upstream: Upstream, clock: Clock, endpoints: list[Endpoint]) -> Pool:
     return Pool(endpoints, eject_after=upstream.eject_consecutive_failures,
                 eject_seconds=upstream.eject_seconds, max_eject_seconds=upstream.max_eject_seconds,
-                clock=clock)
+                clock=clock, checked=upstream.health_check.enabled)

@@ -128,3 +128,16 @@ def test_retry_budget_tokens_expire():
         budget.deposit()
     clock.now += 20
     assert not budget.try_spend()
+
+
+def test_a_pool_is_ready_while_an_endpoint_passes_its_checks():
+    a, b = Endpoint("a"), Endpoint("b")
+    pool = Pool([a, b])
+    assert pool.ready
+    a.healthy = b.healthy = False
+    assert pool.ready  # kept until refreshed (done when a verdict changes)
+    assert pool.refresh() is False and not pool.ready
+    b.healthy = True
+    assert pool.refresh() and pool.ready
+    assert not Pool([]).ready  # none listed (scaled to zero)
+    assert Pool([Endpoint("c", healthy=False)], checked=False).ready  # checks off: listed = ready
