@@ -10,7 +10,7 @@ running routes untouched and an accepted one drops no request in flight.
 | PUT | /config | replace the routes (YAML or JSON body) |
 | POST | /reload | re-read the routes file |
 | PUT | /services/{name}/weights | ``{"variant": weight, ...}``; variants not named keep theirs |
-| GET | /status | every endpoint: outstanding, healthy, ejected |
+| GET | /status | every endpoint: outstanding, healthy, ejected; its variant's pending and held |
 """
 
 from __future__ import annotations
@@ -83,14 +83,30 @@ class AdminApp:
         raise ModelNotFound(f"service {service!r} is not configured")
 
     def _status(self) -> dict[str, Any]:
+        """A row per endpoint; ``pending`` (in flight) and ``held`` (waiting for a ready
+        endpoint) are the variant's, repeated on each of its rows. A variant that lists no
+        endpoint (scaled to zero) has one row, with ``protocol`` and ``address`` null, so its
+        ``held`` requests — the demand to start a replica — are visible."""
         now = time.monotonic()
+        holds = self.router.holds
         rows = []
-        for variant, proto, endpoint in self.router.table.endpoints():
-            rows.append({"service": variant.service, "variant": variant.name, "protocol": proto,
-                         "address": endpoint.address, "outstanding": endpoint.outstanding,
-                         "healthy": endpoint.healthy,
-                         "ejected_seconds": max(0.0, round(endpoint.ejected_until - now, 3)),
-                         "pending": variant.gate.pending})
+        for service in self.router.table.services.values():
+            for variant in service.variants.values():
+                counts = {"pending": variant.gate.pending,
+                          "held": holds.held(service.name, variant.name)}
+                endpoints = [("http", e) for e in variant.http.endpoints] + \
+                    [("grpc", e) for e in variant.grpc.endpoints]
+                if not endpoints:
+                    rows.append({"service": service.name, "variant": variant.name,
+                                 "protocol": None, "address": None, "outstanding": 0,
+                                 "healthy": False, "ejected_seconds": 0.0, **counts})
+                for proto, endpoint in endpoints:
+                    rows.append({
+                        "service": service.name, "variant": variant.name, "protocol": proto,
+                        "address": endpoint.address, "outstanding": endpoint.outstanding,
+                        "healthy": endpoint.healthy,
+                        "ejected_seconds": max(0.0, round(endpoint.ejected_until - now, 3)),
+                        **counts})
         return {"endpoints": rows}
 
 

@@ -19,10 +19,11 @@ from typing import Any
 import grpc
 import orjson
 
-from router.balance import Endpoint
+from router.balance import Endpoint, Pool
 from router.client import HttpClient, UpstreamResponse
 from router.forward import Verdict, call_variant
 from router.h1blocking import BlockingH1Client
+from router.hold import Holds
 from router.metrics import RouterMetrics
 from router.shadow import Shadower
 from router.table import RoutingTable, VariantRoute, build_table
@@ -64,6 +65,8 @@ class Router:
         # the gRPC edge's threads reach REST endpoints through this (upstream.grpc_via_http)
         self.blocking_http = BlockingH1Client(connect_timeout=config.upstream.connect_timeout_seconds)
         self.table: RoutingTable = build_table(config)
+        # requests waiting for a ready endpoint of their variant (router/hold.py)
+        self.holds = Holds(metrics, lambda: self.table)
         self.ready = True
 
     # -- configuration ------------------------------------------------------------------------
@@ -72,6 +75,7 @@ class Router:
         """Swap in ``config`` atomically; channels no longer named are closed after a grace."""
         table = build_table(config, self.table)
         self.table = table
+        self.holds.wake()  # held requests look for their variant on the new table
         wanted = {e.address for _, proto, e in table.endpoints() if proto == "grpc"}
         loop = asyncio.get_running_loop()
         grace = table.config.upstream.timeout_seconds
@@ -146,18 +150,23 @@ class Router:
         """Check every endpoint at its service's interval until cancelled."""
         due: dict[int, float] = {}
         running: set[asyncio.Task[None]] = set()
-        while True:
-            now = time.monotonic()
-            table = self.table
-            for variant, proto, endpoint in table.endpoints():
-                check = table.services[variant.service].upstream.health_check
-                if not check.enabled or due.get(id(endpoint), 0) > now:
-                    continue
-                due[id(endpoint)] = now + check.interval_seconds
-                task = asyncio.create_task(self._check(variant, proto, endpoint))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            await asyncio.sleep(tick)
+        try:
+            while True:
+                now = time.monotonic()
+                table = self.table
+                for variant, proto, endpoint in table.endpoints():
+                    check = table.services[variant.service].upstream.health_check
+                    if not check.enabled or due.get(id(endpoint), 0) > now:
+                        continue
+                    due[id(endpoint)] = now + check.interval_seconds
+                    task = asyncio.create_task(self._check(variant, proto, endpoint))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.sleep(tick)
+        finally:  # checks in flight end with the loop, not after it is gone
+            for task in list(running):
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _check(self, variant: VariantRoute, proto: str, endpoint: Endpoint) -> None:
         check = self.table.services[variant.service].upstream.health_check \
@@ -187,6 +196,19 @@ class Router:
         if changed is not None:
             log.warning("%s of %s/%s is now %s", endpoint.address, variant.service, variant.name,
                         "healthy" if changed else "unhealthy")
+            self._refresh(variant, proto, pool)
+            if changed:
+                self.holds.wake()
+
+    def _refresh(self, variant: VariantRoute, proto: str, pool: Pool) -> None:
+        """Recompute whether ``pool`` has a ready endpoint, and the same pool of the table in
+        force (the check may have started on a table swapped out since; both share the
+        endpoint)."""
+        pool.refresh()
+        service = self.table.services.get(variant.service)
+        current = service.variants.get(variant.name) if service is not None else None
+        if current is not None:
+            (current.http if proto == "http" else current.grpc).refresh()
 
     async def _speaks_protobuf(self, address: str, timeout: float) -> bool | None:
         """Whether the server at ``address`` lists the protobuf-over-HTTP extension in its

@@ -43,11 +43,12 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 from starlette.types import Send
 
+from router.balance import Pool
 from router.compare import v2_outputs
 from router.core import Router
 from router.decide import weighted_choice
 from router.forward import UpstreamTimeout, UpstreamUnavailable
-from router.http_util import HOP_BY_HOP, send_json, send_response
+from router.http_util import HOP_BY_HOP, send_json, send_response, with_retry_after
 from router.table import RoutingTable, ServiceRoute, VariantRoute
 from serving.protocol.errors import DeadlineExceeded, ModelNotFound, TurnoutError
 from serving.spec.conditions import holds
@@ -81,6 +82,9 @@ class Wire(Protocol[M]):
     async def call(self, service: ServiceRoute, variant: VariantRoute, data: M, headers: Headers,
                    deadline: float) -> M:
         """One call to ``variant`` (retries and ejection included) until ``deadline``."""
+
+    def pool(self, service: ServiceRoute, variant: VariantRoute) -> Pool:
+        """The endpoints :meth:`call` would use (whether one is ready decides holding)."""
 
 
 class StepFailed(Exception, Generic[M]):
@@ -228,6 +232,10 @@ class GraphExecutor:
     async def _service(self, call: _Call[M], name: str, data: M) -> M:
         service = call.table.service(name)
         variant, _ = call.table.pick(service, call.pick_headers)
+        if not call.wire.pool(service, variant).ready:  # wait for one, within the graph's time
+            service, variant = await self.router.holds.hold(
+                service, variant, pool_of=call.wire.pool, headers=call.pick_headers.copy,
+                deadline=call.deadline)
         variant.gate.enter(f"variant {variant.name} of {service.name}")
         try:
             return await call.wire.call(service, variant, data, call.headers, call.deadline)
@@ -311,6 +319,9 @@ class RestWire:
             pass
         return f"status {answer.status}"
 
+    def pool(self, service: ServiceRoute, variant: VariantRoute) -> Pool:
+        return variant.http
+
     async def call(self, service: ServiceRoute, variant: VariantRoute, data: Message,
                    headers: Headers, deadline: float) -> Message:
         if self.protocol == "rest":
@@ -348,11 +359,13 @@ class GraphRunner:
         except StepFailed as failed:
             if failed.error is not None:
                 return await send_json(send, failed.error.http_status,
-                                       {"error": str(failed.error)}, extra)
+                                       {"error": str(failed.error)},
+                                       with_retry_after(failed.error, extra))
             assert failed.answer is not None
             answer = failed.answer
         except TurnoutError as err:
-            return await send_json(send, err.http_status, {"error": str(err)}, extra)
+            return await send_json(send, err.http_status, {"error": str(err)},
+                                   with_retry_after(err, extra))
         headers_out = [*extra, (b"content-type", b"application/json")]
         if answer.header_length is not None:
             headers_out = [*extra, (b"content-type", b"application/octet-stream"),

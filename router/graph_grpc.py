@@ -38,6 +38,7 @@ import grpc
 import orjson
 from google.protobuf.message import DecodeError
 
+from router.balance import Pool
 from router.core import Router
 from router.forward import call_variant
 from router.graph import REQUEST_ID, GraphExecutor, Headers, StepFailed
@@ -134,6 +135,9 @@ class GrpcWire:
             [(name, part if isinstance(part, str) else
               proto.ModelInferResponse.FromString(part.body)) for name, part in parts]
         ).SerializeToString())
+
+    def pool(self, service: ServiceRoute, variant: VariantRoute) -> Pool:
+        return variant.http if via_http(service, variant) else variant.grpc
 
     async def call(self, service: ServiceRoute, variant: VariantRoute, data: GrpcAnswer,
                    headers: Headers, deadline: float) -> GrpcAnswer:

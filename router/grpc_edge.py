@@ -47,6 +47,7 @@ from router.grpc_hops import (
     protobuf_http_headers,
     via_http,
 )
+from router.hold import Waiter
 from router.http_util import VARIANT_HEADER
 from router.rewrite import read_name_version, with_name_version
 from router.shadow import PrimaryAnswer
@@ -67,11 +68,14 @@ _DROP_METADATA = frozenset({"user-agent", "content-type", "te", "grpc-timeout", 
 class GrpcEdge(grpc.GenericRpcHandler):
     """The generic handler; its methods run on grpcio's handler threads."""
 
-    def __init__(self, router: Router, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, router: Router, loop: asyncio.AbstractEventLoop, *,
+                 hold_threads: int = 0) -> None:
         from router.graph_grpc import GrpcGraphs  # builds on this module's calls, so imported late
 
         self.router = router
         self.loop = loop
+        # A held call blocks its handler thread: at most this many hold at once (0: no limit).
+        router.holds.max_threads = hold_threads
         self.graphs = GrpcGraphs(router)
         ready_false = proto.ServerReadyResponse(ready=False).SerializeToString()
         server_metadata = proto.ServerMetadataResponse(
@@ -129,8 +133,13 @@ class GrpcEdge(grpc.GenericRpcHandler):
             headers = {k: v for k, v in metadata if isinstance(v, str)}
             variant, _ = table.pick(service, headers)
             variant_label = variant.name
-            answer = self._forward(rpc, method, service, variant, request, version, metadata,
-                                   context)
+            use_http = rpc == "ModelInfer" and via_http(service, variant)
+            if not (variant.http if use_http else variant.grpc).ready:
+                service, variant = self._hold(rpc, service, variant, headers, context)
+                service_label, variant_label = service.name, variant.name
+                use_http = rpc == "ModelInfer" and via_http(service, variant)
+            answer = self._forward(rpc, method, service, variant, use_http, request, version,
+                                   metadata, context)
         except TurnoutError as err:
             if isinstance(err, Overloaded):
                 self.router.metrics.rejected.labels(service_label, variant_label).inc()
@@ -157,8 +166,26 @@ class GrpcEdge(grpc.GenericRpcHandler):
             context.abort(*outcome.failure)
         return outcome.body
 
+    def _hold(self, rpc: str, service: ServiceRoute, variant: VariantRoute,
+              headers: dict[str, str], context: grpc.ServicerContext
+              ) -> tuple[ServiceRoute, VariantRoute]:
+        """Block this thread until ``variant`` has a ready endpoint (router/hold.py), within
+        the client's deadline; a cancelled call stops waiting."""
+        def pool_of(service: ServiceRoute, variant: VariantRoute) -> Pool:
+            use_http = rpc == "ModelInfer" and via_http(service, variant)
+            return variant.http if use_http else variant.grpc
+
+        def watch(waiter: Waiter) -> None:
+            if not context.add_callback(waiter.cancel):  # the call has already ended
+                waiter.cancel()
+
+        remaining = context.time_remaining()
+        return self.router.holds.hold_blocking(
+            service, variant, pool_of=pool_of, headers=headers.copy, watch=watch,
+            deadline=None if remaining is None else time.monotonic() + remaining)
+
     def _forward(self, rpc: str, method: str, service: ServiceRoute, variant: VariantRoute,
-                 request: bytes, version: str, metadata: list[tuple[str, Any]],
+                 use_http: bool, request: bytes, version: str, metadata: list[tuple[str, Any]],
                  context: grpc.ServicerContext) -> GrpcAnswer:
         budget = service.upstream.timeout_seconds
         remaining = context.time_remaining()
@@ -172,7 +199,7 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 primary = PrimaryAnswer(self.loop)
                 self.loop.call_soon_threadsafe(self._mirror, service, variant, primary, method,
                                                request, version, metadata)
-            if rpc == "ModelInfer" and via_http(service, variant):
+            if use_http:
                 answer = call_variant_blocking(
                     variant=variant, pool=variant.http, max_attempts=service.upstream.max_attempts,
                     deadline=deadline, attempt=protobuf_http_attempt(
@@ -213,7 +240,8 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 pool, classify = shadow.grpc, classify_grpc
                 attempt = grpc_attempt(self.router, method,
                                        message_for(shadow, request, version), metadata)
-            else:
+            else:  # no endpoint for this copy (the shadow is scaled to zero): never held
+                shadower.drop(shadow)
                 continue
             deadline = time.monotonic() + mirror.timeout_seconds
 
@@ -255,7 +283,8 @@ def build_grpc_server(router: Router, *, host: str, port: int, max_payload_bytes
                              ("grpc.max_receive_message_length", max_payload_bytes),
                              ("grpc.max_send_message_length", max_payload_bytes),
                          ])
-    server.add_generic_rpc_handlers((GrpcEdge(router, asyncio.get_running_loop()),))
+    server.add_generic_rpc_handlers((GrpcEdge(router, asyncio.get_running_loop(),
+                                              hold_threads=max(1, threads // 2)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):

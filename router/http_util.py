@@ -65,6 +65,16 @@ async def send_json(send: Send, status: int, doc: object,
                         [(b"content-type", b"application/json"), *headers])
 
 
+def with_retry_after(err: BaseException, headers: list[tuple[bytes, bytes]]
+                     ) -> list[tuple[bytes, bytes]]:
+    """``headers``, plus ``Retry-After`` for an error a client should retry later (a request
+    held for a ready endpoint past its bounds, router/hold.py)."""
+    seconds = getattr(err, "retry_after", None)
+    if seconds is not None:
+        headers.append((b"retry-after", str(seconds).encode()))
+    return headers
+
+
 async def send_error(send: Send, err: TurnoutError,
                      headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     await send_json(send, err.http_status, {"error": str(err)}, headers)

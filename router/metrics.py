@@ -72,6 +72,16 @@ class RouterMetrics:
         self.graph_step_duration = Histogram(
             "turnout_router_graph_step_duration_seconds", "Latency of one graph step",
             ["graph", "node", "step"], buckets=_LATENCY, registry=registry)
+        self.held = Gauge(
+            "turnout_router_held_requests", "Requests waiting now for a ready endpoint of their "
+            "variant (upstream.hold_seconds): the demand that scales a variant from zero",
+            ["service", "variant"], registry=registry)
+        self.held_total = Counter(
+            "turnout_router_held_total", "Held requests by how their wait ended: released (an "
+            "endpoint became ready, or the routes changed), timeout (hold_seconds passed), "
+            "overflow (refused at once: max_held, or the gRPC edge's share of threads), "
+            "cancelled (the client went away)", ["service", "variant", "outcome"],
+            registry=registry)
         self.reloads = Counter(
             "turnout_router_config_reloads_total", "Config applications by result",
             ["result"], registry=registry)

@@ -10,11 +10,15 @@ Upstream answers (4xx included) pass through unchanged; errors the router makes 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import logging
 import re
 import time
 import uuid
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +26,11 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
+from router.balance import Pool
 from router.client import UpstreamResponse
 from router.compare import Comparison, compare_outputs, v1_outputs, v2_outputs
 from router.core import Router
+from router.hold import Waiter
 from router.http_util import (
     RESPONSE_DROP,
     VARIANT_HEADER,
@@ -33,12 +39,13 @@ from router.http_util import (
     send_error,
     send_json,
     send_response,
+    with_retry_after,
 )
 from router.rewrite import rename_v2_json
 from router.shadow import PrimaryAnswer
 from router.table import ServiceRoute, VariantRoute
 from serving.protocol.errors import Overloaded, TurnoutError
-from serving.transport.fastpath import Headers, Reply
+from serving.transport.fastpath import Headers, Reply, bind_protocol
 
 log = logging.getLogger("turnout.router.rest")
 
@@ -54,10 +61,21 @@ _ID_COUNTER = itertools.count(1)
 class RestEdge:
     """ASGI app for the router's public REST port."""
 
-    def __init__(self, router: Router, *, max_payload_bytes: int, graphs: Any = None) -> None:
+    def __init__(self, router: Router, *, max_payload_bytes: int, graphs: Any = None,
+                 connection: weakref.ref[Any] | None = None) -> None:
         self.router = router
         self.max_payload_bytes = max_payload_bytes
         self.graphs = graphs  # GraphRunner, when graphs are enabled
+        # The fast-path connection this edge serves (:meth:`for_connection`), so a held request
+        # learns when its client goes away; None for the shared edge.
+        self.connection = connection
+
+    def for_connection(self, protocol: asyncio.Protocol) -> RestEdge:
+        """This edge for the requests of one fast-path connection: the same state, plus the
+        connection. Made once per connection, so requests pay nothing for it (built by the
+        constructor, so its attributes keep the layout CPython reads fastest)."""
+        return RestEdge(self.router, max_payload_bytes=self.max_payload_bytes,
+                        graphs=self.graphs, connection=weakref.ref(protocol))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -91,7 +109,7 @@ class RestEdge:
                                          suffix=suffix, kind=kind, protocol="rest-v1")
             await send_json(send, 404, {"error": f"Not Found: {scope['method']} {path}"}, extra)
         except TurnoutError as err:
-            await send_error(send, err, extra)
+            await send_error(send, err, with_retry_after(err, extra))
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             await send_json(send, 500, {"error": "internal server error"}, extra)
@@ -106,15 +124,17 @@ class RestEdge:
                                            headers=headers, protocol=protocol)
         call = _Call(scope["method"], scope["headers"], scope.get("query_string", b""), rid,
                      model, version, suffix, kind, protocol, table)
-        status, payload, out_headers = await self._proxy_body(call, headers, body)
+        status, payload, out_headers = await self._proxy_body(call, headers, body, receive)
         await send_response(send, status, payload, out_headers)
 
-    async def _proxy_body(self, call: _Call, headers: dict[str, str] | None,
-                          body: bytes) -> Reply:
+    async def _proxy_body(self, call: _Call, headers: dict[str, str] | None, body: bytes,
+                          client: weakref.ref[Any] | Receive | None = None) -> Reply:
         """Route one request to a variant and return its answer, as the client will get it.
 
         ``headers`` (lower-case names, decoded) may be None: they are decoded from the call's
         raw headers only if the service has rules or sticky sessions to read them with.
+        ``client`` tells a held request (router/hold.py) when its client goes away: ASGI's
+        ``receive``; on the fast path, the connection this edge was copied for.
         """
         started = time.perf_counter()
         table = call.table
@@ -127,6 +147,11 @@ class RestEdge:
                     else {}
             variant, _ = table.pick(service, headers)
             variant_label = variant.name
+            if not variant.http.ready:  # no endpoint to serve now: maybe wait for one
+                service, variant = await self.router.holds.hold(
+                    service, variant, pool_of=_http_pool, headers=functools.partial(_decoded, call.headers),
+                    watch=_watcher(client or self.connection))
+                service_label, variant_label = service.name, variant.name
             response = await self._forward(call, service, variant, body)
         except TurnoutError as err:
             if isinstance(err, Overloaded):
@@ -167,8 +192,8 @@ class RestEdge:
         try:
             return await self._proxy_body(route, None, body)
         except TurnoutError as err:
-            return err.http_status, orjson.dumps({"error": str(err)}), [
-                (b"content-type", b"application/json"), (b"x-request-id", route.rid)]
+            return err.http_status, orjson.dumps({"error": str(err)}), with_retry_after(err, [
+                (b"content-type", b"application/json"), (b"x-request-id", route.rid)])
         except Exception:
             log.exception("unhandled error on POST for model %s", route.model)
             return 500, b'{"error":"internal server error"}', [
@@ -220,6 +245,9 @@ class RestEdge:
             # A copy to the variant that answers anyway would only agree with itself.
             if shadow.name == serving.name or not shadower.wanted(mirror):
                 continue
+            if not shadow.http.endpoints:  # scaled to zero: a copy is never held
+                shadower.drop(shadow)
+                continue
             deadline = time.monotonic() + mirror.timeout_seconds
 
             async def send(shadow: VariantRoute = shadow, deadline: float = deadline
@@ -236,6 +264,67 @@ class RestEdge:
         m.requests.labels(service, variant, protocol, str(status)).inc()
         if service:
             m.duration.labels(service, variant, protocol).observe(time.perf_counter() - started)
+
+
+def rest_protocol(edge: RestEdge) -> type[asyncio.Protocol] | str:
+    """``serving/transport/fastpath.py``'s protocol for ``edge``, with each connection's
+    answers knowing their connection, so a request held for a ready endpoint learns when its
+    client goes away. Per connection, not per request: each connection's handler is its own
+    copy of the edge (:meth:`RestEdge.for_connection`)."""
+    bound = bind_protocol(edge)
+    if isinstance(bound, str):  # uvicorn's own path: held requests watch ASGI's receive()
+        return bound
+
+    class HoldAwareProtocol(bound):  # type: ignore[valid-type,misc]
+        _held: set[Waiter] | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            setattr(self, "handler", edge.for_connection(self))  # noqa: B010
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            for waiter in list(self._held or ()):
+                waiter.cancel()
+
+    return HoldAwareProtocol
+
+
+def _watcher(client: weakref.ref[Any] | Receive | None
+             ) -> Callable[[Waiter], Callable[[], None] | None] | None:
+    if client is None:
+        return None
+    if isinstance(client, weakref.ref):
+        return functools.partial(_watch_connection, client)
+    return functools.partial(_watch_receive, client)
+
+
+def _watch_connection(connection: weakref.ref[Any], waiter: Waiter) -> Callable[[], None] | None:
+    """Cancel ``waiter`` when the fast-path connection closes (HoldAwareProtocol)."""
+    protocol = connection()
+    if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+        waiter.cancel()
+        return None
+    if protocol._held is None:
+        protocol._held = set()
+    held: set[Waiter] = protocol._held
+    held.add(waiter)
+    return lambda: held.discard(waiter)
+
+
+def _watch_receive(receive: Receive, waiter: Waiter) -> Callable[[], None]:
+    """Cancel ``waiter`` when ASGI's ``receive`` says the client disconnected (the body has
+    been read, so the next message is the disconnect)."""
+    async def watch() -> None:
+        if (await receive()).get("type") == "http.disconnect":
+            waiter.cancel()
+
+    task = asyncio.ensure_future(watch())
+    return task.cancel
+
+
+def _http_pool(service: ServiceRoute, variant: VariantRoute) -> Pool:
+    return variant.http
 
 
 def _decoded(headers: Headers) -> dict[str, str]:

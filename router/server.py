@@ -27,11 +27,10 @@ from router.grpc_edge import build_grpc_server
 from router.h1client import H1Client
 from router.metrics import RouterMetrics
 from router.reload import FileSource
-from router.rest import RestEdge
+from router.rest import RestEdge, rest_protocol
 from router.settings import RouterSettings
 from serving.spec.routes import RouterConfig
 from serving.transport.coalesce import CoalescingHttpToolsProtocol
-from serving.transport.fastpath import bind_protocol
 
 log = logging.getLogger("turnout.router")
 
@@ -80,7 +79,7 @@ class RouterServer:
                                       max_message_bytes=s.max_payload_bytes)
         rest = RestEdge(router, max_payload_bytes=s.max_payload_bytes, graphs=GraphRunner(router))
         self._http.append(_http_server(rest, s.host, s.http_port, s.drain_seconds,
-                                       bind_protocol(rest)))
+                                       rest_protocol(rest)))
         if s.admin_port:
             admin = AdminApp(router, reload=self.source.load)
             self._http.append(_http_server(admin, s.admin_host, s.admin_port, 1))
@@ -111,6 +110,7 @@ class RouterServer:
     async def stop(self) -> None:
         if self.router is not None:
             self.router.ready = False
+            self.router.holds.close()  # held requests get their 503 now, to retry elsewhere
         for server in self._http:
             server.should_exit = True
         waits: list[asyncio.Future[object] | asyncio.Task[None]] = list(self._tasks[:len(self._http)])

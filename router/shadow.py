@@ -53,6 +53,11 @@ class Shadower:
     def wanted(self, mirror: Mirror) -> bool:
         return mirror.percent >= 100 or self.rng.random() * 100 < mirror.percent
 
+    def drop(self, variant: VariantRoute) -> None:
+        """Count a copy not sent: its variant has no endpoint (scaled to zero). Copies are
+        never held for one."""
+        self.metrics.shadow.labels(variant.service, variant.name, "dropped").inc()
+
     def start(self, *, mirror: Mirror, variant: VariantRoute, send: Callable[[], Awaitable[A]],
               primary: PrimaryAnswer[A], compare: Callable[[A, A], Comparison | None]) -> None:
         """Start one copy unless the mirror's cap is reached; returns at once."""
