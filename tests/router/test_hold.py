@@ -247,6 +247,16 @@ def test_a_graph_step_waits_for_its_service(upstreams, start_router):
         push(r, {**routes(http=[upstreams["a1"].url]), "graphs": [graph]})
         answer = call.result(10)
     assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == X[0]
+    with ThreadPoolExecutor(1) as pool:  # over gRPC, once the service is at zero again
+        push(r, {**routes(), "graphs": [graph]})
+        call = pool.submit(grpc_infer, r, "g")
+        wait_for(lambda: held(r) == 1, "the gRPC graph's step held")
+        push(r, {**routes(http=[upstreams["a1"].url], grpc_=[upstreams["a1"].grpc_url]),
+                 "graphs": [graph]})
+        grpc_answer = call.result(10)
+    assert grpc_answer.model_name == "g"
+    assert np.frombuffer(grpc_answer.raw_output_contents[0], np.float32).tolist() == X[0]
+    assert ended(r, "released") == 2
 
 
 # -- bounded --------------------------------------------------------------------------------
