@@ -86,7 +86,10 @@ def test_tag_routing_reaches_latest_and_previous_revisions() -> None:
     assert routes["prev-iris"].variants[0].http == ["http://127.0.0.1:1"]
     assert routes["latest-iris"].variants[0].model == "iris"  # servers answer to the service
     untagged = plan(services=[(isvc("b", 10), s)], graphs=[], observed=Observed())
-    assert [svc.name for svc in untagged.routes.services] == []  # nothing ready: nothing routed
+    (only,) = untagged.routes.services  # no tags; nothing ready yet: both roles hold requests
+    assert only.name == "iris" and only.upstream.hold_seconds > 0
+    assert [(v.name, v.http, v.grpc) for v in only.variants] == [("stable", [], []),
+                                                                  ("canary", [], [])]
 
 
 # -- mid-rollout edits ------------------------------------------------------------------------

@@ -186,3 +186,13 @@ spec:
     no_batcher = _revision(load_texts([(Path("m.yaml"), text.replace(
         "    batcher: {maxBatchSize: 24, maxLatency: 5}\n", ""))]).services[0], 2)
     assert ReplicaSpec("r", "iris", "/m", None, no_batcher.max_batch_size).serve_flags() == []
+
+
+def test_a_service_with_its_own_upstream_keeps_the_planes_defaults() -> None:
+    s = apply_manifest(None, iss("a"), now=1)
+    plan = router_config(services=[(iss("a"), s)], endpoints={}, graphs=[],
+                         at_zero=frozenset({"iris-00001"}), health_interval=0.5)
+    upstream = plan.config.services[0].upstream
+    # the router replaces the top-level upstream with a service's own: nothing may get lost
+    assert upstream.hold_seconds > 0 and upstream.grpc_via_http
+    assert upstream.health_check.interval_seconds == 0.5

@@ -1,4 +1,4 @@
-"""``turnout up`` end to end, one plane for the module: gRPC cold starts through the activator,
+"""``turnout up`` end to end, one plane for the module: gRPC cold starts held by the router,
 mirrored (shadow) traffic, and a rollout rolled back because its canary disagrees with stable.
 
 Two services share the plane: ``cold`` (minReplicas 0, at zero between uses) and ``iris``
@@ -51,7 +51,7 @@ def infer_row(http: httpx.Client, url: str, row: np.ndarray, **headers: str) -> 
     return http.post(f"{url}/v2/models/iris/infer", json=body, headers=headers, timeout=30)
 
 
-def test_grpc_to_a_service_at_zero_is_held_by_the_activator_until_a_replica_answers(
+def test_grpc_to_a_service_at_zero_is_held_by_the_router_until_a_replica_answers(
         plane: Up, models: Path, rows: np.ndarray) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -61,8 +61,9 @@ def test_grpc_to_a_service_at_zero_is_held_by_the_activator_until_a_replica_answ
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{plane.grpc_port}")
     tensor = grpcclient.InferInput("x", list(x.shape), "FP64")
     tensor.set_data_from_numpy(x)
-    # The first request after scale-to-zero: the router sends it to the activator, which
-    # asks for a replica and forwards it when ready (a cold start takes seconds here).
+    # The first request after scale-to-zero: the router holds it, the plane reads the held
+    # request as demand and starts a replica, the router sends it on once the routes list
+    # that replica (a cold start takes seconds here).
     result = client.infer("cold", [tensor], client_timeout=60)
     assert result.get_response().model_name == "cold"
     np.testing.assert_array_equal(result.as_numpy("predict"), predict(models, "v1", x))

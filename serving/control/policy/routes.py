@@ -5,7 +5,8 @@ keep meaning the same thing as revisions come and go; the revision behind each r
 ``turnout status``. Only ready endpoints are listed (health-gated routing): a role with none is
 left out and its share goes to the other, and a role scaled to zero is listed without
 endpoints, so the router holds its requests (the activator's job, bounded by
-``hold_seconds``) while the autoscaler, seeing them as demand, starts a replica. With KServe's
+``hold_seconds``) while the autoscaler, seeing them as demand, starts a replica; so is every
+role of a service none of whose replicas is ready yet (first start, a restart after a crash). With KServe's
 ``serving.kserve.io/enable-tag-routing``, ``latest-<name>`` and ``prev-<name>`` are services of
 their own that reach the latest and the previous rolled-out revision directly. The result is
 validated by the router's own config model, so the control plane cannot hand the router
@@ -57,7 +58,7 @@ def router_config(*, services: list[tuple[InferenceService, ServiceState]],
     omitted: list[str] = []
     docs = []
     for isvc, state in services:
-        docs += _service(isvc, state, endpoints, at_zero, omitted, hold_seconds)
+        docs += _service(isvc, state, endpoints, at_zero, omitted, hold_seconds, health_interval)
     names = {d["name"] for d in docs}
     graph_docs = []
     for graph in graphs:
@@ -66,14 +67,17 @@ def router_config(*, services: list[tuple[InferenceService, ServiceState]],
             omitted.append(f"graph {graph.name}: services {missing} have no ready variant")
             continue
         graph_docs.append(_graph(graph))
-    doc: dict[str, Any] = {
-        # Every endpoint is a Turnout model server: gRPC clients' calls take the cheaper
-        # protobuf-over-HTTP hop (docs/router.md).
-        "upstream": {"grpc_via_http": True,
-                     "health_check": {"interval_seconds": health_interval,
-                                      "timeout_seconds": max(health_interval, 1.0)}},
-        "services": docs, "graphs": graph_docs}
+    doc: dict[str, Any] = {"upstream": _upstream(health_interval), "services": docs,
+                           "graphs": graph_docs}
     return Plan(parse_config(doc, source="control plane"), omitted)
+
+
+def _upstream(health_interval: float) -> dict[str, Any]:
+    # Every endpoint is a Turnout model server: gRPC clients' calls take the cheaper
+    # protobuf-over-HTTP hop (docs/router.md).
+    return {"grpc_via_http": True,
+            "health_check": {"interval_seconds": health_interval,
+                             "timeout_seconds": max(health_interval, 1.0)}}
 
 
 def tag_routing(isvc: InferenceService) -> bool:
@@ -81,16 +85,19 @@ def tag_routing(isvc: InferenceService) -> bool:
 
 
 def _service(isvc: InferenceService, state: ServiceState, endpoints: Mapping[str, Endpoints],
-             at_zero: frozenset[str], omitted: list[str], hold_seconds: float
-             ) -> list[dict[str, Any]]:
+             at_zero: frozenset[str], omitted: list[str], hold_seconds: float,
+             health_interval: float) -> list[dict[str, Any]]:
     roles = state.serving()
     weights = {"stable": 100 - state.percent if "canary" in roles else 100,
                "canary": state.percent}
     variants = []
     holding = False
+    # With no role ready anywhere (scaled to zero, or replicas still starting) every role is
+    # listed without endpoints, so requests wait for the first replica instead of a 404.
+    none_ready = not any(endpoints.get(revision) for revision in roles.values())
     for role, revision in roles.items():
         ready = endpoints.get(revision) or Endpoints()
-        if not ready and revision not in at_zero:
+        if not ready and revision not in at_zero and not none_ready:
             omitted.append(f"{isvc.name}/{role} ({revision}): no ready replica")
             continue
         holding = holding or not ready
@@ -118,8 +125,8 @@ def _service(isvc: InferenceService, state: ServiceState, endpoints: Mapping[str
         upstream["timeout_seconds"] = float(timeout)
     if holding:
         upstream["hold_seconds"] = hold_seconds
-    if upstream:
-        doc["upstream"] = upstream
+    if upstream:  # a service's upstream replaces the top-level one: start from it
+        upstream = doc["upstream"] = {**_upstream(health_interval), **upstream}
     docs = [doc]
     if tag_routing(isvc):
         docs += _tags(isvc, state, variants, upstream)
