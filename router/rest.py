@@ -92,6 +92,12 @@ class RestEdge:
             if path == "/v2" and scope["method"] == "GET":
                 return await send_json(send, 200, {"name": "turnout-router", "version": "0.1.0",
                                                    "extensions": []}, extra)
+            if path == "/v1/models" and scope["method"] == "GET":  # KServe V1's list
+                table = self.router.table
+                names = sorted({*table.services, *table.graphs})
+                return await send_json(send, 200, {"models": names}, extra)
+            if path == "/" and scope["method"] == "GET":  # KServe V1's liveness
+                return await send_json(send, 200, {"status": "alive"}, extra)
             if path == "/metrics":
                 return await send_response(send, 200, generate_latest(self.router.metrics.registry),
                                            [(b"content-type", CONTENT_TYPE_LATEST.encode())])

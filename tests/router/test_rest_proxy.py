@@ -233,3 +233,11 @@ def test_router_health_and_metrics(router):
     assert 'turnout_router_requests_total{code="200",protocol="rest",service="m"' in text
     assert router.sample("turnout_router_requests_total", service="", variant="",
                          protocol="rest", code="404") >= 1
+
+
+def test_kserve_v1_list_and_liveness_answer_like_a_model_server(router):
+    listed = httpx.get(f"{router.url}/v1/models")
+    # the services the router serves, sorted, as a KServe V1 server lists its models
+    assert (listed.status_code, listed.json()) == (200, {"models": ["failing", "iris", "m"]})
+    alive = httpx.get(f"{router.url}/")
+    assert (alive.status_code, alive.json()) == (200, {"status": "alive"})
