@@ -85,7 +85,8 @@ class StateFile:
         except ValueError as exc:
             raise self._bad(f"not JSON ({exc})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("format"), int):
-            raise self._bad("not a Turnout state file (no format number)")
+            raise self._bad("no format number: not a Turnout state file, or one written by a "
+                            "Turnout before 0.1 that never read it back")
         if doc["format"] > FORMAT:
             raise StateFileError(f"{self.path}: written by a newer Turnout (format "
                                  f"{doc['format']}, this one reads {FORMAT}); upgrade, or move "
