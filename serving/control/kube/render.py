@@ -1,0 +1,347 @@
+"""What the controller writes, as plain dicts: pure functions of the plan, no client calls.
+
+Per revision (a :class:`~serving.control.policy.plan.Workload`): a Deployment running
+``turnout serve`` and a Service in front of it, plus an autoscaler when the replicas may vary
+(an HPA for ``scaleMetric`` cpu/memory, a KEDA ScaledObject on the router's metrics for
+concurrency/rps and for scale-to-zero). Per namespace: the router (Deployment, Service) and the
+ConfigMap holding its routes (:attr:`~serving.control.policy.plan.Desired.routes`, whose
+endpoints are the revisions' Service DNS names). Everything carries owner references to the
+InferenceService(s) it serves, so deleting them lets the garbage collector remove the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from serving.control.policy.autoscale import knative_settings
+from serving.control.policy.plan import Desired, Workload
+from serving.control.policy.routes import Endpoints
+from serving.spec.inferenceservice import InferenceService
+from serving.spec.routes import RouterConfig
+
+GROUP = "serving.turnout.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+HTTP_PORT = 8080
+GRPC_PORT = 8081
+ROUTER_ADMIN_PORT = 8090
+ROUTES_FILE = "routes.yaml"
+ROUTES_DIR = "/etc/turnout"
+MANAGED_BY = "turnout-controller"
+HELD_METRIC = "turnout_router_held_requests"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a cluster decides rather than a manifest."""
+
+    namespace: str
+    image: str = "turnout:latest"
+    image_pull_policy: str | None = None
+    drain_seconds: int = 30
+    grace_margin_seconds: int = 10        # terminationGracePeriodSeconds = drain + this
+    hpa_api_version: str = "autoscaling/v2"  # autoscaling/v2beta2 on servers before 1.23
+    prometheus_url: str = "http://prometheus.monitoring.svc:9090"  # what KEDA queries
+    keda_polling_seconds: int = 15
+    router_name: str = "turnout-router"
+    router_replicas: int = 1
+    rate_window: str = "1m"               # PromQL rate() window for KEDA's queries
+
+
+@dataclass(frozen=True)
+class Owner:
+    """An InferenceService (or graph) the objects belong to."""
+
+    name: str
+    uid: str
+    kind: str = "InferenceService"
+    api_version: str = API_VERSION
+
+    def reference(self, *, controller: bool) -> dict[str, Any]:
+        return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name,
+                "uid": self.uid, "controller": controller, "blockOwnerDeletion": True}
+
+
+# -- names ----------------------------------------------------------------------------------
+
+def predictor_name(revision: str) -> str:
+    return f"{revision}-predictor"
+
+
+def routes_name(settings: Settings) -> str:
+    return f"{settings.router_name}-routes"
+
+
+def endpoints(revision: str, settings: Settings) -> Endpoints:
+    """How the router reaches a revision: its Service's cluster DNS name."""
+    host = f"{predictor_name(revision)}.{settings.namespace}.svc"
+    return Endpoints(http=[f"http://{host}:{HTTP_PORT}"], grpc=[f"{host}:{GRPC_PORT}"])
+
+
+def predictor_labels(workload: Workload) -> dict[str, str]:
+    """Labels of a revision's objects (the role moves between revisions: not on pods)."""
+    return {**_pod_labels(workload), f"{GROUP}/role": workload.role}
+
+
+def _pod_labels(workload: Workload) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "turnout", "app.kubernetes.io/instance": workload.service,
+            "app.kubernetes.io/component": "predictor",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            f"{GROUP}/service": workload.service, f"{GROUP}/revision": workload.revision}
+
+
+def router_labels(settings: Settings) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "turnout", "app.kubernetes.io/instance": settings.router_name,
+            "app.kubernetes.io/component": "router", "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def _meta(name: str, settings: Settings, labels: Mapping[str, str],
+          owners: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": name, "namespace": settings.namespace, "labels": dict(labels),
+            "ownerReferences": list(owners)}
+
+
+def _ports() -> list[dict[str, Any]]:
+    return [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]
+
+
+def _container_ports() -> list[dict[str, Any]]:
+    return [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+
+
+# -- a revision -----------------------------------------------------------------------------
+
+def serve_args(workload: Workload, settings: Settings) -> list[str]:
+    args = ["serve", workload.storage_uri, "--name", workload.model_name,
+            "--runtime", workload.runtime, "--host", "0.0.0.0",
+            "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
+            "--drain-seconds", str(settings.drain_seconds)]
+    if workload.max_batch_size is not None:
+        args += ["--max-batch-size", str(workload.max_batch_size)]
+        if workload.max_batch_latency_ms is not None:
+            args += ["--max-batch-latency-ms", str(workload.max_batch_latency_ms)]
+    return args
+
+
+# Pod fields of KServe's predictor that a Deployment takes as they are.
+_POD_FIELDS = ("serviceAccountName", "nodeSelector", "tolerations", "affinity",
+               "imagePullSecrets", "priorityClassName")
+
+
+def predictor_deployment(workload: Workload, isvc: InferenceService, owner: Owner,
+                         settings: Settings) -> dict[str, Any]:
+    name = predictor_name(workload.revision)
+    model = isvc.spec.predictor.resolved()
+    container: dict[str, Any] = {
+        "name": "kserve-container", "image": settings.image,
+        "command": ["turnout"], "args": serve_args(workload, settings),
+        "ports": _container_ports(),
+        "readinessProbe": {"httpGet": {"path": f"/v2/models/{workload.model_name}/ready",
+                                       "port": "http"},
+                           "periodSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 3},
+    }
+    if settings.image_pull_policy:
+        container["imagePullPolicy"] = settings.image_pull_policy
+    if model.resources:
+        container["resources"] = model.resources
+    if model.env:
+        container["env"] = model.env
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "terminationGracePeriodSeconds": settings.drain_seconds + settings.grace_margin_seconds}
+    predictor = isvc.spec.predictor
+    for field in _POD_FIELDS:
+        value = getattr(predictor, field)
+        if value is not None:
+            pod[field] = value
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(name, settings, predictor_labels(workload),
+                          [owner.reference(controller=True)]),
+        "spec": {"replicas": workload.replicas,
+                 "selector": {"matchLabels": {f"{GROUP}/revision": workload.revision}},
+                 "template": {"metadata": {"labels": _pod_labels(workload)}, "spec": pod}},
+    }
+
+
+def predictor_service(workload: Workload, owner: Owner, settings: Settings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(predictor_name(workload.revision), settings, predictor_labels(workload),
+                          [owner.reference(controller=True)]),
+        "spec": {"type": "ClusterIP", "selector": {f"{GROUP}/revision": workload.revision},
+                 "ports": _ports()},
+    }
+
+
+def scale_metric(isvc: InferenceService) -> str:
+    """concurrency, rps, cpu or memory: the field, else Knative's annotation."""
+    metric = isvc.spec.predictor.scaleMetric
+    if metric is None:
+        try:
+            metric = str(knative_settings(isvc).get("metric") or "")
+        except ValueError:
+            metric = ""
+    return metric or "concurrency"
+
+
+def autoscaled(workload: Workload) -> bool:
+    """Whether an autoscaler owns the revision's replica count (the controller then leaves
+    the Deployment's ``replicas`` as the autoscaler set it)."""
+    policy = workload.policy
+    return policy.min_replicas != policy.max_replicas or policy.min_replicas == 0
+
+
+def autoscaler(workload: Workload, isvc: InferenceService, owner: Owner,
+               settings: Settings) -> dict[str, Any] | None:
+    """An HPA (cpu/memory, at least one replica) or a KEDA ScaledObject (concurrency, rps,
+    scale-to-zero); None for a fixed replica count."""
+    if not autoscaled(workload):
+        return None
+    policy = workload.policy
+    metric = scale_metric(isvc)
+    name = predictor_name(workload.revision)
+    meta = _meta(name, settings, predictor_labels(workload), [owner.reference(controller=True)])
+    target_ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    utilization = int(isvc.spec.predictor.scaleTarget or 80)
+    if metric in ("cpu", "memory") and policy.min_replicas >= 1:
+        return {"apiVersion": settings.hpa_api_version, "kind": "HorizontalPodAutoscaler",
+                "metadata": meta,
+                "spec": {"scaleTargetRef": target_ref, "minReplicas": policy.min_replicas,
+                         "maxReplicas": policy.max_replicas,
+                         "metrics": [{"type": "Resource", "resource": {
+                             "name": metric, "target": {"type": "Utilization",
+                                                        "averageUtilization": utilization}}}]}}
+    held = f'sum({HELD_METRIC}{{{_selector(workload)}}})'
+    if metric in ("cpu", "memory"):  # scale-to-zero: the resource, and held requests to wake up
+        triggers = [{"type": metric, "metricType": "Utilization",
+                     "metadata": {"value": str(utilization)}},
+                    _prometheus(settings, f"{held} or vector(0)", 1)]
+    else:
+        triggers = [_prometheus(settings, demand_query(workload, metric, settings),
+                                policy.target)]
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": meta,
+            "spec": {"scaleTargetRef": {"name": name},
+                     "minReplicaCount": policy.min_replicas,
+                     "maxReplicaCount": policy.max_replicas,
+                     "pollingInterval": settings.keda_polling_seconds,
+                     "cooldownPeriod": int(policy.scale_to_zero_grace),
+                     "triggers": triggers}}
+
+
+def _selector(workload: Workload) -> str:
+    return f'service="{workload.service}",variant="{workload.role}"'
+
+
+def demand_query(workload: Workload, metric: str, settings: Settings) -> str:
+    """The variant's load in the router's metrics: requests held for a replica, plus requests
+    in flight (concurrency: by Little's law, the rate of the latency sum) or per second (rps)."""
+    sel, window = _selector(workload), settings.rate_window
+    if metric == "rps":
+        load = f"sum(rate(turnout_router_requests_total{{{sel}}}[{window}]))"
+    else:
+        load = f"sum(rate(turnout_router_request_duration_seconds_sum{{{sel}}}[{window}]))"
+    return f"({load} or vector(0)) + (sum({HELD_METRIC}{{{sel}}}) or vector(0))"
+
+
+def _prometheus(settings: Settings, query: str, threshold: float) -> dict[str, Any]:
+    return {"type": "prometheus", "metadata": {
+        "serverAddress": settings.prometheus_url, "query": query,
+        "threshold": _number(threshold), "activationThreshold": "0"}}
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def revision_objects(workload: Workload, isvc: InferenceService, owner: Owner,
+                     settings: Settings) -> list[dict[str, Any]]:
+    objects = [predictor_deployment(workload, isvc, owner, settings),
+               predictor_service(workload, owner, settings)]
+    scaler = autoscaler(workload, isvc, owner, settings)
+    return objects + ([scaler] if scaler is not None else [])
+
+
+# -- the namespace's router -----------------------------------------------------------------
+
+def routes_yaml(routes: RouterConfig) -> str:
+    return yaml.safe_dump(routes.model_dump(mode="json", by_alias=True, exclude_none=True),
+                          sort_keys=False)
+
+
+def router_configmap(routes: RouterConfig, owners: Sequence[Owner],
+                     settings: Settings) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(routes_name(settings), settings, router_labels(settings),
+                              _shared(owners)),
+            "data": {ROUTES_FILE: routes_yaml(routes)}}
+
+
+def router_deployment(owners: Sequence[Owner], settings: Settings) -> dict[str, Any]:
+    labels = router_labels(settings)
+    container: dict[str, Any] = {
+        "name": "router", "image": settings.image, "command": ["turnout"],
+        "args": ["router", "--config", f"{ROUTES_DIR}/{ROUTES_FILE}", "--host", "0.0.0.0",
+                 "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
+                 "--admin-host", "127.0.0.1", "--admin-port", str(ROUTER_ADMIN_PORT),
+                 "--drain-seconds", str(settings.drain_seconds)],
+        "ports": _container_ports(),
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "periodSeconds": 10},
+        "volumeMounts": [{"name": "routes", "mountPath": ROUTES_DIR, "readOnly": True}]}
+    if settings.image_pull_policy:
+        container["imagePullPolicy"] = settings.image_pull_policy
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": _meta(settings.router_name, settings, labels, _shared(owners)),
+            "spec": {"replicas": settings.router_replicas,
+                     "selector": {"matchLabels": {"app.kubernetes.io/instance": settings.router_name,
+                                                  "app.kubernetes.io/component": "router"}},
+                     "template": {"metadata": {"labels": labels}, "spec": {
+                         "containers": [container],
+                         "terminationGracePeriodSeconds":
+                             settings.drain_seconds + settings.grace_margin_seconds,
+                         "volumes": [{"name": "routes",
+                                      "configMap": {"name": routes_name(settings)}}]}}}}
+
+
+def router_service(owners: Sequence[Owner], settings: Settings) -> dict[str, Any]:
+    """The router's public ports; its admin API stays on the pod's loopback."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _meta(settings.router_name, settings, router_labels(settings),
+                              _shared(owners)),
+            "spec": {"type": "ClusterIP",
+                     "selector": {"app.kubernetes.io/instance": settings.router_name,
+                                  "app.kubernetes.io/component": "router"},
+                     "ports": _ports()}}
+
+
+def _shared(owners: Sequence[Owner]) -> list[dict[str, Any]]:
+    """Every owner, none the controller: the router goes with the namespace's last service."""
+    return [o.reference(controller=False) for o in sorted(owners, key=lambda o: o.name)]
+
+
+# -- everything -----------------------------------------------------------------------------
+
+def render(desired: Desired, services: Mapping[str, tuple[InferenceService, Owner]],
+           settings: Settings) -> list[dict[str, Any]]:
+    """Every object the namespace should hold for ``desired``: per revision, then the router.
+    ``services``: each InferenceService by name, with its owner reference."""
+    objects: list[dict[str, Any]] = []
+    for workload in desired.workloads.values():
+        isvc, owner = services[workload.service]
+        objects += revision_objects(workload, isvc, owner, settings)
+    owners = [owner for _, owner in services.values()]
+    if owners:
+        objects += [router_configmap(desired.routes, owners, settings),
+                    router_deployment(owners, settings), router_service(owners, settings)]
+    return objects
