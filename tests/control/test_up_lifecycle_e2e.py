@@ -206,3 +206,40 @@ def test_models_from_http_and_s3_storage_uris(models: Path, tmp_path: Path, up: 
     assert plane.variant("stable", "web")["storageUri"] == http_uri
     assert _Counting.gets["/iris/model.joblib"] == 1
     assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_a_killed_plane_takes_its_processes_along_and_the_next_up_starts_clean(
+        models: Path, tmp_path: Path, up: list[Up]) -> None:
+    import os
+    import signal
+
+    plane = Up(tmp_path, isvc("iris", f"file://{models}/v1"))
+    plane.wait(lambda: plane.infer() == 200, what="serving")
+    children = [p for group in json.loads((tmp_path / ".turnout" / "replicas.json").read_text())
+                .values() for p in group]
+    assert len(children) == 2  # one replica and the router
+    os.kill(plane.proc.pid, signal.SIGKILL)
+    plane.proc.wait(10)
+    plane.log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in children):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in children)  # the kernel told them their parent died
+
+    again = Up(tmp_path, isvc("iris", f"file://{models}/v1"))  # new ports, same state folder
+    up.append(again)
+    again.wait(lambda: again.infer() == 200, what="serving again")
+    assert again.status()["stable"] == "iris-00001"
+    assert "did not stop cleanly" in (tmp_path / "up.log").read_text()
+
+
+def test_a_second_plane_on_a_running_state_folder_is_refused(models: Path, tmp_path: Path,
+                                                            up: list[Up]) -> None:
+    plane = Up(tmp_path, isvc("iris", f"file://{models}/v1"))
+    up.append(plane)
+    plane.wait(lambda: plane.infer() == 200, what="serving")
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "up", "-f", "manifest.yaml",
+                           "--http-port", str(free_port()), "--grpc-port", str(free_port())],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "already running" in done.stderr
+    assert plane.infer() == 200

@@ -103,8 +103,11 @@ class Plane:
                       for n, s in self.states.items()},
             graphs=dict(self.graphs)))
         # Process ids per revision, for operators (and tests) who need to find a replica.
-        pids = json.dumps({revision: [r.process.pid for r in replicas if r.process is not None]
-                           for revision, replicas in self.supervisor.replicas.items()})
+        processes = {revision: [r.process.pid for r in replicas if r.process is not None]
+                     for revision, replicas in self.supervisor.replicas.items()}
+        if self.router.process is not None:  # so a later `up` can stop it if this plane dies
+            processes["router"] = [self.router.process.pid]
+        pids = json.dumps(processes)
         if pids != self._pids:
             (self.state_dir / "replicas.json").write_text(pids)
             self._pids = pids

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
+from serving.control.local.processes import die_with_parent
 from serving.control.local.supervisor import free_port
 
 log = logging.getLogger("turnout.control")
@@ -51,7 +52,7 @@ class RouterProcess:
             "--grpc-port", str(self.grpc_port), "--admin-port", str(self.admin_port),
             "--drain-seconds", str(self.drain_seconds),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent)
         out.close()
         deadline = time.monotonic() + timeout
         while await self.get("/config") is None:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from serving.control.local.admin import PlaneAdmin
 from serving.control.local.metrics import PlaneMetrics
 from serving.control.local.plane import Plane
+from serving.control.local.processes import ours, stop_leftovers
 from serving.control.local.routerproc import RouterProcess
 from serving.control.local.statefile import StateFileError
 from serving.control.local.supervisor import free_port
@@ -46,21 +47,34 @@ def up(args: argparse.Namespace) -> int:
     for line in manifests.warnings + validate.warnings(manifests.services):
         print(f"warning: {line}", file=sys.stderr)
     state_dir = args.state_dir.resolve()
-    info = state_dir / "plane.json"
-    if info.exists() and _alive(json.loads(info.read_text()).get("pid", 0)):
+    configure_logging(args.log_level, "text")
+    if not _clear_stale(state_dir):
         print(f"turnout up: a plane is already running from {state_dir} (turnout down first)",
               file=sys.stderr)
         return 2
-    configure_logging(args.log_level, "text")
     return asyncio.run(_main(args, manifests, state_dir))
 
 
-def _alive(pid: int) -> bool:
+def _clear_stale(state_dir: Path) -> bool:
+    """False if a plane runs from ``state_dir``; else stop what a plane that died there left
+    running (its router and replicas, by the ids it recorded) and return True."""
+    info = state_dir / "plane.json"
     try:
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+        pid = int(json.loads(info.read_text()).get("pid", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return True
+    if pid != os.getpid() and ours(pid):
         return False
-    return pid > 0
+    try:
+        recorded = json.loads((state_dir / "replicas.json").read_text())
+        pids = [int(p) for group in recorded.values() for p in group]
+    except (OSError, ValueError, TypeError, AttributeError):
+        pids = []
+    stopped = stop_leftovers(pids)
+    log.warning("the plane in %s did not stop cleanly (pid %d)%s", state_dir, pid,
+                f"; stopped {len(stopped)} of its processes" if stopped else "")
+    info.unlink(missing_ok=True)
+    return True
 
 
 async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path) -> int:

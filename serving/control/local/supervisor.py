@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,15 +23,15 @@ from typing import Literal
 
 import aiohttp
 
+from serving.control.local.processes import die_with_parent, free_ports
+
 log = logging.getLogger("turnout.control")
 
 ReplicaState = Literal["starting", "ready", "backoff", "stopping"]
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ class Supervisor:
         return extra
 
     async def _start(self, replica: Replica) -> None:
-        replica.http_port, replica.grpc_port = free_port(), free_port()
+        replica.http_port, replica.grpc_port = free_ports(2)
         with replica.log_path.open("ab") as out:
             out.write(f"--- start {time.strftime('%H:%M:%S')} http {replica.http_port} grpc "
                       f"{replica.grpc_port}\n".encode())
@@ -133,7 +132,8 @@ class Supervisor:
                 "--grpc-port", str(replica.grpc_port), "--drain-seconds", str(self.drain_seconds),
                 *replica.spec.serve_flags(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)  # Ctrl-C reaches the plane, which drains in order
+                start_new_session=True,  # Ctrl-C reaches the plane, which drains in order
+                preexec_fn=die_with_parent)  # and a killed plane takes its replicas along
         replica.state, replica.started_at = "starting", time.monotonic()
 
     async def tick(self) -> bool:
