@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# Turnout router: the gateway in front of model servers (no framework installed).
+# Build from the repository root (the context needs constraints.txt, pyproject.toml and the code):
+#   docker build -f docker/router.Dockerfile -t turnout/router:0.1.0 .
+# See docs/kubernetes.md, "Helm chart and images".
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY constraints.txt pyproject.toml README.md ./
+COPY serving/ serving/
+COPY router/ router/
+COPY runtimes/ runtimes/
+# Versions pinned by the project's constraints.txt (what the test suite last passed with).
+RUN python -m venv /opt/turnout \
+    && /opt/turnout/bin/pip install --no-cache-dir -c constraints.txt "."
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 10001 turnout \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin turnout
+COPY --from=build /opt/turnout /opt/turnout
+ENV PATH=/opt/turnout/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TURNOUT_ROUTER_HOST=0.0.0.0
+USER 10001:10001
+WORKDIR /home/turnout
+EXPOSE 8080 8081
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=4)"]
+ENTRYPOINT ["turnout"]
+# The admin API stays on the container's loopback (TURNOUT_ROUTER_ADMIN_HOST defaults to 127.0.0.1).
+CMD ["router", "--config", "/etc/turnout/routes.yaml"]

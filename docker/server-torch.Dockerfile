@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# Turnout model server for PyTorch models (CPU build of torch).
+# Build from the repository root (the context needs constraints.txt, pyproject.toml and the code):
+#   docker build -f docker/server-torch.Dockerfile -t turnout/server-torch:0.1.0 .
+# See docs/kubernetes.md, "Helm chart and images".
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+# CPU-only PyTorch from the PyTorch index, installed before Turnout so pip keeps it (the torch
+# extra's upper bound is this version; PyPI's build would pull the multi-GB CUDA libraries).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY constraints.txt pyproject.toml README.md ./
+COPY serving/ serving/
+COPY router/ router/
+COPY runtimes/ runtimes/
+# Versions pinned by the project's constraints.txt (what the test suite last passed with).
+RUN python -m venv /opt/turnout \
+    && /opt/turnout/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
+    && /opt/turnout/bin/pip install --no-cache-dir -c constraints.txt ".[torch,s3,gcs]"
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 10001 turnout \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin turnout
+COPY --from=build /opt/turnout /opt/turnout
+ENV PATH=/opt/turnout/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TURNOUT_HOST=0.0.0.0
+USER 10001:10001
+WORKDIR /home/turnout
+EXPOSE 8080 8081
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=4)"]
+ENTRYPOINT ["turnout"]
+# docker run -p 8080:8080 -p 8081:8081 -v $PWD/models:/models:ro IMAGE  (or: serve s3://bucket/model ...)
+CMD ["serve", "/models"]
