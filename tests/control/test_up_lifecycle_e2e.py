@@ -243,3 +243,21 @@ def test_a_second_plane_on_a_running_state_folder_is_refused(models: Path, tmp_p
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "already running" in done.stderr
     assert plane.infer() == 200
+
+
+def test_the_admin_api_needs_the_planes_token(models: Path, tmp_path: Path, up: list[Up]) -> None:
+    plane = Up(tmp_path, isvc("iris", f"file://{models}/v1"))
+    up.append(plane)
+    plane.wait(lambda: plane.infer() == 200, what="serving")
+    admin = json.loads((tmp_path / ".turnout" / "plane.json").read_text())["admin"]
+    secret_file = tmp_path / ".turnout" / "admin-token"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    secret = secret_file.read_text()
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": secret}):
+        refused = httpx.post(f"{admin}/shutdown", headers=headers)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert "admin-token" in refused.json()["error"]
+    ok = httpx.get(f"{admin}/status", headers={"authorization": f"Bearer {secret}"})
+    assert ok.status_code == 200 and ok.json()["services"][0]["name"] == "iris"
+    assert httpx.get(f"{admin}/metrics").status_code == 200  # Prometheus needs no token
+    assert plane.infer() == 200  # nothing above stopped it

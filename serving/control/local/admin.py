@@ -9,8 +9,10 @@
 | POST | /services/{name}/promote, /services/{name}/rollback | end a canary |
 | POST | /shutdown | drain and stop everything (what ``turnout down`` calls) |
 
-Where it listens is written to ``.turnout/plane.json``. Loopback only: whoever reaches it can
-replace every model being served.
+Where it listens is written to ``.turnout/plane.json``. Loopback only, and every call but
+``GET /metrics`` needs ``Authorization: Bearer <token>`` with the token the plane wrote to
+``.turnout/admin-token`` (0600) at start (:mod:`serving.control.local.token`): whoever reaches
+it could replace every model being served.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
+from serving.control.local import token
 from serving.control.local.plane import Plane
 from serving.control.local.status import status
 from serving.control.policy import validate
@@ -36,17 +39,23 @@ _ACTION = re.compile(r"^/services/([^/]+)/(promote|rollback)$")
 
 
 class PlaneAdmin:
-    def __init__(self, plane: Plane, stop: asyncio.Event) -> None:
+    def __init__(self, plane: Plane, stop: asyncio.Event, *, token: str) -> None:
         self.plane = plane
         self.stop = stop
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
-        if method == "GET" and path == "/metrics":
+        if method == "GET" and path == "/metrics":  # for Prometheus: read-only, no token
             body = generate_latest(self.plane.metrics.registry)
             return await _send(send, 200, body, CONTENT_TYPE_LATEST)
+        authorization = dict(scope["headers"]).get(b"authorization")
+        if not token.matches(authorization, self.token):
+            return await _send(send, 401, orjson.dumps({"error": "the plane's admin API needs "
+                                                        "the token in <state-dir>/admin-token"}),
+                               "application/json", [(b"www-authenticate", b"Bearer")])
         code, doc = 404, {"error": f"Not Found: {method} {path}"}
         try:
             if method == "GET" and path == "/status":
@@ -92,10 +101,11 @@ class PlaneAdmin:
         return 200, {"events": await self.plane.delete(services, graphs)}
 
 
-async def _send(send: Send, code: int, body: bytes, content_type: str) -> None:
+async def _send(send: Send, code: int, body: bytes, content_type: str,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": code,
                 "headers": [(b"content-type", content_type.encode()),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from serving.control.local import token
+
 COMMANDS = ("up", "apply", "delete", "status", "down", "rollout")
 
 
@@ -127,9 +129,15 @@ def _call(state_dir: Path, method: str, path: str, body: Any = None) -> dict[str
     except (OSError, ValueError):
         raise PlaneError(f"no running plane found in {state_dir} (start one with turnout up)") \
             from None
+    try:
+        secret = token.read(state_dir)
+    except OSError as exc:
+        raise PlaneError(f"cannot read the plane's admin token in {state_dir}: {exc.strerror} "
+                         "(run this as the user who started turnout up)") from None
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(info["admin"] + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              "authorization": f"Bearer {secret}"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]

@@ -24,6 +24,7 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from serving.control.local import token
 from serving.control.local.admin import PlaneAdmin
 from serving.control.local.metrics import PlaneMetrics
 from serving.control.local.plane import Plane
@@ -99,7 +100,8 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     admin_port = free_port()
-    admin = uvicorn.Server(uvicorn.Config(PlaneAdmin(plane, stop), host="127.0.0.1",
+    admin = uvicorn.Server(uvicorn.Config(PlaneAdmin(plane, stop, token=token.issue(state_dir)),
+                                          host="127.0.0.1",
                                           port=admin_port, log_config=None, access_log=False,
                                           lifespan="off"))
     admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
