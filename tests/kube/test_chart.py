@@ -463,3 +463,24 @@ def test_dockerfile_passes_hadolint_and_the_projects_rules(dockerfile: Path) -> 
         torch_at = text.index("torch==${TORCH_VERSION}")
         assert torch_at < text.index("-c constraints.txt")
         assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+
+
+# -- CRDs (charts/turnout/crds/, generated from serving/spec; Helm installs them first) --------
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_crds_are_valid_and_match_the_rbac(version: str) -> None:
+    docs = template(extra=("--include-crds",))
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert sorted(d["metadata"]["name"] for d in crds) == [
+        "inferencegraphs.serving.turnout.dev", "inferenceservices.serving.turnout.dev"], \
+        "charts/turnout/crds/ must hold both CRDs"
+    for crd in crds:
+        kubernetes_validate.validate(crd, version, strict=True)
+        assert crd["spec"]["scope"] == "Namespaced"
+        served = [v for v in crd["spec"]["versions"] if v["served"]]
+        assert [v["name"] for v in served] == ["v1alpha1"]
+        # The controller's RBAC grants /status: the CRD must have the subresource.
+        assert "status" in served[0].get("subresources", {})
+    plurals = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in crds}
+    granted = {(g, r) for g, r, *_ in NAMESPACED if g == "serving.turnout.dev" and "/" not in r}
+    assert plurals == granted
