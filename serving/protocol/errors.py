@@ -34,10 +34,21 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
 }
 
 
+# Longest message a client is sent: messages echo client-supplied names, and a 100 kB model
+# name would otherwise travel back whole (over gRPC, in a header, breaking the stream).
+MAX_MESSAGE_CHARS = 1024
+
+
 class TurnoutError(Exception):
-    """Base of every error a client may see; ``str(err)`` is the message sent to the client."""
+    """Base of every error a client may see; ``str(err)`` is the message sent to the client,
+    cut to :data:`MAX_MESSAGE_CHARS`."""
 
     kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... (cut from {len(message)} characters)"
+        super().__init__(message, *args)
 
     @property
     def http_status(self) -> int:
