@@ -21,6 +21,7 @@ from typing import Any, Literal
 from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotFound
 from serving.protocol.types import RepositoryEntry
 from serving.runtime.base import Runtime, available_runtimes, detect_runtime, resolve_runtime
+from serving.runtime.cache import default_cache_dir
 from serving.runtime.settings import SETTINGS_FILE, build_settings, read_settings_file
 from serving.server.batching import AdaptiveBatcher
 from serving.server.execution import resolve_execution
@@ -261,7 +262,7 @@ class ModelRepository:
             runtime, seconds = await asyncio.to_thread(_load_version, source, version, folder,
                                                         self._default_batching, self._runtime)
         except ModelLoadError as exc:
-            mv.state, mv.reason = "UNAVAILABLE", str(exc)
+            mv.state, mv.reason = "UNAVAILABLE", self._public(str(exc))
             log.error("model %s version %s failed to load: %s", source.name, version, exc)
         else:
             mv.state, mv.runtime, mv.platform = "READY", runtime, runtime.platform
@@ -270,6 +271,19 @@ class ModelRepository:
                      runtime.name, seconds)
         self._set_ready_gauge(mv, mv.state == "READY")
         return mv
+
+    def _public(self, reason: str) -> str:
+        """A load failure's reason as clients see it: paths relative to the repository and
+        the model cache, never this machine's absolute paths (the log keeps those)."""
+        roots = [(default_cache_dir(), "<model cache>")]
+        if self._path is not None:
+            root = self._path.resolve()
+            roots.append((root if root.is_dir() else root.parent, "."))
+        for path, shown in roots:
+            for text in {str(path), str(path.resolve())}:
+                reason = reason.replace(text + "/", "" if shown == "." else shown + "/")
+                reason = reason.replace(text, shown)
+        return reason
 
     def _set_ready_gauge(self, mv: ModelVersion, ready: bool) -> None:
         self._metrics.model_ready.labels(mv.name, mv.version).set(1 if ready else 0)

@@ -84,8 +84,13 @@ def test_failed_model_reports_its_reason(server):
     meta = httpx.get(f"{server.url}/v2/models/broken").json()
     assert meta["state"] == "UNAVAILABLE"
     assert "model.joblib" in meta["reason"]
+    # the reason names the file relative to the repository; this machine's paths stay in the log
+    assert "/tmp" not in meta["reason"] and "broken/model.joblib" in meta["reason"], meta
+    index = httpx.post(f"{server.url}/v2/repository/index").json()
+    assert all("/tmp" not in e["reason"] for e in index), index
     assert httpx.get(f"{server.url}/v2/models/broken/ready").status_code == 503
     assert "model broken version 1 failed to load" in server.log()
+    assert "/tmp" in server.log()  # the full detail is logged
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
 
 
