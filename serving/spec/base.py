@@ -9,11 +9,22 @@ manifest written for a cluster still loads while a typo such as ``minReplica`` i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# The apiVersions of the two groups a manifest may use: KServe's, and Turnout's own (the
+# custom resources of serving/spec/crd.py, where ``spec.turnout`` is a first-class field).
+KSERVE_GROUP = "serving.kserve.io"
+TURNOUT_GROUP = "serving.turnout.dev"
+TURNOUT_VERSION = "v1alpha1"
+TURNOUT_API_VERSION = f"{TURNOUT_GROUP}/{TURNOUT_VERSION}"
+
+DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$"
+_DURATION = re.compile(DURATION_PATTERN)
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -42,7 +53,30 @@ def _seconds(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds)]
+class _DurationSchema:
+    """JSON schema of a duration: the number of seconds, or a string such as ``30s``."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"anyOf": [handler(core_schema), {"type": "string", "pattern": DURATION_PATTERN}]}
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), _DurationSchema]
+
+
+def exactly_one(*names: str) -> dict[str, Any]:
+    """JSON schema (a model's ``json_schema_extra``) saying exactly one of ``names`` is given:
+    the same rule the model's validator enforces, written where a CRD can carry it."""
+    return {"oneOf": [{"required": [name]} for name in names]}
+
+
+def requires(*names: str) -> Callable[[dict[str, Any]], None]:
+    """A ``json_schema_extra`` adding ``names`` to the schema's required fields: fields that are
+    optional on the model itself but that an enclosing model's validator requires."""
+    def extra(schema: dict[str, Any]) -> None:
+        schema["required"] = [*schema.get("required", []), *names]
+    return extra
 
 
 def unknown_fields(model: BaseModel, path: str = "") -> list[str]:

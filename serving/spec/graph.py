@@ -2,20 +2,23 @@
 
 The router runs graphs itself; these models only check the manifest's shape. Deeper checks
 (conditions, cycles, names of services) happen when the control plane builds the router's
-config, which validates graphs with the router's own rules.
+config, which validates graphs with the router's own rules. Turnout's own group,
+``serving.turnout.dev/v1alpha1``, uses the same models.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from serving.spec.base import SpecModel
+from serving.spec.base import SpecModel, exactly_one
 from serving.spec.inferenceservice import ObjectMeta
 
 
 class InferenceStep(SpecModel):
+    model_config = ConfigDict(json_schema_extra=exactly_one("nodeName", "serviceName"))  # _target
+
     stepName: str | None = None
     nodeName: str | None = None
     serviceName: str | None = None
@@ -40,7 +43,7 @@ class InferenceRouter(SpecModel):
 
 
 class InferenceGraphSpec(SpecModel):
-    nodes: dict[str, InferenceRouter]
+    nodes: dict[str, InferenceRouter] = Field(json_schema_extra={"required": ["root"]})  # _root
     timeout: int | None = Field(None, ge=1, description="seconds for the whole graph")
     minReplicas: int | None = None
     maxReplicas: int | None = None
@@ -57,7 +60,7 @@ class InferenceGraphSpec(SpecModel):
 
 
 class InferenceGraph(SpecModel):
-    apiVersion: Literal["serving.kserve.io/v1alpha1"]
+    apiVersion: Literal["serving.kserve.io/v1alpha1", "serving.turnout.dev/v1alpha1"]
     kind: Literal["InferenceGraph"]
     metadata: ObjectMeta
     spec: InferenceGraphSpec

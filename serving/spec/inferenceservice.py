@@ -5,15 +5,19 @@ Accepts KServe's YAML unchanged: the ``predictor.model`` form (``modelFormat``, 
 ``predictor.xgboost``...), with the component scaling and traffic fields. Kubernetes pod fields
 (``resources``, ``serviceAccountName``, ``nodeSelector``...) are accepted and ignored locally.
 Turnout's own additions sit in ``spec.turnout`` (see :mod:`serving.spec.turnout`).
+
+The same models read Turnout's own group, ``serving.turnout.dev/v1alpha1``, whose CRDs
+(:mod:`serving.spec.crd`) are generated from them; ``json_schema_extra`` carries the rules of the
+validators that a schema can state (exactly one model form, ``storageUri`` required).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from serving.spec.base import SpecModel
+from serving.spec.base import SpecModel, exactly_one, requires
 from serving.spec.turnout import TurnoutSpec
 
 DNS_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -65,6 +69,7 @@ class _Container(SpecModel):
 class ModelSpec(_Container):
     """``predictor.model``: the format decides the runtime unless ``runtime`` names one."""
 
+    model_config = ConfigDict(json_schema_extra=requires("storageUri"))  # the predictor's rule
     modelFormat: ModelFormat
     runtime: str | None = None
     storage: Any = None
@@ -72,6 +77,8 @@ class ModelSpec(_Container):
 
 class FrameworkSpec(_Container):
     """The older ``predictor.<framework>`` form."""
+
+    model_config = ConfigDict(json_schema_extra=requires("storageUri"))  # the predictor's rule
 
 
 class Batcher(SpecModel):
@@ -86,6 +93,8 @@ class Logger(SpecModel):
 
 
 class PredictorSpec(SpecModel):
+    model_config = ConfigDict(json_schema_extra=exactly_one("model", *FRAMEWORKS))  # _one_model
+
     model: ModelSpec | None = None
     sklearn: FrameworkSpec | None = None
     xgboost: FrameworkSpec | None = None
@@ -155,7 +164,7 @@ class InferenceServiceSpec(SpecModel):
 
 
 class InferenceService(SpecModel):
-    apiVersion: Literal["serving.kserve.io/v1beta1"]
+    apiVersion: Literal["serving.kserve.io/v1beta1", "serving.turnout.dev/v1alpha1"]
     kind: Literal["InferenceService"]
     metadata: ObjectMeta
     spec: InferenceServiceSpec

@@ -4,6 +4,9 @@ Every problem in every document is collected before anything is returned, so a c
 acts on part of a set of manifests (``turnout up`` starts nothing when one document is bad).
 Documents keep their order: an InferenceService named twice is applied twice, in order, as
 ``kubectl apply`` would (the first creates a revision, the second updates it).
+
+Both API groups load into the same models: KServe's (``serving.kserve.io``) and Turnout's own
+(``serving.turnout.dev/v1alpha1``, the custom resources of :mod:`serving.spec.crd`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from serving.spec.base import unknown_fields
+from serving.spec.base import TURNOUT_API_VERSION, unknown_fields
 from serving.spec.graph import InferenceGraph
 from serving.spec.inferenceservice import InferenceService
 
@@ -23,6 +26,8 @@ ANNOTATION = "serving.turnout.dev/spec"
 _KINDS: dict[tuple[str, str], type[InferenceService] | type[InferenceGraph]] = {
     ("serving.kserve.io/v1beta1", "InferenceService"): InferenceService,
     ("serving.kserve.io/v1alpha1", "InferenceGraph"): InferenceGraph,
+    (TURNOUT_API_VERSION, "InferenceService"): InferenceService,
+    (TURNOUT_API_VERSION, "InferenceGraph"): InferenceGraph,
 }
 
 
@@ -71,7 +76,7 @@ def load_texts(texts: list[tuple[Path, str]]) -> Manifests:
                 continue
             where = f"{path}[{index}]"
             try:
-                _add(out, _parse(doc, where), where, path)
+                _add(out, parse_document(doc, where), where, path)
             except ManifestError as exc:
                 errors.append(str(exc))
     graphs = [g.name for g in out.graphs]
@@ -83,14 +88,17 @@ def load_texts(texts: list[tuple[Path, str]]) -> Manifests:
     return out
 
 
-def _parse(doc: Any, where: str) -> InferenceService | InferenceGraph:
+def parse_document(doc: Any, where: str) -> InferenceService | InferenceGraph:
+    """One parsed YAML document as its model; :class:`ManifestError` naming ``where`` and each
+    field otherwise."""
     if not isinstance(doc, dict):
         raise ManifestError(f"{where}: a manifest must be a mapping")
     kind = _KINDS.get((doc.get("apiVersion"), doc.get("kind")))  # type: ignore[arg-type]
     if kind is None:
         raise ManifestError(f"{where}: apiVersion/kind {doc.get('apiVersion')}/{doc.get('kind')} "
                             "is not supported (serving.kserve.io/v1beta1 InferenceService, "
-                            "serving.kserve.io/v1alpha1 InferenceGraph)")
+                            f"serving.kserve.io/v1alpha1 InferenceGraph, {TURNOUT_API_VERSION} "
+                            "InferenceService and InferenceGraph)")
     doc = _with_annotation_block(doc, where)
     name = (doc.get("metadata") or {}).get("name", "?")
     try:

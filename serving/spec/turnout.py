@@ -1,9 +1,12 @@
 """Turnout's additions to an InferenceService, under ``spec.turnout``.
 
 KServe has no field for header rules, stickiness, mirrors, progressive rollout or the
-autoscaler's windows, so they live in one clearly named block. On a cluster (where the
-InferenceService CRD would prune an unknown ``spec.turnout``) the same block can be written as
-YAML in the annotation ``serving.turnout.dev/spec``; :func:`serving.spec.load` accepts either.
+autoscaler's windows, so they live in one clearly named block. In Turnout's own API group
+(``serving.turnout.dev/v1alpha1``, whose CRDs are generated from these models) ``spec.turnout`` is
+a first-class field. Under KServe's group on a cluster (where KServe's CRD would prune an unknown
+``spec.turnout``) the same block can be written as YAML in the annotation
+``serving.turnout.dev/spec``; :func:`serving.spec.load` accepts either, and ``turnout convert``
+moves the annotation into ``spec.turnout``.
 
 Variant names in rules and mirrors are the roles ``stable`` and ``canary``: which revision plays
 each role changes as rollouts proceed, the rules do not have to.
@@ -13,15 +16,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from serving.spec.base import Seconds, SpecModel
+from serving.spec.base import Seconds, SpecModel, exactly_one
 
 Role = Literal["stable", "canary"]
 
 
 class TrafficRule(SpecModel):
     """Requests whose headers/cookies all match go to ``variant``, before weights."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [  # _not_empty
+        {"required": [key], "properties": {key: {"minProperties": 1}}}
+        for key in ("header", "cookie")]})
 
     header: dict[str, str] = Field(default_factory=dict)
     cookie: dict[str, str] = Field(default_factory=dict)
@@ -35,6 +42,8 @@ class TrafficRule(SpecModel):
 
 
 class Sticky(SpecModel):
+    model_config = ConfigDict(json_schema_extra=exactly_one("header", "cookie"))  # _one
+
     header: str | None = None
     cookie: str | None = None
 
@@ -77,7 +86,9 @@ class Analysis(SpecModel):
 class Rollout(SpecModel):
     """Progressive rollout: the canary's share walks ``steps`` while the analysis passes."""
 
-    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1)
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1,
+                             json_schema_extra={"items": {"type": "integer", "minimum": 1,
+                                                          "maximum": 100}})  # _steps, in part
     interval: Seconds = Field(30.0, gt=0)
     analysis: Analysis = Analysis()
 
