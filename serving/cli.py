@@ -94,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     from serving.control.local.cli import add_parsers, dispatch
 
     add_parsers(sub)
+    from serving.control.kube import cli as kube
+
+    kube.add_parsers(sub)
     args = parser.parse_args(argv)
     if (code := dispatch(args)) is not None:
+        return code
+    if (code := kube.dispatch(args)) is not None:
         return code
     if args.command == "serve":
         return _serve(args)
