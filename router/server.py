@@ -30,7 +30,7 @@ from router.reload import FileSource
 from router.rest import RestEdge, rest_protocol
 from router.settings import RouterSettings
 from serving.spec.routes import RouterConfig
-from serving.transport.coalesce import CoalescingHttpToolsProtocol
+from serving.transport.bounded import BoundedHttpToolsProtocol
 
 log = logging.getLogger("turnout.router")
 
@@ -44,7 +44,7 @@ class _UvicornServer(uvicorn.Server):
 
 
 def _http_server(app: object, host: str, port: int, drain: float,
-                 protocol: type[asyncio.Protocol] | str = CoalescingHttpToolsProtocol
+                 protocol: type[asyncio.Protocol] | str = BoundedHttpToolsProtocol
                  ) -> _UvicornServer:
     return _UvicornServer(uvicorn.Config(
         app, host=host, port=port, loop="none", http=protocol,

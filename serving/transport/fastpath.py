@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Protocol, cast
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serving.transport.coalesce import CoalescingHttpToolsProtocol
+from serving.transport.bounded import BoundedHttpToolsProtocol
 
 # An answer before framing: status, body, headers (content-length is added when framing).
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -109,7 +109,7 @@ class _Busy:
         self.message_event = asyncio.Event()  # uvicorn sets it on disconnect
 
 
-class FastPathProtocol(CoalescingHttpToolsProtocol):
+class FastPathProtocol(BoundedHttpToolsProtocol):
     handler: ClassVar[FastHandler]
     # The claimed request whose body is being read: (route, now, headers, keep-alive).
     _claimed: tuple[Any, bool, Headers, bool] | None = None
@@ -124,6 +124,7 @@ class FastPathProtocol(CoalescingHttpToolsProtocol):
         if claimed is None:
             super().on_headers_complete()
             return
+        self.head_complete()
         self._claimed = claimed
         self._body = []
 
@@ -138,6 +139,7 @@ class FastPathProtocol(CoalescingHttpToolsProtocol):
         if claimed is None:
             super().on_message_complete()
             return
+        self.message_complete()
         self._claimed = None
         chunks = self._body
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)

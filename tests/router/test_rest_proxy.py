@@ -241,3 +241,22 @@ def test_kserve_v1_list_and_liveness_answer_like_a_model_server(router):
     assert (listed.status_code, listed.json()) == (200, {"models": ["failing", "iris", "m"]})
     alive = httpx.get(f"{router.url}/")
     assert (alive.status_code, alive.json()) == (200, {"status": "alive"})
+
+
+def test_the_router_bounds_the_request_head_and_answers_malformed_requests_in_json(router):
+    import socket
+
+    host, port = router.url.removeprefix("http://").split(":")
+    for payload, status in ((b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nX-Big: "
+                             + b"a" * (4 << 20) + b"\r\n\r\n", b"431"),
+                            (b"NOT HTTP\x00\r\n\r\n", b"400")):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            try:
+                sock.sendall(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # answered and closed before taking it all
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.split(b" ")[1] == status, answer[:200]
+        assert b"content-type: application/json" in answer and b'{"error":' in answer
