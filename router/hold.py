@@ -51,7 +51,7 @@ class NoEndpointReady(UpstreamUnavailable):
     """A held request past a bound (503 with ``Retry-After`` / UNAVAILABLE): clients retry it,
     where they would not retry "not found" or "not ready"."""
 
-    retry_after = RETRY_AFTER_SECONDS
+    retry_after: int | None = RETRY_AFTER_SECONDS
 
 
 class ClientGone(NoEndpointReady):

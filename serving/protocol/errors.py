@@ -44,6 +44,8 @@ class TurnoutError(Exception):
     cut to :data:`MAX_MESSAGE_CHARS`."""
 
     kind: ErrorKind = ErrorKind.INTERNAL
+    # Seconds a client should wait before retrying (REST ``Retry-After``); None: no header.
+    retry_after: int | None = None
 
     def __init__(self, message: str = "", *args: object) -> None:
         if len(message) > MAX_MESSAGE_CHARS:
@@ -74,7 +76,10 @@ class ModelNotReady(TurnoutError):
 
 
 class Overloaded(TurnoutError):
+    """Load shed (429 / RESOURCE_EXHAUSTED): retrying after a moment is the right response."""
+
     kind = ErrorKind.OVERLOADED
+    retry_after = 1
 
 
 class PayloadTooLarge(TurnoutError):

@@ -149,7 +149,8 @@ def test_overload_beyond_the_pending_cap_gets_fast_429s(upstreams, router_cls, t
         started = time.perf_counter()
         resp = client.post(f"{r.url}/v2/models/slow/infer", json=SLOW)
         with lock:
-            results.append((resp.status_code, time.perf_counter() - started, resp.json()))
+            results.append((resp.status_code, time.perf_counter() - started,
+                            {**resp.json(), "retry-after": resp.headers.get("retry-after")}))
 
     try:
         with ThreadPoolExecutor(24) as pool:
@@ -158,6 +159,7 @@ def test_overload_beyond_the_pending_cap_gets_fast_429s(upstreams, router_cls, t
         refused = [x for x in results if x[0] == 429]
         assert len(ok) + len(refused) == 24 and 1 <= len(ok) <= 8
         assert all("limit is 4" in body["error"] for _, _, body in refused)
+        assert all(body["retry-after"] == "1" for _, _, body in refused)  # clients back off
         assert max(elapsed for _, elapsed, _ in refused) < 0.9  # not queued behind the 1 s model
         assert r.sample("turnout_router_overload_rejections_total", service="slow",
                         variant="default") == len(refused)

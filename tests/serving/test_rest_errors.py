@@ -265,3 +265,15 @@ def test_output_content_type_is_encoded_and_reported(http, model_zoo):
     bad = http.post("/v2/models/iris/infer", json=body)
     assert bad.status_code == 400
     assert "unknown content_type 'yaml'" in bad.json()["error"]
+
+
+def test_load_shedding_answers_carry_retry_after():
+    from serving.protocol.errors import ModelNotFound, Overloaded
+    from serving.server.rest.app import error_response
+    from serving.server.rest.infer import _failure
+
+    shed = error_response(Overloaded("batching queue is full"))
+    assert (shed.status_code, shed.headers["retry-after"]) == (429, "1")
+    assert "retry-after" not in error_response(ModelNotFound("no")).headers
+    status, _, headers = _failure(Overloaded("full"), ("v2", "iris", None))
+    assert status == 429 and (b"retry-after", b"1") in headers

@@ -32,7 +32,10 @@ def json_response(doc: object, status: int = 200) -> Response:
 
 
 def error_response(err: TurnoutError) -> Response:
-    return json_response({"error": str(err)}, err.http_status)
+    response = json_response({"error": str(err)}, err.http_status)
+    if err.retry_after is not None:
+        response.headers["retry-after"] = str(err.retry_after)
+    return response
 
 
 def guarded(handler: Handler) -> Handler:

@@ -257,7 +257,10 @@ def _encode(protocol: str, request: InferenceRequest, response: InferenceRespons
 def _failure(exc: Exception, route: tuple[str, str, str | None]) -> Reply:
     """The answer for an exception: the error's own status, or a logged 500."""
     if isinstance(exc, TurnoutError):
-        return exc.http_status, orjson.dumps({"error": str(exc)}), [(b"content-type", _JSON)]
+        headers = [(b"content-type", _JSON)]
+        if exc.retry_after is not None:
+            headers.append((b"retry-after", str(exc.retry_after).encode()))
+        return exc.http_status, orjson.dumps({"error": str(exc)}), headers
     log.error("unhandled error on inference for model %s", route[1],
               exc_info=(type(exc), exc, exc.__traceback__))
     return 500, b'{"error":"internal server error"}', [(b"content-type", _JSON)]
