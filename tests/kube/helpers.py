@@ -1,16 +1,19 @@
 """What the controller's tests share: the CRDs they install, namespaces, simulated readiness.
 
-The CRDs here are minimal stand-ins (apiextensions v1, spec and status preserved as given, a
-status subresource) until the generated ones in charts/turnout/crds/ are used instead; KEDA's
-ScaledObject gets one too, so its objects can be written and read.
+The InferenceService and InferenceGraph CRDs are the generated ones in charts/turnout/crds/,
+applied server-side as Helm applies them (field manager ``helm``), so a later ``helm install``
+on the same session's API server finds them its own. KEDA's ScaledObject gets a minimal
+stand-in (spec and status preserved as given), so its objects can be written and read.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from serving.control.kube.actuator import Kube
@@ -31,18 +34,24 @@ def _crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
                                                       "status": open_object}}}}]}}
 
 
-CRDS = [_crd("serving.turnout.dev", "v1alpha1", "InferenceService", "inferenceservices"),
-        _crd("serving.turnout.dev", "v1alpha1", "InferenceGraph", "inferencegraphs"),
-        _crd("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")]
+CHART_CRDS = Path(__file__).resolve().parents[2] / "charts" / "turnout" / "crds"
+KEDA = _crd("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
 
 
-def install_crds(kube: Kube, crds: list[dict[str, Any]] = CRDS) -> None:
+def install_crds(kube: Kube) -> None:
+    crds = [yaml.safe_load(p.read_text()) for p in sorted(CHART_CRDS.glob("*.yaml"))]
     for crd in crds:
-        try:
-            kube.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+        kube.api.call_api(path, "PATCH", query_params=[("fieldManager", "helm"), ("force", "true")],
+                          body=crd, header_params={"Content-Type": "application/apply-patch+yaml",
+                                                   "Accept": "application/json"},
+                          auth_settings=["BearerToken"], response_type="object")
+    try:
+        kube.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", KEDA)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    crds.append(KEDA)
     deadline = time.monotonic() + 30
     for crd in crds:
         group, version = crd["spec"]["group"], crd["spec"]["versions"][0]["name"]
