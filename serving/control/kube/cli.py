@@ -9,11 +9,12 @@ CustomResourceDefinitions of that group (:mod:`serving.spec.crd`), what
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("convert", "crds")
+COMMANDS = ("convert", "crds", "controller")
 
 
 def add_parsers(sub: Any) -> None:
@@ -27,12 +28,26 @@ def add_parsers(sub: Any) -> None:
                          help="write the converted documents here (default: standard output)")
     sub.add_parser("crds", help="print Turnout's CustomResourceDefinitions "
                    "(turnout crds | kubectl apply -f -)")
+    controller = sub.add_parser("controller", help="run the Kubernetes controller "
+                                "(docs/kubernetes.md#controller)")
+    controller.add_argument("--namespace", default=os.environ.get("TURNOUT_WATCH_NAMESPACE") or None,
+                            help="watch one namespace (default: all; TURNOUT_WATCH_NAMESPACE)")
+    controller.add_argument("--image", default=os.environ.get("TURNOUT_IMAGE", "turnout:latest"),
+                            help="image of the model servers and routers it creates")
+    controller.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
+    controller.add_argument("--prometheus-url", help="what KEDA ScaledObjects query")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
     """Run the command if it is one of ours; None means it is someone else's."""
     if args.command not in COMMANDS:
         return None
+    if args.command == "controller":
+        from serving.control.kube.controller import run_controller
+
+        run_controller(args.namespace, image=args.image, kubeconfig=args.kubeconfig,
+                       prometheus_url=args.prometheus_url)
+        return 0
     if args.command == "crds":
         from serving.spec.crd import render_all
 
