@@ -55,14 +55,17 @@ def kube_api() -> Iterator[KubeAPI]:
 
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     state = Path(tempfile.mkdtemp(prefix="turnout-kube-")) / "cp"
-    port = free_port()
-    env = {**os.environ, "BIN": str(BIN), "D": str(state), "PORT": str(port),
-           "ETCD_PORT": str(free_port()), "KCM": "1"}
-    started = subprocess.run(["bash", str(SCRIPTS / "control-plane.sh"), "start"], env=env,
-                             capture_output=True, text=True, timeout=120)
-    if started.returncode != 0:
+    for attempt in range(3):  # free ports can be taken before etcd binds them (and its peer
+        port = free_port()    # port, ETCD_PORT + 1, is not checked at all): start again
+        env = {**os.environ, "BIN": str(BIN), "D": str(state), "PORT": str(port),
+               "ETCD_PORT": str(free_port()), "KCM": "1"}
+        started = subprocess.run(["bash", str(SCRIPTS / "control-plane.sh"), "start"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        if started.returncode == 0:
+            break
         subprocess.run(["bash", str(SCRIPTS / "control-plane.sh"), "stop"], env=env, timeout=60)
-        pytest.fail(f"the API server did not start:\n{started.stdout}\n{started.stderr}")
+        if attempt == 2:
+            pytest.fail(f"the API server did not start:\n{started.stdout}\n{started.stderr}")
     try:
         yield KubeAPI(kubeconfig=state / "kubeconfig", url=f"https://127.0.0.1:{port}")
     finally:
