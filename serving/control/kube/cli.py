@@ -36,6 +36,9 @@ def add_parsers(sub: Any) -> None:
                             help="image of the model servers and routers it creates")
     controller.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
     controller.add_argument("--prometheus-url", help="what KEDA ScaledObjects query")
+    controller.add_argument("--config", default=os.environ.get("TURNOUT_CONTROLLER_CONFIG"),
+                            help="the chart's config.yaml: images per framework family, router "
+                            "and model-server defaults, KEDA (TURNOUT_CONTROLLER_CONFIG)")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -45,8 +48,12 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "controller":
         from serving.control.kube.controller import run_controller
 
-        run_controller(args.namespace, image=args.image, kubeconfig=args.kubeconfig,
-                       prometheus_url=args.prometheus_url)
+        try:
+            run_controller(args.namespace, image=args.image, kubeconfig=args.kubeconfig,
+                           prometheus_url=args.prometheus_url, config=args.config)
+        except ValueError as exc:  # a config file that cannot be used: say so, no traceback
+            print(f"turnout controller: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "crds":
         from serving.spec.crd import render_all

@@ -290,6 +290,7 @@ def _plain(body: Any) -> dict[str, Any]:
 def run_controller(namespace: str | None = None, *, image: str = "turnout:latest",
                    kubeconfig: str | None = None, tick_seconds: float = TICK_SECONDS,
                    retire_seconds: float = 30.0, prometheus_url: str | None = None,
+                   config: str | None = None,
                    stop_flag: Any = None, ready_flag: Any = None) -> None:
     """``turnout controller``: run until stopped (``kopf run --standalone`` style), in one
     namespace or, with ``namespace=None``, cluster-wide."""
@@ -304,6 +305,12 @@ def run_controller(namespace: str | None = None, *, image: str = "turnout:latest
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()
     settings = Settings(namespace=namespace or "", image=image)
+    if config:  # the chart's runtime settings; explicit flags below still win
+        from pathlib import Path
+
+        from serving.control.kube.config import load
+
+        settings = load(Path(config), settings)
     if prometheus_url:
         settings = Settings(**{**settings.__dict__, "prometheus_url": prometheus_url})
     controller = Controller(Kube(kubernetes.client.ApiClient()), settings,

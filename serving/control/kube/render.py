@@ -12,7 +12,7 @@ InferenceService(s) it serves, so deleting them lets the garbage collector remov
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -50,6 +50,15 @@ class Settings:
     router_name: str = "turnout-router"
     router_replicas: int = 1
     rate_window: str = "1m"               # PromQL rate() window for KEDA's queries
+    images: Mapping[str, str] = field(default_factory=dict)        # image family -> image
+    runtime_families: Mapping[str, str] = field(default_factory=dict)  # runtime -> family
+    router_image: str | None = None
+
+    def image_for(self, runtime: str) -> str:
+        """The model server image for a Turnout runtime: its family's (the chart's
+        ``runtime.runtimes``), else the ``all`` family's, else ``image``."""
+        family = self.runtime_families.get(runtime, "all")
+        return self.images.get(family) or self.images.get("all") or self.image
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ def predictor_deployment(workload: Workload, isvc: InferenceService, owner: Owne
     name = predictor_name(workload.revision)
     model = isvc.spec.predictor.resolved()
     container: dict[str, Any] = {
-        "name": "kserve-container", "image": settings.image,
+        "name": "kserve-container", "image": settings.image_for(workload.runtime),
         "command": ["turnout"], "args": serve_args(workload, settings),
         "ports": _container_ports(),
         "readinessProbe": {"httpGet": {"path": f"/v2/models/{workload.model_name}/ready",
@@ -158,10 +167,10 @@ def predictor_deployment(workload: Workload, isvc: InferenceService, owner: Owne
         "containers": [container],
         "terminationGracePeriodSeconds": settings.drain_seconds + settings.grace_margin_seconds}
     predictor = isvc.spec.predictor
-    for field in _POD_FIELDS:
-        value = getattr(predictor, field)
+    for pod_field in _POD_FIELDS:
+        value = getattr(predictor, pod_field)
         if value is not None:
-            pod[field] = value
+            pod[pod_field] = value
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(name, settings, predictor_labels(workload),
@@ -288,7 +297,8 @@ def router_configmap(routes: RouterConfig, owners: Sequence[Owner],
 def router_deployment(owners: Sequence[Owner], settings: Settings) -> dict[str, Any]:
     labels = router_labels(settings)
     container: dict[str, Any] = {
-        "name": "router", "image": settings.image, "command": ["turnout"],
+        "name": "router", "image": settings.router_image or settings.image,
+        "command": ["turnout"],
         "args": ["router", "--config", f"{ROUTES_DIR}/{ROUTES_FILE}", "--host", "0.0.0.0",
                  "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
                  "--admin-host", "127.0.0.1", "--admin-port", str(ROUTER_ADMIN_PORT),
