@@ -41,6 +41,39 @@ def test_the_charts_config_reaches_the_controllers_settings(tmp_path: Path) -> N
     assert settings.image_for("python") == settings.images["all"]
     assert settings.router_image and "router" in settings.router_image
     assert settings.prometheus_url == "http://prom.example:9090"
+    values = yaml.safe_load((ROOT / "charts" / "turnout" / "values.yaml").read_text())
+    assert settings.server_resources == values["runtime"]["modelServer"]["resources"]
+    assert settings.router_resources == values["runtime"]["router"]["resources"]
+    assert settings.router_service_type == values["runtime"]["router"]["serviceType"]
+
+
+def test_default_resources_apply_unless_the_inferenceservice_sets_its_own() -> None:
+    from serving.control.kube.render import Owner, predictor_deployment
+    from serving.control.policy.plan import Observed, plan
+    from serving.control.policy.revisions import apply_manifest
+    from serving.spec import load_texts
+
+    text = """
+apiVersion: serving.turnout.dev/v1alpha1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    model: {modelFormat: {name: sklearn}, storageUri: "s3://m/iris"%s}
+"""
+    defaults = {"requests": {"cpu": "500m"}}
+    settings = Settings(namespace="ns", server_resources=defaults,
+                        image_pull_secrets=({"name": "registry"},))
+    for extra, want in (("", defaults),
+                        (", resources: {requests: {cpu: '2'}}", {"requests": {"cpu": "2"}})):
+        isvc = load_texts([(Path("m.yaml"), text % extra)]).services[0]
+        state = apply_manifest(None, isvc, now=1)
+        workload = plan(services=[(isvc, state)], graphs=[], observed=Observed()).workloads[
+            "iris-00001"]
+        pod = predictor_deployment(workload, isvc, Owner("iris", "uid"), settings)[
+            "spec"]["template"]["spec"]
+        assert pod["containers"][0]["resources"] == want
+        assert pod["imagePullSecrets"] == [{"name": "registry"}]
 
 
 def test_a_config_that_cannot_be_used_names_the_file_and_key(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 The Helm chart writes ``values.runtime`` and friends into a ConfigMap mounted in the controller
 (charts/turnout/templates/configmap.yaml): images per framework family and which runtime uses
 which family, the router's image and replicas, the model servers' drain time, KEDA's Prometheus
-address, the image pull policy. This module maps that file onto :class:`~.render.Settings`;
+address, the image pull policy and secrets, the default resources of model servers and the
+router, the router's Service type. This module maps that file onto :class:`~.render.Settings`;
 command-line flags given explicitly still win.
 """
 
@@ -45,9 +46,20 @@ def load(path: Path, settings: Settings) -> Settings:
         changes["router_image"] = str(router["image"])
     if router.get("replicas") is not None:
         changes["router_replicas"] = int(router["replicas"])
+    if router.get("serviceType"):
+        changes["router_service_type"] = str(router["serviceType"])
+    if router.get("resources"):
+        changes["router_resources"] = dict(router["resources"])
     server = _mapping(doc, "modelServer", path)
     if server.get("drainSeconds") is not None:
         changes["drain_seconds"] = int(server["drainSeconds"])
+    if server.get("resources"):
+        changes["server_resources"] = dict(server["resources"])
+    secrets = doc.get("imagePullSecrets") or []
+    if not isinstance(secrets, list) or not all(isinstance(s, dict) for s in secrets):
+        raise ConfigError(f"{path}: imagePullSecrets must be a list of {{name: ...}}")
+    if secrets:
+        changes["image_pull_secrets"] = tuple({"name": str(s["name"])} for s in secrets)
     keda = _mapping(doc, "keda", path)
     if keda.get("prometheusUrl"):
         changes["prometheus_url"] = str(keda["prometheusUrl"])

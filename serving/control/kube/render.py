@@ -53,6 +53,10 @@ class Settings:
     images: Mapping[str, str] = field(default_factory=dict)        # image family -> image
     runtime_families: Mapping[str, str] = field(default_factory=dict)  # runtime -> family
     router_image: str | None = None
+    server_resources: Mapping[str, Any] = field(default_factory=dict)  # unless the ISVC says
+    router_resources: Mapping[str, Any] = field(default_factory=dict)
+    router_service_type: str = "ClusterIP"
+    image_pull_secrets: Sequence[Mapping[str, str]] = ()
 
     def image_for(self, runtime: str) -> str:
         """The model server image for a Turnout runtime: its family's (the chart's
@@ -159,14 +163,16 @@ def predictor_deployment(workload: Workload, isvc: InferenceService, owner: Owne
     }
     if settings.image_pull_policy:
         container["imagePullPolicy"] = settings.image_pull_policy
-    if model.resources:
-        container["resources"] = model.resources
+    if model.resources or settings.server_resources:
+        container["resources"] = dict(model.resources or settings.server_resources)
     if model.env:
         container["env"] = model.env
     pod: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": settings.drain_seconds + settings.grace_margin_seconds}
     predictor = isvc.spec.predictor
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [dict(s) for s in settings.image_pull_secrets]
     for pod_field in _POD_FIELDS:
         value = getattr(predictor, pod_field)
         if value is not None:
@@ -311,17 +317,20 @@ def router_deployment(owners: Sequence[Owner], settings: Settings) -> dict[str, 
         "volumeMounts": [{"name": "routes", "mountPath": ROUTES_DIR, "readOnly": True}]}
     if settings.image_pull_policy:
         container["imagePullPolicy"] = settings.image_pull_policy
+    if settings.router_resources:
+        container["resources"] = dict(settings.router_resources)
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "terminationGracePeriodSeconds": settings.drain_seconds + settings.grace_margin_seconds,
+        "volumes": [{"name": "routes", "configMap": {"name": routes_name(settings)}}]}
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [dict(s) for s in settings.image_pull_secrets]
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": _meta(settings.router_name, settings, labels, _shared(owners)),
             "spec": {"replicas": settings.router_replicas,
                      "selector": {"matchLabels": {"app.kubernetes.io/instance": settings.router_name,
                                                   "app.kubernetes.io/component": "router"}},
-                     "template": {"metadata": {"labels": labels}, "spec": {
-                         "containers": [container],
-                         "terminationGracePeriodSeconds":
-                             settings.drain_seconds + settings.grace_margin_seconds,
-                         "volumes": [{"name": "routes",
-                                      "configMap": {"name": routes_name(settings)}}]}}}}
+                     "template": {"metadata": {"labels": labels}, "spec": pod}}}
 
 
 def router_service(owners: Sequence[Owner], settings: Settings) -> dict[str, Any]:
@@ -329,7 +338,7 @@ def router_service(owners: Sequence[Owner], settings: Settings) -> dict[str, Any
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": _meta(settings.router_name, settings, router_labels(settings),
                               _shared(owners)),
-            "spec": {"type": "ClusterIP",
+            "spec": {"type": settings.router_service_type,
                      "selector": {"app.kubernetes.io/instance": settings.router_name,
                                   "app.kubernetes.io/component": "router"},
                      "ports": _ports()}}
