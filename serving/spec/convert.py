@@ -31,7 +31,7 @@ import yaml
 
 from serving.spec.base import TURNOUT_API_VERSION, unknown_fields
 from serving.spec.crd import INT_OR_STRING, spec_schema
-from serving.spec.load import ANNOTATION, ManifestError, parse_document
+from serving.spec.load import ANNOTATION, ManifestError, documents, parse_document
 
 CLUSTER_SET = ("uid", "resourceVersion", "managedFields", "creationTimestamp", "generation",
                "selfLink")
@@ -56,23 +56,14 @@ def convert_texts(texts: list[tuple[str | Path, str]]) -> Converted:
     """Convert every document of every text; one :class:`ConvertError` lists all problems."""
     out = Converted()
     errors: list[str] = []
-    for path, text in texts:
+    for _, where, doc in documents(texts, errors):
         try:
-            docs = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as exc:
-            errors.append(f"{path}: not valid YAML: {exc}")
+            converted, warnings = convert_document(doc, where)
+        except ManifestError as exc:
+            errors.append(str(exc))
             continue
-        for index, doc in enumerate(docs):
-            if doc is None:
-                continue
-            where = f"{path}[{index}]"
-            try:
-                converted, warnings = convert_document(doc, where)
-            except ManifestError as exc:
-                errors.append(str(exc))
-                continue
-            out.documents.append(converted)
-            out.warnings += warnings
+        out.documents.append(converted)
+        out.warnings += warnings
     if errors:
         raise ConvertError("invalid manifests:\n  " + "\n  ".join(errors))
     return out

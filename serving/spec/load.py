@@ -11,6 +11,7 @@ Both API groups load into the same models: KServe's (``serving.kserve.io``) and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,10 @@ def load_files(paths: list[Path]) -> Manifests:
     return load_texts(texts)
 
 
-def load_texts(texts: list[tuple[Path, str]]) -> Manifests:
-    """Parse every document of every text; raise one :class:`ManifestError` listing all errors."""
-    out = Manifests()
-    errors: list[str] = []
+def documents(texts: Iterable[tuple[Path | str, str]], errors: list[str]
+              ) -> Iterator[tuple[Path | str, str, Any]]:
+    """``(path, where, document)`` for every non-empty YAML document of every text, in order;
+    a text that is not YAML adds its problem to ``errors`` instead."""
     for path, text in texts:
         try:
             docs = list(yaml.safe_load_all(text))
@@ -72,13 +73,19 @@ def load_texts(texts: list[tuple[Path, str]]) -> Manifests:
             errors.append(f"{path}: not valid YAML: {exc}")
             continue
         for index, doc in enumerate(docs):
-            if doc is None:
-                continue
-            where = f"{path}[{index}]"
-            try:
-                _add(out, parse_document(doc, where), where, path)
-            except ManifestError as exc:
-                errors.append(str(exc))
+            if doc is not None:
+                yield path, f"{path}[{index}]", doc
+
+
+def load_texts(texts: list[tuple[Path, str]]) -> Manifests:
+    """Parse every document of every text; raise one :class:`ManifestError` listing all errors."""
+    out = Manifests()
+    errors: list[str] = []
+    for path, where, doc in documents(texts, errors):
+        try:
+            _add(out, parse_document(doc, where), where, Path(path))
+        except ManifestError as exc:
+            errors.append(str(exc))
     graphs = [g.name for g in out.graphs]
     repeated = sorted({n for n in graphs if graphs.count(n) > 1})
     if repeated:
