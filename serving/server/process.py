@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -74,7 +77,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     http = _UvicornServer(uvicorn.Config(
         app, host=settings.host, port=settings.http_port, loop="none", http=bind_protocol(app),
         lifespan="off", log_config=None, access_log=False, proxy_headers=False,
-        timeout_graceful_shutdown=int(settings.drain_seconds) or None))
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_seconds))))
     sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None
 
     grpc_server: Any = None
@@ -97,8 +100,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():
             log.warning("second %s: exiting without waiting for in-flight requests", sig.name)
-            http.force_exit = True
-            return
+            _exit_now(1)
         log.info("%s received: draining", sig.name)
         stop.set()
 
@@ -133,11 +135,34 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     elif grpc_server is not None:  # threaded: stop() returns an Event set once drained
         drained = grpc_server.stop(grace=settings.drain_seconds)
         waits.append(asyncio.ensure_future(asyncio.to_thread(drained.wait)))
+    drain_started = time.monotonic()
     await asyncio.gather(*waits, return_exceptions=True)
-    executor.shutdown(wait=True, cancel_futures=False)
+    # Predict calls still running after the drain time would hold the exit for as long as
+    # they take (a thread cannot be stopped): after --drain-seconds the process exits anyway.
+    executor.shutdown(wait=False, cancel_futures=True)
+    busy = _join(executor, settings.drain_seconds - (time.monotonic() - drain_started))
     flusher.cancel()
     metrics.flush()
+    if busy:
+        log.warning("drain time (%gs) over with %d predict call(s) still running: exiting",
+                    settings.drain_seconds, busy)
+        _exit_now(0)
     log.info("stopped")
+
+
+def _join(executor: ThreadPoolExecutor, seconds: float) -> int:
+    """Wait up to ``seconds`` for the executor's threads; how many are still running."""
+    deadline = time.monotonic() + max(seconds, 0.0)
+    threads = list(getattr(executor, "_threads", ()))  # the pool's own threads (CPython)
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    return sum(thread.is_alive() for thread in threads)
+
+
+def _exit_now(code: int) -> None:
+    """Leave without joining threads (a running predict cannot be interrupted): logs first."""
+    logging.shutdown()
+    os._exit(code)
 
 
 async def _flush_metrics_periodically(metrics: Metrics, interval: float) -> None:

@@ -217,6 +217,13 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
                         route, body, headers)
                 else:
                     status, payload, out = await self.handler.answer(route, body, headers)
+            except asyncio.CancelledError:  # the drain time is over (uvicorn cancels us)
+                if not (busy.disconnected or self.transport.is_closing()):
+                    self._write(503, b'{"error":"the server is shutting down; retry"}',
+                                [(b"content-type", b"application/json"),
+                                 (b"retry-after", b"1")], False)
+                    self.transport.close()
+                raise
             except Exception:  # a handler bug: the connection cannot be trusted further
                 self.logger.exception("unhandled error answering %r", route)
                 status, payload, out = 500, b'{"error":"internal server error"}', [
