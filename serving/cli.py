@@ -38,6 +38,12 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    p.add_argument("--trusted-source", dest="trusted_sources", action="append",
+                   help="URI prefix whose pickle models (joblib, pkl) may be loaded "
+                   "(repeatable); remote pickles are refused otherwise, since loading one runs "
+                   "its code")
+    p.add_argument("--trust-remote-pickle", action="store_true",
+                   help="load pickle models from any remote URI (same as --trusted-source '*')")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -45,13 +51,15 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.transport.logs import configure_logging
 
     given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("command", "path")}
+             if v is not None and k not in ("command", "path", "trust_remote_pickle")}
+    if args.trust_remote_pickle:
+        given["trusted_sources"] = [*given.get("trusted_sources", []), "*"]
     path = args.path
     if args.model_class:
         path = path or "."
     if path is not None:
         try:
-            given["model_path"] = _local_model_path(path)
+            given["model_path"] = _local_model_path(path, given.get("trusted_sources") or [])
         except ValueError as exc:
             print(f"turnout serve: {exc}", file=sys.stderr)
             return 2
@@ -70,16 +78,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_model_path(path: str) -> Path:
-    """PATH as a local path; a remote URI is fetched into the model cache first, with progress."""
-    from serving.storage import fetch, is_remote, local_path, print_progress
+def _local_model_path(path: str, trusted: list[str]) -> Path:
+    """PATH as a local path; a remote URI is fetched into the model cache first, with progress,
+    and refused if it holds pickles from a source not in ``trusted``."""
+    from serving.storage import check_trusted, fetch, is_remote, local_path, print_progress
 
     if not is_remote(path):
         return local_path(path)
     from serving.protocol.errors import ModelLoadError
 
     try:
-        return fetch(path, progress=print_progress)
+        local = fetch(path, progress=print_progress)
+        check_trusted(path, local, trusted)
+        return local
     except ModelLoadError as exc:
         raise ValueError(str(exc)) from None
 

@@ -47,6 +47,31 @@ class StorageError(ModelLoadError):
     """A storage URI that cannot be read: wrong address, missing object, no credentials."""
 
 
+# Formats that run code when loaded (joblib and pickle files unpickle): from a remote URI they
+# load only where the operator trusts the source (--trusted-source PREFIX, or "*").
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+class UntrustedSource(StorageError):
+    """A pickle from a remote URI nobody said to trust."""
+
+
+def check_trusted(uri: str, artifact: Path, trusted: list[str] | tuple[str, ...]) -> None:
+    """Refuse ``artifact`` fetched from a remote ``uri`` when it is a pickle and no prefix in
+    ``trusted`` (``"*"``: any) covers the URI: unpickling runs whatever the file says."""
+    if not is_remote(uri) or "*" in trusted or any(uri.startswith(p) for p in trusted):
+        return
+    files = [artifact] if artifact.is_file() else \
+        [f for f in artifact.rglob("*") if f.is_file()] if artifact.is_dir() else []
+    pickles = sorted(f.name for f in files if f.name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise UntrustedSource(
+            f"storage_uri {uri!r}: refusing to load {', '.join(pickles)}: pickle files run code "
+            "when loaded, and this source is not trusted; allow it with --trusted-source "
+            "PREFIX (or --trust-remote-pickle), or serve a format that runs no code (ONNX, "
+            "XGBoost JSON/UBJ, LightGBM text)")
+
+
 def is_remote(uri: str) -> bool:
     """Whether ``uri`` names a filesystem other than this machine's (Windows drives aside)."""
     scheme = urlsplit(uri).scheme

@@ -26,7 +26,7 @@ from serving.runtime.settings import SETTINGS_FILE, build_settings, read_setting
 from serving.server.batching import AdaptiveBatcher
 from serving.server.execution import resolve_execution
 from serving.server.metrics import Metrics
-from serving.storage import fetch
+from serving.storage import check_trusted, fetch
 
 log = logging.getLogger("turnout.repository")
 
@@ -104,7 +104,8 @@ def discover(path: Path, *, name: str | None = None,
 
 def _load_version(source: ModelSource, version: str, folder: Path,
                   default_batching: dict[str, Any] | None = None,
-                  expected_runtime: str | None = None) -> tuple[Runtime, float]:
+                  expected_runtime: str | None = None,
+                  trusted: tuple[str, ...] = ()) -> tuple[Runtime, float]:
     """Build settings, pick the runtime and load; raises ModelLoadError on any failure."""
     fields = dict(source.base_settings)
     if folder.is_dir() and (folder / SETTINGS_FILE).is_file():
@@ -116,6 +117,7 @@ def _load_version(source: ModelSource, version: str, folder: Path,
     if settings.storage_uri:  # the artifact lives elsewhere: fetch it (or reuse the cache)
         settings.artifact = fetch(settings.storage_uri, options=settings.storage_options,
                                   base=folder if folder.is_dir() else folder.parent)
+        check_trusted(settings.storage_uri, settings.artifact, trusted)
     runtime_name = settings.runtime or detect_runtime(settings.artifact)
     if expected_runtime is not None:
         check_runtime(runtime_name, expected_runtime, declared=settings.runtime is not None)
@@ -152,9 +154,10 @@ class ModelRepository:
     def __init__(self, *, path: Path | None, name: str | None, metrics: Metrics,
                  model_class: str | None = None,
                  default_batching: dict[str, Any] | None = None,
-                 runtime: str | None = None) -> None:
+                 runtime: str | None = None, trusted_sources: list[str] | None = None) -> None:
         self._default_batching = default_batching
         self._runtime = runtime
+        self._trusted = tuple(trusted_sources or ())
         self._path = path
         self._name = name
         self._model_class = model_class
@@ -260,7 +263,8 @@ class ModelRepository:
         mv = ModelVersion(name=source.name, version=version, folder=folder)
         try:
             runtime, seconds = await asyncio.to_thread(_load_version, source, version, folder,
-                                                        self._default_batching, self._runtime)
+                                                        self._default_batching, self._runtime,
+                                                        self._trusted)
         except ModelLoadError as exc:
             mv.state, mv.reason = "UNAVAILABLE", self._public(str(exc))
             log.error("model %s version %s failed to load: %s", source.name, version, exc)

@@ -23,6 +23,9 @@ class ServerSettings(BaseSettings):
     runtime: str | None = Field(None, description="Runtime the model must be served by (what "
                                 "a manifest's modelFormat asks for); an artifact of another "
                                 "framework is then an error instead of a silent switch")
+    trusted_sources: list[str] = Field(
+        default_factory=list, description="URI prefixes whose pickle files (joblib, pkl) may be "
+        "loaded; '*' trusts every source. Local paths are always trusted")
     host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise "
                       "(container images set 0.0.0.0)")
     http_port: int = Field(8080, description="REST port (KServe's default)")

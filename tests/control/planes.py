@@ -35,7 +35,8 @@ def isvc(name: str, uri: str, *, percent: int | None = None, turnout: dict | Non
 
 
 class Up:
-    def __init__(self, folder: Path, *docs: dict, env: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, *docs: dict, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.http_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -45,7 +46,7 @@ class Up:
         self.log = (folder / "up.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "up", "-f", "manifest.yaml", "--http-port",
-             str(self.http_port), "--grpc-port", str(self.grpc_port)],
+             str(self.http_port), "--grpc-port", str(self.grpc_port), *args],
             cwd=folder, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def write(self, name: str, *docs: dict) -> str:

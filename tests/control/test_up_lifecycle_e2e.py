@@ -19,6 +19,7 @@ import httpx
 import joblib
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import free_port
 from tests.control.planes import ROW, Up, isvc
@@ -190,8 +191,17 @@ def test_models_from_http_and_s3_storage_uris(models: Path, tmp_path: Path, up: 
                                               remote_model: tuple[str, str, dict[str, str]]
                                               ) -> None:
     http_uri, s3_uri, env = remote_model
-    plane = Up(tmp_path, isvc("web", http_uri, minReplicas=2, maxReplicas=2),
-               isvc("bucket", s3_uri), env=env)
+    docs = (isvc("web", http_uri, minReplicas=2, maxReplicas=2), isvc("bucket", s3_uri))
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(docs))
+    refused = subprocess.run([sys.executable, "-m", "serving.cli", "up", "-f", "m.yaml",
+                              "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                              "--trusted-source", http_uri],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # sklearn models are pickles: the untrusted bucket is refused before anything starts
+    assert refused.returncode == 2 and "InferenceService bucket" in refused.stderr
+    assert "--trusted-source" in refused.stderr and "InferenceService web" not in refused.stderr
+    plane = Up(tmp_path, *docs, env=env,
+               args=("--trusted-source", http_uri, "--trusted-source", "s3://models/"))
     up.append(plane)
     plane.wait(lambda: plane.variant("stable", "web")["replicas"]["ready"] == 2
                and plane.variant("stable", "bucket")["replicas"]["ready"] == 1,

@@ -132,7 +132,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, web: str, s3: str) -> Itera
         (root / name).mkdir(parents=True)
         (root / name / "model-settings.yaml").write_text(yaml.safe_dump(settings))
     cache = root.parent / "cache"
-    proc = SHARED.ServerProcess(root, env={**NO_AWS, "TURNOUT_MODEL_CACHE": str(cache)})
+    proc = SHARED.ServerProcess(root, "--trusted-source", f"{web}/", "--trusted-source",
+                                "s3://models/",
+                                env={**NO_AWS, "TURNOUT_MODEL_CACHE": str(cache)})
     try:
         yield proc.wait_ready(timeout=90)
     finally:
@@ -234,9 +236,33 @@ def test_cli_fetches_a_remote_path_with_progress(
 
     monkeypatch.setenv("TURNOUT_MODEL_CACHE", str(tmp_path))
     monkeypatch.setattr(storage, "PROGRESS_MIN_BYTES", 0)  # the model is small
-    local = _local_model_path(f"{web}/iris/model.joblib")
+    local = _local_model_path(f"{web}/iris/model.joblib", [f"{web}/iris/"])
     assert local.read_bytes() == model[0].read_bytes()
     err = capsys.readouterr().err
     assert "downloading model.joblib: 100%" in err
     with pytest.raises(ValueError, match="does not exist"):
-        _local_model_path(f"{web}/nothing-here.joblib")
+        _local_model_path(f"{web}/nothing-here.joblib", ["*"])
+
+
+def test_remote_pickles_load_only_from_trusted_sources(web: str, model: tuple[Path, Any],
+                                                       start_server, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    uri = f"{web}/iris/model.joblib"
+    refused = subprocess.run([sys.executable, "-m", "serving.cli", "serve", uri, "--http-port",
+                              str(SHARED.free_port()), "--grpc-port", "0"],
+                             capture_output=True, text=True, timeout=120,
+                             env={**SHARED.os.environ, "TURNOUT_MODEL_CACHE": str(tmp_path)})
+    assert refused.returncode == 2
+    assert "refusing to load model.joblib" in refused.stderr and "--trusted-source" in \
+        refused.stderr
+    # a model-settings storage_uri from an untrusted source fails that model only, with the reason
+    folder = tmp_path / "repo" / "untrusted"
+    folder.mkdir(parents=True)
+    (folder / "model-settings.yaml").write_text(yaml.safe_dump({"storage_uri": uri}))
+    server = start_server(tmp_path / "repo", "--trusted-source", f"{web}/elsewhere/")
+    entry = _index(server)["untrusted"]
+    assert entry["state"] == "UNAVAILABLE" and "pickle files run code" in entry["reason"]
+    trusted = start_server(tmp_path / "repo", "--trusted-source", f"{web}/iris/")
+    assert _index(trusted)["untrusted"]["state"] == "READY"

@@ -24,7 +24,12 @@ def resolve(uri: str, base: Path) -> str:
     return uri if is_remote(uri) else str(local_path(uri, base=base).resolve())
 
 
-def storage_problems(isvc: InferenceService, base: Path) -> list[str]:
+# Formats whose artifacts are pickles (joblib, pkl): loading one runs its code.
+PICKLE_FORMATS = frozenset({"sklearn"})
+
+
+def storage_problems(isvc: InferenceService, base: Path, trusted: tuple[str, ...] = ()
+                     ) -> list[str]:
     model = isvc.spec.predictor.resolved()
     where = "spec.predictor.model.storageUri" if isvc.spec.predictor.model is not None \
         else f"spec.predictor.{model.modelFormat.name}.storageUri"
@@ -34,6 +39,11 @@ def storage_problems(isvc: InferenceService, base: Path) -> list[str]:
         if scheme not in _REMOTE_EXTRAS:
             return [f"{where}: {uri!r}: scheme {scheme}:// is not supported (file, http(s), "
                     "s3, gs)"]
+        if model.modelFormat.name.lower() in PICKLE_FORMATS and "*" not in trusted \
+                and not any(uri.startswith(prefix) for prefix in trusted):
+            return [f"{where}: {uri!r}: {model.modelFormat.name} models are pickles, which run "
+                    "code when loaded, and this source is not trusted: start turnout up with "
+                    "--trusted-source PREFIX (or --trust-remote-pickle)"]
         try:
             import fsspec  # noqa: F401
         except ImportError:

@@ -36,6 +36,11 @@ def add_parsers(sub: Any) -> None:
     up.add_argument("--ready-timeout", type=float, default=120.0,
                     help="seconds for the first replicas to become ready before giving up")
     up.add_argument("--log-level", default="info")
+    up.add_argument("--trusted-source", dest="trusted_sources", action="append", default=[],
+                    help="storageUri prefix whose pickle models (sklearn's joblib/pkl) may be "
+                    "served (repeatable); remote pickles are refused otherwise")
+    up.add_argument("--trust-remote-pickle", action="store_true",
+                    help="serve pickle models from any remote storageUri")
     common(up)
     apply = sub.add_parser("apply", help="apply manifests to the running plane")
     apply.add_argument("-f", "--filename", dest="files", type=Path, action="append", required=True)

@@ -68,12 +68,14 @@ class Plane:
     metrics: PlaneMetrics = field(default_factory=lambda: PlaneMetrics(CollectorRegistry()))
     desired: Desired | None = None
     observation: Observation = field(default_factory=Observation)
+    trusted_sources: tuple[str, ...] = ()  # remote prefixes whose pickles may be served
     _statefile: StateFile = field(init=False)
     _pids: str = ""
 
     def __post_init__(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.supervisor = Supervisor(self.state_dir / "logs")
+        self.supervisor = Supervisor(self.state_dir / "logs",
+                                     trusted_sources=self.trusted_sources)
         self.observer = LocalObserver(self.supervisor, self.router)
         self.actuator = LocalActuator(self.supervisor, self.router)
         self._statefile = StateFile(self.state_dir / "state.json")
@@ -126,7 +128,8 @@ class Plane:
         found = validate.problems(services, graphs)
         for isvc in manifests.services:
             base = manifests.sources[isvc.name].parent
-            found += [f"InferenceService {isvc.name}: {p}" for p in storage_problems(isvc, base)]
+            found += [f"InferenceService {isvc.name}: {p}"
+                      for p in storage_problems(isvc, base, self.trusted_sources)]
         if found:
             raise ManifestError("invalid manifests:\n  " + "\n  ".join(sorted(set(found),
                                                                             key=found.index)))

@@ -84,7 +84,9 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     (state_dir / "routes.yaml").write_text("services: []\n")
     router = RouterProcess(state_dir, host=args.host, http_port=args.http_port,
                            grpc_port=args.grpc_port)
-    plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()))
+    trusted = tuple(args.trusted_sources) + (("*",) if args.trust_remote_pickle else ())
+    plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()),
+                  trusted_sources=trusted)
     try:
         restored = plane.restore()
         if restored:  # the state holds the history: apply what each file ends with

@@ -91,6 +91,7 @@ class Supervisor:
 
     log_dir: Path
     drain_seconds: float = 5.0
+    trusted_sources: tuple[str, ...] = ()  # passed on as --trusted-source
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     replicas: dict[str, list[Replica]] = field(default_factory=dict)
@@ -131,6 +132,8 @@ class Supervisor:
                 "--name", replica.spec.model, "--http-port", str(replica.http_port),
                 "--grpc-port", str(replica.grpc_port), "--drain-seconds", str(self.drain_seconds),
                 *replica.spec.serve_flags(),
+                *[flag for source in self.trusted_sources
+                  for flag in ("--trusted-source", source)],
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the plane, which drains in order
                 preexec_fn=die_with_parent)  # and a killed plane takes its replicas along
