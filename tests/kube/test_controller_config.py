@@ -23,7 +23,8 @@ def _rendered_config(tmp_path: Path) -> Path:
     helm = Path(tools.stdout.strip().splitlines()[-1]) / "helm"
     done = subprocess.run([str(helm), "template", "t", str(ROOT / "charts" / "turnout"),
                            "--set", "runtime.images.torch.tag=9.9",
-                           "--set", "keda.prometheusUrl=http://prom.example:9090"],
+                           "--set", "keda.prometheusUrl=http://prom.example:9090",
+                           "--set", "runtime.modelServer.trustedSources[0]=s3://models/"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     maps = [d for d in yaml.safe_load_all(done.stdout)
@@ -45,6 +46,7 @@ def test_the_charts_config_reaches_the_controllers_settings(tmp_path: Path) -> N
     assert settings.server_resources == values["runtime"]["modelServer"]["resources"]
     assert settings.router_resources == values["runtime"]["router"]["resources"]
     assert settings.router_service_type == values["runtime"]["router"]["serviceType"]
+    assert settings.trusted_sources == ("s3://models/",)
 
 
 def test_default_resources_apply_unless_the_inferenceservice_sets_its_own() -> None:
@@ -74,6 +76,10 @@ spec:
             "spec"]["template"]["spec"]
         assert pod["containers"][0]["resources"] == want
         assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    trusting = Settings(namespace="ns", trusted_sources=("s3://m/",))
+    args = predictor_deployment(workload, isvc, Owner("iris", "uid"), trusting)[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--trusted-source", "s3://m/"]  # the server may load the pickle
 
 
 def test_a_config_that_cannot_be_used_names_the_file_and_key(tmp_path: Path) -> None:

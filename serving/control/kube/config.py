@@ -55,6 +55,11 @@ def load(path: Path, settings: Settings) -> Settings:
         changes["drain_seconds"] = int(server["drainSeconds"])
     if server.get("resources"):
         changes["server_resources"] = dict(server["resources"])
+    trusted = server.get("trustedSources") or []
+    if not isinstance(trusted, list):
+        raise ConfigError(f"{path}: modelServer.trustedSources must be a list of URI prefixes")
+    if trusted:
+        changes["trusted_sources"] = tuple(str(s) for s in trusted)
     secrets = doc.get("imagePullSecrets") or []
     if not isinstance(secrets, list) or not all(isinstance(s, dict) for s in secrets):
         raise ConfigError(f"{path}: imagePullSecrets must be a list of {{name: ...}}")

@@ -57,6 +57,7 @@ class Settings:
     router_resources: Mapping[str, Any] = field(default_factory=dict)
     router_service_type: str = "ClusterIP"
     image_pull_secrets: Sequence[Mapping[str, str]] = ()
+    trusted_sources: Sequence[str] = ()  # storageUri prefixes whose pickles may load
 
     def image_for(self, runtime: str) -> str:
         """The model server image for a Turnout runtime: its family's (the chart's
@@ -139,6 +140,8 @@ def serve_args(workload: Workload, settings: Settings) -> list[str]:
         args += ["--max-batch-size", str(workload.max_batch_size)]
         if workload.max_batch_latency_ms is not None:
             args += ["--max-batch-latency-ms", str(workload.max_batch_latency_ms)]
+    for source in settings.trusted_sources:
+        args += ["--trusted-source", source]
     return args
 
 
