@@ -5,7 +5,6 @@ held to the booster called in this process."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+import tests.conftest as SHARED  # the real server process
 from runtimes.lightgbm import LightGBMRuntime
 from serving.protocol.types import TensorSpec
 from serving.runtime.settings import ModelSettings
 
 N_FEATURES = 5
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _load(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# tests/conftest.py's real server process; conftest modules cannot be imported by name here
-SHARED = _load(ROOT / "tests" / "conftest.py", "turnout_tests_shared_lightgbm")
 
 
 def _train(objective: str, **params: Any) -> tuple[lgb.Booster, np.ndarray]:

@@ -5,7 +5,6 @@ computes in this process."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,11 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
+import tests.conftest as SHARED  # the real server process
 from runtimes.torch import TorchRuntime
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
 from serving.runtime.settings import ModelSettings
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# tests/conftest.py's real server process; conftest modules cannot be imported by name here
-SHARED = _load(ROOT / "tests" / "conftest.py", "turnout_tests_shared_torch")
 
 
 class Scorer(torch.nn.Module):
