@@ -1,0 +1,1 @@
+"""The MLflow model registry: register trained models, resolve ``models:/`` URIs, aliases."""

@@ -1,0 +1,1 @@
+"""Training components: a dataset and hyperparameters in, a servable model folder out."""
