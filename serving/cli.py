@@ -15,9 +15,12 @@ from pydantic import ValidationError
 
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a model file, a model folder or a folder of models")
-    p.add_argument("path", nargs="?", help="model file, model folder or repository: a path, or "
-                   "a storage URI (file://, http(s)://, s3://, gs://) fetched into the cache first")
+    p.add_argument("path", nargs="?", help="model file, model folder or repository: a path, "
+                   "a storage URI (file://, http(s)://, s3://, gs://) fetched into the cache "
+                   "first, or a registry URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
     p.add_argument("--name", dest="model_name", help="model name when PATH is one model")
+    p.add_argument("--model-version", help="version a single unversioned model reports "
+                   "(default 1; a models:/ URI reports its registry version)")
     p.add_argument("--model-class", help="module:Class of a custom Python model (a subclass of "
                    "runtimes.python.Model); PATH (default: the current folder) is that model's folder")
     p.add_argument("--runtime", help="runtime the model must be served by (sklearn, xgboost, "
@@ -57,6 +60,19 @@ def _serve(args: argparse.Namespace) -> int:
     path = args.path
     if args.model_class:
         path = path or "."
+    if path is not None and path.startswith("models:/"):
+        from serving.control.registry import RegistryProblem, locate_in_child
+
+        try:
+            located = locate_in_child(path)
+        except RegistryProblem as exc:
+            print(f"turnout serve: {path}: {exc}", file=sys.stderr)
+            return 2
+        given.setdefault("model_name", located.name)
+        given.setdefault("model_version", located.version)
+        print(f"turnout serve: {path} is {located.pinned_uri} ({located.location})",
+              file=sys.stderr)
+        path = located.location
     if path is not None:
         try:
             given["model_path"] = _local_model_path(path, given.get("trusted_sources") or [])

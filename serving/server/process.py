@@ -193,6 +193,6 @@ def run(settings: ServerSettings) -> None:
     repository = ModelRepository(path=settings.model_path, name=settings.model_name,
                                  metrics=metrics, model_class=settings.model_class,
                                  default_batching=settings.default_batching(),
-                                 runtime=settings.runtime,
+                                 runtime=settings.runtime, version=settings.model_version,
                                  trusted_sources=settings.trusted_sources)
     run_loop(serve(settings, repository=repository, metrics=metrics, exposition=registry))

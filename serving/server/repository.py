@@ -68,22 +68,25 @@ def _is_model_dir(path: Path) -> bool:
     return bool(dirs) and all(d.name.isdigit() for d in dirs)
 
 
-def _source_for(name: str | None, path: Path) -> ModelSource:
+def _source_for(name: str | None, path: Path, version: str | None = None) -> ModelSource:
     base: dict[str, Any] = {}
     if path.is_dir() and (path / SETTINGS_FILE).is_file():
         base = read_settings_file(path / SETTINGS_FILE)
     model_name = name or base.get("name") or (path.stem if path.is_file() else path.name)
     if path.is_dir():
         numbered = {c.name: c for c in path.iterdir() if c.is_dir() and c.name.isdigit()}
-        versions = {str(int(v)): p for v, p in numbered.items()} or {"1": path}
+        versions = {str(int(v)): p for v, p in numbered.items()} or {version or "1": path}
     else:
-        versions = {"1": path}
+        versions = {version or "1": path}
     return ModelSource(name=str(model_name), versions=versions, base_settings=base)
 
 
-def discover(path: Path, *, name: str | None = None,
-             model_class: str | None = None) -> list[ModelSource]:
+def discover(path: Path, *, name: str | None = None, model_class: str | None = None,
+             version: str | None = None) -> list[ModelSource]:
     """Models under ``path``: one model (a file or model folder) or a folder of models.
+
+    ``version``: the version a single unversioned model reports (a registry version), "1"
+    when not given.
 
     With ``model_class`` (``turnout serve --model-class``) ``path`` is one model run by that
     custom Python class, unless its own settings name another.
@@ -91,11 +94,11 @@ def discover(path: Path, *, name: str | None = None,
     if not path.exists():
         raise FileNotFoundError(f"model path {path} does not exist")
     if model_class:
-        source = _source_for(name, path)
+        source = _source_for(name, path, version)
         base = {"model_class": model_class, **source.base_settings}
         return [ModelSource(source.name, source.versions, base)]
     if path.is_file() or _is_model_dir(path):
-        return [_source_for(name, path)]
+        return [_source_for(name, path, version)]
     if name:
         raise ValueError(f"--name names one model, but {path} is a folder of models")
     return [_source_for(None, child) for child in sorted(path.iterdir())
@@ -154,7 +157,9 @@ class ModelRepository:
     def __init__(self, *, path: Path | None, name: str | None, metrics: Metrics,
                  model_class: str | None = None,
                  default_batching: dict[str, Any] | None = None,
-                 runtime: str | None = None, trusted_sources: list[str] | None = None) -> None:
+                 runtime: str | None = None, trusted_sources: list[str] | None = None,
+                 version: str | None = None) -> None:
+        self._version = version
         self._default_batching = default_batching
         self._runtime = runtime
         self._trusted = tuple(trusted_sources or ())
@@ -166,10 +171,15 @@ class ModelRepository:
         self._latest: dict[str, ModelVersion] = {}  # highest version per model: asked per request
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def _discover(self) -> list[ModelSource]:
+        assert self._path is not None
+        return discover(self._path, name=self._name, model_class=self._model_class,
+                        version=self._version)
+
     async def load_all(self) -> None:
         if self._path is None:
             return
-        for source in discover(self._path, name=self._name, model_class=self._model_class):
+        for source in self._discover():
             await self._load_source(source)
 
     async def load(self, name: str) -> None:
@@ -220,7 +230,7 @@ class ModelRepository:
                    for versions in self._models.values() for mv in versions.values()]
         if self._path is not None:
             try:
-                known = {s.name for s in discover(self._path, name=self._name, model_class=self._model_class)}
+                known = {s.name for s in self._discover()}
             except (OSError, ValueError, ModelLoadError):
                 known = set()
             entries += [RepositoryEntry(n, "", "UNAVAILABLE", "unloaded")
@@ -231,7 +241,7 @@ class ModelRepository:
         if self._path is None:
             raise ModelNotFound(f"model '{name}' is not in the repository")
         try:
-            sources = discover(self._path, name=self._name, model_class=self._model_class)
+            sources = self._discover()
         except (OSError, ValueError) as exc:
             raise ModelNotFound(f"cannot read the repository: {exc}") from exc
         for source in sources:

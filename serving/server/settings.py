@@ -18,6 +18,9 @@ class ServerSettings(BaseSettings):
 
     model_path: Path | None = Field(None, description="A model file, model folder or folder of models")
     model_name: str | None = Field(None, description="Name for a single model path")
+    model_version: str | None = Field(None, pattern=r"^[0-9]{1,18}$",
+                                      description="Version a single unversioned model path "
+                                      "reports (its registry version); default 1")
     model_class: str | None = Field(None, description="module:Class of a custom Python model "
                                     "that serves model_path")
     runtime: str | None = Field(None, description="Runtime the model must be served by (what "

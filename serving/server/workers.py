@@ -67,7 +67,7 @@ def supervise(settings: ServerSettings) -> None:
     repository = ModelRepository(path=settings.model_path, name=settings.model_name,
                                  metrics=metrics, model_class=settings.model_class,
                                  default_batching=settings.default_batching(),
-                                 runtime=settings.runtime,
+                                 runtime=settings.runtime, version=settings.model_version,
                                  trusted_sources=settings.trusted_sources)
     started = time.perf_counter()
     asyncio.run(repository.load_all())  # before forking: workers share the loaded models

@@ -62,7 +62,7 @@ class LocalActuator:
         for revision, workload in desired.workloads.items():
             spec = ReplicaSpec(revision, workload.model_name, workload.storage_uri,
                                workload.runtime, workload.max_batch_size,
-                               workload.max_batch_latency_ms)
+                               workload.max_batch_latency_ms, workload.model_version)
             to_stop += await self.supervisor.scale(spec, workload.replicas)
         for revision, replicas in self.supervisor.replicas.items():
             if revision not in desired.workloads:

@@ -7,6 +7,7 @@
 | POST | /apply | ``{"documents": [{"path": ..., "text": ...}]}``: manifests to apply |
 | POST | /delete | ``{"services": [...], "graphs": [...]}``: remove them, draining replicas |
 | POST | /services/{name}/promote, /services/{name}/rollback | end a canary |
+| POST | /services/{name}/refresh | resolve a ``models:/NAME@ALIAS`` now (a moved alias: canary) |
 | POST | /shutdown | drain and stop everything (what ``turnout down`` calls) |
 
 Where it listens is written to ``.turnout/plane.json``. Loopback only, and every call but
@@ -35,7 +36,7 @@ from serving.control.policy import validate
 from serving.spec.load import ManifestError, load_texts
 
 log = logging.getLogger("turnout.control")
-_ACTION = re.compile(r"^/services/([^/]+)/(promote|rollback)$")
+_ACTION = re.compile(r"^/services/([^/]+)/(promote|rollback|refresh)$")
 
 
 class PlaneAdmin:

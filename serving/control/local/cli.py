@@ -41,6 +41,12 @@ def add_parsers(sub: Any) -> None:
                     "served (repeatable); remote pickles are refused otherwise")
     up.add_argument("--trust-remote-pickle", action="store_true",
                     help="serve pickle models from any remote storageUri")
+    up.add_argument("--registry-uri", default=None,
+                    help="MLflow tracking URI for models:/ storage URIs (default: "
+                    "MLFLOW_TRACKING_URI, else sqlite:///<state-dir>/registry.db)")
+    up.add_argument("--registry-poll", type=float, default=30.0,
+                    help="seconds between checks of models:/NAME@ALIAS aliases; a moved alias "
+                    "starts a canary of the new version (0: only on turnout rollout refresh)")
     common(up)
     apply = sub.add_parser("apply", help="apply manifests to the running plane")
     apply.add_argument("-f", "--filename", dest="files", type=Path, action="append", required=True)
@@ -56,8 +62,9 @@ def add_parsers(sub: Any) -> None:
     common(status)
     down = sub.add_parser("down", help="drain and stop the running plane")
     common(down)
-    rollout = sub.add_parser("rollout", help="promote or roll back a canary")
-    rollout.add_argument("action", choices=["promote", "rollback"])
+    rollout = sub.add_parser("rollout", help="promote or roll back a canary, or refresh a "
+                             "registry alias now")
+    rollout.add_argument("action", choices=["promote", "rollback", "refresh"])
     rollout.add_argument("name", help="InferenceService name")
     common(rollout)
 

@@ -37,6 +37,7 @@ from serving.control.policy.observe import Totals, window
 from serving.control.policy.plan import Desired, Observed, plan
 from serving.control.policy.ports import Observation
 from serving.control.policy.rollout import step
+from serving.control.registry import Located, RegistryLink, RegistryProblem, follows_alias, is_registry_uri
 from serving.spec import InferenceGraph, InferenceService, Manifests
 from serving.spec.load import ManifestError
 
@@ -69,8 +70,13 @@ class Plane:
     desired: Desired | None = None
     observation: Observation = field(default_factory=Observation)
     trusted_sources: tuple[str, ...] = ()  # remote prefixes whose pickles may be served
+    registry: RegistryLink | None = None   # models:/ URIs; default: SQLite under state_dir
+    registry_poll: float = 30.0            # seconds between alias checks (0: only on refresh)
     _statefile: StateFile = field(init=False)
     _pids: str = ""
+    _polled: dict[str, float] = field(default_factory=dict)   # service -> last alias check
+    _polling: asyncio.Task[None] | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -79,12 +85,46 @@ class Plane:
         self.observer = LocalObserver(self.supervisor, self.router)
         self.actuator = LocalActuator(self.supervisor, self.router)
         self._statefile = StateFile(self.state_dir / "state.json")
+        if self.registry is None:
+            self.registry = RegistryLink(state_dir=self.state_dir)
         self.metrics.watch(lambda: status(self))
 
     def _set(self, name: str, state: rev.ServiceState) -> None:
         """The one way a service's state changes, so every new event is counted once."""
-        self.metrics.record(name, rev.new_events(self.states.get(name), state))
+        events = rev.new_events(self.states.get(name), state)
+        self.metrics.record(name, events)
         self.states[name] = state
+        self._record_outcomes(name, state, events)
+
+    def _record_outcomes(self, name: str, state: rev.ServiceState, events: list[rev.Event]) -> None:
+        """A promoted or rolled-back registry version gets a tag saying so (in the background:
+        the registry may be slow or down, and the rollout must not wait for it)."""
+        for event in events:
+            if event.kind == "promoted":
+                revision, outcome = state.revisions.get(state.stable), "promoted"
+            elif event.kind == "rolled_back" and state.canary is not None:
+                revision, outcome = state.revisions.get(state.canary), "rolled-back"
+            else:
+                continue
+            if revision is None or not revision.pinned_uri or self.registry is None:
+                continue
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a synchronous caller): nothing to write with
+                return
+            task = loop.create_task(self._tag(
+                revision.pinned_uri, outcome=outcome, reason=event.message, service=name))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _tag(self, pinned_uri: str, *, outcome: str, reason: str, service: str) -> None:
+        assert self.registry is not None
+        try:
+            await asyncio.to_thread(self.registry.record, pinned_uri, outcome=outcome,
+                                    reason=reason, service=service)
+        except RegistryProblem as exc:
+            log.warning("%s: could not tag %s as %s in the registry: %s", service, pinned_uri,
+                        outcome, exc)
 
     # -- state that survives restarts -------------------------------------------------------
 
@@ -116,17 +156,36 @@ class Plane:
 
     # -- manifests --------------------------------------------------------------------------
 
-    def check(self, manifests: Manifests) -> None:
+    async def locate(self, manifests: Manifests) -> tuple[dict[str, Located], list[str]]:
+        """Resolve the set's ``models:/`` URIs through the registry: what each pins, and the
+        problems (unknown model, version or alias; registry unreachable) as ``where: what``."""
+        located: dict[str, Located] = {}
+        problems: list[str] = []
+        for isvc in manifests.services:
+            uri = isvc.spec.predictor.resolved().storageUri or ""
+            if not is_registry_uri(uri):
+                continue
+            assert self.registry is not None
+            try:
+                located[isvc.name] = await asyncio.to_thread(self.registry.locate, uri)
+            except RegistryProblem as exc:
+                problems.append(f"InferenceService {isvc.name}: storageUri {uri!r}: {exc}")
+        return located, problems
+
+    def check(self, manifests: Manifests, problems: list[str] | None = None) -> None:
         """Refuse the whole set unless everything in it, with what runs already, can run.
 
-        Raises :class:`ManifestError` listing every problem as ``where: what``; nothing is
-        stored or changed before this passes.
+        Raises :class:`ManifestError` listing every problem as ``where: what`` (``problems``:
+        ones found before, such as registry URIs that do not resolve); nothing is stored or
+        changed before this passes.
         """
         services = {n: s for n, (s, _) in self.services.items()}
         services.update({s.name: s for s in manifests.services})
         graphs = {**self.graphs, **{g.name: g for g in manifests.graphs}}
-        found = validate.problems(services, graphs)
+        found = validate.problems(services, graphs) + list(problems or [])
         for isvc in manifests.services:
+            if is_registry_uri(isvc.spec.predictor.resolved().storageUri or ""):
+                continue  # resolved through the registry (see locate)
             base = manifests.sources[isvc.name].parent
             found += [f"InferenceService {isvc.name}: {p}"
                       for p in storage_problems(isvc, base, self.trusted_sources)]
@@ -136,15 +195,20 @@ class Plane:
 
     async def apply(self, manifests: Manifests) -> list[str]:
         """Apply services and graphs (others stay as they are); returns the new events."""
-        self.check(manifests)
+        located, problems = await self.locate(manifests)
+        self.check(manifests, problems)
         now = time.time()
         before = dict(self.states)
         for isvc in manifests.services:
             base = manifests.sources[isvc.name].parent
             uri = isvc.spec.predictor.resolved().storageUri or ""
             self.services[isvc.name] = (isvc, base)
-            self._set(isvc.name, rev.apply_manifest(self.states.get(isvc.name), isvc, now=now,
-                                                    resolved_uri=resolve(uri, base)))
+            found = located.get(isvc.name)
+            self._polled[isvc.name] = time.monotonic()
+            self._set(isvc.name, rev.apply_manifest(
+                self.states.get(isvc.name), isvc, now=now,
+                resolved_uri=found.location if found else resolve(uri, base),
+                pin=found.pin if found else None))
         for graph in manifests.graphs:
             self.graphs[graph.name] = graph
         await self.reconcile()
@@ -171,6 +235,59 @@ class Plane:
         await self.reconcile()
         return [f"deleted InferenceService {n}" for n in services] + \
             [f"deleted InferenceGraph {n}" for n in graphs]
+
+    async def refresh(self, name: str) -> str:
+        """Resolve the service's registry alias now (``turnout rollout refresh``); a version
+        other than the latest revision's starts a canary of it. Returns what happened."""
+        entry = self.services.get(name)
+        if entry is None:
+            raise KeyError(f"no InferenceService named {name!r}")
+        uri = entry[0].spec.predictor.resolved().storageUri or ""
+        if not is_registry_uri(uri):
+            return f"{name} does not serve from the registry ({uri}); nothing to refresh"
+        return await self._follow(name)
+
+    async def _follow(self, name: str) -> str:
+        isvc, _ = self.services[name]
+        uri = isvc.spec.predictor.resolved().storageUri or ""
+        self._polled[name] = time.monotonic()
+        assert self.registry is not None
+        try:
+            found = await asyncio.to_thread(self.registry.locate, uri)
+        except RegistryProblem as exc:
+            log.warning("%s: cannot resolve %s: %s", name, uri, exc)
+            return f"{name}: cannot resolve {uri}: {exc}"
+        state = self.states.get(name)
+        if state is None or self.services.get(name, (None,))[0] is not isvc:
+            return f"{name} changed while resolving {uri}; nothing done"
+        after = rev.apply_manifest(state, isvc, now=time.time(), resolved_uri=found.location,
+                                   pin=found.pin)
+        if after is state or after.recorded == state.recorded:
+            return f"{name}: {uri} is still {found.pinned_uri}; nothing to do"
+        log.info("%s: %s moved to %s: %s", name, uri, found.pinned_uri, after.events[-1].message)
+        self._set(name, after)
+        await self.reconcile()
+        return after.events[-1].message
+
+    def _poll_registry(self) -> None:
+        """Start one background check of the registry aliases that are due (never two at once,
+        never on the loop: the registry may be slow)."""
+        if self.registry_poll <= 0 or (self._polling is not None and not self._polling.done()):
+            return
+        now = time.monotonic()
+        due = [n for n, (isvc, _) in self.services.items()
+               if follows_alias(isvc.spec.predictor.resolved().storageUri or "")
+               and now - self._polled.get(n, 0.0) >= self.registry_poll]
+        if due:
+            self._polling = asyncio.get_running_loop().create_task(self._follow_all(due))
+
+    async def _follow_all(self, names: list[str]) -> None:
+        for name in names:
+            if name in self.services:
+                try:
+                    await self._follow(name)
+                except Exception:  # one service's registry trouble must not stop the others
+                    log.exception("%s: following the registry alias failed", name)
 
     async def promote(self, name: str) -> str:
         return await self._decide(name, rev.promote, "promoted from the CLI")
@@ -237,6 +354,7 @@ class Plane:
                     self.history = [h for h in self.history if h[0] > last_scrape - 60] + \
                         [(last_scrape, dict(observation.counters))]
                     self._rollouts()
+                self._poll_registry()
                 await self.reconcile(observation)
             except Exception:  # one bad tick must not end supervision
                 log.exception("control loop tick failed")
@@ -297,6 +415,10 @@ class Plane:
         return window(now.get(key), then.get(key)).requests / (now_t - then_t)
 
     async def shutdown(self) -> None:
+        if self._polling is not None:
+            self._polling.cancel()
+        if self._background:  # rollout tags being written: give them a moment
+            await asyncio.wait(self._background, timeout=5)
         self.save()
         await self.router.stop()
         await self.supervisor.stop_all()

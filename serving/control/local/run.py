@@ -33,6 +33,7 @@ from serving.control.local.routerproc import RouterProcess
 from serving.control.local.statefile import StateFileError
 from serving.control.local.supervisor import free_port
 from serving.control.policy import validate
+from serving.control.registry import RegistryLink
 from serving.spec.load import ManifestError, Manifests, last_documents, load_files
 from serving.transport.logs import configure_logging
 
@@ -86,12 +87,14 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
                            grpc_port=args.grpc_port)
     trusted = tuple(args.trusted_sources) + (("*",) if args.trust_remote_pickle else ())
     plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()),
-                  trusted_sources=trusted)
+                  trusted_sources=trusted,
+                  registry=RegistryLink(state_dir=state_dir, tracking_uri=args.registry_uri),
+                  registry_poll=args.registry_poll)
     try:
         restored = plane.restore()
         if restored:  # the state holds the history: apply what each file ends with
             manifests = last_documents(manifests)
-        plane.check(manifests)
+        plane.check(manifests, (await plane.locate(manifests))[1])
     except (ManifestError, StateFileError) as exc:
         print(f"turnout up: {exc}", file=sys.stderr)
         return 2

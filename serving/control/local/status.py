@@ -31,6 +31,7 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
             variants.append({
                 "role": role, "revision": revision, "weight": weight,
                 "storageUri": state.revisions[revision].storage_uri,
+                "registryVersion": state.revisions[revision].pinned_uri or None,
                 "replicas": {"ready": sum(r.state == "ready" for r in replicas),
                              "total": len([r for r in replicas if r.state != "stopping"]),
                              "desired": scaling.state.replicas if scaling else None,
@@ -58,13 +59,14 @@ def render(doc: dict[str, Any]) -> str:
         canary = f", canary {svc['canary']} at {svc['canary_percent']}%" if svc["canary"] else ""
         lines.append(f"\n{svc['name']}  [{svc['phase']}]  stable {svc['stable']}{canary}")
         lines.append(f"  {'ROLE':7} {'REVISION':22} {'WEIGHT':>6} {'READY':>6} {'RPS':>8} "
-                     f"{'ERR%':>6} {'P99ms':>8}")
+                     f"{'ERR%':>6} {'P99ms':>8}  MODEL")
         for v in svc["variants"]:
             r = v["replicas"]
             p99 = "-" if v["p99_ms"] is None else f"{v['p99_ms']:.1f}"
             lines.append(f"  {v['role']:7} {v['revision']:22} {v['weight']:>5}% "
                          f"{r['ready']:>2}/{r['total']:<3} {v['rps']:>8.1f} "
-                         f"{v['error_rate'] * 100:>6.2f} {p99:>8}")
+                         f"{v['error_rate'] * 100:>6.2f} {p99:>8}  "
+                         f"{v.get('registryVersion') or v['storageUri']}")
         for event in svc["events"][-5:]:
             stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
             lines.append(f"  {stamp}  {event['message']}")

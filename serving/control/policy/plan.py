@@ -39,6 +39,7 @@ class Workload:
     max_batch_size: int | None = None
     max_batch_latency_ms: int | None = None
     timeout_seconds: int | None = None
+    model_version: str | None = None  # the registry version the servers report, when pinned
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def plan(*, services: Sequence[tuple[InferenceService, ServiceState]],
                 replicas=observed.replicas.get(revision_name, policy.start), policy=policy,
                 max_batch_size=revision.max_batch_size,
                 max_batch_latency_ms=revision.max_batch_latency_ms,
-                timeout_seconds=isvc.spec.predictor.timeout)
+                timeout_seconds=isvc.spec.predictor.timeout,
+                model_version=revision.model_version)
     at_zero = frozenset(r for r, w in workloads.items() if w.replicas == 0)
     routes = router_config(services=list(services), endpoints=observed.endpoints,
                            graphs=list(graphs), at_zero=at_zero, hold_seconds=hold_seconds,

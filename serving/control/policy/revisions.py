@@ -46,10 +46,19 @@ class Revision(BaseModel):
     digest: str
     storage_uri: str                 # as the manifest wrote it
     resolved_uri: str = ""           # what replicas are given: absolute, or a pinned version
+    # A registry URI (models:/name@alias or /version) resolved to one version, pinned here so a
+    # replica that restarts never loads another model: "models:/name/3"; "" otherwise.
+    pinned_uri: str = ""
+    model_version: str | None = None  # the registry version the replicas report over OIP
     model_format: str
     runtime: str | None = None
     max_batch_size: int | None = None  # KServe's predictor.batcher, for this revision's servers
     max_batch_latency_ms: int | None = None
+
+    @property
+    def source(self) -> str:
+        """The model as events name it: the manifest's URI, and the registry version it pinned."""
+        return f"{self.storage_uri} = {self.pinned_uri}" if self.pinned_uri else self.storage_uri
 
 
 class Event(BaseModel):
@@ -84,11 +93,14 @@ class ServiceState(BaseModel):
         return roles
 
 
-def digest(isvc: InferenceService) -> str:
-    """Identity of the predictor's template: what a new revision is made of."""
+def digest(isvc: InferenceService, pinned_uri: str = "") -> str:
+    """Identity of the predictor's template: what a new revision is made of. ``pinned_uri``:
+    the registry version a ``models:/name@alias`` resolved to, so moving the alias is a change."""
     predictor = isvc.spec.predictor
     template = {"model": predictor.resolved().model_dump(mode="json", exclude_none=True),
                 "batcher": predictor.batcher.model_dump(mode="json") if predictor.batcher else None}
+    if pinned_uri:
+        template["pinned"] = pinned_uri
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -100,10 +112,13 @@ def rollout_digest(isvc: InferenceService) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _revision(isvc: InferenceService, number: int, resolved_uri: str | None = None) -> Revision:
+def _revision(isvc: InferenceService, number: int, resolved_uri: str | None = None,
+              pin: Pin | None = None) -> Revision:
     model = isvc.spec.predictor.resolved()
     batcher = isvc.spec.predictor.batcher
-    return Revision(name=f"{isvc.name}-{number:05d}", number=number, digest=digest(isvc),
+    pinned = pin.uri if pin else ""
+    return Revision(name=f"{isvc.name}-{number:05d}", number=number, digest=digest(isvc, pinned),
+                    pinned_uri=pinned, model_version=pin.version if pin else None,
                     storage_uri=model.storageUri or "", model_format=model.modelFormat.name,
                     resolved_uri=resolved_uri or model.storageUri or "",
                     runtime=model.runtime,
@@ -122,26 +137,35 @@ def new_events(before: ServiceState | None, after: ServiceState) -> list[Event]:
     return after.events[len(after.events) - min(max(fresh, 0), len(after.events)):]
 
 
+class Pin(BaseModel):
+    """A registry URI resolved to one version: ``models:/fraud@champion`` -> ``models:/fraud/3``."""
+
+    uri: str
+    version: str
+
+
 def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: float,
-                   resolved_uri: str | None = None) -> ServiceState:
+                   resolved_uri: str | None = None, pin: Pin | None = None) -> ServiceState:
     """The state after applying ``isvc`` (KServe semantics, see the module docstring).
 
-    ``resolved_uri``: what the storage URI resolved to (an absolute path, a pinned registry
-    version), recorded in a new revision.
+    ``resolved_uri``: what the storage URI resolved to (an absolute path, a fetched registry
+    version), recorded in a new revision. ``pin``: the registry version a ``models:/`` URI
+    resolved to; a different version than the latest revision's is a new revision (a canary,
+    with the manifest's rollout), so moving a registry alias rolls the new version out.
     """
     predictor = isvc.spec.predictor
     wanted = predictor.canaryTrafficPercent
     rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
     if state is None:
-        first = _revision(isvc, 1, resolved_uri)
+        first = _revision(isvc, 1, resolved_uri, pin)
         return record_event(ServiceState(name=isvc.name, revisions={first.name: first},
                                          stable=first.name, manifest_percent=wanted,
                                          rollout_digest=rollout_digest(isvc)), now,
-                            "created", f"created {first.name} ({first.storage_uri}) with all traffic")
-    new_digest = digest(isvc)
+                            "created", f"created {first.name} ({first.source}) with all traffic")
+    new_digest = digest(isvc, pin.uri if pin else "")
     latest = state.revisions[state.canary or state.stable]
     if new_digest != latest.digest:
-        return _new_revision(state, isvc, new_digest, now=now, resolved_uri=resolved_uri)
+        return _new_revision(state, isvc, new_digest, now=now, resolved_uri=resolved_uri, pin=pin)
     state = _rollout_edit(state, isvc, now=now)
     if wanted == state.manifest_percent:
         return state  # the manifest did not change: a CLI or analysis decision stands
@@ -167,7 +191,7 @@ def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: f
 
 
 def _new_revision(state: ServiceState, isvc: InferenceService, new_digest: str, *, now: float,
-                  resolved_uri: str | None) -> ServiceState:
+                  resolved_uri: str | None, pin: Pin | None) -> ServiceState:
     wanted = isvc.spec.predictor.canaryTrafficPercent
     rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
     update = {"manifest_percent": wanted, "rollout_digest": rollout_digest(isvc)}
@@ -177,7 +201,7 @@ def _new_revision(state: ServiceState, isvc: InferenceService, new_digest: str, 
                             "removed",
                             f"manifest is back to {state.stable}: canary {state.canary} removed")
     number = max(r.number for r in state.revisions.values()) + 1
-    revision = _revision(isvc, number, resolved_uri)
+    revision = _revision(isvc, number, resolved_uri, pin)
     state = state.model_copy(update={**update, "revisions": {**state.revisions,
                                                              revision.name: revision}})
     if wanted == 100 or (wanted is None and rollout is None):
@@ -187,7 +211,7 @@ def _new_revision(state: ServiceState, isvc: InferenceService, new_digest: str, 
                                          "phase": "stable", "previous": previous,
                                          "baseline": None})
         return record_event(state, now, "created", f"created {revision.name} "
-                            f"({revision.storage_uri}) with all traffic ({why})")
+                            f"({revision.source}) with all traffic ({why})")
     if rollout is not None:
         percent = wanted if wanted is not None else rollout.steps[0]
         return start_canary(state, revision.name, percent, now=now, phase="progressing")
@@ -241,7 +265,7 @@ def start_canary(state: ServiceState, revision: str, percent: int, *, now: float
         state = state.model_copy(update={"phase": "rolled-back"})
     how = "progressive rollout" if phase == "progressing" else "canary"
     return record_event(state, now, "started", f"{how}: {revision} "
-                        f"({state.revisions[revision].storage_uri}) at {percent}% beside {state.stable}")
+                        f"({state.revisions[revision].source}) at {percent}% beside {state.stable}")
 
 
 def set_step(state: ServiceState, percent: int, *, now: float, reason: str) -> ServiceState:
