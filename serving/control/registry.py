@@ -66,14 +66,16 @@ class RegistryLink:
 
         return Registry(self.tracking_uri, state_dir=self.state_dir)
 
-    def locate(self, uri: str) -> Located:
-        """Resolve ``uri`` to one version and make its files loadable (blocking)."""
+    def locate(self, uri: str, *, fetch: bool = True) -> Located:
+        """Resolve ``uri`` to one version and make its files loadable (blocking). Without
+        ``fetch`` the location is the registry's own download URI (what a Kubernetes pod is
+        given: it fetches the files itself)."""
         from upstream.registry import RegistryError
 
         try:
             registry = self._registry()
             resolved = registry.resolve(uri)
-            location = registry.fetch(resolved)
+            location = registry.fetch(resolved) if fetch else resolved.download_uri
         except RegistryError as exc:
             raise RegistryProblem(str(exc)) from None
         return Located(name=resolved.name, version=resolved.version,

@@ -37,12 +37,21 @@ from serving.control.policy.autoscale import scale_policy
 from serving.control.policy.plan import Observed, plan
 from serving.control.policy.ports import Observation
 from serving.control.policy.rollout import step
+from serving.control.registry import (
+    RegistryLink,
+    RegistryProblem,
+    follows_alias,
+    is_registry_uri,
+)
 from serving.spec import InferenceGraph, InferenceService
 from serving.spec.load import ManifestError
 
 log = logging.getLogger("turnout.kube")
 
 TICK_SECONDS = 5.0
+REGISTRY_POLL_SECONDS = 30.0
+# Where pods can fetch a registry version from themselves (the model server's storage layer).
+POD_FETCHABLE = ("s3://", "s3a://", "gs://", "gcs://", "http://", "https://")
 
 
 @dataclass
@@ -64,6 +73,11 @@ class Controller:
     clock: Callable[[], float] = time.time
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     hpa_api_version: str | None = None
+    # models:/ URIs: MLflow's registry by MLFLOW_TRACKING_URI (the chart sets it); aliases are
+    # checked every registry_poll seconds from the resource's timer.
+    registry: RegistryLink = field(default_factory=RegistryLink)
+    registry_poll: float = REGISTRY_POLL_SECONDS
+    _polled: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def namespace(self, name: str) -> Namespace:
         if name not in self.namespaces:
@@ -95,6 +109,8 @@ class Controller:
             ns.observation = await ns.observer.observe(counters=True)
             live = await asyncio.to_thread(self.kube.get, API_VERSION, "InferenceService",
                                            namespace, body["metadata"]["name"])
+            if live is not None and self._alias_due(live):
+                await self._apply(live)
             if live is not None:
                 await self._step(live, ns.observation)
             await self._sync(namespace, ns, observation=ns.observation)
@@ -107,6 +123,18 @@ class Controller:
 
     # -- the steps --------------------------------------------------------------------------
 
+    def _alias_due(self, body: dict[str, Any]) -> bool:
+        """Whether the resource follows a registry alias whose last check is old enough."""
+        try:
+            isvc = resources.manifest(body)
+        except (ManifestError, ValueError):
+            return False
+        if not isinstance(isvc, InferenceService) or self.registry_poll <= 0 \
+                or not follows_alias(isvc.spec.predictor.resolved().storageUri or ""):
+            return False
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        return self.clock() - self._polled.get(key, 0.0) >= self.registry_poll
+
     async def _apply(self, body: dict[str, Any]) -> None:
         try:
             isvc = resources.manifest(body)
@@ -114,16 +142,56 @@ class Controller:
             found = validate.service_problems(isvc)
             if found:
                 raise ManifestError("; ".join(found))
+            uri = isvc.spec.predictor.resolved().storageUri or ""
+            pin, location = await self._locate(body, uri) if is_registry_uri(uri) else (None, None)
         except (ManifestError, ValueError) as exc:
             log.warning("%s: %s", resources.where(body), exc)
             await self._write_status(body, resources.invalid_status(body, str(exc)))
             return
         saved = resources.saved_state(body)
-        state = rev.apply_manifest(saved, isvc, now=self.clock())
-        for event in rev.new_events(saved, state):
+        state = rev.apply_manifest(saved, isvc, now=self.clock(), resolved_uri=location, pin=pin)
+        events = rev.new_events(saved, state)
+        for event in events:
             log.info("%s: %s", resources.where(body), event.message)
+        self._record_outcomes(body, state, events)
         if state != saved:
             await self._write_status(body, {"turnout": state.model_dump(mode="json")})
+
+    async def _locate(self, body: dict[str, Any], uri: str) -> tuple[rev.Pin, str]:
+        """A registry URI's version now, and where its pods fetch it from; a ManifestError
+        says why it cannot be served (the resource's Ready condition carries it)."""
+        self._polled[(body["metadata"]["namespace"], body["metadata"]["name"])] = self.clock()
+        try:
+            found = await asyncio.to_thread(self.registry.locate, uri, fetch=False)
+        except RegistryProblem as exc:
+            raise ManifestError(f"storageUri {uri!r}: {exc}") from None
+        if not found.location.startswith(POD_FETCHABLE):
+            raise ManifestError(
+                f"storageUri {uri!r} is {found.pinned_uri}, whose files are at "
+                f"{found.location!r}, which pods cannot fetch: give the MLflow server an "
+                "object-store artifact root (s3://, gs://) or serve its artifacts over http(s)")
+        return found.pin, found.location
+
+    def _record_outcomes(self, body: dict[str, Any], state: rev.ServiceState,
+                         events: list[rev.Event]) -> None:
+        """Tag promoted and rolled-back registry versions (in the background)."""
+        for event in events:
+            if event.kind == "promoted":
+                revision, outcome = state.revisions.get(state.stable), "promoted"
+            elif event.kind == "rolled_back" and state.canary is not None:
+                revision, outcome = state.revisions.get(state.canary), "rolled-back"
+            else:
+                continue
+            if revision is None or not revision.pinned_uri:
+                continue
+            asyncio.get_running_loop().create_task(asyncio.to_thread(
+                self._tag, revision.pinned_uri, outcome, event.message, state.name))
+
+    def _tag(self, pinned_uri: str, outcome: str, reason: str, service: str) -> None:
+        try:
+            self.registry.record(pinned_uri, outcome=outcome, reason=reason, service=service)
+        except RegistryProblem as exc:
+            log.warning("%s: could not tag %s as %s: %s", service, pinned_uri, outcome, exc)
 
     async def _step(self, body: dict[str, Any], observation: Observation) -> None:
         state = resources.saved_state(body)
@@ -141,8 +209,10 @@ class Controller:
                      canary_ready=state.canary is not None and state.canary in observation.endpoints,
                      now=self.clock())
         if after is not state:
-            for event in rev.new_events(state, after):
+            events = rev.new_events(state, after)
+            for event in events:
                 log.info("%s: %s", resources.where(body), event.message)
+            self._record_outcomes(body, after, events)
             await self._write_status(body, {"turnout": after.model_dump(mode="json")})
 
     async def _sync(self, namespace: str, ns: Namespace, *,

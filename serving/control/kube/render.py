@@ -136,6 +136,8 @@ def serve_args(workload: Workload, settings: Settings) -> list[str]:
             "--runtime", workload.runtime, "--host", "0.0.0.0",
             "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
             "--drain-seconds", str(settings.drain_seconds)]
+    if workload.model_version is not None:
+        args += ["--model-version", workload.model_version]
     if workload.max_batch_size is not None:
         args += ["--max-batch-size", str(workload.max_batch_size)]
         if workload.max_batch_latency_ms is not None:
