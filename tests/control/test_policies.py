@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from serving.control.local.supervisor import ReplicaSpec
 from serving.control.policy.autoscale import ScalePolicy, ScaleState, Window, decide
 from serving.control.policy.observe import Totals, quantile, window
-from serving.control.policy.revisions import apply_manifest, promote, rollback
+from serving.control.policy.plan import Observed, plan
+from serving.control.policy.revisions import Pin, apply_manifest, promote, rollback
 from serving.control.policy.rollout import VariantWindow, analyse
 from serving.control.policy.routes import Endpoints, router_config
 from serving.spec import Analysis, load_texts
@@ -196,3 +198,34 @@ def test_a_service_with_its_own_upstream_keeps_the_planes_defaults() -> None:
     # the router replaces the top-level upstream with a service's own: nothing may get lost
     assert upstream.hold_seconds > 0 and upstream.grpc_via_http
     assert upstream.health_check.interval_seconds == 0.5
+
+
+def test_a_moved_registry_alias_is_a_new_revision_pinned_to_the_version() -> None:
+    """models:/iris@champion: the manifest never changes; the version it resolves to does."""
+    alias = "models:/iris@champion"
+    v1, v2 = Pin(uri="models:/iris/1", version="1"), Pin(uri="models:/iris/2", version="2")
+    s = apply_manifest(None, iss(alias, rollout=True), now=1, resolved_uri="/r/1", pin=v1)
+    first = s.revisions[s.stable]
+    assert (first.pinned_uri, first.model_version, first.resolved_uri) == (v1.uri, "1", "/r/1")
+    assert "models:/iris@champion = models:/iris/1" in s.events[-1].message
+    assert apply_manifest(s, iss(alias, rollout=True), now=2, resolved_uri="/r/1", pin=v1) is s
+    s = apply_manifest(s, iss(alias, rollout=True), now=3, resolved_uri="/r/2", pin=v2)
+    assert (s.stable, s.canary, s.phase, s.percent) == ("iris-00001", "iris-00002", "progressing", 10)
+    assert s.revisions["iris-00002"].model_version == "2"
+    # A rolled-back version stays rolled back while the alias still points at it ...
+    s = rollback(s, now=4, reason="analysis")
+    assert apply_manifest(s, iss(alias, rollout=True), now=5, resolved_uri="/r/2", pin=v2) is s
+    # ... and moving the alias back to the stable version removes the canary.
+    s = apply_manifest(s, iss(alias, rollout=True), now=6, resolved_uri="/r/1", pin=v1)
+    assert (s.stable, s.canary, s.events[-1].kind) == ("iris-00001", None, "removed")
+
+
+def test_the_pinned_registry_version_reaches_the_servers() -> None:
+    pin = Pin(uri="models:/iris/7", version="7")
+    s = apply_manifest(None, iss("models:/iris@champion"), now=1, resolved_uri="/cache/7", pin=pin)
+    desired = plan(services=[(iss("models:/iris@champion"), s)], graphs=[], observed=Observed())
+    workload = desired.workloads[s.stable]
+    assert (workload.storage_uri, workload.model_version) == ("/cache/7", "7")
+    spec = ReplicaSpec(s.stable, workload.model_name, workload.storage_uri, workload.runtime,
+                       model_version=workload.model_version)
+    assert spec.serve_flags()[-2:] == ["--model-version", "7"]
