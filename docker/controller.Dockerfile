@@ -15,7 +15,7 @@ COPY router/ router/
 COPY runtimes/ runtimes/
 # Versions pinned by the project's constraints.txt (what the test suite last passed with).
 RUN python -m venv /opt/turnout \
-    && /opt/turnout/bin/pip install --no-cache-dir -c constraints.txt ".[kube]"
+    && /opt/turnout/bin/pip install --no-cache-dir -c constraints.txt ".[kube,pipelines]"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 turnout \

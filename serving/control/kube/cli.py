@@ -39,6 +39,10 @@ def add_parsers(sub: Any) -> None:
     controller.add_argument("--config", default=os.environ.get("TURNOUT_CONTROLLER_CONFIG"),
                             help="the chart's config.yaml: images per framework family, router "
                             "and model-server defaults, KEDA (TURNOUT_CONTROLLER_CONFIG)")
+    controller.add_argument("--registry-poll", type=float,
+                            default=float(os.environ.get("TURNOUT_REGISTRY_POLL_SECONDS", "30")),
+                            help="seconds between checks of models:/NAME@ALIAS aliases "
+                            "(TURNOUT_REGISTRY_POLL_SECONDS; the registry is MLFLOW_TRACKING_URI)")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -50,7 +54,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
         try:
             run_controller(args.namespace, image=args.image, kubeconfig=args.kubeconfig,
-                           prometheus_url=args.prometheus_url, config=args.config)
+                           prometheus_url=args.prometheus_url, config=args.config,
+                           registry_poll=args.registry_poll)
         except ValueError as exc:  # a config file that cannot be used: say so, no traceback
             print(f"turnout controller: {exc}", file=sys.stderr)
             return 2

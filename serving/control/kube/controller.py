@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -161,6 +162,9 @@ class Controller:
         """A registry URI's version now, and where its pods fetch it from; a ManifestError
         says why it cannot be served (the resource's Ready condition carries it)."""
         self._polled[(body["metadata"]["namespace"], body["metadata"]["name"])] = self.clock()
+        if self.registry.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+            raise ManifestError(f"storageUri {uri!r}: no model registry is configured (the "
+                                "chart's registry.trackingUri, MLFLOW_TRACKING_URI)")
         try:
             found = await asyncio.to_thread(self.registry.locate, uri, fetch=False)
         except RegistryProblem as exc:
@@ -360,7 +364,7 @@ def _plain(body: Any) -> dict[str, Any]:
 def run_controller(namespace: str | None = None, *, image: str = "turnout:latest",
                    kubeconfig: str | None = None, tick_seconds: float = TICK_SECONDS,
                    retire_seconds: float = 30.0, prometheus_url: str | None = None,
-                   config: str | None = None,
+                   config: str | None = None, registry_poll: float = REGISTRY_POLL_SECONDS,
                    stop_flag: Any = None, ready_flag: Any = None) -> None:
     """``turnout controller``: run until stopped (``kopf run --standalone`` style), in one
     namespace or, with ``namespace=None``, cluster-wide."""
@@ -384,7 +388,7 @@ def run_controller(namespace: str | None = None, *, image: str = "turnout:latest
     if prometheus_url:
         settings = Settings(**{**settings.__dict__, "prometheus_url": prometheus_url})
     controller = Controller(Kube(kubernetes.client.ApiClient()), settings,
-                            retire_seconds=retire_seconds)
+                            retire_seconds=retire_seconds, registry_poll=registry_poll)
     registry = register(controller, tick_seconds=tick_seconds)
     kopf.run(registry=registry, standalone=True, clusterwide=namespace is None,
              namespaces=[namespace] if namespace else (), stop_flag=stop_flag,
