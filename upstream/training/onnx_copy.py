@@ -75,13 +75,15 @@ def align(onnx_bytes: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec]
     for spec in outputs:
         index, column = methods[spec.name]
         if column is not None or index is None or index not in old_outputs:
-            return None, f"output {spec.name} is a column of a graph output; not aligned"
+            return None, f"output {spec.name} is not one whole graph output; not aligned"
         source = old_outputs[index]
         elem_type = source.type.tensor_type.elem_type
         rank = len(source.type.tensor_type.shape.dim)
         trailing = list(spec.shape[1:])
         if source.name == spec.name and rank == len(spec.shape):
-            new_outputs.append(source)
+            kept = onnx.ValueInfoProto()
+            kept.CopyFrom(source)  # a copy: the graph's outputs are cleared below
+            new_outputs.append(kept)
             continue
         if rank == len(spec.shape):
             graph.node.append(helper.make_node("Identity", [source.name], [spec.name]))

@@ -10,7 +10,6 @@ out (its import alone costs seconds). No ONNX copy: tf2onnx is not a dependency.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +37,9 @@ def resolve(task: str, params: dict[str, Any] | None) -> dict[str, Any]:
     return resolved
 
 
-def _tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ start-up banners in the logs
+def fit(dataset: Dataset, params: dict[str, Any], seed: int) -> Any:
     import tensorflow as tf
 
-    return tf
-
-
-def fit(dataset: Dataset, params: dict[str, Any], seed: int) -> Any:
-    tf = _tf()
     classification = dataset.task == "classification"
     if classification:
         y = dataset.y_train.astype(np.int64)
@@ -91,7 +84,8 @@ def fit(dataset: Dataset, params: dict[str, Any], seed: int) -> Any:
 
 
 def save(model: Any, folder: Path) -> str:
-    tf = _tf()
+    import tensorflow as tf
+
     tf.saved_model.save(model, str(folder),
                         signatures={SIGNATURE: model.serve.get_concrete_function()})
     return ARTIFACT
@@ -99,7 +93,8 @@ def save(model: Any, folder: Path) -> str:
 
 def predict(folder: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     """The SavedModel's serving signature run by TensorFlow."""
-    tf = _tf()
+    import tensorflow as tf
+
     signature = tf.saved_model.load(str(folder)).signatures[SIGNATURE]
     result = signature(x=tf.constant(np.asarray(x, dtype=np.float32)))
     return {name: tensor.numpy() for name, tensor in result.items()}
