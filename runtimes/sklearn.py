@@ -1,6 +1,9 @@
-"""scikit-learn estimators pickled with joblib.
+"""scikit-learn estimators pickled with joblib, or saved with skops (``.skops``).
 
 Loading a pickle runs code from the file, so artifacts must come from a trusted repository.
+A ``.skops`` file (MLflow's default for scikit-learn) loads with ``skops.io.load``, trusting
+only what skops trusts by default plus the types of scikit-learn, NumPy and SciPy that the file
+names (never their file, process or test helpers); any other type refuses the model.
 Metadata is learned from the fitted estimator itself: the feature count from ``n_features_in_``
 and each output's datatype and trailing shape from one prediction on a row of zeros, which is
 the only reliable way to know what a third-party estimator or pipeline returns.
@@ -8,6 +11,7 @@ the only reliable way to know what a third-party estimator or pipeline returns.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +30,18 @@ from serving.runtime.settings import ModelSettings
 joblib = LazyModule("joblib")
 sklearn = LazyModule("sklearn")
 
+# skops: types a .skops file may name beyond skops' own defaults come only from these packages,
+# and not from their parts that read or write files, build or run code, or fetch data.
+SKOPS_TRUSTED_PACKAGES = frozenset({"sklearn", "numpy", "scipy"})
+_SKOPS_DENIED_PARTS = frozenset({
+    "testing", "_testing", "tests", "conftest", "f2py", "distutils", "ctypeslib", "io",
+    "datasets", "externals", "_build_utils", "_datasource", "npyio", "_npyio_impl", "format",
+    "_format_impl", "_utils_impl", "_pytesttester", "_distributor_init"})
+_SKOPS_DENIED_NAMES = frozenset({
+    "load", "loads", "save", "savez", "savez_compressed", "savetxt", "loadtxt", "genfromtxt",
+    "fromfile", "tofile", "fromregex", "dump", "dumps", "memmap", "open_memmap", "DataSource",
+    "load_library", "runstring", "exec", "eval", "compile", "system", "popen"})
+
 INPUT_NAME = "input-0"
 # Estimator methods served as outputs, in the order they are declared; the first is the default.
 METHODS = ("predict", "predict_proba")
@@ -35,7 +51,7 @@ class SklearnRuntime(compiled.CompilableRuntime):
     name = "sklearn"
     framework = "scikit-learn"
     platform = "sklearn"
-    artifact_suffixes: ClassVar[tuple[str, ...]] = (".joblib", ".pkl")
+    artifact_suffixes: ClassVar[tuple[str, ...]] = (".joblib", ".pkl", ".skops")
     execution = "auto"  # CPU-bound and fast for small models: timed at load
 
     def __init__(self, settings: ModelSettings) -> None:
@@ -52,11 +68,14 @@ class SklearnRuntime(compiled.CompilableRuntime):
                 self.model, path, self.inputs, self.outputs, self.accepts_non_finite))
 
     def _load_estimator(self, path: Path) -> None:
-        try:
-            model = joblib.load(path)
-        except Exception as exc:  # unpickling can raise anything the pickled classes raise
-            raise ModelLoadError(f"cannot load scikit-learn model {path}: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+        if path.name.endswith(".skops"):
+            model = _load_skops(path)
+        else:
+            try:
+                model = joblib.load(path)
+            except Exception as exc:  # unpickling can raise anything the pickled classes raise
+                raise ModelLoadError(f"cannot load scikit-learn model {path}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
         if not callable(getattr(model, "predict", None)):
             raise ModelLoadError(f"{path} holds a {type(model).__name__}, not an estimator "
                                  "with a predict method")
@@ -152,6 +171,58 @@ class SklearnRuntime(compiled.CompilableRuntime):
         import pandas as pd  # present whenever an estimator recorded feature names
 
         return pd.DataFrame(features, columns=self._feature_names, copy=False)
+
+
+def _load_skops(path: Path) -> Any:
+    """A ``.skops`` file whose every type skops trusts or :func:`_skops_trusted` accepts."""
+    try:
+        sio = importlib.import_module("skops.io")
+    except ImportError as exc:
+        raise ModelLoadError(f"{path}: loading a .skops file needs skops, which is not installed "
+                             f"({exc}); install turnout[sklearn]") from exc
+    try:
+        named = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # not a zip, no schema, a type skops cannot audit
+        raise ModelLoadError(f"cannot read skops file {path}: {type(exc).__name__}: "
+                             f"{exc}") from exc
+    refused = [name for name in named if not _skops_trusted(name)]
+    if refused:
+        raise ModelLoadError(
+            f"{path}: refusing to load: the skops file names types outside scikit-learn, NumPy "
+            f"and SciPy (or their file and code helpers), which could run code when loaded: "
+            f"{', '.join(refused)}")
+    try:
+        return sio.load(path, trusted=named)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load scikit-learn model {path}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def _skops_trusted(name: str) -> bool:
+    """Whether a type a skops file names is scikit-learn's, NumPy's or SciPy's own: by its
+    name first (no helper that touches files or runs code), then by the object it names,
+    whose ``__module__`` must be in those packages too (so no re-exported ``os.system``)."""
+    parts = name.split(".")
+    if (len(parts) < 2 or parts[0] not in SKOPS_TRUSTED_PACKAGES
+            or not all(part.isidentifier() and not part.startswith("__") for part in parts)
+            or any(part in _SKOPS_DENIED_PARTS for part in parts[:-1])
+            or parts[-1] in _SKOPS_DENIED_NAMES):
+        return False
+    target = _import_named(parts)
+    module = getattr(target, "__module__", None)
+    own_name = getattr(target, "__name__", parts[-1])
+    return (isinstance(module, str) and module.split(".")[0] in SKOPS_TRUSTED_PACKAGES
+            and not any(part in _SKOPS_DENIED_PARTS for part in module.split("."))
+            and own_name not in _SKOPS_DENIED_NAMES)
+
+
+def _import_named(parts: list[str]) -> Any:
+    """The object skops would load for a dotted name: the module, then its attribute."""
+    try:
+        module = importlib.import_module(".".join(parts[:-1]))
+    except Exception:  # not a module (ImportError), or one that fails to import
+        return None
+    return getattr(module, parts[-1], None)
 
 
 def _as_output(result: Any) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from serving.protocol.datatypes import datatype_of
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
+from serving.runtime import mlmodel
 from serving.runtime.settings import ModelSettings
 
 ENTRY_POINT_GROUP = "turnout.runtimes"
@@ -120,7 +121,10 @@ def resolve_runtime(name: str) -> type[Runtime]:
 
 
 def detect_runtime(artifact: Path) -> str:
-    """The runtime name for an artifact from its file suffix (or the files inside a folder)."""
+    """The runtime name for an artifact from its file suffix (or the files inside a folder);
+    a folder with an MLflow ``MLmodel`` file is served as that file says."""
+    if mlmodel.is_mlflow_model(artifact):
+        return mlmodel.resolve(artifact).runtime
     candidates = [artifact] if artifact.is_file() else sorted(p for p in artifact.iterdir() if p.is_file())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -135,9 +139,13 @@ def detect_runtime(artifact: Path) -> str:
 
 
 def find_artifact(folder: Path, suffixes: tuple[str, ...]) -> Path:
-    """The single artifact inside a model folder, for runtimes that take one file."""
+    """The single artifact inside a model folder, for runtimes that take one file; in an
+    MLflow model folder, the file (or the folder to look into) its ``MLmodel`` names."""
     if folder.is_file():
         return folder
+    named = _mlflow_artifact(folder, suffixes)
+    if named is not None:
+        return named if named.is_file() else find_artifact(named, suffixes)
     matches = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(suffixes))
     if not matches:
         raise ModelLoadError(f"no artifact ending in {', '.join(suffixes)} in {folder}")
@@ -145,3 +153,16 @@ def find_artifact(folder: Path, suffixes: tuple[str, ...]) -> Path:
         raise ModelLoadError(f"several artifacts in {folder}: {', '.join(m.name for m in matches)}; "
                              "keep one per version folder")
     return matches[0]
+
+
+def _mlflow_artifact(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
+    """What ``folder``'s MLmodel names, when the runtime asking (known by its suffixes) is the
+    one the MLmodel is served by; a model-settings.yaml naming another runtime wins."""
+    if not mlmodel.is_mlflow_model(folder):
+        return None
+    try:
+        model = mlmodel.resolve(folder)
+        served_by = resolve_runtime(model.runtime)
+    except ModelLoadError:
+        return None  # only reached when settings named the runtime: its own suffixes decide
+    return model.artifact if served_by.artifact_suffixes == suffixes else None

@@ -22,6 +22,7 @@ from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotFound
 from serving.protocol.types import RepositoryEntry
 from serving.runtime.base import Runtime, available_runtimes, detect_runtime, resolve_runtime
 from serving.runtime.cache import default_cache_dir
+from serving.runtime.mlmodel import MLMODEL_FILE
 from serving.runtime.settings import SETTINGS_FILE, build_settings, read_settings_file
 from serving.server.batching import AdaptiveBatcher
 from serving.server.execution import resolve_execution
@@ -59,7 +60,7 @@ def _artifact_suffixes() -> tuple[str, ...]:
 
 
 def _is_model_dir(path: Path) -> bool:
-    if (path / SETTINGS_FILE).is_file():
+    if (path / SETTINGS_FILE).is_file() or (path / MLMODEL_FILE).is_file():  # MLflow's too
         return True
     children = list(path.iterdir())
     if any(c.is_file() and c.name.endswith(_artifact_suffixes()) for c in children):
