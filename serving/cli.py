@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     from serving.control.kube import cli as kube
 
     kube.add_parsers(sub)
+    from upstream.pipelines import cli as pipeline_cli
+    from upstream.registry import cli as registry_cli
+
+    registry_cli.add_parser(sub)
+    pipeline_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if (code := dispatch(args)) is not None:
         return code
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "router":
         return run_router(args)
+    if args.command == "registry":
+        return registry_cli.main(args)
+    if args.command == "pipeline":
+        return pipeline_cli.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
