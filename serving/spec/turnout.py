@@ -90,6 +90,9 @@ class Rollout(SpecModel):
                              json_schema_extra={"items": {"type": "integer", "minimum": 1,
                                                           "maximum": 100}})  # _steps, in part
     interval: Seconds = Field(30.0, gt=0)
+    readyTimeout: Seconds = Field(
+        600.0, gt=0, description="how long the canary may go without a ready replica (a "
+        "model that fails to load, a crash loop) before the rollout rolls it back")
     analysis: Analysis = Analysis()
 
     @model_validator(mode="after")

@@ -132,6 +132,27 @@ def test_step_waits_for_a_ready_canary_then_for_the_interval() -> None:
     assert step(s, ROLLOUT, canary=totals(500), stable=totals(50), canary_ready=True, now=39) is s
 
 
+def test_a_canary_without_a_ready_replica_past_its_ready_timeout_is_rolled_back() -> None:
+    """A version that fails to load (or crash-loops) must not hold a rollout forever."""
+    rollout = ROLLOUT.model_copy(update={"readyTimeout": 60.0})
+    s = progressing()
+    start = s.step_started
+    assert step(s, rollout, canary=None, stable=totals(0), canary_ready=False,
+                now=start + 59) is s
+    after = step(s, rollout, canary=None, stable=totals(0), canary_ready=False, now=start + 60)
+    assert (after.phase, after.percent, after.events[-1].kind) == ("rolled-back", 0, "rolled_back")
+    assert "no ready replica for 60 s" in after.events[-1].message
+    # Ready, then lost: the timeout counts from when readiness was lost, not from the step.
+    ready = step(s, rollout, canary=totals(5), stable=totals(5), canary_ready=True, now=start + 50)
+    lost = step(ready, rollout, canary=totals(6), stable=totals(6), canary_ready=False,
+                now=start + 100)
+    assert (lost.phase, lost.baseline, lost.step_started) == ("progressing", None, start + 100)
+    assert step(lost, rollout, canary=None, stable=None, canary_ready=False,
+                now=start + 159).phase == "progressing"
+    assert step(lost, rollout, canary=None, stable=None, canary_ready=False,
+                now=start + 160).phase == "rolled-back"
+
+
 @pytest.mark.parametrize("canary_now, errors, holds, percent, phase, kind", [
     (105, 0, 0, 50, "progressing", "step"),         # 100 good requests: advance
     (10, 0, 0, 10, "progressing", "held"),          # 5 requests: hold, window keeps growing

@@ -100,7 +100,14 @@ def step(state: rev.ServiceState, rollout: Rollout | None, *, canary: Totals | N
         return state.model_copy(update={"baseline": None}) if state.baseline else state
     current = {"canary": canary or Totals(), "stable": stable or Totals()}
     if not canary_ready:
-        return state.model_copy(update={"baseline": None}) if state.baseline else state
+        waited = now - state.step_started
+        if waited >= rollout.readyTimeout:
+            return rev.rollback(state, now=now, reason=f"canary {state.canary} has had no "
+                                f"ready replica for {waited:.0f} s (readyTimeout "
+                                f"{rollout.readyTimeout:.0f} s)")
+        if state.baseline:  # the window restarts once it is ready again
+            return state.model_copy(update={"baseline": None, "step_started": now})
+        return state
     if state.baseline is None:
         return state.model_copy(update={"baseline": current, "step_started": now})
     if now - state.step_started < rollout.interval:

@@ -42,3 +42,12 @@ class Slow(Runtime):
 
         time.sleep(float(self.settings.parameters.get("delay", 0.2)))
         return {"y": next(iter(inputs.values())).sum(axis=1)}
+
+
+def fail_on_real_rows(x: np.ndarray) -> np.ndarray:
+    """A scikit-learn ``FunctionTransformer`` step with a bug: it passes the sklearn runtime's
+    load probe (a row of zeros) and raises on every real request, so a canary built on it is
+    ready and answers 500s for the error-rate analysis to catch."""
+    if np.any(x):
+        raise ArithmeticError("feature code failed")
+    return x
