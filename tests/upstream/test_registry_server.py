@@ -206,3 +206,88 @@ def test_cli_against_the_server(server: dict) -> None:
     unknown = _cli(server, "show", "nope")
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
     assert unknown.stderr.startswith("turnout registry: unknown model 'nope'")
+
+
+# ---- serving from this server: turnout serve and turnout up ------------------------------
+
+
+def _serve(uri: str, cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = (cwd / f"serve-{port}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", uri, "--http-port",
+                             str(port), "--grpc-port", "0"], cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (cwd / f"serve-{port}.log").read_text()
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError((cwd / f"serve-{port}.log").read_text())
+
+
+def _served_labels(url: str, model: str) -> list[int]:
+    import httpx
+    from sklearn.datasets import load_iris
+
+    x, _ = load_iris(return_X_y=True)
+    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP64",
+                        "data": x.ravel().tolist()}]}
+    answer = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return next(o["data"] for o in answer.json()["outputs"] if o["name"] == "predict")
+
+
+def test_turnout_serve_loads_a_models_uri_from_the_server(server: dict, tmp_path: Path) -> None:
+    import httpx
+
+    registry = Registry(server["url"], state_dir=tmp_path / "state")
+    version = registry.register(server["folders"]["v2"], "served", framework="sklearn",
+                                alias="prod")
+    env = {**_env(), "MLFLOW_TRACKING_URI": server["url"], "XDG_CACHE_HOME": str(tmp_path)}
+    proc, url = _serve("models:/served@prod", tmp_path, env)
+    try:
+        assert _served_labels(url, "served") == predictions(server["folders"]["v2"])
+        meta = httpx.get(f"{url}/v2/models/served", timeout=10).json()
+        assert meta["versions"] == [version.version]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    # An alias that does not exist: one line, exit 2, no traceback.
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "models:/served@nope"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "nope" in done.stderr
+
+
+def test_turnout_up_follows_an_alias_on_the_server(server: dict, tmp_path: Path) -> None:
+    from tests.control.planes import Up
+
+    registry = Registry(server["url"], state_dir=tmp_path / "state")
+    first = registry.register(server["folders"]["v1"], "upiris", framework="sklearn",
+                              alias="champion")
+    doc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+           "metadata": {"name": "upiris"},
+           "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"},
+                                            "storageUri": "models:/upiris@champion"}}}}
+    up = Up(tmp_path, doc, env={**_env(), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+            args=("--registry-uri", server["url"], "--registry-poll", "0"))
+    try:
+        up.wait(lambda: up.status("upiris")["variants"][0]["replicas"]["ready"] == 1,
+                timeout=120, what="upiris ready")
+        assert _served_labels(up.url, "upiris") == predictions(server["folders"]["v1"])
+        assert up.variant("stable", "upiris")["registryVersion"] == first.pinned_uri
+        second = registry.register(server["folders"]["v2"], "upiris", framework="sklearn")
+        registry.set_alias("upiris", "champion", second.version)
+        assert second.pinned_uri in up.cli("rollout", "refresh", "upiris")
+        up.wait(lambda: up.variant("stable", "upiris")["registryVersion"] == second.pinned_uri
+                and up.variant("stable", "upiris")["replicas"]["ready"] == 1,
+                timeout=120, what="second version serving")
+        up.wait(lambda: _served_labels(up.url, "upiris") == predictions(server["folders"]["v2"]),
+                timeout=30, what="second version's answers")
+    finally:
+        assert up.stop() == 0, (tmp_path / "up.log").read_text()[-3000:]
