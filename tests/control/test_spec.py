@@ -138,7 +138,8 @@ def test_turnout_block_from_the_annotation() -> None:
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["inferenceservice.yaml", "shadow-rollout.yaml"])
+@pytest.mark.parametrize("name", ["inferenceservice.yaml", "shadow-rollout.yaml",
+                                  "registry-canary.yaml"])
 def test_example_manifests_load_without_warnings(name: str) -> None:
     from serving.spec.load import load_files
 
