@@ -120,12 +120,23 @@ def resolve_runtime(name: str) -> type[Runtime]:
                          f"{', '.join(sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)))}")
 
 
+# Files that sit beside a model and are never its artifact, though their suffix matches one
+# (XGBoost's .json): training metrics and MLflow's input examples.
+SIDE_FILES = frozenset({"metrics.json", "input_example.json", "serving_input_example.json"})
+
+
+def artifact_candidates(folder: Path) -> list[Path]:
+    """The files in ``folder`` that may be a model's artifact, sorted."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.name not in SIDE_FILES and not p.name.startswith("."))
+
+
 def detect_runtime(artifact: Path) -> str:
     """The runtime name for an artifact from its file suffix (or the files inside a folder);
     a folder with an MLflow ``MLmodel`` file is served as that file says."""
     if mlmodel.is_mlflow_model(artifact):
         return mlmodel.resolve(artifact).runtime
-    candidates = [artifact] if artifact.is_file() else sorted(p for p in artifact.iterdir() if p.is_file())
+    candidates = [artifact] if artifact.is_file() else artifact_candidates(artifact)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = ep.load()
@@ -146,7 +157,7 @@ def find_artifact(folder: Path, suffixes: tuple[str, ...]) -> Path:
     named = _mlflow_artifact(folder, suffixes)
     if named is not None:
         return named if named.is_file() else find_artifact(named, suffixes)
-    matches = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(suffixes))
+    matches = [p for p in artifact_candidates(folder) if p.name.endswith(suffixes)]
     if not matches:
         raise ModelLoadError(f"no artifact ending in {', '.join(suffixes)} in {folder}")
     if len(matches) > 1:

@@ -20,7 +20,13 @@ from typing import Any, Literal
 
 from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotFound
 from serving.protocol.types import RepositoryEntry
-from serving.runtime.base import Runtime, available_runtimes, detect_runtime, resolve_runtime
+from serving.runtime.base import (
+    Runtime,
+    artifact_candidates,
+    available_runtimes,
+    detect_runtime,
+    resolve_runtime,
+)
 from serving.runtime.cache import default_cache_dir
 from serving.runtime.mlmodel import MLMODEL_FILE
 from serving.runtime.settings import SETTINGS_FILE, build_settings, read_settings_file
@@ -62,10 +68,9 @@ def _artifact_suffixes() -> tuple[str, ...]:
 def _is_model_dir(path: Path) -> bool:
     if (path / SETTINGS_FILE).is_file() or (path / MLMODEL_FILE).is_file():  # MLflow's too
         return True
-    children = list(path.iterdir())
-    if any(c.is_file() and c.name.endswith(_artifact_suffixes()) for c in children):
+    if any(c.name.endswith(_artifact_suffixes()) for c in artifact_candidates(path)):
         return True
-    dirs = [c for c in children if c.is_dir()]
+    dirs = [c for c in path.iterdir() if c.is_dir()]
     return bool(dirs) and all(d.name.isdigit() for d in dirs)
 
 
