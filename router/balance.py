@@ -26,6 +26,8 @@ class Endpoint:
     consecutive_failures: int = 0
     ejected_until: float = 0.0
     ejections: int = 0  # in a row; reset by a success after re-admission
+    answers: int = 0  # answers in the current outlier window (success-rate detection)
+    errors: int = 0   # of which 5xx (a 500 too: the model failing on this replica)
     healthy: bool = True  # the active health check's verdict
     check_streak: int = 0  # passed (>0) or failed (<0) checks in a row
     # REST endpoints: whether the server takes ModelInfer as protobuf over HTTP (GET /v2 lists
@@ -63,11 +65,17 @@ class Pool:
     eject_after: int = 5
     eject_seconds: float = 10.0
     max_eject_seconds: float = 300.0
+    outlier_interval: float = 10.0
+    outlier_min_requests: int = 20
+    outlier_min_error_rate: float = 0.5
+    outlier_margin: float = 0.3
+    max_ejected_share: float = 0.5
     clock: Clock = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
     checked: bool = True
     ready: bool = field(init=False, default=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _window_started: float = field(init=False, default=-1.0)
 
     def __post_init__(self) -> None:
         self.refresh()
@@ -120,6 +128,52 @@ class Pool:
             endpoint.ejections += 1
             endpoint.consecutive_failures = 0
             return True
+
+    def record_answer(self, endpoint: Endpoint, *, error: bool) -> list[Endpoint]:
+        """Count one answer for success-rate detection; returns the endpoints this ejected.
+
+        Counting is two increments without the lock (a lost count under a thread race only
+        blurs a statistic); once per ``outlier_interval`` the window is judged under the lock.
+        """
+        endpoint.answers += 1
+        if error:
+            endpoint.errors += 1
+        now = self.clock()
+        if self._window_started < 0:
+            self._window_started = now
+        if now - self._window_started < self.outlier_interval:
+            return []
+        with self._lock:
+            if now - self._window_started < self.outlier_interval:
+                return []  # another thread judged this window
+            self._window_started = now
+            return self._eject_outliers(now)
+
+    def _eject_outliers(self, now: float) -> list[Endpoint]:
+        """Envoy-style success-rate outlier detection over the window just ended: an endpoint
+        whose 5xx share is high and well above its peers' is ejected, at most
+        ``max_ejected_share`` of the endpoints at once. Resets the window's counts."""
+        endpoints = self.endpoints
+        judged = [(e, e.errors / e.answers) for e in endpoints if e.answers >= self.outlier_min_requests]
+        for e in endpoints:
+            e.answers = e.errors = 0
+        if len(judged) < 2:
+            return []  # no peers to compare with: one replica failing is the model failing
+        allowed = max(1, int(len(endpoints) * self.max_ejected_share))
+        ejected = sum(1 for e in endpoints if now < e.ejected_until)
+        out: list[Endpoint] = []
+        for endpoint, rate in sorted(judged, key=lambda pair: -pair[1]):
+            peers = [r for e, r in judged if e is not endpoint]
+            if rate < self.outlier_min_error_rate or rate - sum(peers) / len(peers) < self.outlier_margin:
+                continue
+            if ejected >= allowed or now < endpoint.ejected_until:
+                continue
+            duration = min(self.eject_seconds * 2 ** endpoint.ejections, self.max_eject_seconds)
+            endpoint.ejected_until = now + duration
+            endpoint.ejections += 1
+            ejected += 1
+            out.append(endpoint)
+        return out
 
     def record_check(self, endpoint: Endpoint, ok: bool, *, healthy_after: int,
                      unhealthy_after: int) -> bool | None:

@@ -48,6 +48,8 @@ def classify_status(status: int) -> tuple[Verdict, str]:
         return "retry", str(status)
     if status in STRIKE_STATUSES:
         return "failed", str(status)
+    if status >= 500:
+        return "error", str(status)
     return "ok", str(status)
 
 

@@ -5,8 +5,12 @@ endpoint and a ``classify`` that says what its answer means. Retried: connect er
 connection dropped before any answer (inference has no side effects, so a repeat is safe) and
 "unavailable" answers (503 / UNAVAILABLE) — each on another endpoint, within the variant's
 retry budget and the request's deadline. Never retried: timeouts (the work may be running).
-Passive ejection counts connect errors, drops, timeouts and 502/503/504 — not a 500, which is
-the model raising on this input and says nothing about the replica.
+Passive ejection counts connect errors, drops, timeouts and 502/503/504 in a row. A 500 (the
+model raising) is passed on and never retried, and is no strike on its own — one bad input says
+nothing about the replica — but each endpoint's share of 5xx answers is compared with its
+peers' every outlier window (Envoy's success-rate detection, :meth:`Pool.record_answer`): a
+replica that fails far more often than the others is ejected, a model that fails everywhere
+is not.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from serving.protocol.errors import DeadlineExceeded, ModelNotReady
 log = logging.getLogger("turnout.router")
 
 T = TypeVar("T")
-Verdict = Literal["ok", "retry", "failed"]  # failed: an answer to pass on, but a strike
+# failed: an answer to pass on, but a strike; error: an answer to pass on that counts against
+# the endpoint's success rate (a 500), not a strike
+Verdict = Literal["ok", "error", "retry", "failed"]
 
 
 class UpstreamUnavailable(ModelNotReady):
@@ -88,8 +94,14 @@ class _Attempts(Generic[T]):
             time.perf_counter() - started)
         verdict, outcome = self.classify(answer)
         self.metrics.upstream.labels(*self.labels, endpoint.address, outcome).inc()
-        if verdict == "ok":
+        answered = verdict == "ok" or verdict == "error"
+        if answered:
             self.pool.record_success(endpoint)
+        for ejected in self.pool.record_answer(endpoint, error=verdict != "ok"):
+            self.metrics.ejections.labels(*self.labels, ejected.address).inc()
+            log.warning("ejected %s of %s/%s: its share of 5xx answers is far above its peers'",
+                        ejected.address, *self.labels)
+        if answered:
             return True
         _strike(self.pool, endpoint, self.variant, self.metrics)
         if verdict == "failed":

@@ -41,9 +41,15 @@ class GrpcAnswer:
     http_status: int = 0  # set when the answer came as protobuf over HTTP
 
 
+_SERVER_ERRORS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                            grpc.StatusCode.DATA_LOSS})
+
+
 def classify_grpc(answer: GrpcAnswer) -> tuple[Verdict, str]:
     if answer.code == grpc.StatusCode.UNAVAILABLE:
         return "retry", answer.code.name
+    if answer.code in _SERVER_ERRORS:
+        return "error", answer.code.name
     return "ok", answer.code.name
 
 

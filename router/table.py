@@ -158,4 +158,9 @@ def build_table(config: RouterConfig, previous: RoutingTable | None = None,
 def _pool(upstream: Upstream, clock: Clock, endpoints: list[Endpoint]) -> Pool:
     return Pool(endpoints, eject_after=upstream.eject_consecutive_failures,
                 eject_seconds=upstream.eject_seconds, max_eject_seconds=upstream.max_eject_seconds,
+                outlier_interval=upstream.outlier_interval_seconds,
+                outlier_min_requests=upstream.outlier_min_requests,
+                outlier_min_error_rate=upstream.outlier_min_error_rate,
+                outlier_margin=upstream.outlier_margin,
+                max_ejected_share=upstream.max_ejected_share,
                 clock=clock, checked=upstream.health_check.enabled)

@@ -18,7 +18,7 @@ from serving.spec.conditions import validate as validate_condition
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 _HTTP_URL = re.compile(r"^https?://[^/\s:]+(:\d+)?/?$")
-_GRPC_ADDR = re.compile(r"^[^/\s:]+:\d+$")
+_GRPC_ADDR = re.compile(r"^(grpcs://)?[^/\s:]+:\d+$")  # grpcs://: TLS to the endpoint
 
 
 class ConfigError(ValueError):
@@ -57,6 +57,19 @@ class Upstream(_Model):
         5, ge=1, description="Connect errors or 5xx in a row that eject an endpoint")
     eject_seconds: float = Field(10.0, gt=0, description="First ejection; doubles on each repeat")
     max_eject_seconds: float = Field(300.0, gt=0, description="Cap on the doubled ejection time")
+    outlier_interval_seconds: float = Field(
+        10.0, gt=0, description="Window over which each endpoint's 5xx share (a 500 included: "
+        "the model failing) is compared with its peers' (Envoy's success-rate detection)")
+    outlier_min_requests: int = Field(
+        20, ge=1, description="Answers an endpoint needs in the window to be judged")
+    outlier_min_error_rate: float = Field(
+        0.5, gt=0, le=1, description="An endpoint with a lower 5xx share is never ejected for it")
+    outlier_margin: float = Field(
+        0.3, gt=0, le=1, description="How far above its peers' 5xx share an endpoint's must be; "
+        "a model that fails on every replica alike is never ejected")
+    max_ejected_share: float = Field(
+        0.5, gt=0, le=1, description="Most of a variant's endpoints ejected for errors at once "
+        "(at least one)")
     max_connections_per_endpoint: int = Field(256, ge=1, description="Keep-alive pool size")
     hold_seconds: float = Field(
         0.0, ge=0, description="Seconds a request may wait for a ready endpoint of its variant "
@@ -81,8 +94,9 @@ class Variant(_Model):
     weight: float = Field(0, ge=0, description="Share of traffic; 0 means rules or mirrors only")
     model: str | None = Field(None, description="Model name at the endpoints (default: the service)")
     version: str | None = Field(None, description="Pin this model version at the endpoints")
-    http: list[str] = Field(default_factory=list, description="REST base URLs")
-    grpc: list[str] = Field(default_factory=list, description="gRPC host:port addresses")
+    http: list[str] = Field(default_factory=list, description="REST base URLs (https:// for TLS)")
+    grpc: list[str] = Field(default_factory=list, description="gRPC host:port addresses "
+                            "(grpcs://host:port for TLS)")
 
     @field_validator("http")
     @classmethod
@@ -97,7 +111,7 @@ class Variant(_Model):
     def _addresses(cls, addresses: list[str]) -> list[str]:
         for address in addresses:
             if not _GRPC_ADDR.match(address):
-                raise ValueError(f"{address!r} is not a host:port address")
+                raise ValueError(f"{address!r} is not a host:port or grpcs://host:port address")
         return addresses
 
     @property
