@@ -47,6 +47,14 @@ def _serve_parser(sub: Any) -> None:
                    "its code")
     p.add_argument("--trust-remote-pickle", action="store_true",
                    help="load pickle models from any remote URI (same as --trusted-source '*')")
+    from serving.transport.limits import add_limit_flags
+
+    add_limit_flags(p)
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: REST and gRPC serve TLS "
+                   "(reloaded when the file changes; docs/security.md)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client "
+                   "certificates it signed (mTLS)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -99,13 +107,13 @@ def _local_model_path(path: str, trusted: list[str]) -> Path:
     and refused if it holds pickles from a source not in ``trusted``."""
     from serving.storage import check_trusted, fetch, is_remote, local_path, print_progress
 
-    if not is_remote(path):
+    if not is_remote(path) and "#" not in path:
         return local_path(path)
     from serving.protocol.errors import ModelLoadError
 
     try:
         local = fetch(path, progress=print_progress)
-        check_trusted(path, local, trusted)
+        check_trusted(path.partition("#")[0], local, trusted)
         return local
     except ModelLoadError as exc:
         raise ValueError(str(exc)) from None

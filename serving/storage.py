@@ -86,13 +86,57 @@ def local_path(uri: str, *, base: Path | None = None) -> Path:
     return path
 
 
+_PIN = "sha256="
+
+
+def split_pin(uri: str) -> tuple[str, str | None]:
+    """``URI#sha256=HEX`` -> (URI, hex digest); a URI without a pin -> (URI, None).
+
+    The pin rides in the URI's fragment so every place that takes a storage URI (``turnout
+    serve``, a manifest's ``storageUri``, ``storage_uri`` in model settings) can carry it; the
+    fragment never reaches the store.
+    """
+    head, sep, fragment = uri.partition("#")
+    if not sep or not fragment.startswith(_PIN):
+        return uri, None
+    digest = fragment[len(_PIN):].lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise StorageError(f"storage_uri {uri[:200]!r}: sha256= must be 64 hex digits")
+    return head, digest
+
+
+def verify_pin(uri: str, path: Path, digest: str) -> None:
+    """Refuse ``path`` unless it is one file whose SHA-256 is ``digest``."""
+    if not path.is_file():
+        raise StorageError(f"storage_uri {uri!r}: a sha256 pin names one file, but the URI "
+                           "names a folder")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != digest:
+        raise StorageError(f"storage_uri {uri!r}: sha256 {h.hexdigest()} is not the pinned "
+                           f"{digest}; refusing to load it")
+
+
 def fetch(uri: str, *, options: dict[str, Any] | None = None, base: Path | None = None,
           cache_dir: Path | None = None, progress: Progress | None = None) -> Path:
     """A local path holding what ``uri`` names: itself if local, else the cached copy.
 
     The result is a file when the URI names one object, a folder when it names a prefix or
-    directory. Raises :class:`StorageError` with the URI and the reason.
+    directory. With a ``#sha256=HEX`` pin the file's digest is checked on every fetch (cached
+    copies included) and a mismatch refused. Raises :class:`StorageError` with the URI and the
+    reason.
     """
+    uri, digest = split_pin(uri)
+    path = _fetch(uri, options=options, base=base, cache_dir=cache_dir, progress=progress)
+    if digest is not None:
+        verify_pin(uri, path, digest)
+    return path
+
+
+def _fetch(uri: str, *, options: dict[str, Any] | None, base: Path | None,
+           cache_dir: Path | None, progress: Progress | None) -> Path:
     if not is_remote(uri):
         path = local_path(uri, base=base)
         if not path.exists():

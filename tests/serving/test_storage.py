@@ -5,6 +5,7 @@ only their own model, with a reason that says what is wrong."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import threading
 from collections.abc import Iterator
@@ -266,3 +267,64 @@ def test_remote_pickles_load_only_from_trusted_sources(web: str, model: tuple[Pa
     assert entry["state"] == "UNAVAILABLE" and "pickle files run code" in entry["reason"]
     trusted = start_server(tmp_path / "repo", "--trusted-source", f"{web}/iris/")
     assert _index(trusted)["untrusted"]["state"] == "READY"
+
+
+@pytest.mark.parametrize("uri, want", [
+    ("s3://b/m.onnx", ("s3://b/m.onnx", None)),
+    ("s3://b/m.onnx#sha256=" + "AB" * 32, ("s3://b/m.onnx", "ab" * 32)),
+    ("/models/m#other", ("/models/m#other", None)),          # a fragment that is no pin
+])
+def test_sha256_pins_ride_in_the_uri_fragment(uri: str, want: tuple[str, str | None]) -> None:
+    from serving.storage import split_pin
+
+    assert split_pin(uri) == want
+
+
+@pytest.mark.parametrize("bad", ["#sha256=abc", "#sha256=" + "g" * 64, "#sha256="])
+def test_a_malformed_pin_is_refused(bad: str) -> None:
+    from serving.storage import StorageError, split_pin
+
+    with pytest.raises(StorageError, match="64 hex digits"):
+        split_pin("https://h/m.joblib" + bad)
+
+
+def test_a_pinned_download_is_checked_every_time_it_is_used(
+        web: str, model: tuple[Path, Any], tmp_path: Path) -> None:
+    from serving.storage import StorageError, fetch
+
+    good = hashlib.sha256(model[0].read_bytes()).hexdigest()
+    uri = f"{web}/iris/model.joblib"
+    assert fetch(f"{uri}#sha256={good}", cache_dir=tmp_path).read_bytes() == \
+        model[0].read_bytes()
+    with pytest.raises(StorageError, match="is not the pinned"):   # cached copy, other pin
+        fetch(f"{uri}#sha256={'0' * 64}", cache_dir=tmp_path)
+    assert fetch(model[0].as_posix() + f"#sha256={good}") == model[0]     # local files too
+    with pytest.raises(StorageError, match="names a folder"):
+        fetch(model[0].parent.as_posix() + f"#sha256={good}")
+
+
+def test_turnout_serve_and_the_plane_refuse_a_file_that_is_not_the_pinned_one(
+        model: tuple[Path, Any], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from serving.control.local.checks import resolve, storage_problems
+    from serving.spec import load_texts
+
+    wrong = f"{model[0]}#sha256={'1' * 64}"
+    refused = subprocess.run([sys.executable, "-m", "serving.cli", "serve", wrong,
+                              "--http-port", str(SHARED.free_port()), "--grpc-port", "0"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "is not the pinned" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    good = f"{model[0]}#sha256={hashlib.sha256(model[0].read_bytes()).hexdigest()}"
+    for uri, problem in [(wrong, "is not the pinned"), (good, None)]:
+        isvc = load_texts([(tmp_path / "m.yaml", f"""
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {{name: iris}}
+spec: {{predictor: {{model: {{modelFormat: {{name: sklearn}}, storageUri: "{uri}"}}}}}}
+""")]).services[0]
+        found = storage_problems(isvc, tmp_path)
+        assert (problem in found[0]) if problem else found == []
+    assert resolve(good, tmp_path) == good                   # the replica checks it again

@@ -13,15 +13,20 @@ from serving.protocol.errors import ModelLoadError
 from serving.runtime.base import detect_runtime
 from serving.runtime.settings import SETTINGS_FILE, read_settings_file
 from serving.spec.inferenceservice import InferenceService
-from serving.storage import is_remote, local_path
+from serving.storage import StorageError, is_remote, local_path, split_pin, verify_pin
 
 _REMOTE_EXTRAS = {"http": "storage", "https": "storage", "s3": "s3", "s3a": "s3", "gs": "gcs",
                   "gcs": "gcs"}
 
 
 def resolve(uri: str, base: Path) -> str:
-    """What replicas are given: an absolute path for a local URI, a remote URI unchanged."""
-    return uri if is_remote(uri) else str(local_path(uri, base=base).resolve())
+    """What replicas are given: an absolute path for a local URI (its ``#sha256=`` pin kept,
+    for the replica to check), a remote URI unchanged."""
+    if is_remote(uri):
+        return uri
+    bare, digest = split_pin(uri)
+    path = str(local_path(bare, base=base).resolve())
+    return f"{path}#sha256={digest}" if digest else path
 
 
 # Formats whose artifacts are pickles (joblib, pkl): loading one runs its code.
@@ -34,6 +39,10 @@ def storage_problems(isvc: InferenceService, base: Path, trusted: tuple[str, ...
     where = "spec.predictor.model.storageUri" if isvc.spec.predictor.model is not None \
         else f"spec.predictor.{model.modelFormat.name}.storageUri"
     uri = model.storageUri or ""
+    try:
+        bare, digest = split_pin(uri)
+    except StorageError as exc:
+        return [f"{where}: {exc}"]
     if is_remote(uri):
         scheme = urlsplit(uri).scheme
         if scheme not in _REMOTE_EXTRAS:
@@ -49,9 +58,14 @@ def storage_problems(isvc: InferenceService, base: Path, trusted: tuple[str, ...
         except ImportError:
             return [f"{where}: {uri!r} needs fsspec: install turnout[{_REMOTE_EXTRAS[scheme]}]"]
         return []
-    path = local_path(uri, base=base)
+    path = local_path(bare, base=base)
     if not path.exists():
         return [f"{where}: {uri!r}: {path} does not exist"]
+    if digest is not None:
+        try:
+            verify_pin(bare, path, digest)
+        except StorageError as exc:
+            return [f"{where}: {exc}"]
     try:
         expected = runtime_for(model.modelFormat.name, model.runtime)
     except FormatError:
