@@ -50,6 +50,9 @@ class Runtime(ABC):
         # True when predict already encodes outputs by content type (the custom-model runtime),
         # so the data plane must not encode them again.
         self.encodes_outputs = False
+        # A one-row predict's time, when the server measured it at load (execution "auto"):
+        # what the admission limit is sized from.
+        self.one_row_seconds: float | None = None
 
     @abstractmethod
     def load(self) -> None:

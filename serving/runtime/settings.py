@@ -79,6 +79,11 @@ class ModelSettings(BaseModel):
         None, description="Where predict runs; default: what the runtime declares")
     model_class: str | None = Field(
         None, description="module:Class of a custom Python model (implies runtime: python)")
+    max_queue: int | None = Field(
+        None, ge=0, description="Requests that may wait for a predict thread (models predicting "
+        "in threads, without batching); more are refused at once with 429 + Retry-After / "
+        "RESOURCE_EXHAUSTED. Default: about one second of work at the latency measured at "
+        "load, at least 8")
     storage_uri: str | None = Field(
         None, description="Where the artifact lives when not beside this file: a path, file://, "
         "http(s)://, s3://, gs://; fetched through fsspec into the local cache")

@@ -17,7 +17,14 @@ import numpy as np
 
 from serving.protocol.codec_grpc import PROTOBUF_EXTENSION
 from serving.protocol.datatypes import datatype_of
-from serving.protocol.errors import ErrorKind, InvalidInput, ModelFailed, ModelNotReady, TurnoutError
+from serving.protocol.errors import (
+    ErrorKind,
+    InvalidInput,
+    ModelFailed,
+    ModelNotReady,
+    Overloaded,
+    TurnoutError,
+)
 from serving.protocol.types import (
     InferenceRequest,
     InferenceResponse,
@@ -207,14 +214,40 @@ class DataPlane:
         """Run predict where the runtime says it is cheapest: inline or in the thread pool."""
         runtime = mv.runtime
         assert runtime is not None
-        started = time.perf_counter()
         if runtime.execution == "inline":
+            started = time.perf_counter()
             result = runtime.predict(inputs, names)
-        else:
+            record.inference.observe(time.perf_counter() - started)
+            return result
+        # Admission: past the limit a request is refused at once (429 + Retry-After), so an
+        # overloaded model answers its admitted requests near its usual latency and memory stays
+        # bounded, instead of queueing every request for minutes. One loop owns the count.
+        limit = mv.admit_limit or self._admission_limit(mv)
+        if mv.admitted >= limit:
+            raise Overloaded(f"model '{mv.name}' has {mv.admitted} requests running or waiting "
+                             f"(limit {limit}); retry shortly")
+        mv.admitted += 1
+        try:
             loop = asyncio.get_running_loop()
+            started = time.perf_counter()
             result = await loop.run_in_executor(self._executor, runtime.predict, inputs, names)
-        record.inference.observe(time.perf_counter() - started)
+            record.inference.observe(time.perf_counter() - started)
+        finally:
+            mv.admitted -= 1
         return result
+
+    def _admission_limit(self, mv: ModelVersion) -> int:
+        """Threads plus the queue: the model's ``max_queue``, else about one second of work at
+        the latency measured at load (at least 8 waiting, at most 4096)."""
+        runtime = mv.runtime
+        assert runtime is not None
+        threads = self._executor._max_workers
+        queue = runtime.settings.max_queue
+        if queue is None:
+            per_row = runtime.one_row_seconds
+            queue = 8 if not per_row else max(8, min(4096, int(threads / per_row)))
+        mv.admit_limit = threads + queue
+        return mv.admit_limit
 
     def _batcher(self, mv: ModelVersion, record: RequestMetrics) -> AdaptiveBatcher:
         if mv.batcher is None:

@@ -52,6 +52,7 @@ def resolve_execution(runtime: Runtime) -> str:
                  runtime.settings.name, exc)
         runtime.execution = "thread"
         return "thread"
+    runtime.one_row_seconds = best
     runtime.execution = "inline" if best < INLINE_BUDGET_S else "thread"
     log.info("model %s version %s: one-row predict %.1f µs → %s", runtime.settings.name,
              runtime.settings.version, best * 1e6, runtime.execution)

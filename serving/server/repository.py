@@ -50,6 +50,8 @@ class ModelVersion:
     runtime: Runtime | None = None
     platform: str = ""
     batcher: AdaptiveBatcher | None = None  # created on first request, on the serving loop
+    admitted: int = 0        # unbatched threaded predicts running or waiting for a thread
+    admit_limit: int = 0     # set on first request (see DataPlane._admission_limit)
 
 
 @dataclass(slots=True, frozen=True)
