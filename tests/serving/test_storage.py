@@ -328,3 +328,29 @@ spec: {{predictor: {{model: {{modelFormat: {{name: sklearn}}, storageUri: "{uri}
         found = storage_problems(isvc, tmp_path)
         assert (problem in found[0]) if problem else found == []
     assert resolve(good, tmp_path) == good                   # the replica checks it again
+
+
+def test_the_plane_refuses_local_models_outside_its_model_roots(
+        model: tuple[Path, Any], tmp_path: Path) -> None:
+    from serving.control.local.checks import storage_problems
+    from serving.spec import load_texts
+
+    inside = tmp_path / "models"
+    inside.mkdir()
+    (inside / "link.joblib").symlink_to(model[0])           # a link out of the root
+    (inside / "real.joblib").write_bytes(model[0].read_bytes())
+
+    def problems(uri: str) -> list[str]:
+        isvc = load_texts([(tmp_path / "m.yaml", f"""
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {{name: iris}}
+spec: {{predictor: {{model: {{modelFormat: {{name: sklearn}}, storageUri: "{uri}"}}}}}}
+""")]).services[0]
+        return storage_problems(isvc, tmp_path, roots=(inside,))
+
+    assert problems("models/real.joblib") == []
+    assert "outside the allowed model roots" in problems(str(model[0]))[0]
+    assert "outside the allowed model roots" in problems("models/link.joblib")[0]
+    (tmp_path / "beside.joblib").write_bytes(model[0].read_bytes())
+    assert "outside the allowed model roots" in problems("models/../beside.joblib")[0]

@@ -33,8 +33,10 @@ def resolve(uri: str, base: Path) -> str:
 PICKLE_FORMATS = frozenset({"sklearn"})
 
 
-def storage_problems(isvc: InferenceService, base: Path, trusted: tuple[str, ...] = ()
-                     ) -> list[str]:
+def storage_problems(isvc: InferenceService, base: Path, trusted: tuple[str, ...] = (),
+                     roots: tuple[Path, ...] = ()) -> list[str]:
+    """What keeps the service's storage URI from being served here. ``roots``: folders local
+    models must be inside (symlinks resolved); empty means anywhere this user can read."""
     model = isvc.spec.predictor.resolved()
     where = "spec.predictor.model.storageUri" if isvc.spec.predictor.model is not None \
         else f"spec.predictor.{model.modelFormat.name}.storageUri"
@@ -61,6 +63,9 @@ def storage_problems(isvc: InferenceService, base: Path, trusted: tuple[str, ...
     path = local_path(bare, base=base)
     if not path.exists():
         return [f"{where}: {uri!r}: {path} does not exist"]
+    if roots and not any(path.resolve().is_relative_to(r.resolve()) for r in roots):
+        return [f"{where}: {uri!r} is outside the allowed model roots "
+                f"({', '.join(str(r) for r in roots)}; turnout up --model-root)"]
     if digest is not None:
         try:
             verify_pin(bare, path, digest)

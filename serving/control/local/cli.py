@@ -33,6 +33,13 @@ def add_parsers(sub: Any) -> None:
     up.add_argument("--host", default="127.0.0.1", help="bind address of the public ports")
     up.add_argument("--http-port", type=int, default=8080, help="public REST port (default 8080)")
     up.add_argument("--grpc-port", type=int, default=8081, help="public gRPC port (default 8081)")
+    up.add_argument("--tls-cert", type=Path, help="PEM certificate chain: the public REST and "
+                    "gRPC ports serve TLS (reloaded when the file changes; docs/security.md)")
+    up.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    up.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: the public ports require "
+                    "client certificates it signed (mTLS)")
+    up.add_argument("--admin-tls", action="store_true", help="the plane's loopback admin API "
+                    "serves TLS too, with --tls-cert (the CLI trusts exactly that certificate)")
     up.add_argument("--ready-timeout", type=float, default=120.0,
                     help="seconds for the first replicas to become ready before giving up")
     up.add_argument("--log-level", default="info")
@@ -41,6 +48,9 @@ def add_parsers(sub: Any) -> None:
                     "served (repeatable); remote pickles are refused otherwise")
     up.add_argument("--trust-remote-pickle", action="store_true",
                     help="serve pickle models from any remote storageUri")
+    up.add_argument("--model-root", dest="model_roots", action="append", default=[],
+                    help="folder local storageUris must be inside (repeatable; symlinks "
+                    "resolved); without it any path this user can read may be served")
     up.add_argument("--registry-uri", default=None,
                     help="MLflow tracking URI for models:/ storage URIs (default: "
                     "MLFLOW_TRACKING_URI, else sqlite:///<state-dir>/registry.db)")
@@ -150,8 +160,17 @@ def _call(state_dir: Path, method: str, path: str, body: Any = None) -> dict[str
     request = urllib.request.Request(info["admin"] + path, data=data, method=method,
                                      headers={"content-type": "application/json",
                                               "authorization": f"Bearer {secret}"})
+    context = None
+    if info.get("admin_cert"):  # turnout up --admin-tls: trust exactly the plane's certificate
+        from serving.transport.tls import pinned_context
+
+        try:
+            context = pinned_context(Path(info["admin_cert"]))
+        except (OSError, ValueError) as exc:
+            raise PlaneError(f"cannot read the plane's TLS certificate "
+                             f"{info['admin_cert']}: {exc}") from None
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=120, context=context) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
     except urllib.error.HTTPError as err:
         try:

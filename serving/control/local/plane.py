@@ -70,6 +70,7 @@ class Plane:
     desired: Desired | None = None
     observation: Observation = field(default_factory=Observation)
     trusted_sources: tuple[str, ...] = ()  # remote prefixes whose pickles may be served
+    model_roots: tuple[Path, ...] = ()     # local models must be inside one; empty: anywhere
     registry: RegistryLink | None = None   # models:/ URIs; default: SQLite under state_dir
     registry_poll: float = 30.0            # seconds between alias checks (0: only on refresh)
     _statefile: StateFile = field(init=False)
@@ -188,7 +189,8 @@ class Plane:
                 continue  # resolved through the registry (see locate)
             base = manifests.sources[isvc.name].parent
             found += [f"InferenceService {isvc.name}: {p}"
-                      for p in storage_problems(isvc, base, self.trusted_sources)]
+                      for p in storage_problems(isvc, base, self.trusted_sources,
+                                                self.model_roots)]
         if found:
             raise ManifestError("invalid manifests:\n  " + "\n  ".join(sorted(set(found),
                                                                             key=found.index)))

@@ -36,6 +36,7 @@ from serving.control.policy import validate
 from serving.control.registry import RegistryLink
 from serving.spec.load import ManifestError, Manifests, last_documents, load_files
 from serving.transport.logs import configure_logging
+from serving.transport.tls import CertificateReloader, ServerTls, TlsError, server_tls
 
 log = logging.getLogger("turnout.control")
 
@@ -79,15 +80,40 @@ def _clear_stale(state_dir: Path) -> bool:
     return True
 
 
+def _tls(args: argparse.Namespace) -> tuple[tuple[str, ...], CertificateReloader | None]:
+    """The router's TLS flags for the public ports, and the admin API's certificates with
+    ``--admin-tls``; :class:`TlsError` for unusable files (refused before anything starts)."""
+    cert, key, client_ca = (getattr(args, name, None) for name in
+                            ("tls_cert", "tls_key", "tls_client_ca"))
+    tls = server_tls(cert, key, client_ca)
+    if tls is None:
+        if getattr(args, "admin_tls", False):
+            raise TlsError("--admin-tls needs --tls-cert and --tls-key")
+        return (), None
+    tls = ServerTls(tls.cert.resolve(), tls.key.resolve(),
+                    tls.client_ca.resolve() if tls.client_ca else None)
+    admin = CertificateReloader(ServerTls(tls.cert, tls.key))  # loads both: a bad pair stops here
+    flags = ("--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--no-admin-tls")
+    if tls.client_ca is not None:
+        flags += ("--tls-client-ca", str(tls.client_ca))
+    return flags, admin if getattr(args, "admin_tls", False) else None
+
+
 async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path) -> int:
+    try:
+        tls_flags, admin_certificates = _tls(args)
+    except TlsError as exc:
+        print(f"turnout up: {exc}", file=sys.stderr)
+        return 2
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     (state_dir / "routes.yaml").write_text("services: []\n")
     router = RouterProcess(state_dir, host=args.host, http_port=args.http_port,
-                           grpc_port=args.grpc_port)
+                           grpc_port=args.grpc_port, tls_flags=tls_flags)
     trusted = tuple(args.trusted_sources) + (("*",) if args.trust_remote_pickle else ())
     plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()),
                   trusted_sources=trusted,
+                  model_roots=tuple(Path(r).resolve() for r in args.model_roots),
                   registry=RegistryLink(state_dir=state_dir, tracking_uri=args.registry_uri),
                   registry_poll=args.registry_poll)
     try:
@@ -108,24 +134,31 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     admin = uvicorn.Server(uvicorn.Config(PlaneAdmin(plane, stop, token=token.issue(state_dir)),
                                           host="127.0.0.1",
                                           port=admin_port, log_config=None, access_log=False,
-                                          lifespan="off"))
+                                          lifespan="off", ssl_context_factory=(
+                                              admin_certificates.uvicorn_factory()
+                                              if admin_certificates else None)))
     admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     admin_task = asyncio.create_task(admin.serve())
+    watcher = asyncio.create_task(admin_certificates.watch()) if admin_certificates else None
     code = 0
     try:
         await router.start()
         await plane.apply(manifests)
+        scheme = "https" if admin_certificates else "http"
         (state_dir / "plane.json").write_text(json.dumps({
-            "pid": os.getpid(), "admin": f"http://127.0.0.1:{admin_port}",
-            "http_port": args.http_port, "grpc_port": args.grpc_port}))
+            "pid": os.getpid(), "admin": f"{scheme}://127.0.0.1:{admin_port}",
+            **({"admin_cert": str(admin_certificates.tls.cert)} if admin_certificates else {}),
+            "http_port": args.http_port, "grpc_port": args.grpc_port, "tls": bool(tls_flags)}))
         loop_task = asyncio.create_task(plane.run(stop))
         if not await _wait_ready(plane, args.ready_timeout, stop):
             code = 1
             stop.set()
         else:
             names = ", ".join(plane.states)
-            print(f"turnout: serving {names} on http://{args.host}:{args.http_port} "
-                  f"and grpc {args.host}:{args.grpc_port} (state in {state_dir})", flush=True)
+            scheme = "https" if tls_flags else "http"
+            print(f"turnout: serving {names} on {scheme}://{args.host}:{args.http_port} "
+                  f"and grpc {args.host}:{args.grpc_port}{' (TLS)' if tls_flags else ''} "
+                  f"(state in {state_dir})", flush=True)
         await stop.wait()
         await loop_task
     except RuntimeError as exc:
@@ -136,6 +169,8 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
         await plane.shutdown()
         admin.should_exit = True
         await admin_task
+        if watcher is not None:
+            watcher.cancel()
         (state_dir / "plane.json").unlink(missing_ok=True)
     return code
 
