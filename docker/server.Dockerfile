@@ -17,6 +17,7 @@ COPY constraints.txt pyproject.toml README.md ./
 COPY serving/ serving/
 COPY router/ router/
 COPY runtimes/ runtimes/
+COPY upstream/ upstream/
 # Versions pinned by the project's constraints.txt (what the test suite last passed with).
 RUN python -m venv /opt/turnout \
     && /opt/turnout/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \

@@ -441,7 +441,7 @@ def test_every_image_has_a_dockerfile() -> None:
     assert {p.name for p in DOCKERFILES} == {
         "server-sklearn.Dockerfile", "server-onnx.Dockerfile", "server-torch.Dockerfile",
         "server-tensorflow.Dockerfile", "server.Dockerfile", "router.Dockerfile",
-        "controller.Dockerfile"}
+        "controller.Dockerfile", "pipelines.Dockerfile"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -456,9 +456,12 @@ def test_dockerfile_passes_hadolint_and_the_projects_rules(dockerfile: Path) -> 
     assert 'ENTRYPOINT ["turnout"]' in text
     assert "-c constraints.txt" in text
     assert all("--no-cache-dir" in line for line in text.splitlines() if "pip install" in line)
+    # Every package the distribution installs is in the build context (the CLI imports each).
+    for package in ("serving", "router", "runtimes", "upstream"):
+        assert f"COPY {package}/ {package}/" in text, package
     if dockerfile.name.startswith("server"):
         assert re.search(r"^EXPOSE 8080 8081$", text, re.M)
-    if dockerfile.name in ("server-torch.Dockerfile", "server.Dockerfile"):
+    if dockerfile.name in ("server-torch.Dockerfile", "server.Dockerfile", "pipelines.Dockerfile"):
         # CPU torch from the PyTorch index first, so the constrained install keeps it.
         torch_at = text.index("torch==${TORCH_VERSION}")
         assert torch_at < text.index("-c constraints.txt")
