@@ -29,6 +29,7 @@ from router.shadow import Shadower
 from router.table import RoutingTable, VariantRoute, build_table
 from serving.protocol.codec_grpc import PROTOBUF_EXTENSION
 from serving.spec.routes import RouterConfig
+from serving.transport.tls import ClientTls
 
 log = logging.getLogger("turnout.router")
 
@@ -55,8 +56,11 @@ def classify_status(status: int) -> tuple[Verdict, str]:
 
 class Router:
     def __init__(self, config: RouterConfig, *, client: HttpClient, metrics: RouterMetrics,
-                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 64 * 1024 * 1024,
+                 upstream_tls: ClientTls | None = None) -> None:
         self.metrics = metrics
+        # how https:// and grpcs:// endpoints are verified (serving/transport/tls.py)
+        self.upstream_tls = upstream_tls or ClientTls()
         self.client = client
         self.shadower = Shadower(metrics)
         self.max_message_bytes = max_message_bytes
@@ -65,7 +69,8 @@ class Router:
         self._calls: dict[tuple[str, str], Iterator[Callable[..., Any]]] = {}
         self._blocking_lock = threading.Lock()
         # the gRPC edge's threads reach REST endpoints through this (upstream.grpc_via_http)
-        self.blocking_http = BlockingH1Client(connect_timeout=config.upstream.connect_timeout_seconds)
+        self.blocking_http = BlockingH1Client(connect_timeout=config.upstream.connect_timeout_seconds,
+                                              tls=self.upstream_tls)
         self.table: RoutingTable = build_table(config)
         # requests waiting for a ready endpoint of their variant (router/hold.py)
         self.holds = Holds(metrics, lambda: self.table)
@@ -116,9 +121,18 @@ class Router:
         """One HTTP/2 channel per gRPC endpoint, multiplexing every call to it."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._channel_options())
+            target, credentials = self._grpc_target(address)
+            channel = grpc.aio.insecure_channel(target, options=self._channel_options()) \
+                if credentials is None else \
+                grpc.aio.secure_channel(target, credentials, options=self._channel_options())
             self._channels[address] = channel
         return channel
+
+    def _grpc_target(self, address: str) -> tuple[str, grpc.ChannelCredentials | None]:
+        """``host:port`` and TLS credentials for ``grpcs://host:port``, else None."""
+        if address.startswith("grpcs://"):
+            return address[len("grpcs://"):], self.upstream_tls.channel_credentials
+        return address, None
 
     def blocking_call(self, address: str, method: str) -> Callable[..., Any]:
         """A callable for ``method`` at ``address`` that the gRPC edge's threads wait on.
@@ -133,9 +147,11 @@ class Router:
             with self._blocking_lock:
                 channels = self._blocking.get(address)
                 if channels is None:
+                    target, credentials = self._grpc_target(address)
+                    options = [*self._channel_options(), ("grpc.use_local_subchannel_pool", 1)]
                     channels = self._blocking[address] = [
-                        grpc.insecure_channel(address, options=[
-                            *self._channel_options(), ("grpc.use_local_subchannel_pool", 1)])
+                        grpc.insecure_channel(target, options=options) if credentials is None
+                        else grpc.secure_channel(target, credentials, options=options)
                         for _ in range(BLOCKING_CHANNELS)]
                 turn = self._calls[(address, method)] = itertools.cycle(
                     [c.unary_unary(method) for c in channels])

@@ -12,6 +12,9 @@ several times that for a grpcio client call and for the model server's gRPC edge
 Failures are classified as in ``router/client.py``. A connection reused from the thread's
 pool that dies before any byte of the answer is repeated once on a new connection (the server
 may have closed it while idle).
+
+``https://`` endpoints get the socket wrapped in TLS when it connects (verified with the router's
+upstream CA settings); nothing else differs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from router.client import UpstreamError, UpstreamResponse
+from serving.transport.tls import ClientTls
 
 
 class _Connection:
@@ -70,17 +74,18 @@ class _Connection:
 class BlockingH1Client:
     """``request`` from any thread; each thread keeps its own connection per endpoint."""
 
-    def __init__(self, *, connect_timeout: float) -> None:
+    def __init__(self, *, connect_timeout: float, tls: ClientTls | None = None) -> None:
         self._connect_timeout = connect_timeout
+        self._tls = tls or ClientTls()
         self._local = threading.local()
-        self._targets: dict[str, tuple[str, int, bytes]] = {}
+        self._targets: dict[str, tuple[str, int, bytes, bool]] = {}
         self._open: set[_Connection] = set()  # every thread's, so close() reaches them all
         self._lock = threading.Lock()
 
     def request(self, address: str, path: str, *, headers: list[tuple[str, str]],
                 content_type: bytes, body: bytes, timeout: float) -> UpstreamResponse:
         """POST ``body`` to ``address`` (a base URL) + ``path`` within ``timeout`` seconds."""
-        host, port, host_header = self._target(address)
+        host, port, host_header, tls = self._target(address)
         head = [b"POST ", path.encode("latin-1"), b" HTTP/1.1\r\nhost: ", host_header,
                 b"\r\ncontent-type: ", content_type, b"\r\ncontent-length: ",
                 str(len(body)).encode(), b"\r\n"]
@@ -98,7 +103,7 @@ class BlockingH1Client:
                 if err.kind != "reset" or conn.received:
                     raise
                 # An idle connection the server had closed: once more on a fresh one.
-        conn = self._connect(host, port, address, timeout)
+        conn = self._connect(host, port, address, timeout, tls)
         return self._exchange(pool, address, conn, data, timeout)
 
     def _exchange(self, pool: dict[str, _Connection], address: str, conn: _Connection,
@@ -118,7 +123,8 @@ class BlockingH1Client:
             self._discard(conn)
         return response
 
-    def _connect(self, host: str, port: int, address: str, timeout: float) -> _Connection:
+    def _connect(self, host: str, port: int, address: str, timeout: float,
+                 tls: bool = False) -> _Connection:
         try:
             sock = socket.create_connection((host, port),
                                             timeout=max(min(self._connect_timeout, timeout), 0.001))
@@ -126,6 +132,14 @@ class BlockingH1Client:
             raise UpstreamError("connect", f"cannot connect to {address}: "
                                            f"{exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            try:
+                sock = self._tls.context.wrap_socket(sock, server_hostname=host)
+            except (OSError, ValueError) as exc:  # ssl.SSLError, a timeout, TlsError
+                sock.close()
+                reason = getattr(exc, "reason", None) or exc
+                raise UpstreamError("connect", f"TLS handshake with {address} failed: "
+                                               f"{reason}") from None
         conn = _Connection(sock)
         with self._lock:
             self._open.add(conn)
@@ -136,13 +150,14 @@ class BlockingH1Client:
         with self._lock:
             self._open.discard(conn)
 
-    def _target(self, address: str) -> tuple[str, int, bytes]:
+    def _target(self, address: str) -> tuple[str, int, bytes, bool]:
         target = self._targets.get(address)
         if target is None:
             url = urlsplit(address)
             host = url.hostname or "127.0.0.1"
-            port = url.port or 80
-            target = self._targets[address] = (host, port, url.netloc.encode("latin-1"))
+            tls = url.scheme == "https"
+            port = url.port or (443 if tls else 80)
+            target = self._targets[address] = (host, port, url.netloc.encode("latin-1"), tls)
         return target
 
     def close(self) -> None:

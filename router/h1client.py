@@ -1,7 +1,7 @@
 """A lean keep-alive HTTP/1.1 client for the router's upstream hop: asyncio protocols + httptools.
 
 The router forwards small request bodies to model servers it knows speak HTTP/1.1 with
-Content-Length; it needs no redirects, cookies, decompression, proxies or TLS. py-spy showed
+Content-Length; it needs no redirects, cookies, decompression or proxies. py-spy showed
 aiohttp's general-purpose machinery (request/response objects, timers, stream readers) at
 about a fifth of the router's CPU, so this client does only what the hop needs: one pooled
 connection per in-flight request, the request written in one ``write``, the response parsed
@@ -10,17 +10,23 @@ by httptools (the parser uvicorn uses), the deadline as one loop timer.
 A connection reused from the pool may have been closed by the server meanwhile; when such a
 connection dies before any byte of the answer arrives, the request is repeated once on a new
 connection (inference requests have no side effects), as browsers and aiohttp do.
+
+``https://`` upstreams are reached over TLS (the loop's own TLS transport, verified with the
+router's upstream CA settings: ``serving/transport/tls.py``); the choice is made once per
+address, so plain ``http://`` requests take exactly the path they took before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
 import httptools
 
 from router.client import UpstreamError, UpstreamResponse
+from serving.transport.tls import ClientTls
 
 _HOP_BY_HOP = frozenset({"host", "content-length", "connection", "transfer-encoding",
                          "keep-alive", "te", "upgrade"})
@@ -105,14 +111,22 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+_PoolKey = tuple[str, int] | tuple[str, int, bool]
+# host, port, host header, pool key, TLS context (None: plain)
+_Target = tuple[str, int, bytes, _PoolKey, ssl.SSLContext | None]
+
+
 class H1Client:
     """Pooled HTTP/1.1 upstream client (implements :class:`router.client.HttpClient`)."""
 
-    def __init__(self, *, connect_timeout: float = 2.0, per_host: int = 256) -> None:
+    def __init__(self, *, connect_timeout: float = 2.0, per_host: int = 256,
+                 tls: ClientTls | None = None) -> None:
         self._connect_timeout = connect_timeout
         self._max_idle = per_host
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
-        self._targets: dict[str, tuple[str, int, bytes, str]] = {}
+        self._idle: dict[tuple[str, int] | tuple[str, int, bool], deque[_Connection]] = {}
+        self._targets: dict[str, _Target] = {}
+        self._tls_targets: dict[str, _Target] = {}
+        self._tls = tls or ClientTls()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -124,25 +138,38 @@ class H1Client:
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
-    def _target(self, url: str) -> tuple[str, int, bytes, str]:
-        """(host, port, host header, path) of ``url``; base addresses repeat, so cached."""
+    def _target(self, url: str) -> tuple[_Target, str]:
+        """(host, port, host header, pool key, TLS context) of ``url`` and its path; base
+        addresses repeat, so cached."""
         scheme_host, sep, rest = url.partition("://")
         authority, slash, path = rest.partition("/")
-        base = self._targets.get(authority)
+        targets = self._targets if scheme_host == "http" else self._tls_targets
+        base = targets.get(authority)
         if base is None:
-            if scheme_host != "http":
-                raise UpstreamError("connect", f"only http:// upstreams are supported: {url}")
+            if scheme_host not in ("http", "https"):
+                raise UpstreamError("connect", f"only http:// and https:// upstreams are "
+                                               f"supported: {url}")
             parts = urlsplit(url)
             if parts.hostname is None:
                 raise UpstreamError("connect", f"no host in upstream URL {url!r}")
-            base = (parts.hostname, parts.port or 80, authority.encode("latin-1"), "")
-            if len(self._targets) < 4096:
-                self._targets[authority] = base
-        return base[0], base[1], base[2], slash + path
+            tls = scheme_host == "https"
+            port = parts.port or (443 if tls else 80)
+            context = self._tls_context(url) if tls else None
+            base = (parts.hostname, port, authority.encode("latin-1"),
+                    (parts.hostname, port, True) if tls else (parts.hostname, port), context)
+            if len(targets) < 4096:
+                targets[authority] = base
+        return base, slash + path
+
+    def _tls_context(self, url: str) -> ssl.SSLContext:
+        try:
+            return self._tls.context
+        except ValueError as exc:  # TlsError: the CA or client certificate files
+            raise UpstreamError("connect", f"cannot reach {url}: {exc}") from None
 
     async def request(self, method: str, url: str, *, headers: list[tuple[str, str]],
                       body: bytes, timeout: float) -> UpstreamResponse:
-        host, port, host_header, path = self._target(url)
+        (host, port, host_header, key, context), path = self._target(url)
         head = [f"{method} {path} HTTP/1.1\r\nhost: ".encode("latin-1"), host_header,
                 b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
         for name, value in headers:
@@ -153,7 +180,6 @@ class H1Client:
         data = b"".join(head)
         loop = self._running_loop()
         deadline = loop.time() + timeout
-        key = (host, port)
         reused = self._take_idle(key)
         if reused is not None:
             try:
@@ -162,10 +188,10 @@ class H1Client:
                 if err.kind != "reset" or reused.received:
                     raise
                 # A pooled connection the server had closed: repeat once on a fresh one.
-        conn = await self._connect(host, port, url, deadline)
+        conn = await self._connect(host, port, url, deadline, context)
         return await self._exchange(conn, key, data, deadline, url, timeout, method)
 
-    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+    def _take_idle(self, key: _PoolKey) -> _Connection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -173,20 +199,28 @@ class H1Client:
                 return conn
         return None
 
-    async def _connect(self, host: str, port: int, url: str, deadline: float) -> _Connection:
+    async def _connect(self, host: str, port: int, url: str, deadline: float,
+                       context: ssl.SSLContext | None = None) -> _Connection:
         loop = asyncio.get_running_loop()
         budget = min(self._connect_timeout, deadline - loop.time())
         try:
             async with asyncio.timeout(max(budget, 0.0)):
-                _, conn = await loop.create_connection(_Connection, host, port)
+                if context is None:
+                    _, conn = await loop.create_connection(_Connection, host, port)
+                else:  # the handshake counts against the connect budget
+                    _, conn = await loop.create_connection(_Connection, host, port, ssl=context,
+                                                           server_hostname=host)
         except TimeoutError:
             raise UpstreamError("connect", f"cannot connect to {url}: timed out") from None
+        except ssl.SSLError as exc:  # before OSError: SSLError is one
+            raise UpstreamError("connect", f"TLS handshake with {url} failed: "
+                                           f"{exc.reason or exc}") from None
         except OSError as exc:
             raise UpstreamError("connect", f"cannot connect to {url}: "
                                            f"{exc.strerror or exc}") from None
         return conn
 
-    async def _exchange(self, conn: _Connection, key: tuple[str, int], data: bytes,
+    async def _exchange(self, conn: _Connection, key: _PoolKey, data: bytes,
                         deadline: float, url: str, timeout: float, method: str
                         ) -> UpstreamResponse:
         loop = self._running_loop()

@@ -206,5 +206,26 @@ async def test_head_answer_completes_without_a_body() -> None:
 async def test_non_http_upstreams_are_refused() -> None:
     client = H1Client()
     with pytest.raises(UpstreamError) as err:
-        await client.request("GET", "https://127.0.0.1:1/", headers=[], body=b"", timeout=1)
+        await client.request("GET", "ftp://127.0.0.1:1/", headers=[], body=b"", timeout=1)
     assert err.value.kind == "connect" and "http://" in str(err.value)
+
+
+async def test_https_to_a_plain_server_fails_as_a_connect_error() -> None:
+    """https:// is TLS (tests/security/test_tls_router.py); a server that answers plain
+    HTTP/1.1 fails the handshake, which counts as a connect failure (retried elsewhere)."""
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = H1Client()
+    try:
+        with pytest.raises(UpstreamError) as err:
+            await client.request("GET", f"https://127.0.0.1:{port}/", headers=[], body=b"",
+                                 timeout=2)
+        assert err.value.kind == "connect", err.value
+    finally:
+        await client.close()
+        server.close()
