@@ -22,10 +22,14 @@ FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 turnout \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin turnout
 COPY --from=build /opt/turnout /opt/turnout
+# Listens on 0.0.0.0 inside the container without authentication (*_INSECURE) unless keys
+# are given (TURNOUT_API_KEYS_FILE or TURNOUT_JWKS; docs/security.md).
+# Publish the ports only on a protected network (in a cluster: a NetworkPolicy or a mesh).
 ENV PATH=/opt/turnout/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    TURNOUT_HOST=0.0.0.0
+    TURNOUT_HOST=0.0.0.0 \
+    TURNOUT_INSECURE=true
 USER 10001:10001
 WORKDIR /home/turnout
 EXPOSE 8080 8081

@@ -1,6 +1,8 @@
 """The admin API: read and replace the routes, shift weights, reload the file, see endpoints.
 
-Bound to loopback by default (see ``RouterSettings.admin_host``). Every change goes through the
+Bound to loopback by default (see ``RouterSettings.admin_host``), and every call but
+``GET /metrics`` needs the admin token or a ``management`` credential, even there
+(router/access.py). Every change goes through the
 same validation as the file and is applied as one table swap, so a rejected change leaves the
 running routes untouched and an accepted one drops no request in flight.
 
@@ -32,9 +34,11 @@ _WEIGHTS = re.compile(r"^/services/([^/]+)/weights$")
 
 
 class AdminApp:
-    def __init__(self, router: Router, *, reload: Callable[[], RouterConfig]) -> None:
+    def __init__(self, router: Router, *, reload: Callable[[], RouterConfig],
+                 check: Callable[[RouterConfig], RouterConfig] = lambda config: config) -> None:
         self.router = router
         self.reload = reload
+        self.check = check  # refuses, with ConfigError, routes this router cannot serve
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +54,8 @@ class AdminApp:
                 return await send_json(send, 200, {"applied": True})
             body = await read_body(receive, None, 16 * 1024 * 1024)
             if path == "/config" and method == "PUT":
-                self.router.apply(_checked(lambda: load_config_text(body, source="PUT /config")))
+                self.router.apply(_checked(lambda: self.check(
+                    load_config_text(body, source="PUT /config"))))
                 return await send_json(send, 200, {"applied": True})
             match = _WEIGHTS.match(path)
             if match and method == "PUT":
@@ -79,7 +84,7 @@ class AdminApp:
                     raise InvalidInput(f"service {service!r} has no variants {sorted(unknown)}")
                 for variant in item["variants"]:
                     variant["weight"] = weights.get(variant["name"], variant["weight"])
-                return _checked(lambda: parse_config(doc, source="weights"))
+                return _checked(lambda: self.check(parse_config(doc, source="weights")))
         raise ModelNotFound(f"service {service!r} is not configured")
 
     def _status(self) -> dict[str, Any]:

@@ -27,6 +27,11 @@ def add_router_parser(sub: Any) -> None:
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    from serving.transport.auth import add_auth_flags
+
+    add_auth_flags(p)
+    p.add_argument("--admin-token-file", type=Path, help="file holding the admin API's bearer "
+                   "token (created if missing; default: a fresh token in <config>.admin-token)")
 
 
 def run_router(args: argparse.Namespace) -> int:
@@ -41,12 +46,20 @@ def run_router(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"turnout router: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from router.access import config_check
+    from serving.transport.auth import AuthConfigError, check_auth_settings, exposure_error
+
     try:
-        load_config(settings.config)  # refuse a bad file before opening any port
-    except ConfigError as exc:
+        # refuse a bad file before opening any port
+        config_check(settings.auth_configured)(load_config(settings.config))
+        check_auth_settings(settings)
+    except (ConfigError, AuthConfigError) as exc:
         print(f"turnout router: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    if (refused := exposure_error("turnout router", [settings.host], settings)) is not None:
+        print(refused, file=sys.stderr)
+        return 2
     _tune_gc()
     run(settings)
     return 0

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from router.access import check_target
 from router.balance import Pool
 from router.compare import Comparison, compare_outputs, grpc_outputs
 from router.core import Router
@@ -55,6 +56,7 @@ from router.table import ServiceRoute, VariantRoute
 from serving.protocol import proto
 from serving.protocol.errors import InvalidInput, Overloaded, TurnoutError
 from serving.spec.routes import Graph
+from serving.transport.auth import Authenticator
 
 log = logging.getLogger("turnout.router.grpc")
 
@@ -69,9 +71,12 @@ class GrpcEdge(grpc.GenericRpcHandler):
     """The generic handler; its methods run on grpcio's handler threads."""
 
     def __init__(self, router: Router, loop: asyncio.AbstractEventLoop, *,
-                 hold_threads: int = 0) -> None:
+                 hold_threads: int = 0, authenticator: Authenticator | None = None) -> None:
         from router.graph_grpc import GrpcGraphs  # builds on this module's calls, so imported late
 
+        # With authentication on, the server's interceptor has checked the caller's credential
+        # and scope; services that name their principals are checked here, by model name.
+        self.authenticator = authenticator
         self.router = router
         self.loop = loop
         # A held call blocks its handler thread: at most this many hold at once (0: no limit).
@@ -124,6 +129,9 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 model, version = read_name_version(request)
             except ValueError as exc:
                 raise InvalidInput(f"malformed {rpc} request: {exc}") from None
+            if self.authenticator is not None:
+                check_target(table, model, lambda: self.authenticator.from_metadata(  # type: ignore[union-attr]
+                    context.invocation_metadata()))
             if rpc == "ModelInfer" and model in table.graphs:
                 return self._graph(table.graphs[model], request, context)
             service = table.service(model)
@@ -269,22 +277,28 @@ def _compare(primary: GrpcAnswer, shadow: GrpcAnswer) -> Comparison | None:
 
 
 def build_grpc_server(router: Router, *, host: str, port: int, max_payload_bytes: int,
-                      threads: int) -> grpc.Server:
+                      threads: int, authenticator: Authenticator | None = None) -> grpc.Server:
     """The public gRPC server with the proxy and ``grpc.health.v1``; not started yet.
 
     Call from the router's event loop (graphs and shadows are handed to it). ``threads`` calls
     are forwarded at once; grpcio queues up to 16 times as many and refuses more with
     RESOURCE_EXHAUSTED at once, so a stalled upstream cannot queue calls without bound.
+    With an ``authenticator`` every call but health and ServerLive/ServerReady needs a
+    credential (serving/transport/grpc_auth.py) and services' principals are enforced.
     """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from serving.transport.grpc_auth import AuthInterceptor
+
     server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="grpc-edge"),
+                         interceptors=[AuthInterceptor(authenticator)] if authenticator else None,
                          maximum_concurrent_rpcs=16 * threads, options=[
                              ("grpc.max_receive_message_length", max_payload_bytes),
                              ("grpc.max_send_message_length", max_payload_bytes),
                          ])
     server.add_generic_rpc_handlers((GrpcEdge(router, asyncio.get_running_loop(),
-                                              hold_threads=max(1, threads // 2)),))
+                                              hold_threads=max(1, threads // 2),
+                                              authenticator=authenticator),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from router.core import Router
@@ -17,8 +18,10 @@ log = logging.getLogger("turnout.router.reload")
 
 
 class FileSource:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *,
+                 check: Callable[[RouterConfig], RouterConfig] | None = None) -> None:
         self.path = path
+        self._check = check  # refuses, with ConfigError, what this router cannot serve
         self._stamp = self._mtime()
 
     def _mtime(self) -> tuple[int, int] | None:
@@ -30,7 +33,8 @@ class FileSource:
 
     def load(self) -> RouterConfig:
         self._stamp = self._mtime()
-        return load_config(self.path)
+        config = load_config(self.path)
+        return self._check(config) if self._check is not None else config
 
     def reload_into(self, router: Router) -> bool:
         """Apply the file if it is valid; returns whether it was applied."""

@@ -45,6 +45,7 @@ from router.rewrite import rename_v2_json
 from router.shadow import PrimaryAnswer
 from router.table import ServiceRoute, VariantRoute
 from serving.protocol.errors import Overloaded, TurnoutError
+from serving.transport.auth import Guard
 from serving.transport.fastpath import Headers, Reply, bind_protocol
 
 log = logging.getLogger("turnout.router.rest")
@@ -272,12 +273,13 @@ class RestEdge:
             m.duration.labels(service, variant, protocol).observe(time.perf_counter() - started)
 
 
-def rest_protocol(edge: RestEdge) -> type[asyncio.Protocol] | str:
+def rest_protocol(edge: RestEdge, *, guard: Guard | None = None) -> type[asyncio.Protocol] | str:
     """``serving/transport/fastpath.py``'s protocol for ``edge``, with each connection's
     answers knowing their connection, so a request held for a ready endpoint learns when its
     client goes away. Per connection, not per request: each connection's handler is its own
-    copy of the edge (:meth:`RestEdge.for_connection`)."""
-    bound = bind_protocol(edge)
+    copy of the edge (:meth:`RestEdge.for_connection`). ``guard``: authentication, checked
+    before a request is claimed (the ASGI app must be guarded by the same guard)."""
+    bound = bind_protocol(edge, guard=guard)
     if isinstance(bound, str):  # uvicorn's own path: held requests watch ASGI's receive()
         return bound
 

@@ -14,11 +14,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from router.access import admin_guard, admin_token, config_check, public_guard
 from router.admin import AdminApp
 from router.client import HttpClient
 from router.core import Router
@@ -30,6 +32,7 @@ from router.reload import FileSource
 from router.rest import RestEdge, rest_protocol
 from router.settings import RouterSettings
 from serving.spec.routes import RouterConfig
+from serving.transport.auth import GuardedApp, build_authenticator
 from serving.transport.bounded import BoundedHttpToolsProtocol
 
 log = logging.getLogger("turnout.router")
@@ -59,7 +62,10 @@ class RouterServer:
                  registry: CollectorRegistry | None = None,
                  client: HttpClient | None = None) -> None:
         self.settings = settings
-        self.source = FileSource(settings.config)
+        # routes naming per-service principals need authentication on (router/access.py)
+        self._check_config = config_check(settings.auth_configured)
+        self.source = FileSource(settings.config, check=self._check_config)
+        self.admin_token_path: Path | None = None
         self._config = config
         self.registry = registry or _default_registry()
         self._client = client
@@ -70,7 +76,10 @@ class RouterServer:
 
     async def start(self) -> None:
         s = self.settings
-        config = self._config or self.source.load()
+        config = self._check_config(self._config or self.source.load())
+        # Authentication: None when no key or JWKS is configured, and then nothing is checked
+        # on the public ports (the admin API always needs its token).
+        authenticator = build_authenticator(s)
         metrics = RouterMetrics(self.registry)
         client = self._client or H1Client(
             connect_timeout=config.upstream.connect_timeout_seconds,
@@ -78,17 +87,22 @@ class RouterServer:
         router = self.router = Router(config, client=client, metrics=metrics,
                                       max_message_bytes=s.max_payload_bytes)
         rest = RestEdge(router, max_payload_bytes=s.max_payload_bytes, graphs=GraphRunner(router))
-        self._http.append(_http_server(rest, s.host, s.http_port, s.drain_seconds,
-                                       rest_protocol(rest)))
+        guard = public_guard(authenticator, lambda: router.table) if authenticator else None
+        self._http.append(_http_server(GuardedApp(rest, guard) if guard else rest, s.host,
+                                       s.http_port, s.drain_seconds,
+                                       rest_protocol(rest, guard=guard)))
         if s.admin_port:
-            admin = AdminApp(router, reload=self.source.load)
+            token, self.admin_token_path = admin_token(s.admin_token_file, s.config)
+            admin = GuardedApp(AdminApp(router, reload=self.source.load, check=self._check_config),
+                               admin_guard(token, authenticator))
             self._http.append(_http_server(admin, s.admin_host, s.admin_port, 1))
         for server in self._http:
             self._tasks.append(asyncio.create_task(server.serve()))
         if s.grpc_port:
             self._grpc = build_grpc_server(router, host=s.host, port=s.grpc_port,
                                            max_payload_bytes=s.max_payload_bytes,
-                                           threads=s.grpc_threads)
+                                           threads=s.grpc_threads,
+                                           authenticator=authenticator)
             self._grpc.start()
         self._tasks.append(asyncio.create_task(router.run_health_checks()))
         if s.reload_poll_seconds:

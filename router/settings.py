@@ -10,10 +10,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from serving.transport.auth import AuthFields
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(AuthFields):
+    """The router's settings; authentication's (API keys, JWT, --insecure) come from
+    :class:`~serving.transport.auth.AuthFields`."""
+
     model_config = SettingsConfigDict(env_prefix="TURNOUT_ROUTER_", extra="ignore")
 
     config: Path = Field(description="The routes YAML file")
@@ -23,6 +28,10 @@ class RouterSettings(BaseSettings):
     admin_host: str = Field("127.0.0.1", description="Admin API bind address; loopback because "
                             "whoever reaches it can redirect all traffic")
     admin_port: int = Field(8090, ge=0, description="Admin API port; 0 disables it")
+    admin_token_file: Path | None = Field(
+        None, description="File holding the admin API's bearer token (created with a fresh "
+        "token, mode 0600, if missing; re-read when it changes). Default: a fresh token at "
+        "every start in <config>.admin-token (or a private temporary folder)")
     grpc_threads: int = Field(64, ge=1, description="gRPC calls forwarded at once (handler "
                               "threads); up to 16x more wait, beyond that RESOURCE_EXHAUSTED")
     max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024,

@@ -55,6 +55,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client "
                    "certificates it signed (mTLS)")
+    from serving.transport.auth import add_auth_flags
+
+    add_auth_flags(p)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -96,6 +99,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"turnout serve: {settings.model_path} does not exist", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from serving.transport.auth import AuthConfigError, check_auth_settings, exposure_error
+
+    try:
+        check_auth_settings(settings)
+    except AuthConfigError as exc:
+        print(f"turnout serve: {exc}", file=sys.stderr)
+        return 2
+    if (refused := exposure_error("turnout serve", [settings.host], settings)) is not None:
+        print(refused, file=sys.stderr)
+        return 2
     from serving.server.process import run
 
     run(settings)
@@ -119,10 +132,48 @@ def _local_model_path(path: str, trusted: list[str]) -> Path:
         raise ValueError(str(exc)) from None
 
 
+def _api_key_parser(sub: Any) -> None:
+    p = sub.add_parser("api-key", help="make API keys for --api-keys-file (docs/security.md)")
+    p.add_argument("action", choices=["new", "hash"], help="new: a fresh random key and its "
+                   "entry; hash: the entry of a key read from standard input")
+    p.add_argument("--name", help="the key's name (logs, per-service rules); default from "
+                   "its hash")
+    p.add_argument("--scope", dest="scopes", action="append", choices=["inference", "management"],
+                   help="what the key may do (repeatable; default inference)")
+    p.add_argument("--append", type=Path, metavar="FILE", help="also append the entry to this "
+                   "keys file (created with mode 0600); running servers pick it up")
+
+
+def _api_key(args: argparse.Namespace) -> int:
+    import os
+
+    from serving.transport.auth import hash_key, new_key
+
+    if args.action == "new":
+        key = new_key()
+    else:
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("turnout api-key hash: no key on standard input", file=sys.stderr)
+            return 2
+    digest = hash_key(key)
+    scopes = ",".join(sorted(set(args.scopes or ["inference"])))
+    entry = f"{args.name or 'key-' + digest[:8]}:{scopes}:{digest}"
+    if args.action == "new":
+        print(f"key: {key}")
+    print(f"entry: {entry}")
+    if args.append is not None:
+        fd = os.open(args.append, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as out:
+            out.write(entry + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="turnout", description="Turnout model serving")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _api_key_parser(sub)
     from router.cli import add_router_parser, run_router
 
     add_router_parser(sub)
@@ -146,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "router":
         return run_router(args)
+    if args.command == "api-key":
+        return _api_key(args)
     if args.command == "registry":
         return registry_cli.main(args)
     if args.command == "pipeline":

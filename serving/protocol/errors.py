@@ -18,6 +18,8 @@ class ErrorKind(Enum):
     TIMEOUT = "timeout"
     MODEL_FAILED = "model_failed"
     INTERNAL = "internal"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
 
 
 # kind -> (HTTP status, gRPC status code name). gRPC names stay strings so this module needs
@@ -31,6 +33,8 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.TIMEOUT: (504, "DEADLINE_EXCEEDED"),
     ErrorKind.MODEL_FAILED: (500, "INTERNAL"),
     ErrorKind.INTERNAL: (500, "INTERNAL"),
+    ErrorKind.UNAUTHENTICATED: (401, "UNAUTHENTICATED"),
+    ErrorKind.FORBIDDEN: (403, "PERMISSION_DENIED"),
 }
 
 
@@ -100,3 +104,15 @@ class ModelFailed(TurnoutError):
 
 class ModelLoadError(Exception):
     """A model could not be loaded; kept as the model's reason, never sent as a request error."""
+class Unauthenticated(TurnoutError):
+    """No credential, or one that is not valid (401 / UNAUTHENTICATED)."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class PermissionDenied(TurnoutError):
+    """A valid credential without the right to make this call (403 / PERMISSION_DENIED)."""
+
+    kind = ErrorKind.FORBIDDEN
+
+

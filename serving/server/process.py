@@ -29,6 +29,7 @@ from serving.server.metrics import Metrics
 from serving.server.repository import ModelRepository
 from serving.server.rest import build_rest_app
 from serving.server.settings import ServerSettings
+from serving.transport.auth import Guard, GuardedApp, build_authenticator
 from serving.transport.fastpath import bind_protocol
 
 log = logging.getLogger("turnout.server")
@@ -74,8 +75,12 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
                           server_name=settings.server_name, repository_mutable=not reuse_port)
     app = build_rest_app(dataplane, registry=exposition,
                          max_payload_bytes=settings.max_payload_bytes)
+    # Authentication: None when no key or JWKS is configured, and then nothing checks anything.
+    authenticator = build_authenticator(settings)
+    guard = Guard(authenticator) if authenticator is not None else None
     http = _UvicornServer(uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, loop="none", http=bind_protocol(app),
+        GuardedApp(app, guard) if guard is not None else app, host=settings.host,
+        port=settings.http_port, loop="none", http=bind_protocol(app, guard=guard),
         lifespan="off", log_config=None, access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_seconds))))
     sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None
@@ -84,14 +89,19 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     set_serving = None
     if settings.grpc_port and settings.grpc_engine == "aio":
         from serving.server.grpc.server import build_grpc_server
+        from serving.transport.grpc_auth import AioAuthInterceptor
 
-        grpc_server, set_serving = build_grpc_server(dataplane, settings)
+        grpc_server, set_serving = build_grpc_server(
+            dataplane, settings,
+            interceptors=[AioAuthInterceptor(authenticator)] if authenticator else ())
         await grpc_server.start()
     elif settings.grpc_port:
         from serving.server.grpc.threaded import build_threaded_grpc_server
+        from serving.transport.grpc_auth import AuthInterceptor
 
         grpc_server, set_serving = build_threaded_grpc_server(
-            dataplane, settings, asyncio.get_running_loop())
+            dataplane, settings, asyncio.get_running_loop(),
+            interceptors=[AuthInterceptor(authenticator)] if authenticator else ())
         grpc_server.start()
 
     stop = asyncio.Event()

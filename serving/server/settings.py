@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from serving.transport.auth import AuthFields
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(AuthFields):
+    """The model server's settings; authentication's (API keys, JWT, --insecure) come from
+    :class:`~serving.transport.auth.AuthFields`."""
+
     model_config = SettingsConfigDict(env_prefix="TURNOUT_", extra="ignore",
                                       protected_namespaces=())
 

@@ -164,6 +164,15 @@ class Mirror(_Model):
     timeout_seconds: float = Field(10.0, gt=0)
 
 
+class ServiceAuth(_Model):
+    """Who may call a service through the router, once the router has authenticated the
+    caller (docs/security.md); the router refuses routes with this block when it has no
+    authentication configured."""
+
+    principals: list[str] = Field(min_length=1, description="API key names or JWT subjects "
+                                  "admitted; any other credential gets 403 / PERMISSION_DENIED")
+
+
 class Service(_Model):
     name: str = Field(pattern=NAME)
     variants: list[Variant] = Field(min_length=1)
@@ -171,6 +180,7 @@ class Service(_Model):
     sticky: Sticky | None = None
     mirror: list[Mirror] = Field(default_factory=list)
     upstream: Upstream | None = Field(None, description="Overrides the file's top-level upstream")
+    auth: ServiceAuth | None = Field(None, description="Only these principals may call it")
 
     @field_validator("mirror", mode="before")
     @classmethod

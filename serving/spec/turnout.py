@@ -14,9 +14,9 @@ each role changes as rollouts proceed, the rules do not have to.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from serving.spec.base import Seconds, SpecModel, exactly_one
 
@@ -114,9 +114,18 @@ class Autoscaling(SpecModel):
     maxScaleDownRate: float = Field(2.0, gt=1)
 
 
+class Auth(SpecModel):
+    """Who may call this service through the router: the names of API keys (the ``NAME`` of a
+    keys-file entry) or JWT subjects (``sub``). The router must authenticate callers
+    (``--api-keys-file`` / ``--jwks``); any other credential gets 403."""
+
+    principals: list[Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
+
+
 class TurnoutSpec(SpecModel):
     rules: list[TrafficRule] = Field(default_factory=list)
     sticky: Sticky | None = None
     mirror: Mirror | None = None
     rollout: Rollout | None = None
     autoscaling: Autoscaling = Autoscaling()
+    auth: Auth | None = None

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol, cast
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serving.transport.auth import Guard
 from serving.transport.bounded import BoundedHttpToolsProtocol
 
 # An answer before framing: status, body, headers (content-length is added when framing).
@@ -62,8 +63,14 @@ class InlineFastHandler(FastHandler, Protocol):
         """Answer a claimed request without awaiting anything."""
 
 
-def bind_protocol(handler: FastHandler) -> type[asyncio.Protocol] | str:
+def bind_protocol(handler: FastHandler, *, guard: Guard | None = None
+                  ) -> type[asyncio.Protocol] | str:
     """The protocol class to give ``uvicorn.Config(http=...)`` for this handler.
+
+    With a ``guard`` (serving/transport/auth.py) a request is claimed only once the guard lets
+    it through; one it refuses is left to uvicorn's path, where the ASGI app — which must then
+    be wrapped in :class:`~serving.transport.auth.GuardedApp` with the same guard — answers
+    the refusal in order, as for any unclaimed request.
 
     When this uvicorn lacks the internals the fast path relies on, uvicorn's own
     ``"httptools"`` protocol, with a warning: slower, never wrong.
@@ -73,7 +80,7 @@ def bind_protocol(handler: FastHandler) -> type[asyncio.Protocol] | str:
         log.warning("uvicorn %s lacks what the fast HTTP path relies on (%s); serving on "
                     "uvicorn's own path", getattr(uvicorn, "__version__", "?"), ", ".join(missing))
         return "httptools"
-    return type("BoundFastPathProtocol", (FastPathProtocol,), {"handler": handler})
+    return type("BoundFastPathProtocol", (FastPathProtocol,), {"handler": handler, "guard": guard})
 
 
 # What FastPathProtocol reads or calls on uvicorn's HttpToolsProtocol.
@@ -111,6 +118,8 @@ class _Busy:
 
 class FastPathProtocol(BoundedHttpToolsProtocol):
     handler: ClassVar[FastHandler]
+    # Authentication (None: off, and no request pays for it).
+    guard: ClassVar[Guard | None] = None
     # The claimed request whose body is being read: (route, now, headers, keep-alive).
     _claimed: tuple[Any, bool, Headers, bool] | None = None
     _body: list[bytes]
@@ -194,6 +203,9 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
         claimed = self.handler.claim(path, headers)
         if claimed is None:
             return None
+        guard = self.guard
+        if guard is not None and guard.check("POST", path, headers) is not None:
+            return None  # refused: the guarded ASGI app answers it on uvicorn's path
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
         return claimed[0], claimed[1], headers, keep_alive
 

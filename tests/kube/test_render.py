@@ -65,7 +65,7 @@ def test_predictor_deployment_exact() -> None:
                 "containers": [{
                     "name": "kserve-container", "image": "turnout:test", "command": ["turnout"],
                     "args": ["serve", "s3://models/iris", "--name", "iris", "--runtime",
-                             "sklearn", "--host", "0.0.0.0", "--http-port", "8080",
+                             "sklearn", "--host", "0.0.0.0", "--insecure", "--http-port", "8080",
                              "--grpc-port", "8081", "--drain-seconds", "20",
                              "--max-batch-size", "16", "--max-batch-latency-ms", "5"],
                     "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
@@ -185,7 +185,8 @@ def test_router_objects_exact() -> None:
     deployment = render.router_deployment([OWNER, other], SETTINGS)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["router", "--config", "/etc/turnout/routes.yaml", "--host",
-                                 "0.0.0.0", "--http-port", "8080", "--grpc-port", "8081",
+                                 "0.0.0.0", "--insecure", "--http-port", "8080", "--grpc-port",
+                                 "8081",
                                  "--admin-host", "127.0.0.1", "--admin-port", "8090",
                                  "--drain-seconds", "20"]
     assert container["volumeMounts"] == [{"name": "routes", "mountPath": "/etc/turnout",

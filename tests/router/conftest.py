@@ -106,11 +106,16 @@ def _causes(exc: BaseException) -> str:
 
 
 class RouterThread:
-    """A :class:`RouterServer` on its own event loop in a daemon thread, on free loopback ports."""
+    """A :class:`RouterServer` on its own event loop in a daemon thread, on free loopback ports.
+
+    ``settings``: more :class:`RouterSettings` (authentication, for instance). The admin API
+    needs its token: ``admin_headers`` carries it.
+    """
 
     def __init__(self, config: RouterConfig | dict[str, Any], tmp: Path, *,
                  max_payload_bytes: int = 1 << 20, grpc: bool = True,
-                 grpc_threads: int = 8) -> None:
+                 grpc_threads: int = 8, settings: dict[str, Any] | None = None) -> None:
+        self._extra = settings or {}
         self.config_path = tmp / f"routes-{free_port()}.yaml"
         doc = config if isinstance(config, dict) else config.model_dump(mode="json", by_alias=True,
                                                                         exclude_none=True)
@@ -133,7 +138,7 @@ class RouterThread:
                                   grpc_port=self.grpc_port, admin_port=self.admin_port,
                                   max_payload_bytes=max_payload_bytes, reload_poll_seconds=0,
                                   grpc_threads=grpc_threads,
-                                  drain_seconds=2)
+                                  drain_seconds=2, **self._extra)
         self.server = RouterServer(settings, registry=self.registry)
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -166,6 +171,9 @@ class RouterThread:
                 self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
             raise RuntimeError(f"router did not start: {self.error}") from self.error
+        token = self.server.admin_token_path
+        self.admin_headers = {"authorization": f"Bearer {token.read_text().strip()}"} \
+            if token is not None else {}
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the router's loop and return its result."""

@@ -59,7 +59,12 @@ def test_example_routes_serve_through_the_cli(upstreams, tmp_path, free_port_fn,
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-turnout-variant"] == "canary"
         assert resp.json()["model_name"] == "iris"
-        assert httpx.get(f"http://127.0.0.1:{admin}/config").json()["services"][0]["name"] == "iris"
+        config = f"http://127.0.0.1:{admin}/config"
+        assert httpx.get(config).status_code == 401  # the admin API needs its token, even here
+        token = (tmp_path / "routes.yaml.admin-token").read_text()  # made at start (0600)
+        assert (tmp_path / "routes.yaml.admin-token").stat().st_mode & 0o777 == 0o600
+        answer = httpx.get(config, headers={"authorization": f"Bearer {token}"})
+        assert answer.json()["services"][0]["name"] == "iris"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -50,7 +50,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
 
 
 def status_rows(r, service: str = "m", variant: str = "default") -> list[dict]:
-    rows = httpx.get(f"{r.admin}/status", timeout=5).json()["endpoints"]
+    rows = httpx.get(f"{r.admin}/status", timeout=5, headers=r.admin_headers).json()["endpoints"]
     return [row for row in rows if row["service"] == service and row["variant"] == variant]
 
 
@@ -70,7 +70,8 @@ def ended(r, outcome: str, service: str = "m", variant: str = "default") -> floa
 
 
 def push(r, config: dict) -> None:
-    answer = httpx.put(f"{r.admin}/config", content=json.dumps(config), timeout=10)
+    answer = httpx.put(f"{r.admin}/config", content=json.dumps(config), timeout=10,
+                       headers=r.admin_headers)
     assert answer.status_code == 200, answer.text
 
 

@@ -219,23 +219,26 @@ def test_reload_under_load_loses_nothing(upstreams, router_cls, tmp_path):
         worker.start()
         for step in range(8):
             resp = httpx.put(f"{r.admin}/services/m/weights",
-                             json={"default": 10 * step + 1, "canary": 100 - 10 * step})
+                             json={"default": 10 * step + 1, "canary": 100 - 10 * step},
+                             headers=r.admin_headers)
             assert resp.status_code == 200, resp.text
             time.sleep(0.05)
         import yaml
 
         r.config_path.write_text(yaml.safe_dump(config(90, 10)))
-        assert httpx.post(f"{r.admin}/reload").status_code == 200
-        bad = httpx.put(f"{r.admin}/config", content=b"services: [{name: m}]")
+        assert httpx.post(f"{r.admin}/reload", headers=r.admin_headers).status_code == 200
+        bad = httpx.put(f"{r.admin}/config", content=b"services: [{name: m}]", headers=r.admin_headers)
         assert bad.status_code == 400 and "variants" in bad.json()["error"]
-        resp = httpx.put(f"{r.admin}/config", content=yaml.safe_dump(config(0, 1)).encode())
+        resp = httpx.put(f"{r.admin}/config", content=yaml.safe_dump(config(0, 1)).encode(),
+                         headers=r.admin_headers)
         assert resp.status_code == 200
         worker.join(60)
         assert statuses == [200] * 600
         after = [httpx.post(f"{r.url}/v2/models/m/infer", json=BODY).json()["outputs"][0]["data"]
                  for _ in range(10)]
         assert all(y == [3.0, -4.0] for y in after)  # all on the doubling canary now
-        assert httpx.get(f"{r.admin}/config").json()["services"][0]["variants"][0]["weight"] == 0
+        in_force = httpx.get(f"{r.admin}/config", headers=r.admin_headers).json()
+        assert in_force["services"][0]["variants"][0]["weight"] == 0
         assert r.sample("turnout_router_config_reloads_total", result="rejected") == 1
     finally:
         r.stop()
@@ -245,11 +248,12 @@ def test_admin_status_and_unknown_service(upstreams, router_cls, tmp_path):
     r = router_cls({"services": [{"name": "m", "variants": [
         {"name": "default", "weight": 1, "http": [upstreams["a1"].url]}]}]}, tmp_path, grpc=False)
     try:
-        rows = httpx.get(f"{r.admin}/status").json()["endpoints"]
+        rows = httpx.get(f"{r.admin}/status", headers=r.admin_headers).json()["endpoints"]
         assert rows[0]["address"] == upstreams["a1"].url and rows[0]["healthy"] is True
-        assert httpx.put(f"{r.admin}/services/x/weights", json={}).status_code == 404
-        assert httpx.put(f"{r.admin}/services/m/weights", json={"zz": 1}).status_code == 400
-        assert httpx.put(f"{r.admin}/services/m/weights", json={"default": 0}).status_code == 400
+        admin = httpx.Client(base_url=r.admin, headers=r.admin_headers)
+        assert admin.put("/services/x/weights", json={}).status_code == 404
+        assert admin.put("/services/m/weights", json={"zz": 1}).status_code == 400
+        assert admin.put("/services/m/weights", json={"default": 0}).status_code == 400
     finally:
         r.stop()
 

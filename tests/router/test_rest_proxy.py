@@ -131,7 +131,8 @@ def test_sticky_sessions_survive_a_weight_change(upstreams, tmp_path, router_cls
         first = assignment()
         assert assignment() == first  # the same key always lands on the same variant
         assert within_binomial(list(first.values()).count("canary"), len(users), 0.5)
-        resp = httpx.put(f"{r.admin}/services/m/weights", json={"default": 30, "canary": 70})
+        resp = httpx.put(f"{r.admin}/services/m/weights", json={"default": 30, "canary": 70},
+                         headers=r.admin_headers)
         assert resp.status_code == 200, resp.text
         second = assignment()
         moved = [u for u in users if first[u] != second[u]]

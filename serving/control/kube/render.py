@@ -132,8 +132,12 @@ def _container_ports() -> list[dict[str, Any]]:
 # -- a revision -----------------------------------------------------------------------------
 
 def serve_args(workload: Workload, settings: Settings) -> list[str]:
+    # --insecure: a replica listens on the pod's address without authentication, as KServe's
+    # predictors do; only the router (and the kubelet's probes) should reach it, which a
+    # NetworkPolicy or a mesh enforces (docs/security.md). Without the flag a model server
+    # refuses a non-loopback address with no API keys or JWKS configured.
     args = ["serve", workload.storage_uri, "--name", workload.model_name,
-            "--runtime", workload.runtime, "--host", "0.0.0.0",
+            "--runtime", workload.runtime, "--host", "0.0.0.0", "--insecure",
             "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
             "--drain-seconds", str(settings.drain_seconds)]
     if workload.model_version is not None:
@@ -310,8 +314,12 @@ def router_deployment(owners: Sequence[Owner], settings: Settings) -> dict[str, 
     container: dict[str, Any] = {
         "name": "router", "image": settings.router_image or settings.image,
         "command": ["turnout"],
+        # --insecure: the in-cluster Service is reached without credentials, as KServe's
+        # ingress is; protect it with a NetworkPolicy or a mesh, or put the router's
+        # authentication flags in its environment (TURNOUT_ROUTER_API_KEYS_FILE, ...:
+        # docs/security.md), which then applies whatever this flag says.
         "args": ["router", "--config", f"{ROUTES_DIR}/{ROUTES_FILE}", "--host", "0.0.0.0",
-                 "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
+                 "--insecure", "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
                  "--admin-host", "127.0.0.1", "--admin-port", str(ROUTER_ADMIN_PORT),
                  "--drain-seconds", str(settings.drain_seconds)],
         "ports": _container_ports(),

@@ -40,6 +40,9 @@ def add_parsers(sub: Any) -> None:
                     "client certificates it signed (mTLS)")
     up.add_argument("--admin-tls", action="store_true", help="the plane's loopback admin API "
                     "serves TLS too, with --tls-cert (the CLI trusts exactly that certificate)")
+    from serving.transport.auth import add_auth_flags
+
+    add_auth_flags(up)  # the router's: its public ports (docs/security.md)
     up.add_argument("--ready-timeout", type=float, default=120.0,
                     help="seconds for the first replicas to become ready before giving up")
     up.add_argument("--log-level", default="info")

@@ -20,6 +20,7 @@ import aiohttp
 
 from serving.control.local.processes import die_with_parent
 from serving.control.local.supervisor import free_port
+from serving.transport.auth import issue_token_file
 
 log = logging.getLogger("turnout.control")
 
@@ -32,7 +33,12 @@ class RouterProcess:
     grpc_port: int = 8081
     drain_seconds: float = 5.0
     admin_port: int = 0
+    # the public ports' authentication flags (--api-keys-file, --jwks, ..., --insecure)
+    auth_flags: tuple[str, ...] = ()
     process: asyncio.subprocess.Process | None = None
+    # The router's admin API needs a token even on loopback: made once, at the first start,
+    # in <state-dir>/router-admin-token (0600), and sent with every admin call.
+    _token: str = ""
     restarts: int = 0
     _session: aiohttp.ClientSession | None = None
     _retry_at: float = 0.0
@@ -41,16 +47,23 @@ class RouterProcess:
     def routes_path(self) -> Path:
         return self.state_dir / "routes.yaml"
 
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "router-admin-token"
+
     async def start(self, timeout: float = 30.0) -> None:
         if not self.routes_path.exists():
             self.routes_path.write_text("services: []\n")
         self.admin_port = self.admin_port or free_port()
+        if not self._token:
+            self._token = issue_token_file(self.token_path)
         out = (self.state_dir / "logs" / "router.log").open("ab")
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "serving.cli", "router", "--config", str(self.routes_path),
             "--host", self.host, "--http-port", str(self.http_port),
             "--grpc-port", str(self.grpc_port), "--admin-port", str(self.admin_port),
             "--drain-seconds", str(self.drain_seconds),
+            "--admin-token-file", str(self.token_path), *self.auth_flags,
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, preexec_fn=die_with_parent)
         out.close()
@@ -63,7 +76,9 @@ class RouterProcess:
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=5),
+                headers={"authorization": f"Bearer {self._token}"})
         return self._session
 
     async def get(self, path: str, *, public: bool = False) -> str | None:

@@ -35,6 +35,7 @@ from serving.control.local.supervisor import free_port
 from serving.control.policy import validate
 from serving.control.registry import RegistryLink
 from serving.spec.load import ManifestError, Manifests, last_documents, load_files
+from serving.transport.auth import AuthConfigError, AuthFields, check_auth_settings, exposure_error
 from serving.transport.logs import configure_logging
 from serving.transport.tls import CertificateReloader, ServerTls, TlsError, server_tls
 
@@ -99,17 +100,54 @@ def _tls(args: argparse.Namespace) -> tuple[tuple[str, ...], CertificateReloader
     return flags, admin if getattr(args, "admin_tls", False) else None
 
 
+def _auth(args: argparse.Namespace, manifests: Manifests) -> tuple[str, ...]:
+    """The router's authentication flags from ``turnout up``'s (the replicas stay on
+    loopback, unauthenticated); refuses a non-loopback --host without authentication unless
+    --insecure, and per-service principals without authentication."""
+    values = {name: getattr(args, name, None) for name in (
+        "api_keys_file", "jwks", "jwt_issuer", "jwt_audience", "jwt_leeway", "insecure")}
+    settings = AuthFields.model_construct(**{k: v for k, v in values.items() if v is not None})
+    check_auth_settings(settings)
+    refused = exposure_error("turnout up", [args.host], settings)
+    if refused is not None:
+        raise AuthConfigError(refused.removeprefix("turnout up: "))
+    restricted = [isvc.name for isvc in manifests.services
+                  if isvc.spec.turnout is not None and isvc.spec.turnout.auth is not None]
+    if restricted and not settings.auth_configured:
+        raise AuthConfigError(f"{', '.join(restricted)}: spec.turnout.auth names principals, "
+                              "but the router authenticates no one: pass --api-keys-file or "
+                              "--jwks")
+    flags: list[str] = []
+    if settings.api_keys_file is not None:
+        flags += ["--api-keys-file", str(Path(settings.api_keys_file).resolve())]
+    if settings.jwks:
+        jwks = settings.jwks if settings.jwks.startswith(("http://", "https://")) \
+            else str(Path(settings.jwks).resolve())
+        flags += ["--jwks", jwks, "--jwt-issuer", str(settings.jwt_issuer),
+                  "--jwt-audience", str(settings.jwt_audience)]
+    if values["jwt_leeway"] is not None:
+        flags += ["--jwt-leeway", str(values["jwt_leeway"])]
+    if settings.insecure:
+        flags.append("--insecure")
+    return tuple(flags)
+
+
 async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path) -> int:
     try:
         tls_flags, admin_certificates = _tls(args)
     except TlsError as exc:
         print(f"turnout up: {exc}", file=sys.stderr)
         return 2
+    try:
+        auth_flags = _auth(args, manifests)
+    except AuthConfigError as exc:
+        print(f"turnout up: {exc}", file=sys.stderr)
+        return 2
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     (state_dir / "routes.yaml").write_text("services: []\n")
     router = RouterProcess(state_dir, host=args.host, http_port=args.http_port,
-                           grpc_port=args.grpc_port, tls_flags=tls_flags)
+                           grpc_port=args.grpc_port, tls_flags=tls_flags, auth_flags=auth_flags)
     trusted = tuple(args.trusted_sources) + (("*",) if args.trust_remote_pickle else ())
     plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()),
                   trusted_sources=trusted,

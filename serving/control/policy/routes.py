@@ -119,6 +119,8 @@ def _service(isvc: InferenceService, state: ServiceState, endpoints: Mapping[str
         if extra.mirror is not None and {"stable", "canary"} <= present:
             doc["mirror"] = [{"variant": "canary", "percent": extra.mirror.percent,
                               "max_in_flight": extra.mirror.maxInFlight}]
+        if extra.auth is not None:
+            doc["auth"] = {"principals": list(extra.auth.principals)}
     upstream: dict[str, Any] = {}
     timeout = isvc.spec.predictor.timeout
     if timeout:
@@ -130,6 +132,9 @@ def _service(isvc: InferenceService, state: ServiceState, endpoints: Mapping[str
     docs = [doc]
     if tag_routing(isvc):
         docs += _tags(isvc, state, variants, upstream)
+        if "auth" in doc:  # the tags reach the same revisions: the same principals only
+            for tag in docs[1:]:
+                tag["auth"] = doc["auth"]
     return docs
 
 

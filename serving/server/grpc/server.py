@@ -8,7 +8,7 @@ reflection is given a pool that holds every served file, so grpcurl needs no .pr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -67,7 +67,8 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def build_grpc_server(dataplane: DataPlane, settings: ServerSettings
+def build_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,
+                      interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
                       ) -> tuple[grpc.aio.Server, SetServing]:
     """A bound, not yet started, asyncio gRPC server over ``dataplane``, and its health switch.
 
@@ -76,9 +77,10 @@ def build_grpc_server(dataplane: DataPlane, settings: ServerSettings
 
     Message limits equal ``max_payload_bytes`` (gRPC answers RESOURCE_EXHAUSTED beyond them,
     as REST answers 413), and SO_REUSEPORT lets several worker processes share the port.
+    ``interceptors`` see every call first (authentication: serving/transport/grpc_auth.py).
     """
     limit = settings.max_payload_bytes
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(interceptors=list(interceptors) or None, options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 1),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -90,12 +90,14 @@ class ThreadedServicer:
 
 
 def build_threaded_grpc_server(dataplane: DataPlane, settings: ServerSettings,
-                               loop: asyncio.AbstractEventLoop
+                               loop: asyncio.AbstractEventLoop, *,
+                               interceptors: Sequence[grpc.ServerInterceptor] = ()
                                ) -> tuple[grpc.Server, Callable[[bool], None]]:
     """A bound, not yet started, threaded gRPC server and its health switch."""
     limit = settings.max_payload_bytes
     server = grpc.server(
         ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="grpc"),
+        interceptors=list(interceptors) or None,
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", limit),
                  ("grpc.so_reuseport", 1)])
