@@ -7,6 +7,9 @@ twice: a probe through a real grpcio client before each run (the run is skipped 
 and after the run from the DATA bytes h2load counted: a successful answer has exactly the probe's
 length and an error has no message, so the bytes tell how many HTTP 200s were real answers.
 Errors on REST are the non-2xx statuses and failed requests h2load reports.
+
+With ``tls_ca`` (a probe) and ``scheme="https"`` (an h2load run) the same traffic goes over TLS:
+h2load negotiates http/1.1 or h2 by ALPN (it does not verify certificates; the probe does).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import http.client
 import json
 import re
 import shutil
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -79,14 +83,17 @@ class ProbeError(Exception):
     pass
 
 
-def probe(payload: Payload, port: int) -> int:
-    """Send the payload once through a real client and check the answer; returns its body size."""
+def probe(payload: Payload, port: int, tls_ca: Path | None = None) -> int:
+    """Send the payload once through a real client and check the answer; returns its body size.
+    With ``tls_ca`` over TLS, verifying the server against that CA bundle."""
     body = payload.body_file.read_bytes()
     if payload.protocol == "grpc":
-        return _probe_grpc(payload, port, body)
+        return _probe_grpc(payload, port, body, tls_ca)
     headers = dict(h.split(": ", 1) for h in payload.headers)
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30) if tls_ca is None \
+            else http.client.HTTPSConnection("127.0.0.1", port, timeout=30,
+                                             context=ssl.create_default_context(cafile=tls_ca))
         conn.request("POST", payload.path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
@@ -108,13 +115,15 @@ def probe(payload: Payload, port: int) -> int:
     return len(data)
 
 
-def _probe_grpc(payload: Payload, port: int, body: bytes) -> int:
+def _probe_grpc(payload: Payload, port: int, body: bytes, tls_ca: Path | None = None) -> int:
     import grpc
 
     from serving.protocol import proto
 
+    target = f"127.0.0.1:{port}"
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(target) if tls_ca is None else grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(tls_ca.read_bytes())) as channel:
             call = channel.unary_unary(payload.path)  # bytes in, bytes out
             answer = call(body[5:], timeout=30)
     except grpc.RpcError as exc:
@@ -145,7 +154,7 @@ _TRAFFIC = re.compile(r"traffic: .*\((\d+)\) total, .*\((\d+)\) headers .*\((\d+
 
 
 def run_h2load(payload: Payload, port: int, concurrency: int, duration: float, warmup: float,
-               cpu: int | None, expected_body: int | None = None) -> dict:
+               cpu: int | None, expected_body: int | None = None, scheme: str = "http") -> dict:
     """One timed h2load run; returns throughput, latency percentiles and error counts.
 
     The warm-up is a separate h2load run whose figures are dropped: h2load's own
@@ -160,7 +169,7 @@ def run_h2load(payload: Payload, port: int, concurrency: int, duration: float, w
         base.append("--h1")
     for h in payload.headers:
         base += ["-H", h]
-    url = f"http://127.0.0.1:{port}{payload.path}"
+    url = f"{scheme}://127.0.0.1:{port}{payload.path}"
     if warmup > 0:
         try:
             subprocess.run([*base, "-D", _ms(warmup), url], capture_output=True,

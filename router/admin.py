@@ -13,6 +13,7 @@ running routes untouched and an accepted one drops no request in flight.
 | POST | /reload | re-read the routes file |
 | PUT | /services/{name}/weights | ``{"variant": weight, ...}``; variants not named keep theirs |
 | GET | /status | every endpoint: outstanding, healthy, ejected; its variant's pending and held |
+| GET | /metrics | the public port's Prometheus text (the plane reads it here: TLS and mTLS stay public) |
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from router.core import Router
-from router.http_util import read_body, send_error, send_json
+from router.http_util import read_body, send_error, send_json, send_response
 from serving.protocol.errors import InvalidInput, ModelNotFound, TurnoutError
 from serving.spec.routes import ConfigError, RouterConfig, load_config_text, parse_config
 
@@ -49,6 +51,10 @@ class AdminApp:
                 return await send_json(send, 200, _dump(self.router.table.config))
             if path == "/status" and method == "GET":
                 return await send_json(send, 200, self._status())
+            if path == "/metrics" and method == "GET":
+                return await send_response(send, 200,
+                                           generate_latest(self.router.metrics.registry),
+                                           [(b"content-type", CONTENT_TYPE_LATEST.encode())])
             if path == "/reload" and method == "POST":
                 self.router.apply(_checked(self.reload))
                 return await send_json(send, 200, {"applied": True})

@@ -27,6 +27,19 @@ def add_router_parser(sub: Any) -> None:
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: the public REST and gRPC "
+                   "ports serve TLS (reloaded when the file changes; docs/security.md)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client "
+                   "certificates it signed (mTLS)")
+    p.add_argument("--admin-tls", action=argparse.BooleanOptionalAction, default=None,
+                   help="the admin API serves TLS too (default: only when TLS is on and "
+                   "--admin-host is not loopback)")
+    p.add_argument("--upstream-ca", type=Path, help="PEM CA bundle for https:// and grpcs:// "
+                   "endpoints (default: the system's trust store)")
+    p.add_argument("--upstream-cert", type=Path, help="client certificate for upstreams that "
+                   "require one (mTLS)")
+    p.add_argument("--upstream-key", type=Path, help="PEM private key of --upstream-cert")
     from serving.transport.auth import add_auth_flags
 
     add_auth_flags(p)

@@ -277,14 +277,16 @@ def _compare(primary: GrpcAnswer, shadow: GrpcAnswer) -> Comparison | None:
 
 
 def build_grpc_server(router: Router, *, host: str, port: int, max_payload_bytes: int,
-                      threads: int, authenticator: Authenticator | None = None) -> grpc.Server:
+                      threads: int, credentials: grpc.ServerCredentials | None = None,
+                      authenticator: Authenticator | None = None) -> grpc.Server:
     """The public gRPC server with the proxy and ``grpc.health.v1``; not started yet.
 
     Call from the router's event loop (graphs and shadows are handed to it). ``threads`` calls
     are forwarded at once; grpcio queues up to 16 times as many and refuses more with
     RESOURCE_EXHAUSTED at once, so a stalled upstream cannot queue calls without bound.
-    With an ``authenticator`` every call but health and ServerLive/ServerReady needs a
-    credential (serving/transport/grpc_auth.py) and services' principals are enforced.
+    ``credentials`` (serving/transport/tls.py) makes the port TLS; with an ``authenticator``
+    every call but health and ServerLive/ServerReady needs a credential
+    (serving/transport/grpc_auth.py) and services' principals are enforced.
     """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -303,5 +305,9 @@ def build_grpc_server(router: Router, *, host: str, port: int, max_payload_bytes
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server.add_insecure_port(f"{host}:{port}")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials is not None \
+        else server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot bind the router's gRPC port {address}")
     return server

@@ -34,6 +34,7 @@ from router.settings import RouterSettings
 from serving.spec.routes import RouterConfig
 from serving.transport.auth import GuardedApp, build_authenticator
 from serving.transport.bounded import BoundedHttpToolsProtocol
+from serving.transport.tls import CertificateReloader, server_tls
 
 log = logging.getLogger("turnout.router")
 
@@ -47,12 +48,13 @@ class _UvicornServer(uvicorn.Server):
 
 
 def _http_server(app: object, host: str, port: int, drain: float,
-                 protocol: type[asyncio.Protocol] | str = BoundedHttpToolsProtocol
-                 ) -> _UvicornServer:
+                 protocol: type[asyncio.Protocol] | str = BoundedHttpToolsProtocol,
+                 certificates: CertificateReloader | None = None) -> _UvicornServer:
     return _UvicornServer(uvicorn.Config(
         app, host=host, port=port, loop="none", http=protocol,
         lifespan="off", log_config=None, access_log=False, server_header=False,
-        proxy_headers=False, timeout_graceful_shutdown=int(drain) or None, backlog=4096))
+        proxy_headers=False, timeout_graceful_shutdown=int(drain) or None, backlog=4096,
+        ssl_context_factory=certificates.uvicorn_factory() if certificates else None))
 
 
 class RouterServer:
@@ -81,30 +83,40 @@ class RouterServer:
         # on the public ports (the admin API always needs its token).
         authenticator = build_authenticator(s)
         metrics = RouterMetrics(self.registry)
+        upstream_tls = s.upstream_tls()
         client = self._client or H1Client(
             connect_timeout=config.upstream.connect_timeout_seconds,
-            per_host=config.upstream.max_connections_per_endpoint)
+            per_host=config.upstream.max_connections_per_endpoint, tls=upstream_tls)
         router = self.router = Router(config, client=client, metrics=metrics,
-                                      max_message_bytes=s.max_payload_bytes)
+                                      max_message_bytes=s.max_payload_bytes,
+                                      upstream_tls=upstream_tls)
+        tls = server_tls(s.tls_cert, s.tls_key, s.tls_client_ca)
+        certificates = CertificateReloader(tls) if tls is not None else None
         rest = RestEdge(router, max_payload_bytes=s.max_payload_bytes, graphs=GraphRunner(router))
         guard = public_guard(authenticator, lambda: router.table) if authenticator else None
         self._http.append(_http_server(GuardedApp(rest, guard) if guard else rest, s.host,
                                        s.http_port, s.drain_seconds,
-                                       rest_protocol(rest, guard=guard)))
+                                       rest_protocol(rest, guard=guard), certificates))
         if s.admin_port:
             token, self.admin_token_path = admin_token(s.admin_token_file, s.config)
             admin = GuardedApp(AdminApp(router, reload=self.source.load, check=self._check_config),
                                admin_guard(token, authenticator))
-            self._http.append(_http_server(admin, s.admin_host, s.admin_port, 1))
+            self._http.append(_http_server(admin, s.admin_host, s.admin_port, 1,
+                                           certificates=certificates if s.admin_serves_tls
+                                           else None))
         for server in self._http:
             self._tasks.append(asyncio.create_task(server.serve()))
         if s.grpc_port:
             self._grpc = build_grpc_server(router, host=s.host, port=s.grpc_port,
                                            max_payload_bytes=s.max_payload_bytes,
                                            threads=s.grpc_threads,
+                                           credentials=certificates.grpc_credentials()
+                                           if certificates else None,
                                            authenticator=authenticator)
             self._grpc.start()
         self._tasks.append(asyncio.create_task(router.run_health_checks()))
+        if certificates is not None:
+            self._tasks.append(asyncio.create_task(certificates.watch()))
         if s.reload_poll_seconds:
             self._tasks.append(asyncio.create_task(
                 self.source.watch(router, s.reload_poll_seconds)))
@@ -113,9 +125,11 @@ class RouterServer:
                 raise SystemExit(f"router could not listen on {s.host}:{s.http_port} "
                                  f"(admin {s.admin_host}:{s.admin_port})")
             await asyncio.sleep(0.01)
-        log.info("router serving REST on %s:%d, gRPC on %s, admin on %s", s.host, s.http_port,
+        log.info("router serving REST on %s:%d, gRPC on %s, admin on %s%s", s.host, s.http_port,
                  f"{s.host}:{s.grpc_port}" if s.grpc_port else "off",
-                 f"{s.admin_host}:{s.admin_port}" if s.admin_port else "off")
+                 f"{s.admin_host}:{s.admin_port}" if s.admin_port else "off",
+                 "" if tls is None else " (TLS; admin plain)" if not s.admin_serves_tls
+                 else " (TLS)")
 
     def reload(self) -> None:
         if self.router is not None:

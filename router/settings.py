@@ -7,12 +7,15 @@ that it can be reloaded without restarting the process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from serving.transport.auth import AuthFields
+
+if TYPE_CHECKING:
+    from serving.transport.tls import ClientTls
 
 
 class RouterSettings(AuthFields):
@@ -42,3 +45,41 @@ class RouterSettings(AuthFields):
     drain_seconds: float = Field(30.0, ge=0, description="Grace for in-flight requests on SIGTERM")
     log_level: str = Field("info", description="Python logging level name")
     log_format: Literal["text", "json"] = Field("text", description="json for log collectors")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: the public REST and "
+                                  "gRPC ports serve TLS (reloaded when the file changes)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: clients must present a "
+                                       "certificate it signed (mTLS)")
+    admin_tls: bool | None = Field(None, description="The admin API serves TLS with the same "
+                                   "files; default: when TLS is on and the admin API is not "
+                                   "bound to loopback")
+    upstream_ca: Path | None = Field(None, description="PEM CA bundle that https:// and grpcs:// "
+                                     "upstream endpoints' certificates must chain to (default: "
+                                     "the system's trust store)")
+    upstream_cert: Path | None = Field(None, description="Client certificate presented to TLS "
+                                       "upstreams that require one")
+    upstream_key: Path | None = Field(None, description="PEM private key of upstream_cert")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> RouterSettings:
+        from serving.transport.tls import check_server_tls, client_context, server_tls
+
+        check_server_tls(server_tls(self.tls_cert, self.tls_key, self.tls_client_ca))
+        upstream = self.upstream_tls()
+        if upstream.ca or upstream.cert:
+            client_context(upstream)  # a missing or bad file is refused at start
+        if self.admin_tls and self.tls_cert is None:
+            raise ValueError("admin_tls needs tls_cert and tls_key")
+        return self
+
+    def upstream_tls(self) -> ClientTls:
+        from serving.transport.tls import client_tls
+
+        return client_tls(self.upstream_ca, self.upstream_cert, self.upstream_key)
+
+    @property
+    def admin_serves_tls(self) -> bool:
+        if self.admin_tls is not None:
+            return self.admin_tls
+        return self.tls_cert is not None and self.admin_host not in ("127.0.0.1", "::1",
+                                                                     "localhost")

@@ -31,6 +31,7 @@ from serving.server.rest import build_rest_app
 from serving.server.settings import ServerSettings
 from serving.transport.auth import Guard, GuardedApp, build_authenticator
 from serving.transport.fastpath import bind_protocol
+from serving.transport.tls import CertificateReloader, server_tls
 
 log = logging.getLogger("turnout.server")
 # How stale a worker's request counts may be in the shared multiprocess files.
@@ -78,11 +79,14 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     # Authentication: None when no key or JWKS is configured, and then nothing checks anything.
     authenticator = build_authenticator(settings)
     guard = Guard(authenticator) if authenticator is not None else None
+    tls = server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    certificates = CertificateReloader(tls) if tls is not None else None
     http = _UvicornServer(uvicorn.Config(
         GuardedApp(app, guard) if guard is not None else app, host=settings.host,
         port=settings.http_port, loop="none", http=bind_protocol(app, guard=guard),
         lifespan="off", log_config=None, access_log=False, proxy_headers=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_seconds))))
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_seconds)),
+        ssl_context_factory=certificates.uvicorn_factory() if certificates else None))
     sockets = [reuse_port_socket(settings.host, settings.http_port)] if reuse_port else None
 
     grpc_server: Any = None
@@ -92,8 +96,8 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
         from serving.transport.grpc_auth import AioAuthInterceptor
 
         grpc_server, set_serving = build_grpc_server(
-            dataplane, settings,
-            interceptors=[AioAuthInterceptor(authenticator)] if authenticator else ())
+            dataplane, settings, credentials=certificates.grpc_credentials() if certificates
+            else None, interceptors=[AioAuthInterceptor(authenticator)] if authenticator else ())
         await grpc_server.start()
     elif settings.grpc_port:
         from serving.server.grpc.threaded import build_threaded_grpc_server
@@ -101,6 +105,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
 
         grpc_server, set_serving = build_threaded_grpc_server(
             dataplane, settings, asyncio.get_running_loop(),
+            credentials=certificates.grpc_credentials() if certificates else None,
             interceptors=[AuthInterceptor(authenticator)] if authenticator else ())
         grpc_server.start()
 
@@ -118,8 +123,11 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
         loop.add_signal_handler(sig, on_signal, sig)
 
     http_task = asyncio.create_task(http.serve(sockets=sockets))
-    log.info("serving REST on %s:%d, gRPC on %s", settings.host, settings.http_port,
-             f"{settings.host}:{settings.grpc_port}" if settings.grpc_port else "off")
+    log.info("serving REST on %s:%d, gRPC on %s%s", settings.host, settings.http_port,
+             f"{settings.host}:{settings.grpc_port}" if settings.grpc_port else "off",
+             " (TLS, client certificates required)" if tls and tls.client_ca
+             else " (TLS)" if tls else "")
+    watcher = asyncio.create_task(certificates.watch()) if certificates else None
     if not preloaded:
         await repository.load_all()
     dataplane.started = True
@@ -152,6 +160,8 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     executor.shutdown(wait=False, cancel_futures=True)
     busy = _join(executor, settings.drain_seconds - (time.monotonic() - drain_started))
     flusher.cancel()
+    if watcher is not None:
+        watcher.cancel()
     metrics.flush()
     if busy:
         log.warning("drain time (%gs) over with %d predict call(s) still running: exiting",

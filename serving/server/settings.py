@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from serving.transport.auth import AuthFields
@@ -57,6 +57,18 @@ class ServerSettings(AuthFields):
     log_level: str = Field("info", description="Python logging level name")
     log_format: Literal["text", "json"] = Field("text", description="json for log collectors")
     server_name: str = "turnout"
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: REST and gRPC serve "
+                                  "TLS (reloaded when the file changes)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: clients must present a "
+                                       "certificate it signed (mTLS)")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ServerSettings:
+        from serving.transport.tls import check_server_tls, server_tls
+
+        check_server_tls(server_tls(self.tls_cert, self.tls_key, self.tls_client_ca))
+        return self
 
     def default_batching(self) -> dict[str, float] | None:
         """Batching settings for models that declare none, from ``--max-batch-size``."""

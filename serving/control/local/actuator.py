@@ -41,7 +41,7 @@ class LocalObserver:
                 held[key] = max(held.get(key, 0), int(row.get("held", 0)))
         totals = None
         if counters:
-            text = await self.router.get("/metrics", public=True)
+            text = await self.router.get("/metrics")  # admin: the public port may be mTLS
             totals = parse_router_metrics(text) if text is not None else None
         return Observation(endpoints=endpoints, in_flight=in_flight, held=held, counters=totals)
 

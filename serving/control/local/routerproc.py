@@ -33,6 +33,9 @@ class RouterProcess:
     grpc_port: int = 8081
     drain_seconds: float = 5.0
     admin_port: int = 0
+    # the public ports' TLS flags (--tls-cert ... --tls-client-ca); the admin API stays plain
+    # on loopback, where the plane reaches it
+    tls_flags: tuple[str, ...] = ()
     # the public ports' authentication flags (--api-keys-file, --jwks, ..., --insecure)
     auth_flags: tuple[str, ...] = ()
     process: asyncio.subprocess.Process | None = None
@@ -62,7 +65,7 @@ class RouterProcess:
             sys.executable, "-m", "serving.cli", "router", "--config", str(self.routes_path),
             "--host", self.host, "--http-port", str(self.http_port),
             "--grpc-port", str(self.grpc_port), "--admin-port", str(self.admin_port),
-            "--drain-seconds", str(self.drain_seconds),
+            "--drain-seconds", str(self.drain_seconds), *self.tls_flags,
             "--admin-token-file", str(self.token_path), *self.auth_flags,
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, preexec_fn=die_with_parent)
@@ -81,11 +84,11 @@ class RouterProcess:
                 headers={"authorization": f"Bearer {self._token}"})
         return self._session
 
-    async def get(self, path: str, *, public: bool = False) -> str | None:
-        port = self.http_port if public else self.admin_port
+    async def get(self, path: str) -> str | None:
+        """GET ``path`` on the router's admin API: its text, or None."""
         try:
             session = await self._http()
-            async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+            async with session.get(f"http://127.0.0.1:{self.admin_port}{path}") as response:
                 return await response.text() if response.status == 200 else None
         except (TimeoutError, aiohttp.ClientError):
             return None

@@ -67,7 +67,17 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def bind_port(server: grpc.Server | grpc.aio.Server, address: str,
+              credentials: grpc.ServerCredentials | None) -> None:
+    """Listen on ``address``, with TLS when given ``credentials``."""
+    bound = server.add_secure_port(address, credentials) if credentials is not None \
+        else server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC server to {address}")
+
+
 def build_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,
+                      credentials: grpc.ServerCredentials | None = None,
                       interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
                       ) -> tuple[grpc.aio.Server, SetServing]:
     """A bound, not yet started, asyncio gRPC server over ``dataplane``, and its health switch.
@@ -77,7 +87,8 @@ def build_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,
 
     Message limits equal ``max_payload_bytes`` (gRPC answers RESOURCE_EXHAUSTED beyond them,
     as REST answers 413), and SO_REUSEPORT lets several worker processes share the port.
-    ``interceptors`` see every call first (authentication: serving/transport/grpc_auth.py).
+    ``credentials`` (serving/transport/tls.py) makes the port TLS; ``interceptors`` see every
+    call first (authentication: serving/transport/grpc_auth.py).
     """
     limit = settings.max_payload_bytes
     server = grpc.aio.server(interceptors=list(interceptors) or None, options=[
@@ -97,7 +108,5 @@ def build_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,
         (proto.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server,
         pool=reflection_pool())
 
-    address = bind_address(settings.host, settings.grpc_port)
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot bind the gRPC server to {address}")
+    bind_port(server, bind_address(settings.host, settings.grpc_port), credentials)
     return server, health_servicer.set_serving

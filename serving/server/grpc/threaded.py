@@ -25,7 +25,7 @@ from serving.protocol import proto
 from serving.protocol.codec_grpc import Pb
 from serving.protocol.errors import TurnoutError
 from serving.server.dataplane import DataPlane
-from serving.server.grpc.server import HEALTH_SERVICES, bind_address, reflection_pool
+from serving.server.grpc.server import HEALTH_SERVICES, bind_address, bind_port, reflection_pool
 from serving.server.grpc.servicer import PROTOCOL, InferenceServicer
 from serving.server.settings import ServerSettings
 
@@ -91,9 +91,11 @@ class ThreadedServicer:
 
 def build_threaded_grpc_server(dataplane: DataPlane, settings: ServerSettings,
                                loop: asyncio.AbstractEventLoop, *,
+                               credentials: grpc.ServerCredentials | None = None,
                                interceptors: Sequence[grpc.ServerInterceptor] = ()
                                ) -> tuple[grpc.Server, Callable[[bool], None]]:
-    """A bound, not yet started, threaded gRPC server and its health switch."""
+    """A bound, not yet started, threaded gRPC server and its health switch (TLS with
+    ``credentials``)."""
     limit = settings.max_payload_bytes
     server = grpc.server(
         ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="grpc"),
@@ -116,9 +118,7 @@ def build_threaded_grpc_server(dataplane: DataPlane, settings: ServerSettings,
     reflection.enable_server_reflection(
         (proto.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server,
         pool=reflection_pool())
-    address = bind_address(settings.host, settings.grpc_port)
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot bind the gRPC server to {address}")
+    bind_port(server, bind_address(settings.host, settings.grpc_port), credentials)
 
     def set_serving(serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
