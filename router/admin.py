@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from router.core import Router
 from router.http_util import read_body, send_error, send_json, send_response
-from serving.protocol.errors import InvalidInput, ModelNotFound, TurnoutError
+from serving.protocol.errors import InvalidInput, ModelNotFound, TurnoutError, bounded_message
 from serving.spec.routes import ConfigError, RouterConfig, load_config_text, parse_config
 
 _WEIGHTS = re.compile(r"^/services/([^/]+)/weights$")
@@ -68,7 +68,7 @@ class AdminApp:
                 config = self._with_weights(match.group(1), body)
                 self.router.apply(config)
                 return await send_json(send, 200, {"applied": True})
-            await send_json(send, 404, {"error": f"Not Found: {method} {path}"})
+            await send_json(send, 404, {"error": bounded_message(f"Not Found: {method} {path}")})
         except TurnoutError as err:
             if isinstance(err, InvalidInput):
                 self.router.metrics.reloads.labels("rejected").inc()

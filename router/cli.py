@@ -27,6 +27,9 @@ def add_router_parser(sub: Any) -> None:
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    from serving.transport.limits import add_limit_flags
+
+    add_limit_flags(p)
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: the public REST and gRPC "
                    "ports serve TLS (reloaded when the file changes; docs/security.md)")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")

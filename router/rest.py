@@ -44,7 +44,7 @@ from router.http_util import (
 from router.rewrite import rename_v2_json
 from router.shadow import PrimaryAnswer
 from router.table import ServiceRoute, VariantRoute
-from serving.protocol.errors import Overloaded, TurnoutError
+from serving.protocol.errors import Overloaded, TurnoutError, bounded_message
 from serving.transport.auth import Guard
 from serving.transport.fastpath import Headers, Reply, bind_protocol
 
@@ -114,12 +114,16 @@ class RestEdge:
                 kind = "predict" if suffix else "other"
                 return await self._proxy(scope, receive, send, rid, model=model, version=None,
                                          suffix=suffix, kind=kind, protocol="rest-v1")
-            await send_json(send, 404, {"error": f"Not Found: {scope['method']} {path}"}, extra)
+            await send_json(send, 404, {"error": bounded_message(
+                f"Not Found: {scope['method']} {path}")}, extra)
         except TurnoutError as err:
             await send_error(send, err, with_retry_after(err, extra))
         except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], path)
-            await send_json(send, 500, {"error": "internal server error"}, extra)
+            log.exception("unhandled error on %s %s (request id %s)", scope["method"], path,
+                          rid.decode("latin-1"))
+            await send_json(send, 500, {"error": f"internal server error (request id "
+                                        f"{rid.decode('latin-1')}; the router log has the "
+                                        "details)"}, extra)
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, rid: bytes, *, model: str,
                      version: str | None, suffix: str, kind: str, protocol: str) -> None:

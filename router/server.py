@@ -33,7 +33,7 @@ from router.rest import RestEdge, rest_protocol
 from router.settings import RouterSettings
 from serving.spec.routes import RouterConfig
 from serving.transport.auth import GuardedApp, build_authenticator
-from serving.transport.bounded import BoundedHttpToolsProtocol
+from serving.transport.bounded import BoundedHttpToolsProtocol, HttpLimits, limited
 from serving.transport.tls import CertificateReloader, server_tls
 
 log = logging.getLogger("turnout.router")
@@ -49,9 +49,14 @@ class _UvicornServer(uvicorn.Server):
 
 def _http_server(app: object, host: str, port: int, drain: float,
                  protocol: type[asyncio.Protocol] | str = BoundedHttpToolsProtocol,
-                 certificates: CertificateReloader | None = None) -> _UvicornServer:
+                 certificates: CertificateReloader | None = None,
+                 limits: HttpLimits | None = None) -> _UvicornServer:
+    limits = limits or HttpLimits()
+    if isinstance(protocol, type) and issubclass(protocol, BoundedHttpToolsProtocol):
+        protocol = limited(protocol, limits)
     return _UvicornServer(uvicorn.Config(
-        app, host=host, port=port, loop="none", http=protocol,
+        app, host=host, port=port, loop="none", http=protocol, ws="none",
+        timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
         lifespan="off", log_config=None, access_log=False, server_header=False,
         proxy_headers=False, timeout_graceful_shutdown=int(drain) or None, backlog=4096,
         ssl_context_factory=certificates.uvicorn_factory() if certificates else None))
@@ -96,14 +101,15 @@ class RouterServer:
         guard = public_guard(authenticator, lambda: router.table) if authenticator else None
         self._http.append(_http_server(GuardedApp(rest, guard) if guard else rest, s.host,
                                        s.http_port, s.drain_seconds,
-                                       rest_protocol(rest, guard=guard), certificates))
+                                       rest_protocol(rest, guard=guard), certificates,
+                                       s.http_limits()))
         if s.admin_port:
             token, self.admin_token_path = admin_token(s.admin_token_file, s.config)
             admin = GuardedApp(AdminApp(router, reload=self.source.load, check=self._check_config),
                                admin_guard(token, authenticator))
             self._http.append(_http_server(admin, s.admin_host, s.admin_port, 1,
                                            certificates=certificates if s.admin_serves_tls
-                                           else None))
+                                           else None, limits=s.http_limits()))
         for server in self._http:
             self._tasks.append(asyncio.create_task(server.serve()))
         if s.grpc_port:

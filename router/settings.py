@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from serving.transport.auth import AuthFields
+from serving.transport.limits import HttpLimits
 
 if TYPE_CHECKING:
     from serving.transport.tls import ClientTls
@@ -39,6 +40,19 @@ class RouterSettings(AuthFields):
                               "threads); up to 16x more wait, beyond that RESOURCE_EXHAUSTED")
     max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                    description="Largest request, REST and gRPC alike (bytes)")
+    # Bounds on every HTTP request (serving/transport/bounded.py, docs/security.md).
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request head "
+                                  "(request line + headers, bytes): 431 and close past it")
+    max_header_count: int = Field(100, ge=1, description="Most headers in one request: 431")
+    max_url_bytes: int = Field(8 * 1024, ge=64, description="Longest request target (bytes): 414")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="A request head must arrive "
+                                          "whole within this many seconds of its first byte: 408")
+    body_timeout_seconds: float = Field(10.0, gt=0, description="Window over which a request "
+                                        "body's rate is judged: 408 when slower than the floor")
+    body_min_bytes_per_second: float = Field(1024.0, ge=0, description="Slowest a request body "
+                                             "may arrive (bytes/s, over each window)")
+    keep_alive_seconds: float = Field(5.0, gt=0, description="Idle seconds before a client "
+                                      "connection is closed (also one that never sends a byte)")
     reload_poll_seconds: float = Field(2.0, ge=0, description="How often the routes file's "
                                        "modification time is checked; 0 disables (SIGHUP and "
                                        "the admin API still reload)")
@@ -83,3 +97,12 @@ class RouterSettings(AuthFields):
             return self.admin_tls
         return self.tls_cert is not None and self.admin_host not in ("127.0.0.1", "::1",
                                                                      "localhost")
+
+    def http_limits(self) -> HttpLimits:
+        """The bounds of the HTTP listeners."""
+        return HttpLimits(max_header_bytes=self.max_header_bytes,
+                          max_header_count=self.max_header_count, max_url_bytes=self.max_url_bytes,
+                          header_timeout=self.header_timeout_seconds,
+                          body_timeout=self.body_timeout_seconds,
+                          body_min_rate=self.body_min_bytes_per_second,
+                          keep_alive_timeout=self.keep_alive_seconds)

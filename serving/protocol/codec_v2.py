@@ -163,6 +163,10 @@ def _json_to_array(data: Any, datatype: str, dtype: np.dtype, shape: tuple[int, 
                            f"{'booleans' if dtype.kind == 'b' else 'numbers'}, got "
                            f"{_kind_name(decoded.dtype)}")
     _check_count(decoded.size, expected, shape, name)
+    if dtype.kind in "iu" and decoded.dtype != dtype and decoded.size:
+        info = np.iinfo(dtype)  # a cast would wrap silently: INT8 300 is not 44
+        if decoded.min() < info.min or decoded.max() > info.max:
+            raise InvalidInput(f"input '{name}': values out of range for {datatype}")
     try:
         return decoded.astype(dtype, copy=False).reshape(shape)
     except OverflowError:
@@ -172,7 +176,7 @@ def _json_to_array(data: Any, datatype: str, dtype: np.dtype, shape: tuple[int, 
 def _exact_integers(data: list[Any], decoded: np.ndarray) -> np.ndarray:
     """Integers numpy could not hold in int64 arrive as float or object; keep them exact."""
     flat = np.asarray(data, dtype=object).reshape(-1)
-    if all(type(v) is int for v in flat):
+    if flat.size and all(type(v) is int for v in flat):  # (no data: nothing to keep exact)
         return np.array(flat.tolist(), dtype=np.uint64).reshape(decoded.shape) if (
             min(flat) >= 0) else decoded
     return decoded

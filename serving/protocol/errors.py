@@ -43,6 +43,14 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
 MAX_MESSAGE_CHARS = 1024
 
 
+def bounded_message(message: str) -> str:
+    """``message`` cut to :data:`MAX_MESSAGE_CHARS`, saying how long it was: for every message
+    that echoes what a client sent (names, ids, paths)."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        return f"{message[:MAX_MESSAGE_CHARS]}... (cut from {len(message)} characters)"
+    return message
+
+
 class TurnoutError(Exception):
     """Base of every error a client may see; ``str(err)`` is the message sent to the client,
     cut to :data:`MAX_MESSAGE_CHARS`."""
@@ -52,9 +60,7 @@ class TurnoutError(Exception):
     retry_after: int | None = None
 
     def __init__(self, message: str = "", *args: object) -> None:
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = f"{message[:MAX_MESSAGE_CHARS]}... (cut from {len(message)} characters)"
-        super().__init__(message, *args)
+        super().__init__(bounded_message(message), *args)
 
     @property
     def http_status(self) -> int:
@@ -102,8 +108,6 @@ class ModelFailed(TurnoutError):
     kind = ErrorKind.MODEL_FAILED
 
 
-class ModelLoadError(Exception):
-    """A model could not be loaded; kept as the model's reason, never sent as a request error."""
 class Unauthenticated(TurnoutError):
     """No credential, or one that is not valid (401 / UNAUTHENTICATED)."""
 
@@ -116,3 +120,5 @@ class PermissionDenied(TurnoutError):
     kind = ErrorKind.FORBIDDEN
 
 
+class ModelLoadError(Exception):
+    """A model could not be loaded; kept as the model's reason, never sent as a request error."""

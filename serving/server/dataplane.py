@@ -39,6 +39,7 @@ from serving.server.batching import AdaptiveBatcher
 from serving.server.metrics import Metrics, RequestMetrics
 from serving.server.repository import ModelRepository, ModelVersion
 from serving.server.validation import prepare_inputs, select_outputs
+from serving.transport.logs import request_id_var
 
 log = logging.getLogger("turnout.dataplane")
 
@@ -287,12 +288,28 @@ def _encode_outputs(runtime: Runtime, request: InferenceRequest, outputs: list[T
 
 
 def _model_failed(mv: ModelVersion, exc: Exception) -> TurnoutError:
-    """Our own errors pass through; anything a model raises becomes a clean ModelFailed."""
+    """Our own errors pass through; anything a model raises becomes a clean ModelFailed.
+
+    Its text and traceback go to the log only (they can hold paths, data, internals); the
+    client is told the request id to find them by."""
     if isinstance(exc, TurnoutError):
         return exc
-    log.error("model %s version %s failed during predict", mv.name, mv.version,
-              exc_info=(type(exc), exc, exc.__traceback__))
-    return ModelFailed(f"model '{mv.name}' failed during predict: {type(exc).__name__}: {exc}")
+    rid = current_request_id()
+    log.error("model %s version %s failed during predict (request id %s)", mv.name,
+              mv.version, rid, exc_info=(type(exc), exc, exc.__traceback__))
+    return ModelFailed(f"model '{mv.name}' failed during predict (request id {rid}; the "
+                       "server log has the details)")
+
+
+def current_request_id() -> str:
+    """The current request's id, as its log lines carry it; a new one where the edge set none
+    (gRPC), said in the log line and the message so the two can be matched."""
+    rid = request_id_var.get()
+    if rid == "-":
+        from serving.server.rest.infer import new_request_id  # (rest imports this module)
+
+        rid = new_request_id()
+    return rid
 
 
 def _package_outputs(model: str, result: dict[str, np.ndarray],

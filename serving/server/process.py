@@ -83,7 +83,9 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     certificates = CertificateReloader(tls) if tls is not None else None
     http = _UvicornServer(uvicorn.Config(
         GuardedApp(app, guard) if guard is not None else app, host=settings.host,
-        port=settings.http_port, loop="none", http=bind_protocol(app, guard=guard),
+        port=settings.http_port, loop="none",
+        http=bind_protocol(app, settings.http_limits(), guard=guard), ws="none",
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
         lifespan="off", log_config=None, access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_seconds)),
         ssl_context_factory=certificates.uvicorn_factory() if certificates else None))

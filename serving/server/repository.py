@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,10 @@ def check_runtime(found: str, expected: str, *, declared: bool) -> None:
                          "(modelFormat / runtime)")
 
 
+# An absolute path in a message: a "/" that starts a word (not a URL's or a relative path's).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~\-])(/[^\s'\"():,;]+)")
+
+
 class ModelRepository:
     """Live table of model versions, with load/unload by name from the repository path."""
 
@@ -251,7 +256,7 @@ class ModelRepository:
         try:
             sources = self._discover()
         except (OSError, ValueError) as exc:
-            raise ModelNotFound(f"cannot read the repository: {exc}") from exc
+            raise ModelNotFound(f"cannot read the repository: {self._public(str(exc))}") from exc
         for source in sources:
             if source.name == name:
                 return source
@@ -305,7 +310,9 @@ class ModelRepository:
             for text in {str(path), str(path.resolve())}:
                 reason = reason.replace(text + "/", "" if shown == "." else shown + "/")
                 reason = reason.replace(text, shown)
-        return reason
+        # any other absolute path (a framework's own files, a symlink's target): its last part
+        return _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(1).rstrip("/").rsplit("/", 1)[-1],
+                                  reason)
 
     def _set_ready_gauge(self, mv: ModelVersion, ready: bool) -> None:
         self._metrics.model_ready.labels(mv.name, mv.version).set(1 if ready else 0)

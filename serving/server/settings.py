@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from serving.transport.auth import AuthFields
+from serving.transport.limits import HttpLimits
 
 
 class ServerSettings(AuthFields):
@@ -48,6 +49,19 @@ class ServerSettings(AuthFields):
                                         "a batch waits to fill (ms)")
     max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                    description="Largest request body, REST and gRPC alike (bytes)")
+    # Bounds on every HTTP request (serving/transport/bounded.py, docs/security.md).
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request head "
+                                  "(request line + headers, bytes): 431 and close past it")
+    max_header_count: int = Field(100, ge=1, description="Most headers in one request: 431")
+    max_url_bytes: int = Field(8 * 1024, ge=64, description="Longest request target (bytes): 414")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="A request head must arrive "
+                                          "whole within this many seconds of its first byte: 408")
+    body_timeout_seconds: float = Field(10.0, gt=0, description="Window over which a request "
+                                        "body's rate is judged: 408 when slower than the floor")
+    body_min_bytes_per_second: float = Field(1024.0, ge=0, description="Slowest a request body "
+                                             "may arrive (bytes/s, over each window)")
+    keep_alive_seconds: float = Field(5.0, gt=0, description="Idle seconds before a client "
+                                      "connection is closed (also one that never sends a byte)")
     inference_threads: int = Field(4, ge=1, description="Threads that run blocking predict calls; "
                                    "bounded so a burst cannot spawn unbounded threads")
     drain_seconds: float = Field(30.0, ge=0, description="Grace period for in-flight requests "
@@ -69,6 +83,15 @@ class ServerSettings(AuthFields):
 
         check_server_tls(server_tls(self.tls_cert, self.tls_key, self.tls_client_ca))
         return self
+
+    def http_limits(self) -> HttpLimits:
+        """The bounds of the HTTP listeners."""
+        return HttpLimits(max_header_bytes=self.max_header_bytes,
+                          max_header_count=self.max_header_count, max_url_bytes=self.max_url_bytes,
+                          header_timeout=self.header_timeout_seconds,
+                          body_timeout=self.body_timeout_seconds,
+                          body_min_rate=self.body_min_bytes_per_second,
+                          keep_alive_timeout=self.keep_alive_seconds)
 
     def default_batching(self) -> dict[str, float] | None:
         """Batching settings for models that declare none, from ``--max-batch-size``."""

@@ -7,7 +7,8 @@ every other client waited. :class:`BoundedHttpToolsProtocol` never lets more tha
 the answer is 431 and the connection closes. Body bytes are not counted — data is fed in slices
 while a head is incomplete, so a head followed by a large body in one read is not mistaken for a
 large head. More than ``max_header_count`` headers is 431 too, and a request target (URL) over
-``max_url_bytes`` is 414, refused as soon as the URL is that long.
+``max_url_bytes`` is 414, each refused as soon as it is known (a flood of tiny headers would
+otherwise cost thousands of callbacks on the event loop).
 
 Time limits (slowloris): a request head must arrive whole within ``header_timeout`` seconds of
 its first byte, and a body must keep arriving at ``body_min_rate`` bytes per second, judged
@@ -130,15 +131,14 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
                 super().data_received(data[:room])
                 if self.transport.is_closing():
                     return
-                data = data[room:]
                 if not self._in_head:  # the head ended inside the slice: the rest is body
-                    self._body_bytes += len(data)
-                    super().data_received(data)
+                    self._body_bytes += len(data) - room
+                    super().data_received(data[room:])
                     break
                 if self._head_bytes >= self.max_header_bytes:  # still the same head
                     self._refuse(431, f"request head over {self.max_header_bytes} bytes")
                     return
-                # a request ended inside the slice and the next one's head began: go on
+                data = data[room:]  # a request ended inside the slice, the next head began
         # A read that leaves a head or a body incomplete starts its clock (once).
         if not self._watching:
             if self._in_head:
@@ -160,6 +160,18 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self.url += url
         if len(self.url) > self.max_url_bytes:
             self._refusal = (414, f"request target over {self.max_url_bytes} bytes")
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's own, plus the count: a flood of small headers is refused at the first one
+        # too many, not after thousands of these calls (each ~1 µs of the event loop)
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.max_header_count:
+            self._refusal = (431, f"more than {self.max_header_count} request headers")
             raise _Refused
 
     def on_headers_complete(self) -> None:
@@ -187,9 +199,6 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._body_bytes = 0
         if self._watching:
             self._unwatch()
-        if len(self.headers) > self.max_header_count:
-            self._refusal = (431, f"more than {self.max_header_count} request headers")
-            raise _Refused
 
     def on_message_complete(self) -> None:
         self.message_complete()

@@ -34,7 +34,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.transport.auth import Guard
-from serving.transport.bounded import BoundedHttpToolsProtocol
+from serving.transport.bounded import BoundedHttpToolsProtocol, HttpLimits, limited
 
 # An answer before framing: status, body, headers (content-length is added when framing).
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -63,9 +63,10 @@ class InlineFastHandler(FastHandler, Protocol):
         """Answer a claimed request without awaiting anything."""
 
 
-def bind_protocol(handler: FastHandler, *, guard: Guard | None = None
-                  ) -> type[asyncio.Protocol] | str:
-    """The protocol class to give ``uvicorn.Config(http=...)`` for this handler.
+def bind_protocol(handler: FastHandler, limits: HttpLimits | None = None, *,
+                  guard: Guard | None = None) -> type[asyncio.Protocol] | str:
+    """The protocol class to give ``uvicorn.Config(http=...)`` for this handler, bounded by
+    ``limits`` (serving/transport/bounded.py; its defaults when None).
 
     With a ``guard`` (serving/transport/auth.py) a request is claimed only once the guard lets
     it through; one it refuses is left to uvicorn's path, where the ASGI app — which must then
@@ -80,7 +81,8 @@ def bind_protocol(handler: FastHandler, *, guard: Guard | None = None
         log.warning("uvicorn %s lacks what the fast HTTP path relies on (%s); serving on "
                     "uvicorn's own path", getattr(uvicorn, "__version__", "?"), ", ".join(missing))
         return "httptools"
-    return type("BoundFastPathProtocol", (FastPathProtocol,), {"handler": handler, "guard": guard})
+    return type("BoundFastPathProtocol", (limited(FastPathProtocol, limits),),
+                {"handler": handler, "guard": guard})
 
 
 # What FastPathProtocol reads or calls on uvicorn's HttpToolsProtocol.
@@ -166,6 +168,11 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
             self._busy = self.cycle = _Busy()  # type: ignore[assignment]
             self._waiting = deque([(route, now, headers, keep_alive, body)])
             self._spawn(self._answer_in_order)
+
+    def _body_refusable(self) -> bool:
+        if self._claimed is not None:  # ours: answerable unless earlier answers are pending
+            return self._busy is None
+        return super()._body_refusable()
 
     def shutdown(self) -> None:
         if self._busy is not None:

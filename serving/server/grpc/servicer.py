@@ -19,7 +19,7 @@ from serving.protocol import codec_grpc as codec
 from serving.protocol import proto
 from serving.protocol.codec_grpc import Pb
 from serving.protocol.errors import ModelNotReady, TurnoutError
-from serving.server.dataplane import DataPlane
+from serving.server.dataplane import DataPlane, current_request_id
 
 log = logging.getLogger("turnout.grpc")
 
@@ -44,9 +44,10 @@ def _rpc(method: Handler) -> Handler:
         except TurnoutError as err:
             await context.abort(grpc.StatusCode[err.grpc_code], str(err))
         except Exception:
-            log.exception("unexpected error in gRPC %s", name)
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"internal server error in {name}; see the server log")
+            rid = current_request_id()
+            log.exception("unexpected error in gRPC %s (request id %s)", name, rid)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal server error in {name} "
+                                f"(request id {rid}; the server log has the details)")
         raise AssertionError("context.abort returned")  # it always raises
 
     return handler

@@ -24,7 +24,7 @@ from serving.protocol import codec_grpc as codec
 from serving.protocol import proto
 from serving.protocol.codec_grpc import Pb
 from serving.protocol.errors import TurnoutError
-from serving.server.dataplane import DataPlane
+from serving.server.dataplane import DataPlane, current_request_id
 from serving.server.grpc.server import HEALTH_SERVICES, bind_address, bind_port, reflection_pool
 from serving.server.grpc.servicer import PROTOCOL, InferenceServicer
 from serving.server.settings import ServerSettings
@@ -69,9 +69,10 @@ class ThreadedServicer:
         except TurnoutError as err:
             context.abort(grpc.StatusCode[err.grpc_code], str(err))
         except Exception:
-            log.exception("unexpected error in gRPC ModelInfer")
-            context.abort(grpc.StatusCode.INTERNAL,
-                          "internal server error in ModelInfer; see the server log")
+            rid = current_request_id()
+            log.exception("unexpected error in gRPC ModelInfer (request id %s)", rid)
+            context.abort(grpc.StatusCode.INTERNAL, "internal server error in ModelInfer "
+                          f"(request id {rid}; the server log has the details)")
         raise AssertionError("context.abort returned")  # it always raises
 
     def _on_loop(self, name: str, request: Pb, context: grpc.ServicerContext) -> Pb:

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving.protocol.errors import TurnoutError
+from serving.protocol.errors import TurnoutError, bounded_message
 from serving.protocol.types import ModelMetadata
-from serving.server.dataplane import DataPlane
+from serving.server.dataplane import DataPlane, current_request_id
 from serving.server.rest.infer import InferenceEndpoints
 from serving.server.rest.middleware import RequestIdMiddleware
 
@@ -47,8 +47,10 @@ def guarded(handler: Handler) -> Handler:
         except TurnoutError as err:
             return error_response(err)
         except Exception:
+            rid = current_request_id()
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return json_response({"error": "internal server error"}, 500)
+            return json_response({"error": f"internal server error (request id {rid}; the "
+                                  "server log has the details)"}, 500)
 
     return endpoint
 
@@ -136,6 +138,9 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         route("/v2/models/{model}/versions/{version}/ready", model_ready, "GET"),
         route("/", v1_live, "GET"),
         route("/v1/models", v1_models, "GET"),
+        # KServe V1 verbs other than :predict (answered in infer.py) are not served: 404 for
+        # every method, as the router answers them, not a model named "m:explain"
+        Route("/v1/models/{model}:{verb}", _not_found, methods=_EVERY_METHOD),
         route("/v1/models/{model}", v1_model, "GET"),
         route("/v2/repository/index", repository_index, "POST"),
         route("/v2/repository/models/{model}/load", load, "POST"),
@@ -150,5 +155,12 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
 async def _http_exception(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods answer in the protocol's error shape too."""
     assert isinstance(exc, HTTPException)
-    return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"},
-                         exc.status_code)
+    return json_response({"error": bounded_message(
+        f"{exc.detail}: {request.method} {request.url.path}")}, exc.status_code)
+
+
+async def _not_found(request: Request) -> Response:
+    raise HTTPException(404)
+
+
+_EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
