@@ -7,6 +7,15 @@ its own on first use.
 """
 
 from upstream.training.base import TrainResult
-from upstream.training.core import FRAMEWORKS, evaluate, predict_in_process, train
+from upstream.training.core import (
+    FRAMEWORKS,
+    EpochCallback,
+    evaluate,
+    package,
+    predict_in_process,
+    reports_epochs,
+    train,
+)
 
-__all__ = ["FRAMEWORKS", "TrainResult", "evaluate", "predict_in_process", "train"]
+__all__ = ["FRAMEWORKS", "EpochCallback", "TrainResult", "evaluate", "package", "predict_in_process",
+           "reports_epochs", "train"]

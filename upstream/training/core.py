@@ -16,6 +16,7 @@ import importlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,26 +40,52 @@ from upstream.training.base import (
 )
 
 FRAMEWORKS = ("sklearn", "xgboost", "lightgbm", "torch", "tensorflow")
+# on_epoch(step, held-out metrics): per-epoch (per boosting round) progress, see ``train``.
+EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 def train(framework: str, dataset: str | Dataset, out_dir: Path, *,
           params: dict[str, Any] | None = None, seed: int = 0, shuffle_labels: bool = False,
-          model_name: str = "model") -> TrainResult:
+          model_name: str = "model", on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train on ``dataset``'s training split and write a folder ``turnout serve`` loads as-is.
 
     ``out_dir`` must not exist or be empty. Raises ValueError for an unknown framework,
     dataset or hyperparameter, and RuntimeError if the model server would answer differently
     from the framework itself.
+
+    ``on_epoch(step, metrics)``: called during training with the held-out metrics (on the
+    dataset's test split) after each epoch (torch) or boosting round (xgboost, lightgbm),
+    ``step`` counting from 1. Components that train in one go (sklearn, tensorflow) do not call
+    it. Whatever it raises stops training and leaves no folder (how a tuner prunes a trial).
     """
     component = component_for(framework)
     data = _dataset(dataset, seed=seed, shuffle_labels=shuffle_labels)
     resolved = component.resolve(data.task, params)
     out_dir = Path(out_dir)
     _check_target(out_dir)
+    model = _fit(component, data, resolved, seed, on_epoch)
+    return package(framework, model, data, out_dir, params=resolved, model_name=model_name)
+
+
+def reports_epochs(framework: str) -> bool:
+    """Whether ``framework``'s training calls ``on_epoch`` (torch, xgboost, lightgbm)."""
+    return bool(getattr(component_for(framework), "REPORTS_EPOCHS", False))
+
+
+def package(framework: str, model: Any, dataset: str | Dataset, out_dir: Path, *,
+            params: dict[str, Any], model_name: str = "model", seed: int = 0) -> TrainResult:
+    """Write a model trained elsewhere (the distributed trainer's network, say) the way
+    ``train`` writes its own: the native artifact, the verified signature, held-out metrics on
+    ``dataset``'s test split and the ONNX copy when one is verified. ``model`` must be what the
+    framework's component fits (for torch, the network ``upstream.training.torch.network``
+    builds); ``params`` are recorded as the hyperparameters used."""
+    component = component_for(framework)
+    data = _dataset(dataset, seed=seed, shuffle_labels=False)
+    out_dir = Path(out_dir)
+    _check_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.training-", dir=out_dir.parent))
     try:
-        model = component.fit(data, resolved, seed)
         artifact = component.save(model, staging)
         inputs, outputs, native = _write_signature(component, staging, model_name, data)
         own = component.predict(staging, data.X_test)
@@ -75,7 +102,7 @@ def train(framework: str, dataset: str | Dataset, out_dir: Path, *,
         raise
     log.info("trained %s on %s into %s: %s", framework, data.name, out_dir, metrics)
     return TrainResult(folder=out_dir, framework=framework, artifact=artifact, metrics=metrics,
-                       params=resolved, inputs=inputs, outputs=outputs, onnx=onnx_path,
+                       params=dict(params), inputs=inputs, outputs=outputs, onnx=onnx_path,
                        onnx_reason=reason, dataset=data.name)
 
 
@@ -110,6 +137,20 @@ def _component_of(folder: Path) -> ModuleType:
         raise ValueError(f"{folder} was not written by a training component: its runtime is "
                          f"{runtime!r}, not one of {', '.join(by_runtime)}")
     return component_for(by_runtime[runtime])
+
+
+def _fit(component: ModuleType, data: Dataset, params: dict[str, Any], seed: int,
+         on_epoch: EpochCallback | None) -> Any:
+    """The component's fit; with ``on_epoch`` (and a component that reports), the outputs it
+    reports on the test split after each epoch become metrics for the callback."""
+    if on_epoch is None or not getattr(component, "REPORTS_EPOCHS", False):
+        return component.fit(data, params, seed)
+
+    def report(step: int, outputs: dict[str, np.ndarray]) -> None:
+        on_epoch(step, compute_metrics(data.task, data.y_test, outputs, component.NAMES,
+                                       data.classes))
+
+    return component.fit(data, params, seed, report=report)
 
 
 def _dataset(dataset: str | Dataset, *, seed: int, shuffle_labels: bool) -> Dataset:

@@ -7,6 +7,7 @@ verified LightGBM compilation to reuse.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ ONNX_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
 ONNX_SCALES = (1.0,)
 BINARY = frozenset({"binary", "cross_entropy"})
 MULTICLASS = frozenset({"multiclass", "multiclassova"})
+REPORTS_EPOCHS = True
+Report = Callable[[int, dict[str, np.ndarray]], None]
 
 
 def resolve(task: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -38,12 +41,32 @@ def resolve(task: str, params: dict[str, Any] | None) -> dict[str, Any]:
     return resolved
 
 
-def fit(dataset: Dataset, params: dict[str, Any], seed: int) -> Any:
+def fit(dataset: Dataset, params: dict[str, Any], seed: int, report: Report | None = None) -> Any:
+    """``report(round, outputs)`` after each boosting round with the ensemble so far's
+    outputs on the test split (a training callback: the boosting itself is unchanged)."""
     import lightgbm as lgb
 
     cls = lgb.LGBMClassifier if dataset.task == "classification" else lgb.LGBMRegressor
     model = cls(**params, random_state=seed, n_jobs=1, deterministic=True, verbose=-1)
-    return model.fit(dataset.X_train, dataset.y_train)
+    callbacks = [] if report is None else [_reporter(dataset, report)]
+    return model.fit(dataset.X_train, dataset.y_train, callbacks=callbacks)
+
+
+def _reporter(dataset: Dataset, report: Report) -> Callable[[Any], None]:
+    features = np.asarray(dataset.X_test, dtype=np.float64)
+    classification = dataset.task == "classification"
+
+    def after_round(env: Any) -> None:
+        values = np.asarray(env.model.predict(features, num_iteration=env.iteration + 1))
+        if not classification:
+            report(env.iteration + 1, {"predict": values})
+        elif values.ndim == 1:  # binary: the probability of class 1
+            report(env.iteration + 1, {"predict": values,
+                                       "label": (values > 0.5).astype(np.int64)})
+        else:
+            report(env.iteration + 1, {"predict": values, "label": np.argmax(values, axis=1)})
+
+    return after_round
 
 
 def save(model: Any, folder: Path) -> str:

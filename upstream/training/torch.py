@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ DEFAULTS: dict[str, Any] = {"hidden": 32, "epochs": 40, "lr": 0.01, "batch_size"
 ONNX_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)  # float32 on both sides
 ONNX_SCALES = (0.01, 1.0)
 ONNX_OPSET = 17
+REPORTS_EPOCHS = True
+Report = Callable[[int, dict[str, np.ndarray]], None]
 
 
 def resolve(task: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -38,32 +41,56 @@ def resolve(task: str, params: dict[str, Any] | None) -> dict[str, Any]:
     return resolved
 
 
-def fit(dataset: Dataset, params: dict[str, Any], seed: int) -> Any:
+def fit(dataset: Dataset, params: dict[str, Any], seed: int, report: Report | None = None) -> Any:
+    """Adam on shuffled minibatches; ``report(epoch, outputs)`` after each epoch with the
+    network's outputs on the test split (evaluating draws no random numbers, so reporting
+    leaves the training itself unchanged)."""
     import torch
 
-    classification = dataset.task == "classification"
-    x = torch.from_numpy(dataset.X_train)
-    if classification:
-        y = torch.from_numpy(dataset.y_train)
-        outputs, loss_fn = len(dataset.classes or ()), torch.nn.functional.cross_entropy
-    else:
-        y_mean, y_scale = column_stats(dataset.y_train.reshape(-1, 1))
-        y = torch.from_numpy(((dataset.y_train - y_mean[0]) / y_scale[0]).astype(np.float32))
-        outputs, loss_fn = 1, _mse
+    x, y, outputs, loss_fn = tensors(dataset)
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
         torch.manual_seed(seed)
-        model = _network(dataset, params["hidden"], outputs)
+        model = network(dataset, params["hidden"], outputs)
         optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
         batches = torch.Generator().manual_seed(seed)
         model.train()
-        for _ in range(params["epochs"]):
+        for epoch in range(params["epochs"]):
             order = torch.randperm(len(x), generator=batches)
             for start in range(0, len(x), params["batch_size"]):
                 index = order[start:start + params["batch_size"]]
                 optimizer.zero_grad()
                 loss_fn(model.logits(x[index]), y[index]).backward()
                 optimizer.step()
+            if report is not None:
+                report(epoch + 1, evaluate_outputs(model, dataset.X_test))
     return model.eval()
+
+
+def tensors(dataset: Dataset) -> tuple[Any, Any, int, Any]:
+    """The training features and targets as tensors (regression targets standardised), the
+    number of network outputs and the loss (mean over a batch): what ``fit`` and the
+    distributed trainer (upstream/distributed) share."""
+    import torch
+
+    x = torch.from_numpy(dataset.X_train)
+    if dataset.task == "classification":
+        y = torch.from_numpy(dataset.y_train)
+        return x, y, len(dataset.classes or ()), torch.nn.functional.cross_entropy
+    y_mean, y_scale = column_stats(dataset.y_train.reshape(-1, 1))
+    y = torch.from_numpy(((dataset.y_train - y_mean[0]) / y_scale[0]).astype(np.float32))
+    return x, y, 1, _mse
+
+
+def evaluate_outputs(model: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The network's served outputs for rows ``x``, in evaluation mode, then back to training
+    mode."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        result = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    model.train()
+    return {name: value.numpy() for name, value in result.items()}
 
 
 def save(model: Any, folder: Path) -> str:
@@ -118,7 +145,9 @@ def export_onnx(model: Any, folder: Path, native: Runtime
     return buffer.getvalue(), {name: [i, None] for i, name in enumerate(names)}, ""
 
 
-def _network(dataset: Dataset, hidden: list[int], outputs: int) -> Any:
+def network(dataset: Dataset, hidden: list[int], outputs: int) -> Any:
+    """The MLP (standardisation statistics from ``dataset``'s training split), initialised
+    from torch's global RNG."""
     import torch
 
     mean, scale = column_stats(dataset.X_train)

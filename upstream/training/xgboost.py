@@ -9,6 +9,7 @@ which the model server resolves to that one file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ DEFAULTS: dict[str, Any] = {"n_estimators": 50, "max_depth": 3, "learning_rate":
                             "subsample": 1.0, "reg_lambda": 1.0, "min_child_weight": 1.0}
 ONNX_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)  # runtimes/xgboost_onnx.py's
 ONNX_SCALES = (0.01, 1.0, 100.0)
+REPORTS_EPOCHS = True
+Report = Callable[[int, dict[str, np.ndarray]], None]
 
 
 def resolve(task: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -36,12 +39,38 @@ def resolve(task: str, params: dict[str, Any] | None) -> dict[str, Any]:
     return resolved
 
 
-def fit(dataset: Dataset, params: dict[str, Any], seed: int) -> Any:
+def fit(dataset: Dataset, params: dict[str, Any], seed: int, report: Report | None = None) -> Any:
+    """``report(round, outputs)`` after each boosting round with the ensemble so far's
+    outputs on the test split (a training callback: the boosting itself is unchanged)."""
     import xgboost as xgb
 
     cls = xgb.XGBClassifier if dataset.task == "classification" else xgb.XGBRegressor
-    model = cls(**params, random_state=seed, n_jobs=1, tree_method="hist")
-    return model.fit(dataset.X_train, dataset.y_train)
+    extra = {} if report is None else {"callbacks": [_reporter(xgb, dataset, report)]}
+    model = cls(**params, random_state=seed, n_jobs=1, tree_method="hist", **extra)
+    model.fit(dataset.X_train, dataset.y_train)
+    if report is not None:  # the callback is no part of the model (nor of its saved config)
+        model.set_params(callbacks=None)
+    return model
+
+
+def _reporter(xgb: Any, dataset: Dataset, report: Report) -> Any:
+    features = xgb.DMatrix(np.asarray(dataset.X_test, dtype=np.float32))
+    classification = dataset.task == "classification"
+
+    class Reporter(xgb.callback.TrainingCallback):
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            values = np.asarray(model.predict(features, iteration_range=(0, epoch + 1)))
+            if not classification:
+                report(epoch + 1, {"predict": values})
+            elif values.ndim == 1:  # binary: the probability of class 1
+                report(epoch + 1, {"predict": (values > 0.5).astype(np.int64),
+                                   "predict_proba": np.column_stack((1.0 - values, values))})
+            else:
+                report(epoch + 1, {"predict": np.argmax(values, axis=1),
+                                   "predict_proba": values})
+            return False  # go on
+
+    return Reporter()
 
 
 def save(model: Any, folder: Path) -> str:
