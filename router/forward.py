@@ -84,9 +84,13 @@ class _Attempts(Generic[T]):
         """No answer from ``endpoint``; raises for a timeout (never retried)."""
         _strike(self.pool, endpoint, self.variant, self.metrics)
         self.metrics.upstream.labels(*self.labels, endpoint.address, err.kind).inc()
-        self.last_error = str(err)
+        # clients learn what went wrong, not where: upstream addresses stay in the metrics'
+        # endpoint label and the debug log
+        log.debug("%s/%s: %s", *self.labels, err)
+        self.last_error = str(err).replace(endpoint.address, "an endpoint")
         if err.kind == "timeout":
-            raise UpstreamTimeout(f"{self.variant.service}/{self.variant.name}: {err}") from None
+            raise UpstreamTimeout(f"{self.variant.service}/{self.variant.name}: "
+                                  f"{self.last_error}") from None
 
     def answered(self, endpoint: Endpoint, started: float, answer: T) -> bool:
         """Record ``answer``; True when it is the one to return."""

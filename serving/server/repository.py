@@ -135,8 +135,8 @@ def _load_version(source: ModelSource, version: str, folder: Path,
         check_runtime(runtime_name, expected_runtime, declared=settings.runtime is not None)
     runtime_cls = resolve_runtime(runtime_name)
     started = time.perf_counter()
-    runtime = runtime_cls(settings)
     try:
+        runtime = runtime_cls(settings)  # a broken runtime class fails here, for this model only
         runtime.load()
     except ModelLoadError:
         raise
