@@ -239,6 +239,7 @@ class _WatchedFile:
         self._stamp: tuple[int, int, int] | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
+        self._failed: tuple[tuple[int, int, int] | None, str] | None = None
         self.value: Any = None
         self.generation = 0
         self.value = self._read()
@@ -255,17 +256,25 @@ class _WatchedFile:
             self._next_check = time.monotonic() + RELOAD_CHECK_SECONDS
             try:
                 stat = self.path.stat()
+                stamp: tuple[int, int, int] | None = (stat.st_mtime_ns, stat.st_size,
+                                                      stat.st_ino)
             except OSError as exc:
-                log.error("%s %s: %s; keeping the %s read before", self._what, self.path,
-                          exc.strerror, self._what)
-                return
-            if (stat.st_mtime_ns, stat.st_size, stat.st_ino) != self._stamp:
+                stamp = None
+                problem = f"{self._what} {self.path}: {exc.strerror}"
+            else:
+                if stamp == self._stamp:
+                    return
                 try:
                     self.value = self._read()
                     self.generation += 1
+                    self._failed = None
                     log.info("%s %s re-read", self._what, self.path)
+                    return
                 except AuthConfigError as exc:
-                    log.error("%s; keeping the %s read before", exc, self._what)
+                    problem = str(exc)
+            if (stamp, problem) != self._failed:  # said once per change, not every second
+                self._failed = (stamp, problem)
+                log.error("%s; keeping the %s read before", problem, self._what)
         finally:
             self._lock.release()
 
@@ -288,15 +297,25 @@ class KeyStore:
             if entries else []
         self._file = _WatchedFile(path, lambda text: parse_keys(text, source=str(path)),
                                   "API keys file") if path is not None else None
+        self._loaded: list[_Key] | None = None
+        self._all: tuple[_Key, ...] = tuple(self._fixed)
 
     def lookup(self, key: bytes) -> Principal | None:
         digest = hashlib.sha256(key).digest()
-        keys = self._fixed if self._file is None else [*self._fixed, *self._file.current()]
+        keys = self._keys()
         found = None
         for entry in keys:  # every entry, always: the time taken says nothing about a match
             if hmac.compare_digest(entry.digest, digest):
                 found = entry.principal
         return found
+
+    def _keys(self) -> tuple[_Key, ...]:
+        if self._file is None:
+            return self._all
+        loaded = self._file.current()
+        if loaded is not self._loaded:  # the file was re-read
+            self._loaded, self._all = loaded, (*self._fixed, *loaded)
+        return self._all
 
 
 class TokenFile:
