@@ -85,9 +85,11 @@ def bind_protocol(handler: FastHandler, limits: HttpLimits | None = None, *,
                 {"handler": handler, "guard": guard})
 
 
-# What FastPathProtocol reads or calls on uvicorn's HttpToolsProtocol.
+# What FastPathProtocol (and BoundedHttpToolsProtocol under it) reads, calls or replaces on
+# uvicorn's HttpToolsProtocol.
 _METHODS = ("on_headers_complete", "on_body", "on_message_complete", "on_response_complete",
-            "shutdown", "timeout_keep_alive_handler")
+            "shutdown", "timeout_keep_alive_handler", "on_url", "on_header", "send_400_response",
+            "on_message_begin", "data_received", "connection_made", "connection_lost")
 _ATTRIBUTES = ("parser", "url", "headers", "expect_100_continue", "pipeline", "cycle", "flow",
                "server_state", "timeout_keep_alive_task", "timeout_keep_alive", "tasks", "loop",
                "logger", "transport")
