@@ -115,3 +115,23 @@ def test_a_runtime_class_that_cannot_be_made_is_one_broken_model(leaky: Any) -> 
     meta = httpx.get(f"{leaky.url}/v2/models/abstract").json()
     assert meta["state"] == "UNAVAILABLE" and meta["reason"].startswith("TypeError: ")
     assert httpx.get(f"{leaky.url}/v2/health/live").status_code == 200  # the server is up
+
+
+def test_a_100_kb_model_name_is_a_short_not_found_through_the_router(tmp_path: Path,
+                                                                     leaky: Any) -> None:
+    grpc_port = free_port()
+    router = RouterProcess(tmp_path, leaky, "--grpc-port", str(grpc_port)).wait_ready()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                        request_serializer=lambda m: m.SerializeToString(),
+                                        response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as caught:
+                infer(proto.ModelInferRequest(model_name="m" * 100_000), timeout=10)
+        reply = httpx.post(f"{router.url}/v2/models/{'m' * 8000}/infer", json=BODY)
+    finally:
+        router.stop()
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert caught.value.details().endswith("(cut from 100021 characters)")
+    assert len(caught.value.details()) < 1100
+    assert reply.status_code == 404 and len(reply.json()["error"]) < 1100
