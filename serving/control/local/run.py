@@ -36,6 +36,7 @@ from serving.control.policy import validate
 from serving.control.registry import RegistryLink
 from serving.spec.load import ManifestError, Manifests, last_documents, load_files
 from serving.transport.auth import AuthConfigError, AuthFields, check_auth_settings, exposure_error
+from serving.transport.bounded import BoundedHttpToolsProtocol
 from serving.transport.logs import configure_logging
 from serving.transport.tls import CertificateReloader, ServerTls, TlsError, server_tls
 
@@ -172,6 +173,7 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     admin = uvicorn.Server(uvicorn.Config(PlaneAdmin(plane, stop, token=token.issue(state_dir)),
                                           host="127.0.0.1",
                                           port=admin_port, log_config=None, access_log=False,
+                                          http=BoundedHttpToolsProtocol, ws="none",
                                           lifespan="off", ssl_context_factory=(
                                               admin_certificates.uvicorn_factory()
                                               if admin_certificates else None)))
