@@ -100,10 +100,12 @@ def tune(experiment: Experiment | Plan | str | Path | Mapping[str, Any], *,
          tracking_uri: str | None = None, refit: bool = True, register: bool = True,
          model_name: str | None = None, alias: str | None = None,
          max_trials: int | None = None, parallel: int | None = None, keep_trials: bool = False,
-         progress: Progress | None = None) -> TuneResult:
+         refit_dir: Path | None = None, progress: Progress | None = None) -> TuneResult:
     """Run (or resume) the Experiment; see the module docstring. ``refit=False`` skips the
     retraining (and so the registration): the result names the best configuration only.
-    ``max_trials``/``parallel`` override the Experiment's counts. Raises ExperimentError for
+    ``max_trials``/``parallel`` override the Experiment's counts; ``refit_dir`` is where the
+    retrained model goes (a new folder; default ``<state>/tuning/NAME/model-trial-N``). Raises
+    ExperimentError for
     a manifest that cannot run, TuningFailed when the Experiment fails."""
     the_plan = experiment if isinstance(experiment, Plan) else plan(
         experiment if isinstance(experiment, Experiment) else load_experiment(experiment))
@@ -114,6 +116,7 @@ def tune(experiment: Experiment | Plan | str | Path | Mapping[str, Any], *,
     state = Path(state_dir) if state_dir is not None else default_state_dir()
     run = _Run(the_plan, state, storage_url(storage, state), tracking_uri,
                progress or Progress(), keep_trials)
+    run.refit_dir = Path(refit_dir) if refit_dir is not None else None
     return run.execute(refit=refit, register=register and refit,
                        model_name=model_name or the_plan.name, alias=alias)
 
@@ -154,6 +157,7 @@ class _Run:
         self.stopping = False
         self.failed_out = False
         self.ran = 0
+        self.refit_dir: Path | None = None
 
     # ---- the study --------------------------------------------------------------------
 
@@ -413,8 +417,8 @@ class _Run:
 
         from upstream.training import train
 
-        out = self.work / f"model-trial-{result.best_trial}"
-        if out.exists():
+        out = self.refit_dir or self.work / f"model-trial-{result.best_trial}"
+        if self.refit_dir is None and out.exists():
             shutil.rmtree(out)
         self.progress.message(f"training trial {result.best_trial}'s configuration on the full "
                               f"training split into {out}")
