@@ -29,8 +29,12 @@ def tune(experiment: str, out_dir: str | Path, *, max_trials: int = 0, parallel:
     from upstream.tuning.tuner import tune as run_tuning
 
     source: Any = experiment
-    if "\n" not in experiment and Path(experiment).is_file():
-        source = Path(experiment)
+    if "\n" not in experiment:
+        try:
+            if Path(experiment).is_file():
+                source = Path(experiment)
+        except OSError:  # not a path at all (too long a name): YAML text
+            pass
     the_plan = plan(load_experiment(source))
     result = run_tuning(
         the_plan, state_dir=Path(state_dir) if state_dir else None, storage=storage or None,
