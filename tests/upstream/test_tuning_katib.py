@@ -6,7 +6,9 @@ run is an error naming the field. Also the trial command a Katib trial container
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
+import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -218,3 +220,51 @@ def test_trial_command_prints_katib_metric_lines() -> None:
     final = dict(item.split("=") for item in lines[-1].split())
     step3 = dict(item.split("=") for item in lines[2].split()[1:])
     assert set(final) == {"accuracy", "f1_macro", "log_loss"} and final == step3
+
+
+@pytest.mark.parametrize("algorithm", [
+    {"algorithmName": "random"},
+    {"algorithmName": "grid"},
+    {"algorithmName": "tpe", "algorithmSettings": [{"name": "gamma", "value": "0.25"},
+                                                   {"name": "n_EI_candidates", "value": "8"},
+                                                   {"name": "prior_weight", "value": "1.1"}]},
+    {"algorithmName": "multivariate-tpe",
+     "algorithmSettings": [{"name": "n_startup_trials", "value": "2"}]},
+    {"algorithmName": "bayesianoptimization",
+     "algorithmSettings": [{"name": "n_initial_points", "value": "2"}]},
+    {"algorithmName": "cmaes", "algorithmSettings": [{"name": "sigma", "value": "0.5"},
+                                                     {"name": "restart_strategy",
+                                                      "value": "none"}]},
+], ids=lambda a: a["algorithmName"])
+def test_every_algorithm_samples_the_space(algorithm: dict[str, Any]) -> None:
+    """Each sampler over the example's space (plus a categorical), on a toy objective."""
+    optuna = pytest.importorskip("optuna")
+    from upstream.tuning.tuner import make_sampler, suggest
+
+    manifest = example()
+    manifest["spec"]["algorithm"] = {**algorithm, "algorithmSettings": [
+        *algorithm.get("algorithmSettings", []), {"name": "random_state", "value": "1"}]}
+    if algorithm["algorithmName"] == "grid":
+        manifest["spec"]["parameters"][0] = {
+            "name": "learningRate", "parameterType": "double",
+            "feasibleSpace": {"min": "0.1", "max": "0.3", "step": "0.1"}}
+    the_plan = plan(load_experiment(manifest))
+    categorical = model.SearchParameter("booster", "categorical", choices=("gbtree", "dart"))
+    the_plan = dataclasses.replace(the_plan, parameters=(*the_plan.parameters, categorical))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=make_sampler(the_plan), direction=the_plan.direction)
+    seen = []
+
+    def objective(trial: Any) -> float:
+        values = {p.name: suggest(trial, p) for p in the_plan.parameters}
+        seen.append(values)
+        return float(values["learningRate"]) + values["maxDepth"] / 10
+
+    with warnings.catch_warnings():  # CMA-ES samples the categorical independently
+        warnings.simplefilter("ignore")
+        study.optimize(objective, n_trials=6)
+    for values in seen:
+        assert 0.01 <= values["learningRate"] <= 1.0 and 1 <= values["maxDepth"] <= 6
+        assert values["booster"] in ("gbtree", "dart")
+        assert isinstance(values["maxDepth"], int)
+

@@ -552,7 +552,9 @@ def make_sampler(the_plan: Plan) -> Any:
             kwargs["gamma"] = partial(_hyperopt_gamma, float(settings["gamma"]))
         if "prior_weight" in settings:
             kwargs["prior_weight"] = float(settings["prior_weight"])
-        return optuna.samplers.TPESampler(**kwargs)
+        with warnings.catch_warnings():  # gamma and prior_weight: deprecated in Optuna 4.9+
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.TPESampler(**kwargs)
     if name == "multivariate-tpe":
         kwargs = {"seed": seed, "multivariate": True}
         if "n_ei_candidates" in settings:
