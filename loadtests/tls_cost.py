@@ -12,8 +12,10 @@ run one at a time (plain, TLS, plain, …: a drift in the machine's load hits bo
 TLS one gets a certificate made for the run (ECDSA P-256, one CA, by the ``openssl`` command)
 and nothing else differs. h2load keeps its connections open for the whole run, so the figures
 are TLS's cost per request (record encryption and decryption on both sides); the handshake is
-measured apart. Results are printed as Markdown (for RESULTS.md, "TLS cost") and written as JSON
-lines.
+measured apart. Besides throughput and latency, each run records the model server's own CPU time
+per request (user + system, from /proc, around the measured run only): on a machine shared with
+other work, throughput moves with whatever else runs, while CPU time per request mostly does not.
+Results are printed as Markdown (for RESULTS.md, "TLS cost") and written as JSON lines.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
     return ca, cert, key
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_ready(port: int, ca: Path | None, timeout: float = 90) -> None:
@@ -120,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ca, cert, key = make_certificates(work / "pki")
     servers: dict[str, tuple[int, int, Path | None]] = {}
     procs = []
+    pids: dict[str, int] = {}
     for label, flags, trust in (("plain", [], None),
                                 ("TLS", ["--tls-cert", str(cert), "--tls-key", str(key)], ca)):
         http_port, grpc_port = free_port(), free_port()
@@ -127,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                              str(grpc_port), "--log-level", "warning", *flags], server_cpu,
                             work / f"server-{label}.log"))
         servers[label] = (http_port, grpc_port, trust)
+        pids[label] = procs[-1].pid
     out = args.out or work / "tls.jsonl"
     rows: list[str] = []
     handshake_rows: list[str] = []
@@ -146,11 +156,18 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.reps):
                     for label, (http_port, grpc_port, trust) in servers.items():
                         port = grpc_port if protocol == "gRPC" else http_port
-                        result = load.run_h2load(payload, port, concurrency, args.duration,
-                                                 args.warmup, load_cpu, expected[label],
-                                                 scheme="https" if trust else "http")
+                        scheme = "https" if trust else "http"
+                        if args.warmup > 0:  # apart, so the CPU time below is the run's alone
+                            load.run_h2load(payload, port, concurrency, args.warmup, 0, load_cpu,
+                                            expected[label], scheme=scheme)
+                        before = cpu_seconds(pids[label])
+                        result = load.run_h2load(payload, port, concurrency, args.duration, 0,
+                                                 load_cpu, expected[label], scheme=scheme)
+                        used = cpu_seconds(pids[label]) - before
                         if not result.get("ok") or result["errors"]:
                             raise RuntimeError(f"{protocol} {label} c={concurrency}: {result}")
+                        result["server_cpu_us_per_request"] = round(
+                            1e6 * used / max(result["completed"], 1), 2)
                         result.update(model=model, protocol=protocol, server=label,
                                       concurrency=concurrency)
                         runs[label].append(result)
@@ -160,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 def med(rs: list[dict], field: str) -> float:
                     return statistics.median(r[field] for r in rs)
-                rows.append(f"| {model} | {protocol} | {concurrency} | {med(p, 'rps'):,.0f} | "
-                            f"{med(t, 'rps'):,.0f} | {100 * (1 - med(t, 'rps') / med(p, 'rps')):.1f}% "
+                cpu = "server_cpu_us_per_request"
+                rows.append(f"| {model} | {protocol} | {concurrency} | {med(p, cpu):.1f} | "
+                            f"{med(t, cpu):.1f} | {med(t, cpu) - med(p, cpu):+.1f} | "
+                            f"{med(p, 'rps'):,.0f} | {med(t, 'rps'):,.0f} | "
+                            f"{100 * (1 - med(t, 'rps') / med(p, 'rps')):.1f}% "
                             f"| {med(p, 'p50_ms'):.2f} | {med(t, 'p50_ms'):.2f} | "
                             f"{med(p, 'p99_ms'):.2f} | {med(t, 'p99_ms'):.2f} |")
                 print(rows[-1], flush=True)
@@ -176,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             _stop(proc)
     print(f"\nbatch 1, h2load {args.duration:g}s after {args.warmup:g}s warm-up x {args.reps} "
           f"(medians), servers on cpu {server_cpu}, h2load on cpu {load_cpu}; raw: {out}")
-    print("| model | protocol | concurrency | plain req/s | TLS req/s | loss | plain p50 ms | "
-          "TLS p50 ms | plain p99 ms | TLS p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | protocol | concurrency | plain CPU µs/req | TLS CPU µs/req | TLS adds | "
+          "plain req/s | TLS req/s | loss | plain p50 ms | TLS p50 ms | plain p99 ms | "
+          "TLS p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if handshake_rows:
         print(f"\nnew connection + one request, {args.handshakes} in a row (Python client):")
