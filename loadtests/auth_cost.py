@@ -16,7 +16,10 @@ carries its credential (h2load ``-H``), so the figures are the per-request cost:
 header, hashing the key and comparing it with every entry (or the token cache lookup), and the
 ASGI/interceptor layer in front of the app. Without authentication nothing is installed: no
 middleware, no interceptor, and the fast path's only extra work is one attribute read.
-Results are printed as Markdown (RESULTS.md, "Authentication cost") and written as JSON lines.
+Besides throughput and latency, the server's CPU time per request (user + system, from
+/proc, the warm-up run apart) is recorded: on a machine shared with other work it moves far
+less than throughput does. Results are printed as Markdown (RESULTS.md, "Authentication cost")
+and written as JSON lines.
 """
 
 from __future__ import annotations
@@ -88,6 +91,12 @@ def probe(payload: load.Payload, port: int, authorization: str | None) -> int:
     return len(answer) + 5
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def guard_cost(folder: Path, variants: dict[str, tuple[list[str], str | None]],
                number: int = 100_000) -> dict[str, float]:
     """Microseconds per decision of the REST guard in this process (the work the fast path adds
@@ -150,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {v: c for v, c in credentials(work / "auth").items() if v in args.variants}
     micro = guard_cost(work / "auth", variants)
     servers: dict[str, tuple[int, int, str | None]] = {}
+    pids: dict[str, int] = {}
     procs = []
     out = args.out or work / "auth.jsonl"
     rows: list[str] = []
@@ -160,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "--grpc-port", str(grpc_port), "--log-level", "warning",
                                  *flags], server_cpu, work / f"server-{label}.log"))
             servers[label] = (http_port, grpc_port, authorization)
+            pids[label] = procs[-1].pid
         for http_port, _, _ in servers.values():
             _wait_ready(f"http://127.0.0.1:{http_port}/v2/health/ready")
         cells = [(name, protocol, load.build_payloads(work / "payloads", name, 1)[key_])
@@ -179,11 +190,18 @@ def main(argv: list[str] | None = None) -> int:
                     for label, (http_port, grpc_port, _) in servers.items():
                         port = grpc_port if protocol == "gRPC" else http_port
                         for _attempt in range(3):  # h2load now and then ends at once
+                            if args.warmup > 0:  # apart, so the CPU time counts only the run
+                                load.run_h2load(payloads[label], port, concurrency,
+                                                args.warmup, 0, load_cpu, expected[label])
+                            before = cpu_seconds(pids[label])
                             result = load.run_h2load(payloads[label], port, concurrency,
-                                                     args.duration, args.warmup, load_cpu,
+                                                     args.duration, 0, load_cpu,
                                                      expected[label])
                             if result.get("completed"):
                                 break
+                        result["server_cpu_s"] = cpu_seconds(pids[label]) - before
+                        result["server_cpu_us_per_request"] = \
+                            1e6 * result["server_cpu_s"] / max(1, result["completed"])
                         if not result.get("ok") or result["errors"] or not result["completed"]:
                             raise RuntimeError(f"{protocol} {label} c={concurrency}: {result}")
                         result.update(model=model, protocol=protocol, server=label,
@@ -200,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                     if label != "off":
                         cells_md.append(f"{med(label, 'rps'):,.0f} "
                                         f"({100 * (med(label, 'rps') / base - 1):+.1f}%)")
+                cpu = " / ".join(f"{med(label, 'server_cpu_us_per_request'):.0f}"
+                                 for label in servers)
                 p50 = " / ".join(f"{med(label, 'p50_ms'):.2f}" for label in servers)
                 p99 = " / ".join(f"{med(label, 'p99_ms'):.2f}" for label in servers)
                 rows.append(f"| {model} | {protocol} | {concurrency} | {' | '.join(cells_md)} | "
-                            f"{p50} | {p99} |")
+                            f"{cpu} | {p50} | {p99} |")
                 print(rows[-1], flush=True)
     finally:
         for proc in procs:
@@ -211,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = {"off": "off req/s", "key": "API key req/s", "jwt": "JWT req/s"}
     print(f"\nbatch 1, h2load {args.duration:g}s after {args.warmup:g}s warm-up x {args.reps} "
           f"(medians), servers on cpu {server_cpu}, h2load on cpu {load_cpu}; raw: {out}")
+    names = " / ".join(servers)
     print(f"| model | protocol | concurrency | {' | '.join(labels[v] for v in servers)} | "
-          f"p50 ms ({' / '.join(servers)}) | p99 ms ({' / '.join(servers)}) |")
-    print("|---|---|---|" + "---|" * len(servers) + "---|---|")
+          f"server CPU µs/request ({names}) | p50 ms ({names}) | p99 ms ({names}) |")
+    print("|---|---|---|" + "---|" * len(servers) + "---|---|---|")
     print("\n".join(rows))
     print("\nthe guard's decision per request, in this process: " + ", ".join(
         f"{label} {us:.1f} µs" for label, us in micro.items()))
