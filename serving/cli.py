@@ -188,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
 
     registry_cli.add_parser(sub)
     pipeline_cli.add_parser(sub)
+    from upstream.distributed import cli as train_cli
+    from upstream.tuning import cli as tune_cli
+
+    tune_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if (code := dispatch(args)) is not None:
         return code
@@ -203,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         return registry_cli.main(args)
     if args.command == "pipeline":
         return pipeline_cli.main(args)
+    if args.command == "tune":
+        return tune_cli.main(args)
+    if args.command == "train":
+        return train_cli.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
