@@ -28,6 +28,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def basetemp(path: Path) -> Path:
+    """pytest's base temporary folder above ``path``: where tests make their models, so the
+    root a test gives ``turnout up --model-root`` (the plane refuses models outside its roots)."""
+    for parent in path.parents:
+        if parent.parent.name.startswith("pytest-of-"):
+            return parent
+    return path.parent
+
+
 class ServerProcess:
     """A real ``turnout serve`` subprocess on loopback ports."""
 

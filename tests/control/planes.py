@@ -16,7 +16,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
+from tests.conftest import basetemp, free_port
 
 PLUGINS = Path(__file__).parent / "plugins"
 ROW = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
@@ -34,9 +34,16 @@ def isvc(name: str, uri: str, *, percent: int | None = None, turnout: dict | Non
             "metadata": {"name": name}, "spec": spec}
 
 
+def _model_root(folder: Path, args: tuple[str, ...], wanted: bool) -> tuple[str, ...]:
+    """The tests' models live in other temporary folders than the plane's own."""
+    if not wanted or "--model-root" in args or "--any-model-path" in args:
+        return ()
+    return ("--model-root", str(basetemp(folder)), "--model-root", str(folder))
+
+
 class Up:
     def __init__(self, folder: Path, *docs: dict, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), test_model_root: bool = True) -> None:
         self.folder = folder
         self.http_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -46,7 +53,8 @@ class Up:
         self.log = (folder / "up.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "up", "-f", "manifest.yaml", "--http-port",
-             str(self.http_port), "--grpc-port", str(self.grpc_port), *args],
+             str(self.http_port), "--grpc-port", str(self.grpc_port), *args,
+             *_model_root(folder, args, test_model_root)],
             cwd=folder, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def write(self, name: str, *docs: dict) -> str:

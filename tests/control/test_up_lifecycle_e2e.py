@@ -271,3 +271,33 @@ def test_the_admin_api_needs_the_planes_token(models: Path, tmp_path: Path, up: 
     assert ok.status_code == 200 and ok.json()["services"][0]["name"] == "iris"
     assert httpx.get(f"{admin}/metrics").status_code == 200  # Prometheus needs no token
     assert plane.infer() == 200  # nothing above stopped it
+
+
+def test_by_default_local_models_must_be_under_the_working_or_manifest_folder(
+        models: Path, tmp_path: Path, up: list[Up]) -> None:
+    """Without --model-root, a token holder cannot point the plane at any readable file: only
+    the folder turnout up runs in and those of its -f files count; --any-model-path lifts it."""
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(isvc("iris", f"file://{models}/v1")))
+
+    def start(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "serving.cli", "up", "-f", "m.yaml",
+                               "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                               "--ready-timeout", "1", *flags],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    refused = start()
+    assert refused.returncode == 2, refused.stderr
+    assert "is outside the allowed model roots" in refused.stderr
+    assert str(tmp_path) in refused.stderr and "--model-root" in refused.stderr
+    assert not (tmp_path / ".turnout" / "state.json").exists()   # nothing was started
+    inside = tmp_path / "local"
+    inside.mkdir()
+    (inside / "model.joblib").write_bytes((models / "v1" / "model.joblib").read_bytes())
+    plane = Up(tmp_path, isvc("iris", "local"), test_model_root=False)
+    up.append(plane)   # a path under the working folder needs no flag
+    plane.wait(lambda: plane.infer() == 200, what="local model served")
+    assert plane.stop() == 0, (tmp_path / "up.log").read_text()[-3000:]
+    (tmp_path / "other").mkdir()
+    anywhere = Up(tmp_path / "other", isvc("iris", f"file://{models}/v1"), args=("--any-model-path",))
+    up.append(anywhere)
+    anywhere.wait(lambda: anywhere.infer() == 200, what="--any-model-path served")

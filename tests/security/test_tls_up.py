@@ -38,7 +38,7 @@ class TlsPlane(Process):
         super().__init__(["up", "-f", "manifest.yaml", "--http-port", str(self.http_port),
                           "--grpc-port", str(self.grpc_port), "--tls-cert", str(pki.cert),
                           "--tls-key", str(pki.key), "--tls-client-ca", str(pki.ca),
-                          "--admin-tls"], folder / "up.log", cwd=folder)
+                          "--admin-tls", "--model-root", str(model)], folder / "up.log", cwd=folder)
 
     def https(self, *, client_cert: bool = True) -> httpx.Client:
         cert = (self.pki.client_cert, self.pki.client_key) if client_cert else None

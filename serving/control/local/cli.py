@@ -53,7 +53,9 @@ def add_parsers(sub: Any) -> None:
                     help="serve pickle models from any remote storageUri")
     up.add_argument("--model-root", dest="model_roots", action="append", default=[],
                     help="folder local storageUris must be inside (repeatable; symlinks "
-                    "resolved); without it any path this user can read may be served")
+                    "resolved); default: the current folder and the folders of the -f files")
+    up.add_argument("--any-model-path", action="store_true",
+                    help="serve local models from any path this user can read (no model root)")
     up.add_argument("--registry-uri", default=None,
                     help="MLflow tracking URI for models:/ storage URIs (default: "
                     "MLFLOW_TRACKING_URI, else sqlite:///<state-dir>/registry.db)")

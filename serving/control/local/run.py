@@ -133,6 +133,17 @@ def _auth(args: argparse.Namespace, manifests: Manifests) -> tuple[str, ...]:
     return tuple(flags)
 
 
+def model_roots(args: argparse.Namespace) -> tuple[Path, ...]:
+    """Where local ``storageUri``s may point: ``--model-root``s, else the folder ``turnout up``
+    runs in and those of its ``-f`` files — so a token holder cannot make the plane load
+    (and, for pickles, run) any file its user can read. Empty (anywhere) only on request."""
+    if args.any_model_path:
+        log.warning("--any-model-path: local models may come from any path this user can read")
+        return ()
+    chosen = args.model_roots or [Path.cwd(), *(Path(f).parent for f in args.files)]
+    return tuple(dict.fromkeys(Path(r).resolve() for r in chosen))
+
+
 async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path) -> int:
     try:
         tls_flags, admin_certificates = _tls(args)
@@ -152,7 +163,7 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     trusted = tuple(args.trusted_sources) + (("*",) if args.trust_remote_pickle else ())
     plane = Plane(state_dir, router, metrics=PlaneMetrics(CollectorRegistry()),
                   trusted_sources=trusted,
-                  model_roots=tuple(Path(r).resolve() for r in args.model_roots),
+                  model_roots=model_roots(args),
                   registry=RegistryLink(state_dir=state_dir, tracking_uri=args.registry_uri),
                   registry_poll=args.registry_poll)
     try:
@@ -191,7 +202,7 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
             "http_port": args.http_port, "grpc_port": args.grpc_port, "tls": bool(tls_flags)}))
         loop_task = asyncio.create_task(plane.run(stop))
         if not await _wait_ready(plane, args.ready_timeout, stop):
-            code = 1
+            code = 0 if stop.is_set() else 1   # asked to stop while starting: not a failure
             stop.set()
         else:
             names = ", ".join(plane.states)
@@ -225,6 +236,8 @@ async def _wait_ready(plane: Plane, timeout: float, stop: asyncio.Event) -> bool
         if not pending:
             return True
         await asyncio.sleep(0.2)
+    if stop.is_set():
+        return False
     for name, state in plane.states.items():
         for replica in plane.supervisor.replicas.get(state.stable, []):
             if replica.state != "ready":
