@@ -56,6 +56,7 @@ def _http_server(app: object, host: str, port: int, drain: float,
         protocol = limited(protocol, limits)
     return _UvicornServer(uvicorn.Config(
         app, host=host, port=port, loop="none", http=protocol, ws="none",
+        h11_max_incomplete_event_size=limits.max_header_bytes,  # the h11 fallback's cap
         timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
         lifespan="off", log_config=None, access_log=False, server_header=False,
         proxy_headers=False, timeout_graceful_shutdown=int(drain) or None, backlog=4096,

@@ -30,7 +30,7 @@ from serving.server.repository import ModelRepository
 from serving.server.rest import build_rest_app
 from serving.server.settings import ServerSettings
 from serving.transport.auth import Guard, GuardedApp, build_authenticator
-from serving.transport.fastpath import bind_protocol
+from serving.transport.fastpath import bind_protocol, h11_limit
 from serving.transport.tls import CertificateReloader, server_tls
 
 log = logging.getLogger("turnout.server")
@@ -85,6 +85,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
         GuardedApp(app, guard) if guard is not None else app, host=settings.host,
         port=settings.http_port, loop="none",
         http=bind_protocol(app, settings.http_limits(), guard=guard), ws="none",
+        h11_max_incomplete_event_size=h11_limit(settings.http_limits()),
         timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
         lifespan="off", log_config=None, access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_seconds)),

@@ -73,16 +73,25 @@ def bind_protocol(handler: FastHandler, limits: HttpLimits | None = None, *,
     be wrapped in :class:`~serving.transport.auth.GuardedApp` with the same guard — answers
     the refusal in order, as for any unclaimed request.
 
-    When this uvicorn lacks the internals the fast path relies on, uvicorn's own
-    ``"httptools"`` protocol, with a warning: slower, never wrong.
+    When this uvicorn lacks the internals the fast path relies on, uvicorn's own ``"h11"``
+    protocol, with a warning: slower, never wrong, and still bounded — the servers give
+    ``uvicorn.Config`` ``h11_max_incomplete_event_size`` (:func:`h11_limit`), where uvicorn's
+    httptools path would let one huge header stall the event loop.
     """
     missing = missing_internals()
     if missing:
         log.warning("uvicorn %s lacks what the fast HTTP path relies on (%s); serving on "
-                    "uvicorn's own path", getattr(uvicorn, "__version__", "?"), ", ".join(missing))
-        return "httptools"
+                    "uvicorn's own h11 path", getattr(uvicorn, "__version__", "?"),
+                    ", ".join(missing))
+        return "h11"
     return type("BoundFastPathProtocol", (limited(FastPathProtocol, limits),),
                 {"handler": handler, "guard": guard})
+
+
+def h11_limit(limits: HttpLimits | None) -> int:
+    """``uvicorn.Config(h11_max_incomplete_event_size=...)``: the request-head cap on the h11
+    fallback path (:func:`bind_protocol`), the same as the fast path's."""
+    return (limits or HttpLimits()).max_header_bytes
 
 
 # What FastPathProtocol (and BoundedHttpToolsProtocol under it) reads, calls or replaces on

@@ -315,5 +315,46 @@ def test_a_uvicorn_without_those_internals_gets_its_own_path_and_a_warning(monke
     assert "parser" in fastpath.missing_internals(H11Protocol)
     monkeypatch.setattr(fastpath, "missing_internals", lambda: ["parser"])
     with caplog.at_level("WARNING", logger="turnout.transport"):
-        assert fastpath.bind_protocol(object()) == "httptools"  # type: ignore[arg-type]
-    assert "uvicorn's own path" in caplog.text and "parser" in caplog.text
+        assert fastpath.bind_protocol(object()) == "h11"  # type: ignore[arg-type]
+    assert "uvicorn's own h11 path" in caplog.text and "parser" in caplog.text
+
+
+def test_the_h11_fallback_still_refuses_a_huge_request_head():
+    """On the fallback, uvicorn's h11 path with the fast path's head cap: a 1 MiB header is
+    refused at once and the connection closed, a normal request answered."""
+    import threading
+
+    from serving.transport.fastpath import h11_limit
+    from serving.transport.limits import HttpLimits
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limits = HttpLimits(max_header_bytes=16 * 1024)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="h11",
+                                           h11_max_incomplete_event_size=h11_limit(limits),
+                                           lifespan="off", log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            start = time.monotonic()
+            try:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20)
+                             + b"\r\n\r\n")
+            except OSError:
+                pass  # the server may close before the client finished sending
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 400") or answer == b""
+            assert time.monotonic() - start < 2
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "ok"
+    finally:
+        server.should_exit = True
+        thread.join(10)
