@@ -14,6 +14,7 @@ running routes untouched and an accepted one drops no request in flight.
 | PUT | /services/{name}/weights | ``{"variant": weight, ...}``; variants not named keep theirs |
 | GET | /status | every endpoint: outstanding, healthy, ejected; its variant's pending and held |
 | GET | /metrics | the public port's Prometheus text (the plane reads it here: TLS and mTLS stay public) |
+| GET | /mirror/disagreements | shadow answers unlike the primary's, newest first (?service=, ?limit=) |
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from router.core import Router
+from router.disagreements import RING_SIZE
 from router.http_util import read_body, send_error, send_json, send_response
 from serving.protocol.errors import InvalidInput, ModelNotFound, TurnoutError, bounded_message
 from serving.spec.routes import ConfigError, RouterConfig, load_config_text, parse_config
@@ -55,6 +58,8 @@ class AdminApp:
                 return await send_response(send, 200,
                                            generate_latest(self.router.metrics.registry),
                                            [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+            if path == "/mirror/disagreements" and method == "GET":
+                return await send_json(send, 200, self._disagreements(scope))
             if path == "/reload" and method == "POST":
                 self.router.apply(_checked(self.reload))
                 return await send_json(send, 200, {"applied": True})
@@ -92,6 +97,18 @@ class AdminApp:
                     variant["weight"] = weights.get(variant["name"], variant["weight"])
                 return _checked(lambda: self.check(parse_config(doc, source="weights")))
         raise ModelNotFound(f"service {service!r} is not configured")
+
+    def _disagreements(self, scope: Scope) -> dict[str, Any]:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        service = query.get("service", [None])[-1]
+        try:
+            limit = int(query.get("limit", [RING_SIZE])[-1])
+        except ValueError:
+            raise InvalidInput("limit must be an integer") from None
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+        records = self.router.shadower.disagreements.recent(service=service, limit=limit)
+        return {"disagreements": [r.to_json() for r in records]}
 
     def _status(self) -> dict[str, Any]:
         """A row per endpoint; ``pending`` (in flight) and ``held`` (waiting for a ready

@@ -26,10 +26,20 @@ class Comparison:
     class_agreed: int = 0
     numeric_total: int = 0
     abs_diff_sum: float = 0.0
+    # numeric elements outside ``np.isclose`` (rtol 1e-5, atol 1e-6): float answers of two
+    # revisions differ in the last bits without disagreeing
+    numeric_disagreed: int = 0
+    # the decoded answers, kept for the disagreement log (router/disagreements.py)
+    primary: Outputs | None = None
+    shadow: Outputs | None = None
+
+    @property
+    def disagrees(self) -> bool:
+        return self.class_agreed < self.class_total or self.numeric_disagreed > 0
 
 
 def compare_outputs(primary: Outputs, shadow: Outputs) -> Comparison:
-    result = Comparison()
+    result = Comparison(primary=primary, shadow=shadow)
     for name, a in primary.items():
         b = shadow.get(name)
         if b is None or a.shape != b.shape:
@@ -38,6 +48,9 @@ def compare_outputs(primary: Outputs, shadow: Outputs) -> Comparison:
             diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
             result.numeric_total += int(diff.size)
             result.abs_diff_sum += float(np.nansum(diff))
+            result.numeric_disagreed += int(diff.size - np.count_nonzero(np.isclose(
+                a.astype(np.float64), b.astype(np.float64), rtol=1e-5, atol=1e-6,
+                equal_nan=True)))
         else:
             result.class_total += int(a.size)
             result.class_agreed += int(np.count_nonzero(a == b))

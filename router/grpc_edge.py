@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,6 +34,7 @@ from router.access import check_target
 from router.balance import Pool
 from router.compare import Comparison, compare_outputs, grpc_outputs
 from router.core import Router
+from router.disagreements import MirrorOrigin
 from router.forward import call_variant, call_variant_blocking
 from router.grpc_hops import (
     Attempt,
@@ -261,13 +263,23 @@ class GrpcEdge(grpc.GenericRpcHandler):
                                           classify=classify, metrics=self.router.metrics)
 
             shadower.start(mirror=mirror, variant=shadow, send=send, primary=primary,
-                           compare=_compare)
+                           compare=_compare, origin=MirrorOrigin(
+                               serving.name, serving.spec.revision, _request_id(metadata),
+                               "grpc", request))
 
     def _count(self, service: str, variant: str, code: str, started: float) -> None:
         m = self.router.metrics
         m.requests.labels(service, variant, "grpc", code).inc()
         if service:
             m.duration.labels(service, variant, "grpc").observe(time.perf_counter() - started)
+
+
+def _request_id(metadata: list[tuple[str, Any]]) -> str:
+    """The client's ``x-request-id`` metadata, else a fresh id (the gRPC edge mints none)."""
+    for key, value in metadata:
+        if key == "x-request-id" and isinstance(value, str):
+            return value[:128]
+    return uuid.uuid4().hex
 
 
 def _compare(primary: GrpcAnswer, shadow: GrpcAnswer) -> Comparison | None:

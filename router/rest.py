@@ -30,6 +30,7 @@ from router.balance import Pool
 from router.client import UpstreamResponse
 from router.compare import Comparison, compare_outputs, v1_outputs, v2_outputs
 from router.core import Router
+from router.disagreements import MirrorOrigin
 from router.hold import Waiter
 from router.http_util import (
     RESPONSE_DROP,
@@ -232,7 +233,9 @@ class RestEdge:
         try:
             if kind != "other" and service.mirrors:
                 primary = PrimaryAnswer()
-                self._mirror(service, variant, primary, target, call.method, fwd, body, kind)
+                self._mirror(service, variant, primary, target, call.method, fwd, body, kind,
+                             MirrorOrigin(variant.name, variant.spec.revision,
+                                          call.rid.decode("latin-1"), protocol, body))
             response = await self.router.http_call(variant, method=call.method,
                                                    path=target(variant), headers=fwd,
                                                    body=body, deadline=deadline)
@@ -250,7 +253,8 @@ class RestEdge:
 
     def _mirror(self, service: ServiceRoute, serving: VariantRoute,
                 primary: PrimaryAnswer[UpstreamResponse], target: Any, method: str,
-                headers: list[tuple[str, str]], body: bytes, kind: str) -> None:
+                headers: list[tuple[str, str]], body: bytes, kind: str,
+                origin: MirrorOrigin) -> None:
         shadower = self.router.shadower
         for mirror, shadow in service.mirrors:
             # A copy to the variant that answers anyway would only agree with itself.
@@ -268,7 +272,8 @@ class RestEdge:
                                                    max_attempts=1)
 
             shadower.start(mirror=mirror, variant=shadow, send=send, primary=primary,
-                           compare=_compare_v2 if kind == "infer" else _compare_v1)
+                           compare=_compare_v2 if kind == "infer" else _compare_v1,
+                           origin=origin)
 
     def _count(self, service: str, variant: str, protocol: str, status: int, started: float) -> None:
         m = self.router.metrics

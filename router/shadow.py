@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from router.compare import Comparison
+from router.disagreements import Disagreement, DisagreementRing, MirrorOrigin
 from router.metrics import RouterMetrics
 from router.table import VariantRoute
 from serving.spec.routes import Mirror
@@ -49,6 +50,8 @@ class Shadower:
         self.rng = rng or random.Random()
         self._in_flight: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # answers that differ from the primary's (GET /mirror/disagreements, payload log)
+        self.disagreements = DisagreementRing()
 
     def wanted(self, mirror: Mirror) -> bool:
         return mirror.percent >= 100 or self.rng.random() * 100 < mirror.percent
@@ -59,19 +62,23 @@ class Shadower:
         self.metrics.shadow.labels(variant.service, variant.name, "dropped").inc()
 
     def start(self, *, mirror: Mirror, variant: VariantRoute, send: Callable[[], Awaitable[A]],
-              primary: PrimaryAnswer[A], compare: Callable[[A, A], Comparison | None]) -> None:
-        """Start one copy unless the mirror's cap is reached; returns at once."""
+              primary: PrimaryAnswer[A], compare: Callable[[A, A], Comparison | None],
+              origin: MirrorOrigin | None = None) -> None:
+        """Start one copy unless the mirror's cap is reached; returns at once. ``origin``:
+        the request it copies, recorded with the answers if they disagree."""
         key = (variant.service, variant.name)
         if self._in_flight.get(key, 0) >= mirror.max_in_flight:
             self.metrics.shadow.labels(*key, "dropped").inc()
             return
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        task = asyncio.create_task(self._run(key, mirror, send, primary, compare))
+        task = asyncio.create_task(self._run(key, mirror, send, primary, compare, origin,
+                                             variant.spec.revision))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, key: tuple[str, str], mirror: Mirror, send: Callable[[], Awaitable[A]],
-                   primary: PrimaryAnswer[A], compare: Callable[[A, A], Comparison | None]) -> None:
+                   primary: PrimaryAnswer[A], compare: Callable[[A, A], Comparison | None],
+                   origin: MirrorOrigin | None, revision: str | None) -> None:
         try:
             self.metrics.shadow.labels(*key, "sent").inc()
             shadow_answer = await asyncio.wait_for(send(), mirror.timeout_seconds)
@@ -82,6 +89,8 @@ class Shadower:
             result = compare(primary_answer, shadow_answer)
             if result is not None:
                 self._count(key, result)
+                if origin is not None and result.disagrees:
+                    self.disagreements.add(Disagreement(*key, revision, origin, result))
         except Exception as exc:  # a shadow failure is data, never a client error
             self.metrics.shadow.labels(*key, "error").inc()
             log.debug("shadow %s/%s failed: %s", *key, exc)

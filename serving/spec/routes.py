@@ -97,6 +97,9 @@ class Variant(_Model):
     http: list[str] = Field(default_factory=list, description="REST base URLs (https:// for TLS)")
     grpc: list[str] = Field(default_factory=list, description="gRPC host:port addresses "
                             "(grpcs://host:port for TLS)")
+    revision: str | None = Field(None, description="The revision behind this variant (set by "
+                                 "the control plane), named in payload log events and mirror "
+                                 "disagreements")
 
     @field_validator("http")
     @classmethod
