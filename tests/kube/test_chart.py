@@ -331,6 +331,7 @@ NAMESPACED = {
     ("", "pods", ("get", "list", "watch")),
     ("", "events", ("create",)),
     ("autoscaling", "horizontalpodautoscalers", RW),
+    ("networking.k8s.io", "networkpolicies", RW),  # the predictors' NetworkPolicy
 }
 KEDA = {("keda.sh", "scaledobjects", RW)}
 CRDS = {("apiextensions.k8s.io", "customresourcedefinitions", ("get", "list", "watch"))}

@@ -79,7 +79,7 @@ spec:
     trusting = Settings(namespace="ns", trusted_sources=("s3://m/",))
     args = predictor_deployment(workload, isvc, Owner("iris", "uid"), trusting)[
         "spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[-2:] == ["--trusted-source", "s3://m/"]  # the server may load the pickle
+    assert args[-3:-1] == ["--trusted-source", "s3://m/"]  # the server may load the pickle
 
 
 def test_a_config_that_cannot_be_used_names_the_file_and_key(tmp_path: Path) -> None:

@@ -65,9 +65,10 @@ def test_predictor_deployment_exact() -> None:
                 "containers": [{
                     "name": "kserve-container", "image": "turnout:test", "command": ["turnout"],
                     "args": ["serve", "s3://models/iris", "--name", "iris", "--runtime",
-                             "sklearn", "--host", "0.0.0.0", "--insecure", "--http-port", "8080",
+                             "sklearn", "--host", "0.0.0.0", "--http-port", "8080",
                              "--grpc-port", "8081", "--drain-seconds", "20",
-                             "--max-batch-size", "16", "--max-batch-latency-ms", "5"],
+                             "--max-batch-size", "16", "--max-batch-latency-ms", "5",
+                             "--insecure"],
                     "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
                               {"name": "grpc", "containerPort": 8081, "protocol": "TCP"}],
                     "readinessProbe": {"httpGet": {"path": "/v2/models/iris/ready",
@@ -185,10 +186,9 @@ def test_router_objects_exact() -> None:
     deployment = render.router_deployment([OWNER, other], SETTINGS)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["router", "--config", "/etc/turnout/routes.yaml", "--host",
-                                 "0.0.0.0", "--insecure", "--http-port", "8080", "--grpc-port",
-                                 "8081",
+                                 "0.0.0.0", "--http-port", "8080", "--grpc-port", "8081",
                                  "--admin-host", "127.0.0.1", "--admin-port", "8090",
-                                 "--drain-seconds", "20"]
+                                 "--drain-seconds", "20", "--insecure"]
     assert container["volumeMounts"] == [{"name": "routes", "mountPath": "/etc/turnout",
                                           "readOnly": True}]
     assert deployment["spec"]["template"]["spec"]["volumes"] == [
@@ -222,7 +222,7 @@ spec:
     assert kinds == [("Deployment", "iris-00001-predictor"), ("Service", "iris-00001-predictor"),
                      ("Deployment", "iris-00002-predictor"), ("Service", "iris-00002-predictor"),
                      ("ConfigMap", "turnout-router-routes"), ("Deployment", "turnout-router"),
-                     ("Service", "turnout-router")]
+                     ("Service", "turnout-router"), ("NetworkPolicy", "turnout-router-predictors")]
     routes = yaml.safe_load(got[4]["data"]["routes.yaml"])
     assert [(v["name"], v["weight"], v["http"]) for v in routes["services"][0]["variants"]] == [
         ("stable", 80, ["http://iris-00001-predictor.ml.svc:8080"]),

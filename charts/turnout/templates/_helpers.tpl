@@ -117,6 +117,9 @@ any: true
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 {{- if .Values.keda.enabled }}
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]

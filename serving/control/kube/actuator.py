@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ log = logging.getLogger("turnout.kube")
 
 RETIRED = f"{GROUP}/retired-at"   # annotation: when a dropped revision left the routes
 PLURALS = {"Deployment": "deployments", "Service": "services", "ConfigMap": "configmaps",
-           "Pod": "pods",
+           "Pod": "pods", "NetworkPolicy": "networkpolicies",
            "HorizontalPodAutoscaler": "horizontalpodautoscalers",
            "ScaledObject": "scaledobjects", "InferenceService": "inferenceservices",
            "InferenceGraph": "inferencegraphs"}
@@ -216,7 +217,15 @@ class KubeActuator:
             self.apply(obj, keep_replicas=obj["kind"] == "Deployment"
                        and obj["metadata"]["name"] in scaled)
         self.skipped = skipped
+        if not self.settings.network_policy:
+            self.drop_network_policy()
         self.retire(set(desired.workloads))
+
+    def drop_network_policy(self) -> None:
+        """Delete the predictors' NetworkPolicy a former configuration had on."""
+        name = render.predictor_network_policy([], self.settings)["metadata"]["name"]
+        if self.kube.get("networking.k8s.io/v1", "NetworkPolicy", self.namespace, name):
+            self.kube.delete("networking.k8s.io/v1", "NetworkPolicy", self.namespace, name)
 
     def apply(self, obj: dict, *, keep_replicas: bool = False) -> None:
         """Create ``obj``, or replace the live one if it differs from it."""
@@ -269,14 +278,17 @@ MetricsSource = Callable[[], "tuple[str | None, str | None] | Awaitable[tuple[st
 def router_metrics_source(settings: Settings, timeout: float = 2.0) -> MetricsSource:
     """Read the router's public ``/metrics`` through its Service. Its admin ``/status`` stays
     on the pod's loopback, so held requests come from the metrics and in-flight ones from
-    nowhere (the KEDA query reads them from Prometheus)."""
-    url = f"http://{settings.router_name}.{settings.namespace}.svc:{render.HTTP_PORT}/metrics"
+    nowhere (the KEDA query reads them from Prometheus). Under the router's TLS: https,
+    verified against ``router_ca_file`` (else the system's trust store)."""
+    url = f"{render.router_url(settings)}/metrics"
+    verify: ssl.SSLContext | bool = ssl.create_default_context(
+        cafile=settings.router_ca_file) if settings.router_ca_file else True
 
     async def source() -> tuple[str | None, str | None]:
         import httpx
 
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client:
+            async with httpx.AsyncClient(timeout=timeout, verify=verify) as client:
                 answer = await client.get(url)
             return (answer.text if answer.status_code == 200 else None), None
         except httpx.HTTPError as exc:

@@ -140,7 +140,7 @@ class Controller:
         try:
             isvc = resources.manifest(body)
             assert isinstance(isvc, InferenceService)
-            found = validate.service_problems(isvc)
+            found = validate.service_problems(isvc) + self._auth_problems(isvc)
             if found:
                 raise ManifestError("; ".join(found))
             uri = isvc.spec.predictor.resolved().storageUri or ""
@@ -157,6 +157,17 @@ class Controller:
         self._record_outcomes(body, state, events)
         if state != saved:
             await self._write_status(body, {"turnout": state.model_dump(mode="json")})
+
+    def _auth_problems(self, isvc: InferenceService) -> list[str]:
+        """Per-service principals need the router to authenticate (it refuses routes naming
+        them otherwise, and the whole namespace's routing would stall on the one service)."""
+        extra = isvc.spec.turnout
+        if extra is not None and extra.auth is not None and \
+                not self.settings.router_auth.configured:
+            return ["spec.turnout.auth names principals, but the namespace's router "
+                    "authenticates no one: set the chart's runtime.router.auth (API keys "
+                    "or JWT)"]
+        return []
 
     async def _locate(self, body: dict[str, Any], uri: str) -> tuple[rev.Pin, str]:
         """A registry URI's version now, and where its pods fetch it from; a ManifestError

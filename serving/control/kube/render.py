@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from serving.control.kube import secure
+from serving.control.kube.secure import AuthSettings, TlsSettings
 from serving.control.policy.autoscale import knative_settings
 from serving.control.policy.plan import Desired, Workload
 from serving.control.policy.routes import Endpoints
@@ -58,6 +60,14 @@ class Settings:
     router_service_type: str = "ClusterIP"
     image_pull_secrets: Sequence[Mapping[str, str]] = ()
     trusted_sources: Sequence[str] = ()  # storageUri prefixes whose pickles may load
+    # Authentication and TLS of the router and the replicas (serving/control/kube/secure.py).
+    router_auth: AuthSettings = AuthSettings()
+    router_tls: TlsSettings = TlsSettings()
+    server_auth: AuthSettings = AuthSettings()
+    server_tls: TlsSettings = TlsSettings()
+    router_ca_file: str | None = None     # what the controller verifies the router's TLS with
+    network_policy: bool = True           # only the router (and allow_from) reach replicas
+    network_policy_allow_from: Sequence[Mapping[str, Any]] = ()  # NetworkPolicyPeer objects
 
     def image_for(self, runtime: str) -> str:
         """The model server image for a Turnout runtime: its family's (the chart's
@@ -93,7 +103,14 @@ def routes_name(settings: Settings) -> str:
 def endpoints(revision: str, settings: Settings) -> Endpoints:
     """How the router reaches a revision: its Service's cluster DNS name."""
     host = f"{predictor_name(revision)}.{settings.namespace}.svc"
-    return Endpoints(http=[f"http://{host}:{HTTP_PORT}"], grpc=[f"{host}:{GRPC_PORT}"])
+    scheme, grpc = secure.schemes(settings.server_tls)
+    return Endpoints(http=[f"{scheme}://{host}:{HTTP_PORT}"], grpc=[f"{grpc}{host}:{GRPC_PORT}"])
+
+
+def router_url(settings: Settings) -> str:
+    """The namespace's router as clients in the cluster reach it (https under its TLS)."""
+    scheme = "https" if settings.router_tls.enabled else "http"
+    return f"{scheme}://{settings.router_name}.{settings.namespace}.svc:{HTTP_PORT}"
 
 
 def predictor_labels(workload: Workload) -> dict[str, str]:
@@ -111,6 +128,11 @@ def _pod_labels(workload: Workload) -> dict[str, str]:
 def router_labels(settings: Settings) -> dict[str, str]:
     return {"app.kubernetes.io/name": "turnout", "app.kubernetes.io/instance": settings.router_name,
             "app.kubernetes.io/component": "router", "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def router_selector(settings: Settings) -> dict[str, str]:
+    return {"app.kubernetes.io/instance": settings.router_name,
+            "app.kubernetes.io/component": "router"}
 
 
 def _meta(name: str, settings: Settings, labels: Mapping[str, str],
@@ -132,12 +154,9 @@ def _container_ports() -> list[dict[str, Any]]:
 # -- a revision -----------------------------------------------------------------------------
 
 def serve_args(workload: Workload, settings: Settings) -> list[str]:
-    # --insecure: a replica listens on the pod's address without authentication, as KServe's
-    # predictors do; only the router (and the kubelet's probes) should reach it, which a
-    # NetworkPolicy or a mesh enforces (docs/security.md). Without the flag a model server
-    # refuses a non-loopback address with no API keys or JWKS configured.
+    """``turnout serve``'s flags, authentication and TLS last (:func:`server_security`)."""
     args = ["serve", workload.storage_uri, "--name", workload.model_name,
-            "--runtime", workload.runtime, "--host", "0.0.0.0", "--insecure",
+            "--runtime", workload.runtime, "--host", "0.0.0.0",
             "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
             "--drain-seconds", str(settings.drain_seconds)]
     if workload.model_version is not None:
@@ -148,7 +167,26 @@ def serve_args(workload: Workload, settings: Settings) -> list[str]:
             args += ["--max-batch-latency-ms", str(workload.max_batch_latency_ms)]
     for source in settings.trusted_sources:
         args += ["--trusted-source", source]
-    return args
+    return args + server_security(settings).args
+
+
+def server_security(settings: Settings) -> secure.Wiring:
+    """A replica's authentication and TLS. Without ``modelServer.auth`` it runs
+    ``--insecure``, as KServe's predictors do: the namespace's NetworkPolicy
+    (:func:`predictor_network_policy`) admits only the router, which authenticates callers;
+    with it, the replica checks the credential the router passes on, too."""
+    return secure.auth_wiring(settings.server_auth) + secure.tls_wiring(settings.server_tls)
+
+
+def predictor_probes(workload: Workload, settings: Settings) -> dict[str, Any]:
+    """Readiness on the model's own path, which needs a credential once the replica
+    authenticates: then the server's (open) readiness, which waits for its one model too."""
+    ready = "/v2/health/ready" if settings.server_auth.configured \
+        else f"/v2/models/{workload.model_name}/ready"
+    tls = settings.server_tls
+    return {"readinessProbe": secure.probe(ready, tls, periodSeconds=2, failureThreshold=2),
+            "livenessProbe": secure.probe("/v2/health/live", tls, periodSeconds=10,
+                                          failureThreshold=3)}
 
 
 # Pod fields of KServe's predictor that a Deployment takes as they are.
@@ -163,13 +201,11 @@ def predictor_deployment(workload: Workload, isvc: InferenceService, owner: Owne
     container: dict[str, Any] = {
         "name": "kserve-container", "image": settings.image_for(workload.runtime),
         "command": ["turnout"], "args": serve_args(workload, settings),
-        "ports": _container_ports(),
-        "readinessProbe": {"httpGet": {"path": f"/v2/models/{workload.model_name}/ready",
-                                       "port": "http"},
-                           "periodSeconds": 2, "failureThreshold": 2},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
-                          "periodSeconds": 10, "failureThreshold": 3},
+        "ports": _container_ports(), **predictor_probes(workload, settings),
     }
+    wiring = server_security(settings)
+    if wiring.mounts:
+        container["volumeMounts"] = wiring.mounts
     if settings.image_pull_policy:
         container["imagePullPolicy"] = settings.image_pull_policy
     if model.resources or settings.server_resources:
@@ -179,6 +215,8 @@ def predictor_deployment(workload: Workload, isvc: InferenceService, owner: Owne
     pod: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": settings.drain_seconds + settings.grace_margin_seconds}
+    if wiring.volumes:
+        pod["volumes"] = wiring.volumes
     predictor = isvc.spec.predictor
     if settings.image_pull_secrets:
         pod["imagePullSecrets"] = [dict(s) for s in settings.image_pull_secrets]
@@ -309,25 +347,30 @@ def router_configmap(routes: RouterConfig, owners: Sequence[Owner],
             "data": {ROUTES_FILE: routes_yaml(routes)}}
 
 
+def router_security(settings: Settings) -> secure.Wiring:
+    """The router's authentication (``--insecure`` without ``router.auth``: the in-cluster
+    Service is then open, as KServe's ingress is), its listeners' TLS, and how it verifies
+    replicas that serve TLS."""
+    return (secure.auth_wiring(settings.router_auth) + secure.tls_wiring(settings.router_tls)
+            + secure.upstream_wiring(settings.server_tls))
+
+
 def router_deployment(owners: Sequence[Owner], settings: Settings) -> dict[str, Any]:
     labels = router_labels(settings)
+    wiring = router_security(settings)
+    tls = settings.router_tls
     container: dict[str, Any] = {
         "name": "router", "image": settings.router_image or settings.image,
         "command": ["turnout"],
-        # --insecure: the in-cluster Service is reached without credentials, as KServe's
-        # ingress is; protect it with a NetworkPolicy or a mesh, or put the router's
-        # authentication flags in its environment (TURNOUT_ROUTER_API_KEYS_FILE, ...:
-        # docs/security.md), which then applies whatever this flag says.
         "args": ["router", "--config", f"{ROUTES_DIR}/{ROUTES_FILE}", "--host", "0.0.0.0",
-                 "--insecure", "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
+                 "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
                  "--admin-host", "127.0.0.1", "--admin-port", str(ROUTER_ADMIN_PORT),
-                 "--drain-seconds", str(settings.drain_seconds)],
+                 "--drain-seconds", str(settings.drain_seconds), *wiring.args],
         "ports": _container_ports(),
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
-                           "periodSeconds": 2},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
-                          "periodSeconds": 10},
-        "volumeMounts": [{"name": "routes", "mountPath": ROUTES_DIR, "readOnly": True}]}
+        "readinessProbe": secure.probe("/v2/health/ready", tls, periodSeconds=2),
+        "livenessProbe": secure.probe("/v2/health/live", tls, periodSeconds=10),
+        "volumeMounts": [{"name": "routes", "mountPath": ROUTES_DIR, "readOnly": True},
+                         *wiring.mounts]}
     if settings.image_pull_policy:
         container["imagePullPolicy"] = settings.image_pull_policy
     if settings.router_resources:
@@ -335,14 +378,14 @@ def router_deployment(owners: Sequence[Owner], settings: Settings) -> dict[str, 
     pod: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": settings.drain_seconds + settings.grace_margin_seconds,
-        "volumes": [{"name": "routes", "configMap": {"name": routes_name(settings)}}]}
+        "volumes": [{"name": "routes", "configMap": {"name": routes_name(settings)}},
+                    *wiring.volumes]}
     if settings.image_pull_secrets:
         pod["imagePullSecrets"] = [dict(s) for s in settings.image_pull_secrets]
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": _meta(settings.router_name, settings, labels, _shared(owners)),
             "spec": {"replicas": settings.router_replicas,
-                     "selector": {"matchLabels": {"app.kubernetes.io/instance": settings.router_name,
-                                                  "app.kubernetes.io/component": "router"}},
+                     "selector": {"matchLabels": router_selector(settings)},
                      "template": {"metadata": {"labels": labels}, "spec": pod}}}
 
 
@@ -352,9 +395,19 @@ def router_service(owners: Sequence[Owner], settings: Settings) -> dict[str, Any
             "metadata": _meta(settings.router_name, settings, router_labels(settings),
                               _shared(owners)),
             "spec": {"type": settings.router_service_type,
-                     "selector": {"app.kubernetes.io/instance": settings.router_name,
-                                  "app.kubernetes.io/component": "router"},
+                     "selector": router_selector(settings),
                      "ports": _ports()}}
+
+
+def predictor_network_policy(owners: Sequence[Owner], settings: Settings) -> dict[str, Any]:
+    """Ingress to the namespace's predictor pods from its router's pods (and the configured
+    ``allowFrom`` peers) only: what makes replicas' ``--insecure`` safe."""
+    return secure.network_policy(
+        f"{settings.router_name}-predictors", settings.namespace,
+        predictors={"app.kubernetes.io/managed-by": MANAGED_BY,
+                    "app.kubernetes.io/component": "predictor"},
+        router=router_selector(settings), allow_from=settings.network_policy_allow_from,
+        ports=(HTTP_PORT, GRPC_PORT), labels=router_labels(settings), owners=_shared(owners))
 
 
 def _shared(owners: Sequence[Owner]) -> list[dict[str, Any]]:
@@ -376,4 +429,6 @@ def render(desired: Desired, services: Mapping[str, tuple[InferenceService, Owne
     if owners:
         objects += [router_configmap(desired.routes, owners, settings),
                     router_deployment(owners, settings), router_service(owners, settings)]
+        if settings.network_policy:
+            objects.append(predictor_network_policy(owners, settings))
     return objects

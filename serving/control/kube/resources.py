@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from serving.control.kube.render import Owner, Settings, predictor_name
+from serving.control.kube.render import Owner, Settings, predictor_name, router_url
 from serving.control.policy.revisions import ServiceState
 from serving.spec import InferenceGraph, InferenceService, load_texts
 
@@ -93,6 +93,7 @@ def service_status(body: dict[str, Any], state: ServiceState, *, ready: set[str]
     rolled_back = state.phase == "rolled-back"
     conditions.append(condition("RolledBack", rolled_back, "RolledBack" if rolled_back else
                                 "NotRolledBack", last_rollout if rolled_back else ""))
+    scheme = "https" if settings.router_tls.enabled else "http"
     all_ready = stable_ready and (canary is None or canary in ready)
     why = "; ".join(o for o in omitted if o.startswith(f"{name}/")) or "not every revision is ready"
     conditions.insert(0, condition("Ready", all_ready, "Ready" if all_ready else "NotReady",
@@ -103,9 +104,8 @@ def service_status(body: dict[str, Any], state: ServiceState, *, ready: set[str]
         traffic.append({"revisionName": canary, "tag": "latest", "percent": state.percent,
                         "latestRevision": True})
     return {
-        "url": f"http://{settings.router_name}.{settings.namespace}.svc/v2/models/{name}",
-        "address": {"url": f"http://{settings.router_name}.{settings.namespace}.svc"
-                           f":8080/v2/models/{name}/infer"},
+        "url": f"{scheme}://{settings.router_name}.{settings.namespace}.svc/v2/models/{name}",
+        "address": {"url": f"{router_url(settings)}/v2/models/{name}/infer"},
         "observedGeneration": body["metadata"].get("generation"),
         "canaryTrafficPercent": state.percent if canary else None,
         "rolloutStep": state.percent if state.phase == "progressing" else None,
