@@ -6,18 +6,17 @@ Built once in the composition root; nothing reads the environment at import time
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from serving.transport.auth import AuthFields
-from serving.transport.limits import HttpLimits
+from serving.transport.listener import ListenerFields
 
 
-class ServerSettings(AuthFields):
-    """The model server's settings; authentication's (API keys, JWT, --insecure) come from
-    :class:`~serving.transport.auth.AuthFields`."""
+class ServerSettings(ListenerFields):
+    """The model server's settings; bounds, TLS, logs and authentication
+    come from :class:`~serving.transport.listener.ListenerFields`."""
 
     model_config = SettingsConfigDict(env_prefix="TURNOUT_", extra="ignore",
                                       protected_namespaces=())
@@ -47,51 +46,37 @@ class ServerSettings(AuthFields):
                                        "whose settings declare none (rows per merged call)")
     max_batch_latency_ms: float = Field(2.0, ge=0, description="With max_batch_size: how long "
                                         "a batch waits to fill (ms)")
-    max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
-                                   description="Largest request body, REST and gRPC alike (bytes)")
-    # Bounds on every HTTP request (serving/transport/bounded.py, docs/security.md).
-    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request head "
-                                  "(request line + headers, bytes): 431 and close past it")
-    max_header_count: int = Field(100, ge=1, description="Most headers in one request: 431")
-    max_url_bytes: int = Field(8 * 1024, ge=64, description="Longest request target (bytes): 414")
-    header_timeout_seconds: float = Field(10.0, gt=0, description="A request head must arrive "
-                                          "whole within this many seconds of its first byte: 408")
-    body_timeout_seconds: float = Field(10.0, gt=0, description="Window over which a request "
-                                        "body's rate is judged: 408 when slower than the floor")
-    body_min_bytes_per_second: float = Field(1024.0, ge=0, description="Slowest a request body "
-                                             "may arrive (bytes/s, over each window)")
-    keep_alive_seconds: float = Field(5.0, gt=0, description="Idle seconds before a client "
-                                      "connection is closed (also one that never sends a byte)")
     inference_threads: int = Field(4, ge=1, description="Threads that run blocking predict calls; "
                                    "bounded so a burst cannot spawn unbounded threads")
     drain_seconds: float = Field(30.0, ge=0, description="Grace period for in-flight requests "
                                  "after SIGTERM before the process exits")
     workers: int = Field(1, ge=1, description="Server processes sharing the ports (SO_REUSEPORT); "
                          "models load once before the fork and are shared copy-on-write")
-    log_level: str = Field("info", description="Python logging level name")
-    log_format: Literal["text", "json"] = Field("text", description="json for log collectors")
     server_name: str = "turnout"
-    tls_cert: Path | None = Field(None, description="PEM certificate chain: REST and gRPC serve "
-                                  "TLS (reloaded when the file changes)")
-    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
-    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: clients must present a "
-                                       "certificate it signed (mTLS)")
+    # A transformer (runtimes/transformer, docs/transformers.md): model_path's model_class runs
+    # in front of a predictor, its predict being the call to it.
+    transformer_for: str | None = Field(
+        None, description="Serve model_class as a transformer in front of this predictor: "
+        "HOST:PORT (several, comma-separated, taken in turn) or @FILE, a JSON file of ready "
+        "addresses the local control plane keeps current")
+    predictor_protocol: Literal["v1", "v2", "grpc-v2"] = Field(
+        "v2", description="How a transformer calls its predictor: REST V2 (binary tensors), "
+        "REST V1, or gRPC (KServe's --protocol)")
+    predictor_model: str | None = Field(None, description="The model name at the predictor; "
+                                        "default the transformer's own")
+    predictor_timeout_seconds: float = Field(60.0, gt=0, description="A transformer's wait "
+                                             "for its predictor's answer: 504 after it")
 
-    @model_validator(mode="after")
-    def _tls_files(self) -> ServerSettings:
-        from serving.transport.tls import check_server_tls, server_tls
+    def model_overrides(self) -> dict[str, Any] | None:
+        """Settings imposed on the served model: a transformer's runtime and predictor."""
+        if self.transformer_for is None:
+            return None
+        from runtimes.transformer import RUNTIME, predictor_parameters
 
-        check_server_tls(server_tls(self.tls_cert, self.tls_key, self.tls_client_ca))
-        return self
+        return {"runtime": RUNTIME, "parameters": predictor_parameters(
+            host=self.transformer_for, protocol=self.predictor_protocol,
+            model=self.predictor_model, timeout=self.predictor_timeout_seconds)}
 
-    def http_limits(self) -> HttpLimits:
-        """The bounds of the HTTP listeners."""
-        return HttpLimits(max_header_bytes=self.max_header_bytes,
-                          max_header_count=self.max_header_count, max_url_bytes=self.max_url_bytes,
-                          header_timeout=self.header_timeout_seconds,
-                          body_timeout=self.body_timeout_seconds,
-                          body_min_rate=self.body_min_bytes_per_second,
-                          keep_alive_timeout=self.keep_alive_seconds)
 
     def default_batching(self) -> dict[str, float] | None:
         """Batching settings for models that declare none, from ``--max-batch-size``."""
