@@ -235,6 +235,12 @@ def test_prometheus_operator_resources_have_the_crds_shape() -> None:
     ("serviceMonitor.interval=30 seconds", "/serviceMonitor/interval"),
     ("watchNamespace=Not_A_Namespace", "/watchNamespace"),
     ("controller.metrics.port=70000", "/controller/metrics/port"),
+    ("runtime.router.auth.apiKeysSecret=Keys_Secret", "/runtime/router/auth/apiKeysSecret"),
+    ("runtime.router.auth.jwt.jwksUrl=http://idp/jwks", "/runtime/router/auth/jwt/jwksUrl"),
+    ("runtime.router.tls.verifyClients=sometimes", "/runtime/router/tls/verifyClients"),
+    ("runtime.modelServer.tls.secret=x", "secret"),
+    ("runtime.modelServer.networkPolicy.enabled=maybe",
+     "/runtime/modelServer/networkPolicy/enabled"),
 ])
 def test_values_schema_rejects_a_bad_value_naming_it(setting: str, named: str) -> None:
     done = run_helm("template", "turnout", str(CHART), "--set", setting)
@@ -488,3 +494,40 @@ def test_crds_are_valid_and_match_the_rbac(version: str) -> None:
     plurals = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in crds}
     granted = {(g, r) for g, r, *_ in NAMESPACED if g == "serving.turnout.dev" and "/" not in r}
     assert plurals == granted
+
+
+# -- authentication, TLS and the NetworkPolicy --------------------------------------------------
+
+def test_security_values_reach_the_controller_and_its_trust(tmp_path: Path) -> None:
+    """all-features turns every security setting on: the controller's config carries them as
+    the controller reads them, and the controller trusts the routers' CA from its Secret."""
+    from serving.control.kube.config import load
+    from serving.control.kube.render import Settings
+    from serving.control.kube.secure import AuthSettings, TlsSettings
+
+    docs = rendered("all-features")
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d["data"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config["data"]["config.yaml"])
+    settings = load(path, Settings(namespace="ns"))
+    assert settings.router_auth == AuthSettings(
+        api_keys_secret="turnout-api-keys",
+        jwks_url="https://idp.example.com/.well-known/jwks.json",
+        jwt_issuer="https://idp.example.com", jwt_audience="turnout", jwt_leeway_seconds=10.0)
+    assert settings.router_tls == TlsSettings("turnout-router-tls")
+    assert settings.server_auth == AuthSettings(api_keys_secret="turnout-api-keys")
+    assert settings.server_tls == TlsSettings("turnout-replica-tls", verify_clients=True)
+    assert settings.network_policy_allow_from == (
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},)
+    controller = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in controller["containers"][0]["volumeMounts"]}
+    assert Path(settings.router_ca_file or "").parent == Path(mounts["router-ca"])
+    assert {"name": "router-ca", "secret": {"secretName": "turnout-router-ca", "items": [
+        {"key": "ca.crt", "path": "ca.crt"}]}} in controller["volumes"]
+    # Defaults: no auth, no TLS, the NetworkPolicy on, nothing extra mounted.
+    defaults = next(d for d in rendered("defaults") if d["kind"] == "ConfigMap")
+    path.write_text(defaults["data"]["config.yaml"])
+    plain = load(path, Settings(namespace="ns"))
+    assert not plain.router_auth.configured and not plain.router_tls.enabled
+    assert not plain.server_auth.configured and not plain.server_tls.enabled
+    assert plain.network_policy is True and plain.router_ca_file is None
