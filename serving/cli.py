@@ -25,6 +25,14 @@ def _serve_parser(sub: Any) -> None:
                    "runtimes.python.Model); PATH (default: the current folder) is that model's folder")
     p.add_argument("--runtime", help="runtime the model must be served by (sklearn, xgboost, "
                    "onnx...); an artifact of another framework is then an error")
+    p.add_argument("--transformer-for", metavar="HOST:PORT", help="serve --model-class as a "
+                   "transformer in front of this predictor (docs/transformers.md)")
+    p.add_argument("--predictor-protocol", choices=["v1", "v2", "grpc-v2"],
+                   help="with --transformer-for: how the predictor is called (default v2)")
+    p.add_argument("--predictor-model", help="with --transformer-for: the model name at the "
+                   "predictor (default --name)")
+    p.add_argument("--predictor-timeout", dest="predictor_timeout_seconds", type=float,
+                   help="with --transformer-for: seconds to wait for the predictor (default 60)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="REST port (default 8080)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 disables)")
@@ -69,6 +77,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.trust_remote_pickle:
         given["trusted_sources"] = [*given.get("trusted_sources", []), "*"]
     path = args.path
+    if args.transformer_for and not args.model_class:
+        print("turnout serve: --transformer-for needs --model-class", file=sys.stderr)
+        return 2
     if args.model_class:
         path = path or "."
     if path is not None and path.startswith("models:/"):

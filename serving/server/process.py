@@ -217,5 +217,6 @@ def run(settings: ServerSettings) -> None:
                                  metrics=metrics, model_class=settings.model_class,
                                  default_batching=settings.default_batching(),
                                  runtime=settings.runtime, version=settings.model_version,
-                                 trusted_sources=settings.trusted_sources)
+                                 trusted_sources=settings.trusted_sources,
+                                 overrides=settings.model_overrides())
     run_loop(serve(settings, repository=repository, metrics=metrics, exposition=registry))

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +62,9 @@ class ModelSource:
     name: str
     versions: dict[str, Path]  # version -> file or folder holding the artifact
     base_settings: dict[str, Any]
+    # Settings the command line imposes over model-settings.yaml (a transformer's runtime and
+    # predictor); dict values (parameters) are merged key by key.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def _artifact_suffixes() -> tuple[str, ...]:
@@ -91,7 +94,8 @@ def _source_for(name: str | None, path: Path, version: str | None = None) -> Mod
 
 
 def discover(path: Path, *, name: str | None = None, model_class: str | None = None,
-             version: str | None = None) -> list[ModelSource]:
+             version: str | None = None,
+             overrides: dict[str, Any] | None = None) -> list[ModelSource]:
     """Models under ``path``: one model (a file or model folder) or a folder of models.
 
     ``version``: the version a single unversioned model reports (a registry version), "1"
@@ -105,7 +109,7 @@ def discover(path: Path, *, name: str | None = None, model_class: str | None = N
     if model_class:
         source = _source_for(name, path, version)
         base = {"model_class": model_class, **source.base_settings}
-        return [ModelSource(source.name, source.versions, base)]
+        return [ModelSource(source.name, source.versions, base, dict(overrides or {}))]
     if path.is_file() or _is_model_dir(path):
         return [_source_for(name, path, version)]
     if name:
@@ -122,6 +126,8 @@ def _load_version(source: ModelSource, version: str, folder: Path,
     fields = dict(source.base_settings)
     if folder.is_dir() and (folder / SETTINGS_FILE).is_file():
         fields.update(read_settings_file(folder / SETTINGS_FILE))
+    for key, value in source.overrides.items():
+        fields[key] = {**(fields.get(key) or {}), **value} if isinstance(value, dict) else value
     fields.update(name=source.name, version=version, artifact=folder)
     if default_batching is not None and fields.get("batching") is None:
         fields["batching"] = default_batching  # the server-wide default (--max-batch-size)
@@ -171,8 +177,10 @@ class ModelRepository:
                  model_class: str | None = None,
                  default_batching: dict[str, Any] | None = None,
                  runtime: str | None = None, trusted_sources: list[str] | None = None,
-                 version: str | None = None) -> None:
+                 version: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> None:
         self._version = version
+        self._overrides = overrides
         self._default_batching = default_batching
         self._runtime = runtime
         self._trusted = tuple(trusted_sources or ())
@@ -187,7 +195,7 @@ class ModelRepository:
     def _discover(self) -> list[ModelSource]:
         assert self._path is not None
         return discover(self._path, name=self._name, model_class=self._model_class,
-                        version=self._version)
+                        version=self._version, overrides=self._overrides)
 
     async def load_all(self) -> None:
         if self._path is None:

@@ -68,7 +68,8 @@ def supervise(settings: ServerSettings) -> None:
                                  metrics=metrics, model_class=settings.model_class,
                                  default_batching=settings.default_batching(),
                                  runtime=settings.runtime, version=settings.model_version,
-                                 trusted_sources=settings.trusted_sources)
+                                 trusted_sources=settings.trusted_sources,
+                                 overrides=settings.model_overrides())
     started = time.perf_counter()
     asyncio.run(repository.load_all())  # before forking: workers share the loaded models
     log.info("loaded models in %.3fs; starting %d workers", time.perf_counter() - started,
