@@ -25,6 +25,7 @@ from router.forward import Verdict, call_variant
 from router.h1blocking import BlockingH1Client
 from router.hold import Holds
 from router.metrics import RouterMetrics
+from router.payload_log import PayloadLogger, listener
 from router.shadow import Shadower
 from router.table import RoutingTable, VariantRoute, build_table
 from serving.protocol.codec_grpc import PROTOBUF_EXTENSION
@@ -63,6 +64,10 @@ class Router:
         self.upstream_tls = upstream_tls or ClientTls()
         self.client = client
         self.shadower = Shadower(metrics)
+        # CloudEvents of the services that have a logger (router/payload_log.py)
+        self.payloads = PayloadLogger(metrics.registry)
+        self.payloads.configure(config)
+        self.shadower.disagreements.listeners.append(listener(self.payloads, lambda: self.table))
         self.max_message_bytes = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._blocking: dict[str, list[grpc.Channel]] = {}
@@ -81,6 +86,7 @@ class Router:
     def apply(self, config: RouterConfig) -> None:
         """Swap in ``config`` atomically; channels no longer named are closed after a grace."""
         table = build_table(config, self.table)
+        self.payloads.configure(config)  # sinks first: the new table's requests find theirs
         self.table = table
         self.holds.wake()  # held requests look for their variant on the new table
         wanted = {e.address for _, proto, e in table.endpoints() if proto == "grpc"}
@@ -249,6 +255,7 @@ class Router:
     async def close(self) -> None:
         self.ready = False
         await self.shadower.close()
+        await self.payloads.close()
         await self.client.close()
         for channel in self._channels.values():
             await channel.close()

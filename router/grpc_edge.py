@@ -148,6 +148,10 @@ class GrpcEdge(grpc.GenericRpcHandler):
                 service, variant = self._hold(rpc, service, variant, headers, context)
                 service_label, variant_label = service.name, variant.name
                 use_http = rpc == "ModelInfer" and via_http(service, variant)
+            logger = service.spec.logger if rpc == "ModelInfer" else None
+            logged = None if logger is None else self.router.payloads.grpc(
+                logger, service=service.name, variant=variant.name,
+                revision=variant.spec.revision, metadata=metadata, body=request)
             answer = self._forward(rpc, method, service, variant, use_http, request, version,
                                    metadata, context)
         except TurnoutError as err:
@@ -162,9 +166,11 @@ class GrpcEdge(grpc.GenericRpcHandler):
         context.set_trailing_metadata(((VARIANT_HEADER, variant.name),))
         if answer.code != grpc.StatusCode.OK:
             context.abort(answer.code, answer.details)
-        if variant.renamed and rpc in _RENAME_RESPONSE:
-            return with_name_version(answer.body, service.name, None)
-        return answer.body
+        body = with_name_version(answer.body, service.name, None) \
+            if variant.renamed and rpc in _RENAME_RESPONSE else answer.body
+        if logged is not None:
+            self.router.payloads.grpc_response(logged, body)
+        return body
 
     def _graph(self, graph: Graph, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Run the graph on the event loop while this thread waits for its outcome."""

@@ -164,6 +164,10 @@ class RestEdge:
                     service, variant, pool_of=_http_pool, headers=functools.partial(_decoded, call.headers),
                     watch=_watcher(client or self.connection))
                 service_label, variant_label = service.name, variant.name
+            logged = None if service.spec.logger is None or call.kind == "other" else \
+                self.router.payloads.rest(service.spec.logger, service=service.name,
+                                          variant=variant.name, revision=variant.spec.revision,
+                                          protocol=call.protocol, headers=call.headers, body=body)
             response = await self._forward(call, service, variant, body)
         except TurnoutError as err:
             if isinstance(err, Overloaded):
@@ -171,6 +175,8 @@ class RestEdge:
             self._count(service_label, variant_label, call.protocol, err.http_status, started)
             raise
         self._count(service_label, variant_label, call.protocol, response.status, started)
+        if logged is not None and response.status == 200:  # KServe logs 200s only
+            self.router.payloads.rest_response(logged, response.body, response.headers)
         out_headers = [(b"x-request-id", call.rid), (VARIANT_HEADER.encode(), variant.name.encode())]
         for key, value in response.headers:
             if key.lower() not in RESPONSE_DROP:

@@ -88,8 +88,12 @@ class Batcher(SpecModel):
 
 
 class Logger(SpecModel):
+    """Payload logging: the router sends each request and response to ``url`` as a CloudEvent
+    (docs/observability.md); without ``url``, turnout up writes <state folder>/payloads.jsonl."""
+
     url: str | None = None
     mode: Literal["all", "request", "response"] = "all"
+    metadataHeaders: list[str] | None = None
 
 
 class PredictorSpec(SpecModel):
@@ -181,8 +185,11 @@ class InferenceService(SpecModel):
             notes.append("spec.transformer (transformers are not run locally)")
         if self.spec.explainer is not None:
             notes.append("spec.explainer (explainers are not run locally)")
-        if self.spec.predictor.logger is not None:
-            notes.append("spec.predictor.logger (payload logging is not done locally)")
+        logger = self.spec.predictor.logger
+        if logger is not None and logger.url and not logger.url.startswith(
+                ("http://", "https://", "file://", "/")):
+            notes.append(f"spec.predictor.logger.url {logger.url!r} (events go to http(s):// "
+                         "URLs or .jsonl files: none are logged)")
         predictor = self.spec.predictor
         if predictor.scaleMetric in ("cpu", "memory"):
             notes.append("spec.predictor.scaleMetric cpu/memory (local autoscaling uses "

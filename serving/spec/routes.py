@@ -167,6 +167,46 @@ class Mirror(_Model):
     timeout_seconds: float = Field(10.0, gt=0)
 
 
+class PayloadLog(_Model):
+    """KServe's ``predictor.logger``: each request and response of a service as a CloudEvent
+    (router/payload_log.py). Sent from a bounded queue, never in the request's way."""
+
+    url: str = Field(description="Where events go: http(s)://... (binary content mode POST, "
+                     "as KServe's agent sends), or a JSON-lines file: file:///abs/path.jsonl "
+                     "or an absolute path ending in .jsonl (structured mode, one event a line)")
+    mode: Literal["all", "request", "response"] = "all"
+    inference_service: str | None = Field(
+        None, description="ce-inferenceservicename (default: the service's name; a tag route "
+        "such as latest-NAME logs under NAME)")
+    namespace: str = Field("default", description="ce-namespace of the events")
+    component: str = Field("predictor", description="ce-component of the events")
+    max_payload_bytes: int = Field(
+        1 << 20, ge=0, description="Bodies larger than this are logged without data (their size "
+        "in the omitteddatasize extension), so a huge payload is never copied or queued")
+    metadata_headers: list[str] = Field(
+        default_factory=list, description="Request headers (REST) or metadata keys (gRPC) "
+        "copied into the ce-metadata extension as JSON, as KServe's metadataHeaders")
+
+    @field_validator("url")
+    @classmethod
+    def _sink(cls, url: str) -> str:
+        if url.startswith(("http://", "https://")):
+            if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+            return url
+        path = url[len("file://"):] if url.startswith("file://") else url
+        if not path.startswith("/") or not path.endswith(".jsonl"):
+            # the router appends to this file: never to a path that is not a log of its own
+            raise ValueError(f"{url!r}: a file sink is an absolute path ending in .jsonl "
+                             "(file:///var/log/turnout/payloads.jsonl), or use http(s)://")
+        return url
+
+    @field_validator("metadata_headers")
+    @classmethod
+    def _lower_headers(cls, names: list[str]) -> list[str]:
+        return [n.lower() for n in names]
+
+
 class ServiceAuth(_Model):
     """Who may call a service through the router, once the router has authenticated the
     caller (docs/security.md); the router refuses routes with this block when it has no
@@ -184,6 +224,8 @@ class Service(_Model):
     mirror: list[Mirror] = Field(default_factory=list)
     upstream: Upstream | None = Field(None, description="Overrides the file's top-level upstream")
     auth: ServiceAuth | None = Field(None, description="Only these principals may call it")
+    logger: PayloadLog | None = Field(None, description="Log requests and responses as "
+                                      "CloudEvents (KServe's predictor.logger)")
 
     @field_validator("mirror", mode="before")
     @classmethod

@@ -149,3 +149,215 @@ def test_mirror_disagreements_are_kept_and_served_behind_the_admin_token(servers
         assert bad.status_code == 400 and "limit" in bad.json()["error"]
     finally:
         router.stop()
+
+
+# -- a real CloudEvents sink ----------------------------------------------------------------
+
+_SINK = textwrap.dedent('''
+    import asyncio, base64, json, sys
+    from aiohttp import web
+
+    port, out, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    async def receive(request):
+        body = await request.read()
+        with open(out, "a") as f:
+            f.write(json.dumps({"headers": {k.lower(): v for k, v in request.headers.items()},
+                                "body": base64.b64encode(body).decode()}) + "\\n")
+        if mode == "stall":  # accepted, never answered
+            await asyncio.sleep(3600)
+        return web.Response(status=202)
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_post("/{tail:.*}", receive)
+    web.run_app(app, host="127.0.0.1", port=port, print=lambda *a: print("ready", flush=True))
+''')
+
+
+class Sink:
+    """The sink process: every POST it gets, headers and body, one JSON line each."""
+
+    def __init__(self, tmp: Path, mode: str = "ok") -> None:
+        self.port = free_port()
+        self.path = tmp / f"sink-{self.port}.jsonl"
+        self.path.touch()
+        self.url = f"http://127.0.0.1:{self.port}/events"
+        self.proc = subprocess.Popen([sys.executable, "-c", _SINK, str(self.port),
+                                      str(self.path), mode], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and "ready" in self.proc.stdout.readline()
+
+    def received(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.path.read_text().splitlines():
+            doc = json.loads(line)
+            doc["body"] = base64.b64decode(doc["body"])
+            out.append(doc)
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[Sink]:
+    s = Sink(tmp_path)
+    yield s
+    s.stop()
+
+
+def _ce(doc: dict[str, Any]) -> dict[str, str]:
+    return {k[3:]: v for k, v in doc["headers"].items() if k.startswith("ce-")}
+
+
+def test_rest_requests_and_responses_reach_an_http_sink_as_kserve_cloudevents(servers, sink,
+                                                                              tmp_path):
+    logger = {"url": sink.url, "mode": "all", "namespace": "team-a"}
+    router = RouterThread(_routes(servers, logger=logger), tmp_path, grpc=False)
+    try:
+        body = json.dumps(BODY).encode()
+        with httpx.Client() as client:
+            resp = client.post(f"{router.url}/v2/models/m/infer", content=body, headers={
+                "content-type": "application/json", "ce-id": "event-1"})
+            assert resp.status_code == 200
+            v1 = client.post(f"{router.url}/v1/models/m:predict",
+                             content=b'{"instances": [[1.0, 2.0]]}',
+                             headers={"content-type": "application/json",
+                                      "x-request-id": "v1-req"})
+            assert v1.status_code == 200
+        got = wait_for(lambda: len(sink.received()) >= 4 and sink.received())
+        assert len(got) == 4
+        # four POSTs in flight per sink: a pair may arrive in either order
+        request, response = sorted((d for d in got if _ce(d)["id"] == "event-1"),
+                                   key=lambda d: _ce(d)["type"])
+        assert _ce(request) == {
+            "specversion": "1.0", "id": "event-1", "type": "org.kubeflow.serving.inference.request",
+            "source": "turnout/team-a/m/m-00001", "time": _ce(request)["time"],
+            "inferenceservicename": "m", "namespace": "team-a", "component": "predictor",
+            "endpoint": "stable", "revision": "m-00001", "protocol": "rest"}
+        assert request["headers"]["content-type"] == "application/json"
+        assert request["body"] == body  # the bytes the client sent
+        assert _ce(response)["type"] == "org.kubeflow.serving.inference.response"
+        assert {k: v for k, v in _ce(response).items() if k not in ("type", "time")} == \
+            {k: v for k, v in _ce(request).items() if k not in ("type", "time")}
+        assert response["body"] == resp.content  # the bytes the client got
+        assert response["headers"]["content-type"] == resp.headers["content-type"]
+        assert _ce(request)["time"] <= _ce(response)["time"]
+        v1_events = sorted((d for d in got if _ce(d)["id"] == "v1-req"),
+                           key=lambda d: _ce(d)["type"])
+        assert [_ce(d)["type"].rsplit(".", 1)[1] for d in v1_events] == ["request", "response"]
+        assert v1_events[0]["body"] == b'{"instances": [[1.0, 2.0]]}'
+        assert v1_events[1]["body"] == v1.content
+        assert all(_ce(d)["protocol"] == "rest-v1" for d in v1_events)
+        assert wait_for(lambda: router.sample("turnout_router_payload_events_total", service="m",
+                                              outcome="sent") == 4)
+    finally:
+        router.stop()
+
+
+def _infer_grpc(router: Any, values: list[float], request_id: str) -> Any:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(router.grpc_url) as client:
+        x = grpcclient.InferInput("x", [1, 2], "FP32")
+        x.set_data_from_numpy(np.array([values], dtype=np.float32))
+        return client.infer("m", [x], headers={"x-request-id": request_id, "tenant": "t1"})
+
+
+def test_grpc_calls_are_logged_as_raw_protobuf_with_metadata(servers, sink, tmp_path):
+    from serving.protocol import proto
+
+    logger = {"url": sink.url, "metadata_headers": ["Tenant"]}
+    router = RouterThread(_routes(servers, logger=logger), tmp_path)
+    try:
+        answer = _infer_grpc(router, [0.25, 3.0], "grpc-7")
+        assert answer.as_numpy("y").tolist() == [[0.25, 3.0]]
+        got = wait_for(lambda: len(sink.received()) >= 2 and sink.received())
+        request, response = sorted(got, key=lambda d: _ce(d)["type"])
+        assert _ce(request)["id"] == _ce(response)["id"] == "grpc-7"
+        assert _ce(request)["protocol"] == "grpc" and _ce(request)["endpoint"] == "stable"
+        assert json.loads(_ce(request)["metadata"]) == {"tenant": ["t1"]}
+        assert request["headers"]["content-type"] == \
+            "application/x-protobuf; messageType=inference.ModelInferRequest"
+        assert response["headers"]["content-type"] == \
+            "application/x-protobuf; messageType=inference.ModelInferResponse"
+        sent = proto.ModelInferRequest.FromString(request["body"])
+        assert sent.model_name == "m" and list(sent.inputs[0].shape) == [1, 2]
+        assert np.frombuffer(sent.raw_input_contents[0], np.float32).tolist() == [0.25, 3.0]
+        got_back = proto.ModelInferResponse.FromString(response["body"])
+        assert got_back.model_name == "m"
+        assert np.frombuffer(got_back.raw_output_contents[0], np.float32).tolist() == [0.25, 3.0]
+        # the exact bytes the client got: its own response message, serialised again
+        assert response["body"] == answer.get_response().SerializeToString()
+    finally:
+        router.stop()
+
+
+def _put_routes(router: Any, doc: dict[str, Any]) -> None:
+    resp = httpx.put(f"{router.admin}/config", content=yaml.safe_dump(doc),
+                     headers=router.admin_headers)
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("mode,types", [("request", ["request"]), ("response", ["response"])])
+def test_mode_request_or_response_logs_only_that_half(servers, sink, tmp_path, mode, types):
+    router = RouterThread(_routes(servers), tmp_path, grpc=False)
+    try:
+        with httpx.Client() as client:
+            assert client.post(f"{router.url}/v2/models/m/infer", json=BODY).status_code == 200
+            _put_routes(router, _routes(servers, logger={"url": sink.url, "mode": mode}))
+            for i in range(3):
+                resp = client.post(f"{router.url}/v2/models/m/infer", json=BODY,
+                                   headers={"x-request-id": f"r{i}"})
+                assert resp.status_code == 200
+            # a failed request (400 from the model server) has no response event
+            bad = client.post(f"{router.url}/v2/models/m/infer", json={"inputs": []},
+                              headers={"x-request-id": "bad"})
+            assert bad.status_code == 400
+        expected = 3 + (mode == "request")
+        assert wait_for(lambda: router.sample("turnout_router_payload_events_total",
+                                              service="m", outcome="sent") == expected)
+        got = sink.received()
+        assert sorted(_ce(d)["id"] for d in got) == \
+            sorted([f"r{i}" for i in range(3)] + (["bad"] if mode == "request" else []))
+        assert {_ce(d)["type"].rsplit(".", 1)[1] for d in got} == set(types)
+    finally:
+        router.stop()
+
+
+def test_jsonl_file_sink_writes_structured_events_and_rotates(servers, tmp_path, monkeypatch):
+    import router.payload_log as payload_log
+
+    path = tmp_path / "logs" / "payloads.jsonl"
+    router = RouterThread(_routes(servers, logger={"url": f"file://{path}"}), tmp_path,
+                          grpc=False)
+    try:
+        with httpx.Client() as client:
+            resp = client.post(f"{router.url}/v2/models/m/infer", json=BODY,
+                               headers={"x-request-id": "file-1"})
+        assert wait_for(lambda: path.exists() and len(path.read_text().splitlines()) == 2)
+        events = [json.loads(line) for line in path.read_text().splitlines()]
+        by_type = {e["type"]: e for e in events}
+        request = by_type["org.kubeflow.serving.inference.request"]
+        response = by_type["org.kubeflow.serving.inference.response"]
+        assert request["specversion"] == "1.0" and request["id"] == response["id"] == "file-1"
+        assert request["source"] == "turnout/default/m/m-00001"
+        assert request["inferenceservicename"] == "m" and request["endpoint"] == "stable"
+        assert request["datacontenttype"] == "application/json"
+        assert json.loads(base64.b64decode(request["data_base64"])) == BODY
+        assert base64.b64decode(response["data_base64"]) == resp.content
+        assert path.stat().st_mode & 0o777 == 0o600  # payloads may be personal data
+
+        # past the size bound the file becomes payloads.jsonl.1 and a new one starts
+        monkeypatch.setattr(payload_log, "FILE_MAX_BYTES", path.stat().st_size + 10)
+        with httpx.Client() as client:
+            client.post(f"{router.url}/v2/models/m/infer", json=BODY,
+                        headers={"x-request-id": "file-2"})
+        rotated = path.with_name("payloads.jsonl.1")
+        assert wait_for(lambda: rotated.exists() and path.exists() and
+                        len(path.read_text().splitlines()) == 2)
+        assert {json.loads(line)["id"] for line in rotated.read_text().splitlines()} == \
+            {"file-1"}
+        assert {json.loads(line)["id"] for line in path.read_text().splitlines()} == {"file-2"}
+    finally:
+        router.stop()

@@ -317,7 +317,9 @@ class Plane:
             desired = plan(services=services, graphs=list(self.graphs.values()),
                            observed=Observed(endpoints=self.observation.endpoints,
                                              replicas={r: s.state.replicas
-                                                       for r, s in self.scaling.items()}))
+                                                       for r, s in self.scaling.items()}),
+                           # a manifest's logger without url writes here (docs/observability.md)
+                           payload_log=str((self.state_dir / "payloads.jsonl").resolve()))
         except Exception:  # validated at apply; never let one bad plan stop every service
             log.exception("planning failed; routes and replicas stay as they are")
             return

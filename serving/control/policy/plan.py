@@ -63,8 +63,10 @@ class Desired:
 
 def plan(*, services: Sequence[tuple[InferenceService, ServiceState]],
          graphs: Sequence[InferenceGraph], observed: Observed,
-         hold_seconds: float = HOLD_SECONDS, health_interval: float = 1.0) -> Desired:
-    """The workloads and routes for ``services`` (each with its current revision state)."""
+         hold_seconds: float = HOLD_SECONDS, health_interval: float = 1.0,
+         payload_log: str | None = None) -> Desired:
+    """The workloads and routes for ``services`` (each with its current revision state);
+    ``payload_log``: the sink of loggers without a url (policy/routes.py)."""
     workloads: dict[str, Workload] = {}
     for isvc, state in services:
         policy = scale_policy(isvc)
@@ -82,5 +84,5 @@ def plan(*, services: Sequence[tuple[InferenceService, ServiceState]],
     at_zero = frozenset(r for r, w in workloads.items() if w.replicas == 0)
     routes = router_config(services=list(services), endpoints=observed.endpoints,
                            graphs=list(graphs), at_zero=at_zero, hold_seconds=hold_seconds,
-                           health_interval=health_interval)
+                           health_interval=health_interval, payload_log=payload_log)
     return Desired(workloads, routes.config, routes.omitted)

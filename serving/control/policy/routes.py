@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from serving.control.policy.revisions import ServiceState
 from serving.spec.graph import InferenceGraph
 from serving.spec.inferenceservice import InferenceService
-from serving.spec.routes import RouterConfig, parse_config
+from serving.spec.routes import PayloadLog, RouterConfig, parse_config
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,21 @@ HOLD_SECONDS = 60.0   # how long the router holds a request for a revision start
 def router_config(*, services: list[tuple[InferenceService, ServiceState]],
                   endpoints: Mapping[str, Endpoints], graphs: list[InferenceGraph],
                   at_zero: frozenset[str] = frozenset(), health_interval: float = 1.0,
-                  hold_seconds: float = HOLD_SECONDS) -> Plan:
+                  hold_seconds: float = HOLD_SECONDS, payload_log: str | None = None) -> Plan:
     """Build the routes; ``endpoints`` maps revision name → its ready endpoints.
 
     ``at_zero``: revisions with no replica on purpose (scaled to zero); they are listed
     without endpoints and the router holds their requests for up to ``hold_seconds``.
+    ``payload_log``: where a manifest's ``logger`` without ``url`` sends its events
+    (``turnout up``: ``<state folder>/payloads.jsonl``); None leaves such loggers out.
     """
     omitted: list[str] = []
     docs = []
     for isvc, state in services:
-        docs += _service(isvc, state, endpoints, at_zero, omitted, hold_seconds, health_interval)
+        mine = _service(isvc, state, endpoints, at_zero, omitted, hold_seconds, health_interval)
+        if mine and isvc.spec.predictor.logger is not None:
+            _logger(isvc, mine, payload_log, omitted)
+        docs += mine
     names = {d["name"] for d in docs}
     graph_docs = []
     for graph in graphs:
@@ -78,6 +85,28 @@ def _upstream(health_interval: float) -> dict[str, Any]:
     return {"grpc_via_http": True,
             "health_check": {"interval_seconds": health_interval,
                              "timeout_seconds": max(health_interval, 1.0)}}
+
+
+def _logger(isvc: InferenceService, docs: list[dict[str, Any]], default: str | None,
+            omitted: list[str]) -> None:
+    """KServe's ``predictor.logger`` on the service's routes (its tags log too, under the
+    same ce-inferenceservicename as in KServe); a logger the router could not use is left out
+    with the reason, never a plan the router refuses."""
+    spec = isvc.spec.predictor.logger
+    assert spec is not None
+    url = spec.url or default
+    if url is None:
+        omitted.append(f"{isvc.name}/logger: no url, and no default sink here")
+        return
+    try:
+        logger = PayloadLog(url=url, mode=spec.mode, namespace=isvc.metadata.namespace or "default",
+                            inference_service=isvc.name,
+                            metadata_headers=list(spec.metadataHeaders or ()))
+    except ValidationError as exc:
+        omitted.append(f"{isvc.name}/logger: {exc.errors()[0]['msg']}")
+        return
+    for doc in docs:
+        doc["logger"] = logger.model_dump(mode="json")
 
 
 def tag_routing(isvc: InferenceService) -> bool:
@@ -102,7 +131,7 @@ def _service(isvc: InferenceService, state: ServiceState, endpoints: Mapping[str
             continue
         holding = holding or not ready
         variants.append({"name": role, "weight": weights[role], "model": isvc.name,
-                         "http": ready.http, "grpc": ready.grpc})
+                         "http": ready.http, "grpc": ready.grpc, "revision": revision})
     if not variants:
         return []
     if sum(v["weight"] for v in variants) <= 0:
