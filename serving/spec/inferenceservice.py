@@ -160,9 +160,73 @@ class PredictorSpec(SpecModel):
         raise ValueError("predictor has no model")  # unreachable after validation
 
 
+class TransformerTurnout(SpecModel):
+    """``spec.transformer.turnout``: the transformer as a Python class (docs/transformers.md),
+    run by ``turnout serve --transformer-for`` locally and by the controller on Kubernetes."""
+
+    modelClass: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+                            description="module:Class, a subclass of runtimes.python.Model")
+    storageUri: str = Field(min_length=1, description="The folder holding the class's module")
+    protocol: Literal["v1", "v2", "grpc-v2"] | None = Field(
+        None, description="How the transformer calls the predictor (KServe's --protocol); "
+        "default: the containers' --protocol, else v2")
+
+
+class TransformerSpec(SpecModel):
+    """KServe's ``spec.transformer``: ``containers`` (an image with KServe's transformer
+    arguments, rendered on Kubernetes) and/or Turnout's ``turnout`` form (what runs locally)."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["containers"]},
+                                                           {"required": ["turnout"]}]})
+
+    containers: list[_Container] | None = None
+    turnout: TransformerTurnout | None = None
+    minReplicas: int | None = Field(None, ge=0)
+    maxReplicas: int | None = Field(None, ge=0)
+    timeout: int | None = Field(None, ge=1, description="seconds per predictor call")
+    # Kubernetes pod and scaling fields, accepted and ignored locally.
+    scaleTarget: int | None = None
+    scaleMetric: str | None = None
+    containerConcurrency: int | None = None
+    serviceAccountName: str | None = None
+    nodeSelector: dict[str, str] | None = None
+    tolerations: list[Any] | None = None
+    affinity: Any = None
+    volumes: list[Any] | None = None
+    imagePullSecrets: list[Any] | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    logger: Any = None
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> TransformerSpec:
+        if not self.containers and self.turnout is None:
+            raise ValueError("transformer needs containers (KServe's image form) or turnout "
+                             "(modelClass + storageUri)")
+        return self
+
+    def argument(self, *names: str) -> str | None:
+        """A KServe transformer argument of the first container (``--name v`` or
+        ``--name=v``), under any of ``names``."""
+        args = list((self.containers[0].args or []) if self.containers else [])
+        for i, arg in enumerate(args):
+            flag, eq, value = arg.partition("=")
+            if flag in names:
+                return value if eq else (args[i + 1] if i + 1 < len(args) else None)
+        return None
+
+    def predictor_protocol(self) -> str:
+        """How the transformer calls the predictor: turnout.protocol, else the container's
+        ``--protocol`` / ``--predictor_protocol``, else v2."""
+        if self.turnout is not None and self.turnout.protocol is not None:
+            return self.turnout.protocol
+        given = self.argument("--predictor_protocol", "--protocol") or "v2"
+        return given if given in ("v1", "v2", "grpc-v2") else "v2"
+
+
 class InferenceServiceSpec(SpecModel):
     predictor: PredictorSpec
-    transformer: Any = None
+    transformer: TransformerSpec | None = None
     explainer: Any = None
     turnout: TurnoutSpec | None = None
 
@@ -181,8 +245,11 @@ class InferenceService(SpecModel):
     def ignored_locally(self) -> list[str]:
         """Fields that are valid KServe but have no local effect, for a warning."""
         notes = []
-        if self.spec.transformer is not None:
-            notes.append("spec.transformer (transformers are not run locally)")
+        transformer = self.spec.transformer
+        if transformer is not None and transformer.turnout is None:
+            notes.append("spec.transformer.containers (an image runs only on Kubernetes; add "
+                         "spec.transformer.turnout with modelClass and storageUri to run the "
+                         "transformer locally: without it requests go to the predictor)")
         if self.spec.explainer is not None:
             notes.append("spec.explainer (explainers are not run locally)")
         logger = self.spec.predictor.logger

@@ -17,6 +17,8 @@ from serving.control.policy.autoscale import ScalePolicy, scale_policy
 from serving.control.policy.formats import runtime_for
 from serving.control.policy.revisions import ServiceState
 from serving.control.policy.routes import HOLD_SECONDS, Endpoints, router_config
+from serving.control.policy.transformers import TransformerWorkload
+from serving.control.policy.transformers import key as transformer_key
 from serving.spec.graph import InferenceGraph
 from serving.spec.inferenceservice import InferenceService
 from serving.spec.routes import RouterConfig
@@ -55,6 +57,8 @@ class Desired:
     workloads: dict[str, Workload]   # by revision name
     routes: RouterConfig
     omitted: list[str]               # routes left out for now, and why (status, logs)
+    # by revision: the transformer in front of its predictor (policy/transformers.py)
+    transformers: dict[str, TransformerWorkload] = field(default_factory=dict)
 
     @property
     def at_zero(self) -> frozenset[str]:
@@ -64,7 +68,7 @@ class Desired:
 def plan(*, services: Sequence[tuple[InferenceService, ServiceState]],
          graphs: Sequence[InferenceGraph], observed: Observed,
          hold_seconds: float = HOLD_SECONDS, health_interval: float = 1.0,
-         payload_log: str | None = None) -> Desired:
+         payload_log: str | None = None, run_images: bool = True) -> Desired:
     """The workloads and routes for ``services`` (each with its current revision state);
     ``payload_log``: the sink of loggers without a url (policy/routes.py)."""
     workloads: dict[str, Workload] = {}
@@ -81,8 +85,41 @@ def plan(*, services: Sequence[tuple[InferenceService, ServiceState]],
                 max_batch_latency_ms=revision.max_batch_latency_ms,
                 timeout_seconds=isvc.spec.predictor.timeout,
                 model_version=revision.model_version)
+    transformers = _transformers(services, workloads, run_images)
     at_zero = frozenset(r for r, w in workloads.items() if w.replicas == 0)
-    routes = router_config(services=list(services), endpoints=observed.endpoints,
+    routes = router_config(services=list(services),
+                           endpoints=_routed(observed.endpoints, transformers),
                            graphs=list(graphs), at_zero=at_zero, hold_seconds=hold_seconds,
                            health_interval=health_interval, payload_log=payload_log)
-    return Desired(workloads, routes.config, routes.omitted)
+    return Desired(workloads, routes.config, routes.omitted, transformers)
+
+
+def _transformers(services: Sequence[tuple[InferenceService, ServiceState]],
+                  workloads: Mapping[str, Workload],
+                  run_images: bool) -> dict[str, TransformerWorkload]:
+    """A transformer per serving revision that has one, scaled with its predictor. Without
+    ``run_images`` (``turnout up``) KServe's container-only transformers are left out."""
+    out = {}
+    for isvc, state in services:
+        for revision_name in state.serving().values():
+            transformer = state.revisions[revision_name].transformer
+            if transformer is None or (transformer.model_class is None and not run_images):
+                continue
+            out[revision_name] = TransformerWorkload(
+                service=isvc.name, revision=revision_name, name=transformer_key(revision_name),
+                model_name=isvc.name, transformer=transformer,
+                replicas=workloads[revision_name].replicas)
+    return out
+
+
+def _routed(endpoints: Mapping[str, Endpoints],
+            transformers: Mapping[str, TransformerWorkload]) -> dict[str, Endpoints]:
+    """The endpoints the router gets per revision: a revision with a transformer is reached
+    through it, and only once its predictor is ready too (a transformer ready before its
+    predictor would answer 503)."""
+    out = dict(endpoints)
+    for revision, workload in transformers.items():
+        predictor_ready = bool(endpoints.get(revision))
+        out[revision] = (endpoints.get(workload.name) or Endpoints()) if predictor_ready \
+            else Endpoints()
+    return out

@@ -28,6 +28,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from serving.control.policy.observe import Totals
+from serving.control.policy.transformers import TransformerRevision, transformer_revision
+from serving.control.policy.transformers import template as template_of
 from serving.spec.inferenceservice import InferenceService
 
 Phase = Literal["stable", "canary", "progressing", "rolled-back"]
@@ -54,6 +56,7 @@ class Revision(BaseModel):
     runtime: str | None = None
     max_batch_size: int | None = None  # KServe's predictor.batcher, for this revision's servers
     max_batch_latency_ms: int | None = None
+    transformer: TransformerRevision | None = None  # spec.transformer, run per revision
 
     @property
     def source(self) -> str:
@@ -101,6 +104,8 @@ def digest(isvc: InferenceService, pinned_uri: str = "") -> str:
                 "batcher": predictor.batcher.model_dump(mode="json") if predictor.batcher else None}
     if pinned_uri:
         template["pinned"] = pinned_uri
+    if (transformer := template_of(isvc)) is not None:  # absent: digests stay as they were
+        template["transformer"] = transformer
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -113,7 +118,7 @@ def rollout_digest(isvc: InferenceService) -> str | None:
 
 
 def _revision(isvc: InferenceService, number: int, resolved_uri: str | None = None,
-              pin: Pin | None = None) -> Revision:
+              pin: Pin | None = None, transformer_uri: str | None = None) -> Revision:
     model = isvc.spec.predictor.resolved()
     batcher = isvc.spec.predictor.batcher
     pinned = pin.uri if pin else ""
@@ -123,7 +128,8 @@ def _revision(isvc: InferenceService, number: int, resolved_uri: str | None = No
                     resolved_uri=resolved_uri or model.storageUri or "",
                     runtime=model.runtime,
                     max_batch_size=(batcher.maxBatchSize or 32) if batcher else None,
-                    max_batch_latency_ms=batcher.maxLatency if batcher else None)
+                    max_batch_latency_ms=batcher.maxLatency if batcher else None,
+                    transformer=transformer_revision(isvc, transformer_uri))
 
 
 def record_event(state: ServiceState, now: float, kind: EventKind, message: str) -> ServiceState:
@@ -145,19 +151,21 @@ class Pin(BaseModel):
 
 
 def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: float,
-                   resolved_uri: str | None = None, pin: Pin | None = None) -> ServiceState:
+                   resolved_uri: str | None = None, pin: Pin | None = None,
+                   transformer_uri: str | None = None) -> ServiceState:
     """The state after applying ``isvc`` (KServe semantics, see the module docstring).
 
     ``resolved_uri``: what the storage URI resolved to (an absolute path, a fetched registry
     version), recorded in a new revision. ``pin``: the registry version a ``models:/`` URI
     resolved to; a different version than the latest revision's is a new revision (a canary,
     with the manifest's rollout), so moving a registry alias rolls the new version out.
+    ``transformer_uri``: what ``spec.transformer.turnout.storageUri`` resolved to.
     """
     predictor = isvc.spec.predictor
     wanted = predictor.canaryTrafficPercent
     rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
     if state is None:
-        first = _revision(isvc, 1, resolved_uri, pin)
+        first = _revision(isvc, 1, resolved_uri, pin, transformer_uri)
         return record_event(ServiceState(name=isvc.name, revisions={first.name: first},
                                          stable=first.name, manifest_percent=wanted,
                                          rollout_digest=rollout_digest(isvc)), now,
@@ -165,7 +173,8 @@ def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: f
     new_digest = digest(isvc, pin.uri if pin else "")
     latest = state.revisions[state.canary or state.stable]
     if new_digest != latest.digest:
-        return _new_revision(state, isvc, new_digest, now=now, resolved_uri=resolved_uri, pin=pin)
+        return _new_revision(state, isvc, new_digest, now=now, resolved_uri=resolved_uri, pin=pin,
+                             transformer_uri=transformer_uri)
     state = _rollout_edit(state, isvc, now=now)
     if wanted == state.manifest_percent:
         return state  # the manifest did not change: a CLI or analysis decision stands
@@ -191,7 +200,8 @@ def apply_manifest(state: ServiceState | None, isvc: InferenceService, *, now: f
 
 
 def _new_revision(state: ServiceState, isvc: InferenceService, new_digest: str, *, now: float,
-                  resolved_uri: str | None, pin: Pin | None) -> ServiceState:
+                  resolved_uri: str | None, pin: Pin | None,
+                  transformer_uri: str | None = None) -> ServiceState:
     wanted = isvc.spec.predictor.canaryTrafficPercent
     rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
     update = {"manifest_percent": wanted, "rollout_digest": rollout_digest(isvc)}
@@ -201,7 +211,7 @@ def _new_revision(state: ServiceState, isvc: InferenceService, new_digest: str, 
                             "removed",
                             f"manifest is back to {state.stable}: canary {state.canary} removed")
     number = max(r.number for r in state.revisions.values()) + 1
-    revision = _revision(isvc, number, resolved_uri, pin)
+    revision = _revision(isvc, number, resolved_uri, pin, transformer_uri)
     state = state.model_copy(update={**update, "revisions": {**state.revisions,
                                                              revision.name: revision}})
     if wanted == 100 or (wanted is None and rollout is None):
