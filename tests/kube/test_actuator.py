@@ -57,7 +57,8 @@ def test_creates_everything_and_a_second_reconcile_writes_nothing(kube: Kube) ->
         ("create", "Service", "iris-00001-predictor"),
         ("create", "HorizontalPodAutoscaler", "iris-00001-predictor"),
         ("create", "ConfigMap", "turnout-router-routes"),
-        ("create", "Deployment", "turnout-router"), ("create", "Service", "turnout-router")])
+        ("create", "Deployment", "turnout-router"), ("create", "Service", "turnout-router"),
+        ("create", "NetworkPolicy", "turnout-router-predictors")])
     deployment = kube.get("apps/v1", "Deployment", namespace, "iris-00001-predictor")
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
