@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,10 +15,11 @@ import httpx
 import pytest
 import yaml
 
+from tests.processes import child_env, terminate
+
 # Caches the code under test writes (compiled models, downloads) go to a temp dir, never home.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="turnout-test-cache-")
 
-PLUGINS = Path(__file__).parent / "plugins"
 
 
 def free_port() -> int:
@@ -42,8 +42,7 @@ class ServerProcess:
 
     def __init__(self, path: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self._path, self._extra = path, extra
-        self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(PLUGINS), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+        self._env = child_env(env)
         self._spawn()
 
     def _spawn(self) -> None:
@@ -81,15 +80,9 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture(scope="session")

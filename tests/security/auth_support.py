@@ -7,10 +7,7 @@ import hashlib
 import http.server
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +20,9 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-PLUGINS = Path(__file__).parents[1] / "plugins"
+from tests.conftest import free_port
+from tests.processes import CliProcess
+
 ISSUER = "https://issuer.test"
 AUDIENCE = "turnout-tests"
 # Keys as clients hold them; the servers only ever see their hashes.
@@ -126,12 +125,6 @@ class JwksServer:
         self._server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def echo_models(root: Path) -> Path:
     """``m`` (echo, inline) and ``slow`` (thread pool): requests to both take the fast path,
     one answered in the protocol's callback, the other from a task."""
@@ -143,44 +136,7 @@ def echo_models(root: Path) -> Path:
     return root
 
 
-class Child:
-    """``python -m serving.cli ARGS`` with its output in a file; stopped with SIGTERM."""
-
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
-        self.args, self.log_path = args, log_path
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(PLUGINS), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", *args], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, check: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{what}: exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if check():
-                    return
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{what}: not within {timeout}s:\n{self.log()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+Child = CliProcess  # the auth tests' name for it
 
 
 class Server(Child):

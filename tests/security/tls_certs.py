@@ -5,11 +5,8 @@ from a TLS port (the serial number of the certificate it presents)."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +16,9 @@ import httpx
 import trustme
 import yaml
 from cryptography import x509
+
+from tests.conftest import free_port
+from tests.processes import CliProcess
 
 READY = "/inference.GRPCInferenceService/ServerReady"
 
@@ -90,52 +90,9 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "")
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-PLUGINS = Path(__file__).parents[1] / "plugins"
-
-
-class Process:
-    """A ``python -m serving.cli ARGS`` child whose log goes to a file, stopped by SIGTERM."""
-
-    def __init__(self, args: list[str], log_path: Path, *, cwd: Path | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", *args], cwd=cwd,
-                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, check: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{what}: exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if check():
-                    return
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{what}: not within {timeout}s:\n{self.log()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+Process = CliProcess  # the TLS tests' name for it
 
 
 def context(ca: Path, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
