@@ -9,14 +9,18 @@ name. Real processes, real clients (httpx, tritonclient over grpcs):
   PERMISSION_DENIED;
 - the router's certificate verifies against the CA and fails against another; the probes the
   controller renders pass without credentials; the replica refuses a client without a
-  certificate, so every answer above crossed the router's mTLS hop to it.
+  certificate, so every answer above crossed the router's mTLS hop to it;
+- Secrets changed the way the kubelet changes them (``..data`` swapped): new keys and a new
+  certificate apply without a restart.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,8 @@ from serving.control.kube.secure import AuthSettings, TlsSettings
 from serving.control.policy.plan import Observed, plan
 from serving.control.policy.revisions import apply_manifest
 from serving.spec import load_texts
-from tests.security.auth_support import KEYS, Child, free_port, keys_file
+from tests.security.auth_support import KEYS, Child, eventually, free_port, keys_file
+from tests.security.tls_certs import peer_serial
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +66,13 @@ BODY = {"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP64",
                     "data": [v for row in IRIS_X for v in row]}]}
 
 
-def secrets(folder: Path) -> Path:
+def secrets(folder: Path, ca: trustme.CA) -> Path:
     """The namespace's Secrets as folders of their keys: the API keys file (alice, bob, ops),
     the router's and the replicas' kubernetes.io/tls Secrets (cert-manager's shape: tls.crt,
     tls.key, ca.crt), certificates naming the Services' DNS names and loopback."""
-    ca = trustme.CA()
     (folder / KEYS_SECRET).mkdir(parents=True)
     keys_file(folder / KEYS_SECRET / "keys")
-    for name, hosts in ((ROUTER_TLS, (f"turnout-router.{NS}.svc", "localhost")),
+    for name, hosts in ((ROUTER_TLS, (f"turnout-router.{NS}.svc", "localhost", "127.0.0.1")),
                         (REPLICA_TLS, (f"*.{NS}.svc", "localhost"))):
         issued = ca.issue_cert(*hosts)
         (folder / name).mkdir()
@@ -79,9 +83,29 @@ def secrets(folder: Path) -> Path:
     return folder
 
 
+def project(folder: Path, files: dict[str, bytes]) -> None:
+    """Write a Secret volume as the kubelet's atomic writer does, first and on every change:
+    the files in a new hidden folder, ``..data`` switched to it by one rename, each visible
+    name a link through ``..data`` (so a process sees the old set or the new one, never half)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder / f"..{time.time_ns()}"
+    stamp.mkdir()
+    for name, blob in files.items():
+        (stamp / name).write_bytes(blob)
+    data, link = folder / "..data", folder / "..data_tmp"
+    old = data.resolve() if data.is_symlink() else None
+    link.symlink_to(stamp.name)
+    os.replace(link, data)
+    for name in files:
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(f"..data/{name}")
+    if old is not None:
+        shutil.rmtree(old)
+
+
 def mount(pod: dict, container: dict, secrets_dir: Path, root: Path) -> dict[str, str]:
-    """Put each Secret volume's items where the container mounts it (under ``root``); the
-    mount paths, mapped to their local folders."""
+    """Put each Secret volume's items where the container mounts it (under ``root``), laid
+    out as the kubelet does; the mount paths, mapped to their local folders."""
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     paths = {}
     for m in container.get("volumeMounts", []):
@@ -89,10 +113,9 @@ def mount(pod: dict, container: dict, secrets_dir: Path, root: Path) -> dict[str
         if "secret" not in volume:
             continue
         local = root / m["name"]
-        local.mkdir(parents=True)
-        for item in volume["secret"]["items"]:
-            shutil.copy(secrets_dir / volume["secret"]["secretName"] / item["key"],
-                        local / item["path"])
+        source = secrets_dir / volume["secret"]["secretName"]
+        project(local, {item["path"]: (source / item["key"]).read_bytes()
+                        for item in volume["secret"]["items"]})
         paths[m["mountPath"]] = str(local)
     return paths
 
@@ -121,6 +144,8 @@ class Plane:
     grpc_port: int
     replica_port: int
     secrets: Path
+    ca_authority: trustme.CA
+    router_mounts: dict[str, str]
 
     @property
     def url(self) -> str:
@@ -133,7 +158,8 @@ class Plane:
 @pytest.fixture(scope="module")
 def plane(model_zoo: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     tmp = tmp_path_factory.mktemp("secured")
-    secrets_dir = secrets(tmp / "secrets")
+    authority = trustme.CA()
+    secrets_dir = secrets(tmp / "secrets", authority)
     service = load_texts([(Path("iris.yaml"), MANIFEST)]).services[0]
     state = apply_manifest(None, service, now=0)
     ready = {state.stable: render.endpoints(state.stable, SETTINGS)}
@@ -156,15 +182,16 @@ def plane(model_zoo: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (tmp / "routes.yaml").write_text(routes)
     router_pod = objects[("Deployment", "turnout-router")]["spec"]["template"]["spec"]
     router_c = router_pod["containers"][0]
-    router_args = rewrite(router_c["args"], mount(router_pod, router_c, secrets_dir,
-                                                  tmp / "router"),
+    router_mounts = mount(router_pod, router_c, secrets_dir, tmp / "router")
+    router_args = rewrite(router_c["args"], router_mounts,
                           {"--host": "127.0.0.1", "--http-port": str(r_http),
                            "--grpc-port": str(r_grpc), "--admin-port": str(admin),
                            "--config": str(tmp / "routes.yaml")})
     replica = Child(replica_args, tmp / "replica.log")
     router = Child(router_args, tmp / "router.log")
     built = Plane(router, replica, objects, secrets_dir / ROUTER_TLS / "ca.crt",
-                  secrets_dir / "other-ca.crt", r_http, r_grpc, http, secrets_dir)
+                  secrets_dir / "other-ca.crt", r_http, r_grpc, http, secrets_dir,
+                  authority, router_mounts)
     try:
         context = built.verified()
         alice = {"authorization": f"Bearer {KEYS['alice']}"}
@@ -269,3 +296,30 @@ def test_the_replica_refuses_clients_without_its_client_certificate(plane: Plane
     context.load_cert_chain(plane.secrets / REPLICA_TLS / "tls.crt",
                             plane.secrets / REPLICA_TLS / "tls.key")
     assert httpx.get(url, verify=context, timeout=5).status_code == 200  # the router's view
+
+
+def test_rotated_secrets_apply_without_a_restart(plane: Plane, tmp_path: Path) -> None:
+    """The kubelet swaps a changed Secret's files in place: the router takes the new keys
+    (bob's removed: 401; a new key known, though not iris's principal: 403) and presents the
+    new certificate to new connections, with the same process."""
+    url = f"{plane.url}/v2/models/iris/infer"
+    context = plane.verified()
+    rotated = {"x-api-key": KEYS["rotated"]}
+    assert httpx.post(url, json=BODY, verify=context, headers=rotated).status_code == 401
+    keys = keys_file(tmp_path / "keys", ("alice", "rotated", "ops")).read_bytes()
+    project(Path(plane.router_mounts["/var/run/turnout/api-keys"]), {"keys": keys})
+    eventually(lambda: httpx.post(url, json=BODY, verify=context, headers=rotated)
+               .status_code == 403, what="the rotated keys file read")
+    bob = {"x-api-key": KEYS["bob"]}
+    assert httpx.post(url, json=BODY, verify=context, headers=bob).status_code == 401
+    alice = {"x-api-key": KEYS["alice"]}
+    assert httpx.post(url, json=BODY, verify=context, headers=alice).status_code == 200
+
+    before = peer_serial(plane.router_port, plane.ca)
+    issued = plane.ca_authority.issue_cert(f"turnout-router.{NS}.svc", "localhost", "127.0.0.1")
+    project(Path(plane.router_mounts["/var/run/turnout/tls"]),
+            {"tls.crt": issued.cert_chain_pems[0].bytes(),
+             "tls.key": issued.private_key_pem.bytes()})
+    eventually(lambda: peer_serial(plane.router_port, plane.ca) != before,
+               what="the new certificate served")
+    assert plane.router.proc.poll() is None  # the same process throughout
