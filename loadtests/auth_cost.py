@@ -151,11 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     load_cpu = None if args.no_pin else args.load_cpu
 
     work = Path(tempfile.mkdtemp(prefix="turnout-auth-"))
-    repo = work / "models"
-    artifacts = models.build(work / "artifacts", args.models)
-    for name in args.models:
-        (repo / name).mkdir(parents=True)
-        os.symlink(artifacts[name], repo / name / artifacts[name].name)
+    repo = models.repository(work, args.models)
     variants = {v: c for v, c in credentials(work / "auth").items() if v in args.variants}
     micro = guard_cost(work / "auth", variants)
     servers: dict[str, tuple[int, int, str | None]] = {}

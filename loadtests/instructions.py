@@ -69,7 +69,7 @@ def count(tree: Path, target: str, payload: load.Payload, requests: int, upstrea
         argv = ["router", "--config", str(routes), "--admin-port", "0"]
         ready = f"http://127.0.0.1:{http}/v2/health/ready"
     else:
-        argv = ["serve", str(work / "repo")]
+        argv = ["serve", str(work / "models")]
         ready = f"http://127.0.0.1:{http}/v2/models/{model}/ready"
     out = work / f"callgrind-{tree.name}-{requests}.out"
     proc = _callgrind(tree, [*argv, "--http-port", str(http), "--grpc-port", str(grpc),
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref", default=None, help="a commit to compare with (a git worktree)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="turnout-icount-"))
-    artifact = models.build(work / "artifacts", [args.model])[args.model]
-    (work / "repo" / args.model).mkdir(parents=True)
-    os.symlink(artifact, work / "repo" / args.model / artifact.name)
+    repo = models.repository(work, [args.model])
     payload = load.build_payloads(work / "payloads", args.model, 1)[
         "grpc" if args.protocol == "gRPC" else "rest-json"]
     trees = [ROOT]
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     sp, sg = free_port(), free_port()
     upstream = None
     if args.target == "router":  # the model server behind it runs natively
-        upstream = _start(["serve", str(work / "repo"), "--http-port", str(sp), "--grpc-port",
+        upstream = _start(["serve", str(repo), "--http-port", str(sp), "--grpc-port",
                            str(sg), "--log-level", "warning"], None, work / "server.log")
         _wait_ready(f"http://127.0.0.1:{sp}/v2/models/{args.model}/ready")
     try:

@@ -192,3 +192,16 @@ def _floor(name: str, path: Path, batches: tuple[int, ...], seconds: float) -> l
         results.append({"model": name, "batch": batch, "calls_per_s": n / elapsed,
                         "rows_per_s": n * batch / elapsed, "us_per_call": elapsed / n * 1e6})
     return results
+
+
+def repository(work: Path, names: list[str]) -> Path:
+    """``work/models``: a model repository (one folder per model, its artifact linked from
+    ``work/artifacts``) that ``turnout serve`` loads whole."""
+    artifacts = build(work / "artifacts", names)
+    repo = work / "models"
+    for name in names:
+        (repo / name).mkdir(parents=True, exist_ok=True)
+        link = repo / name / artifacts[name].name
+        if not link.exists():
+            link.symlink_to(artifacts[name])
+    return repo

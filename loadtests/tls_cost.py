@@ -120,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     load_cpu = None if args.no_pin else args.load_cpu
 
     work = Path(tempfile.mkdtemp(prefix="turnout-tls-"))
-    repo = work / "models"
-    artifacts = models.build(work / "artifacts", args.models)
-    for name in args.models:
-        (repo / name).mkdir(parents=True)
-        os.symlink(artifacts[name], repo / name / artifacts[name].name)
+    repo = models.repository(work, args.models)
     ca, cert, key = make_certificates(work / "pki")
     servers: dict[str, tuple[int, int, Path | None]] = {}
     procs = []

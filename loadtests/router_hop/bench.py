@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -94,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     load_cpu = None if args.no_pin else (router_cpu if args.load_cpu is None else args.load_cpu)
 
     work = Path(tempfile.mkdtemp(prefix="turnout-hop-"))
-    repo = work / "models"
-    artifacts = models.build(work / "artifacts", args.models)
-    for name in args.models:
-        (repo / name).mkdir(parents=True)
-        os.symlink(artifacts[name], repo / name / artifacts[name].name)
+    repo = models.repository(work, args.models)
     sp, sg = free_port(), free_port()
     server = _start(["serve", str(repo), "--http-port", str(sp), "--grpc-port", str(sg),
                      "--log-level", "warning"], server_cpu, work / "server.log")
