@@ -304,3 +304,64 @@ def test_config_refuses_what_cannot_work_naming_the_key(tmp_path: Path, config: 
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=f"config.yaml: {message}"):
         load(path, Settings(namespace="ns"))
+
+
+# -- what the controller says and reads about a TLS router ---------------------------------------
+
+def test_status_urls_follow_the_routers_tls() -> None:
+    from serving.control.kube import resources
+
+    secured = replace(BASE, router_tls=TlsSettings("router-tls"))
+    assert render.router_url(BASE) == "http://turnout-router.ml.svc:8080"
+    assert render.router_url(secured) == "https://turnout-router.ml.svc:8080"
+    state = apply_manifest(None, manifest(), now=0)
+    status = resources.service_status({"metadata": {"name": "iris", "generation": 1}}, state,
+                                      ready=set(), settings=secured, omitted=[])
+    assert status["url"] == "https://turnout-router.ml.svc/v2/models/iris"
+    assert status["address"]["url"] == "https://turnout-router.ml.svc:8080/v2/models/iris/infer"
+
+
+def test_the_controller_reads_a_tls_routers_metrics_verifying_its_ca(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over https, trusting ``router_ca_file`` (the chart's controllerCASecret) and nothing
+    else: a router whose certificate another CA signed is no reading."""
+    import asyncio
+    import http.server
+    import ssl
+    import threading
+
+    import trustme
+
+    from serving.control.kube.actuator import router_metrics_source
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other.crt"))
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = b"turnout_router_held_requests 0\n"
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(render, "router_url",  # the Service's name, on loopback
+                        lambda settings: f"https://localhost:{server.server_address[1]}")
+    try:
+        trusted = replace(BASE, router_tls=TlsSettings("rt"), router_ca_file=str(tmp_path / "ca.crt"))
+        assert asyncio.run(router_metrics_source(trusted)()) == (
+            "turnout_router_held_requests 0\n", None)
+        other = replace(trusted, router_ca_file=str(tmp_path / "other.crt"))
+        assert asyncio.run(router_metrics_source(other)()) == (None, None)
+    finally:
+        server.shutdown()
+        server.server_close()
