@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import logging
 import math
 import os
 import threading
@@ -47,6 +48,7 @@ from serving.protocol.errors import (
 PredictorProtocol = Literal["v1", "v2", "grpc-v2"]
 PROTOCOLS: tuple[str, ...] = ("v1", "v2", "grpc-v2")
 Tensors = dict[str, np.ndarray]
+log = logging.getLogger("turnout.transformer")
 _ERRORS_BY_STATUS = {http_status: kind for kind, (http_status, _) in STATUS.items()}
 _ERRORS_BY_CODE = {code: kind for kind, (_, code) in reversed(list(STATUS.items()))}
 # The predictor's refusals the client is told as they are (its request was the transformer's
@@ -132,9 +134,10 @@ class PredictorClient:
             try:
                 return call(address, tensors)
             except _Unreachable as exc:
+                # the address and the reason stay in the log, as the router's do
+                log.warning("predictor of %s at %s is unreachable: %s", self.model, address, exc)
                 if attempt == min(1, len(rotation) - 1):
-                    raise ModelNotReady(f"predictor of '{self.model}' is unreachable "
-                                        f"({exc})") from None
+                    raise ModelNotReady(f"predictor of '{self.model}' is unreachable") from None
         raise AssertionError("unreachable")
 
     # -- REST --------------------------------------------------------------------------------
