@@ -70,7 +70,7 @@ BACKOFF = 0.5                    # first breaker opening, seconds; doubles per f
 MAX_BACKOFF = 30.0
 FILE_MAX_BYTES = 64 << 20        # a JSON-lines file is rotated past this size
 FILE_BACKUPS = 3                 # payloads.jsonl.1 .. .3 kept
-IDLE_POLL = 0.1                  # a worker looks at its queue at least this often
+BATCH_DELAY = 0.005              # a woken consumer waits this long for the rest of a burst
 
 Outcome = Literal["sent", "failed", "dropped"]
 
@@ -105,6 +105,7 @@ class PayloadLogger:
                               "down: never retried)", ["service", "outcome"], registry=registry)
         self._limits = (max_events, max_bytes, timeout, backoff)
         self._sinks: dict[str, _Sink] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     # -- configuration (event loop) -----------------------------------------------------------
 
@@ -113,7 +114,11 @@ class PayloadLogger:
         still hold is dropped and counted). Called before the new table goes live."""
         wanted = {s.logger.url for s in config.services if s.logger is not None}
         for url in [u for u in self._sinks if u not in wanted]:
-            self._sinks.pop(url).stop()
+            sink = self._sinks.pop(url)
+            sink.stop()
+            closing = asyncio.ensure_future(sink.stopped())  # its session closes off the path
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         for url in wanted - set(self._sinks):
             sink = _Sink(url, self, *self._limits)
             self._sinks[url] = sink
@@ -125,7 +130,8 @@ class PayloadLogger:
         sinks, self._sinks = list(self._sinks.values()), {}
         for sink in sinks:
             sink.stop()
-        await asyncio.gather(*(s.stopped() for s in sinks), return_exceptions=True)
+        await asyncio.gather(*(s.stopped() for s in sinks), *self._closing,
+                             return_exceptions=True)
 
     # -- the data path: never waits -----------------------------------------------------------
 
@@ -137,9 +143,11 @@ class PayloadLogger:
         sink.offer(item, threadsafe)
 
     def rest(self, spec: PayloadLog, *, service: str, variant: str, revision: str | None,
-             protocol: str, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> Item | None:
-        """Log a REST request (when the mode says so) and return what its response needs."""
-        ce_id = rid = content_type = None
+             protocol: str, headers: Iterable[tuple[bytes, bytes]], rid: bytes,
+             body: bytes) -> Item:
+        """Log a REST request (when the mode says so) and return what its response needs.
+        ``rid``: the edge's request id (the client's ``x-request-id``, else one it minted)."""
+        ce_id = content_type = None
         wanted = spec.metadata_headers
         metadata: dict[str, list[str]] | None = {} if wanted else None
         for key, value in headers:
@@ -148,14 +156,13 @@ class PayloadLogger:
                 content_type = value.decode("latin-1")
             elif name == b"ce-id":
                 ce_id = value[:128].decode("latin-1")
-            elif name == b"x-request-id":
-                rid = value[:128].decode("latin-1")
             if metadata is not None:
                 text = name.decode("latin-1")
                 if text in wanted:
                     metadata.setdefault(text, []).append(value.decode("latin-1"))
-        item = self._item(spec, service, variant, revision, protocol, ce_id or rid,
-                          content_type or "application/json", body, metadata)
+        item = self._item(spec, service, variant, revision, protocol,
+                          ce_id or rid.decode("latin-1"), content_type or "application/json",
+                          body, metadata)
         if spec.mode != "response":
             self.offer(item)
         return item
@@ -220,6 +227,10 @@ class PayloadLogger:
     def count(self, service: str, outcome: Outcome, n: int = 1) -> None:
         self.events.labels(service, outcome).inc(n)
 
+    def count_items(self, items: list[Item], outcome: Outcome) -> None:
+        for service, n in collections.Counter(i.service for i in items).items():
+            self.count(service, outcome, n)
+
     async def drained(self, timeout: float = 10.0) -> bool:
         """Whether every sink emptied its queue within ``timeout`` (tests, shutdown)."""
         deadline = time.monotonic() + timeout
@@ -246,14 +257,15 @@ def event_of(item: Item) -> CloudEvent:
     if item.metadata is not None:
         attributes["metadata"] = item.metadata
     if item.data is None:
-        attributes["omitteddatasize"] = item.size  # over max_payload_bytes: sent without data
+        # over max_payload_bytes: sent without data (a string: headers carry strings only)
+        attributes["omitteddatasize"] = str(item.size)
     elif item.content_type:
         attributes["datacontenttype"] = item.content_type
     return CloudEvent(attributes, item.data)
 
 
 class _Sink:
-    """One URL's queue, workers and breaker."""
+    """One URL's queue, its consumer task, its POSTs in flight and its breaker."""
 
     def __init__(self, url: str, owner: PayloadLogger, max_events: int, max_bytes: int,
                  timeout: float, backoff: float) -> None:
@@ -264,10 +276,12 @@ class _Sink:
         self.queued_bytes = 0
         self.in_flight = 0
         self.wake = asyncio.Event()
-        self.sleeping = True
+        self.sleeping = False
         self.down_until = 0.0
         self._failures = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._consumer: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._file = _FileSink(url) if not url.startswith(("http://", "https://")) else None
         self._session: aiohttp.ClientSession | None = None
@@ -277,20 +291,24 @@ class _Sink:
         return bool(self.queue) or self.in_flight > 0
 
     def start(self) -> None:
-        workers = 1 if self._file is not None else HTTP_WORKERS
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(workers)]
+        self._consumer = asyncio.create_task(self._consume())
 
     def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        for task in [self._consumer, *self._sends]:
+            if task is not None:
+                task.cancel()
         self._drop_all()
 
     async def stopped(self) -> None:
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        tasks = [t for t in (self._consumer, *self._sends) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
     def offer(self, item: Item, threadsafe: bool) -> None:
+        """Queue ``item`` or drop it; the data path's only call. Appends before it looks at
+        ``sleeping``, and the consumer sets ``sleeping`` before it looks at the queue, so one
+        of the two always sees the other (a gRPC thread and the loop alike)."""
         size = len(item.data) if item.data is not None else 0
         if len(self.queue) >= self.max_events or self.queued_bytes + size > self.max_bytes:
             self.owner.count(item.service, "dropped")
@@ -313,38 +331,54 @@ class _Sink:
         return items
 
     def _drop_all(self) -> None:
-        for item in self._take(len(self.queue)):
-            self.owner.count(item.service, "dropped")
+        self.owner.count_items(self._take(len(self.queue)), "dropped")
 
-    async def _work(self) -> None:
+    async def _consume(self) -> None:
         while True:
             if not self.queue:
-                self.sleeping = True
                 self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), IDLE_POLL)
+                self.sleeping = True
+                if not self.queue:
+                    await self.wake.wait()
+                self.sleeping = False
+                # a burst gathers meanwhile: one wake-up per burst, not per request
+                await asyncio.sleep(BATCH_DELAY)
                 continue
             if time.monotonic() < self.down_until:  # the breaker is open: drop, never wait
                 self._drop_all()
                 continue
-            items = self._take(256 if self._file is not None else 1)
-            self.in_flight += len(items)
-            try:
-                ok = await (self._write(items) if self._file is not None
-                            else self._post(items[0]))
-            finally:
-                self.in_flight -= len(items)
-            for item in items:
-                self.owner.count(item.service, "sent" if ok else "failed")
-            self._record(ok)
+            if self._file is not None:
+                await self._send(self._take(512))
+                continue
+            while len(self._sends) >= HTTP_WORKERS:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+            if not self.queue or time.monotonic() < self.down_until:
+                continue
+            task = asyncio.create_task(self._send(self._take(1)))
+            self._sends.add(task)
+            task.add_done_callback(self._sent)
 
-    def _record(self, ok: bool) -> None:
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        self._slot_free.set()
+
+    async def _send(self, items: list[Item]) -> None:
+        self.in_flight += len(items)
+        try:
+            ok = await (self._write(items) if self._file is not None else self._post(items[0]))
+        except Exception:  # a bug here must cost events, never the consumer
+            log.exception("payload sink %s: sending failed", self.url)
+            ok = False
+        finally:
+            self.in_flight -= len(items)
+        self.owner.count_items(items, "sent" if ok else "failed")
         if ok:
             self._failures = 0
-            return
-        self._failures += 1
-        pause = min(MAX_BACKOFF, self.backoff * 2 ** (self._failures - 1))
-        self.down_until = time.monotonic() + pause
+        else:
+            self._failures += 1
+            pause = min(MAX_BACKOFF, self.backoff * 2 ** (self._failures - 1))
+            self.down_until = time.monotonic() + pause
 
     async def _post(self, item: Item) -> bool:
         if self._session is None:

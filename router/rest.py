@@ -167,7 +167,8 @@ class RestEdge:
             logged = None if service.spec.logger is None or call.kind == "other" else \
                 self.router.payloads.rest(service.spec.logger, service=service.name,
                                           variant=variant.name, revision=variant.spec.revision,
-                                          protocol=call.protocol, headers=call.headers, body=body)
+                                          protocol=call.protocol, headers=call.headers,
+                                          rid=call.rid, body=body)
             response = await self._forward(call, service, variant, body)
         except TurnoutError as err:
             if isinstance(err, Overloaded):

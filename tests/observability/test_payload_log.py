@@ -195,7 +195,7 @@ class Sink:
         return out
 
     def stop(self) -> None:
-        self.proc.terminate()
+        self.proc.kill()  # a stalled handler would hold aiohttp's graceful shutdown
         self.proc.wait(10)
 
 
@@ -359,5 +359,128 @@ def test_jsonl_file_sink_writes_structured_events_and_rotates(servers, tmp_path,
         assert {json.loads(line)["id"] for line in rotated.read_text().splitlines()} == \
             {"file-1"}
         assert {json.loads(line)["id"] for line in path.read_text().splitlines()} == {"file-2"}
+    finally:
+        router.stop()
+
+
+# -- a sink that is down or stalls never slows clients ---------------------------------------
+
+
+def _events(router: Any, outcome: str) -> float:
+    return router.sample("turnout_router_payload_events_total", service="m", outcome=outcome)
+
+
+def test_a_dead_sink_drops_and_counts_every_event(servers, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/events"  # nothing listens there
+    router = RouterThread(_routes(servers, logger={"url": dead}), tmp_path, grpc=False)
+    try:
+        with httpx.Client() as client:
+            for _ in range(50):
+                assert client.post(f"{router.url}/v2/models/m/infer", json=BODY).status_code \
+                    == 200
+        # each event is counted once: a few refused (each opens the breaker), the rest dropped
+        assert wait_for(lambda: _events(router, "failed") + _events(router, "dropped") == 100)
+        assert _events(router, "sent") == 0
+        assert 1 <= _events(router, "failed") < 10 < _events(router, "dropped")
+    finally:
+        router.stop()
+
+
+def test_a_stalled_sink_never_holds_clients_and_its_events_are_dropped(servers, tmp_path):
+    stalled = Sink(tmp_path, mode="stall")  # accepts, reads, never answers
+    router = RouterThread(_routes(servers, logger={"url": stalled.url, "mode": "request"}),
+                          tmp_path, grpc=False)
+    try:
+        with httpx.Client() as client:
+            started = time.perf_counter()
+            for _ in range(40):
+                assert client.post(f"{router.url}/v2/models/m/infer", json=BODY).status_code \
+                    == 200
+            assert time.perf_counter() - started < 2.0  # not one SEND_TIMEOUT waited
+        # four POSTs hang until their 2 s timeout (failed); then the breaker drops the queue
+        assert wait_for(lambda: _events(router, "failed") + _events(router, "dropped") == 40)
+        assert _events(router, "failed") == 4 and _events(router, "sent") == 0
+        assert len(stalled.received()) == 4
+    finally:
+        router.stop()
+        stalled.stop()
+
+
+def _p50(url: str, n: int) -> float:
+    times = []
+    with httpx.Client() as client:
+        for _ in range(20):  # warm the connections
+            client.post(url, json=BODY)
+        for _ in range(n):
+            started = time.perf_counter()
+            assert client.post(url, json=BODY).status_code == 200
+            times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def test_client_latency_is_unchanged_while_the_sink_is_down(servers, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/events"
+    router = RouterThread(_routes(servers), tmp_path, grpc=False)
+    try:
+        url = f"{router.url}/v2/models/m/infer"
+        off = _p50(url, 300)
+        _put_routes(router, _routes(servers, logger={"url": dead}))
+        on = _p50(url, 300)
+        assert _events(router, "dropped") > 0  # logging was on, and its sink down
+        print(f"p50 logging off {off * 1e3:.3f} ms, on with the sink down {on * 1e3:.3f} ms")
+        assert on < off * 1.5 + 0.001, (on, off)
+    finally:
+        router.stop()
+
+
+def test_huge_payloads_are_logged_without_data_past_the_cap(servers, sink, tmp_path):
+    logger = {"url": sink.url, "max_payload_bytes": 4096}
+    router = RouterThread(_routes(servers, logger=logger), tmp_path, grpc=False,
+                          max_payload_bytes=16 << 20)
+    try:
+        rows = 100_000
+        big = {"inputs": [{"name": "x", "shape": [rows, 2], "datatype": "FP32",
+                           "data": [0.5] * (2 * rows)}]}
+        body = json.dumps(big).encode()
+        with httpx.Client(timeout=30) as client:
+            started = time.perf_counter()
+            resp = client.post(f"{router.url}/v2/models/m/infer", content=body,
+                               headers={"x-request-id": "huge", "content-type":
+                                        "application/json"})
+            elapsed = time.perf_counter() - started
+            assert resp.status_code == 200
+            small = client.post(f"{router.url}/v2/models/m/infer", json=BODY,
+                                headers={"x-request-id": "small"})
+        got = wait_for(lambda: len(sink.received()) >= 4 and sink.received())
+        huge = {_ce(d)["type"].rsplit(".", 1)[1]: d for d in got if _ce(d)["id"] == "huge"}
+        # past the cap: the event still goes, with the size and without the data
+        assert _ce(huge["request"])["omitteddatasize"] == str(len(body))
+        assert _ce(huge["response"])["omitteddatasize"] == str(len(resp.content))
+        assert huge["request"]["body"] == b"" and huge["response"]["body"] == b""
+        kept = {_ce(d)["type"].rsplit(".", 1)[1]: d for d in got if _ce(d)["id"] == "small"}
+        assert kept["request"]["body"] == small.request.content
+        assert kept["response"]["body"] == small.content
+        assert "omitteddatasize" not in _ce(kept["request"])
+        assert elapsed < 10, elapsed
+    finally:
+        router.stop()
+
+
+def test_mirror_disagreements_are_sent_as_events(servers, sink, tmp_path):
+    logger = {"url": sink.url, "mode": "request"}
+    router = RouterThread(_routes(servers, mirror=True, logger=logger), tmp_path, grpc=False)
+    try:
+        with httpx.Client() as client:
+            assert client.post(f"{router.url}/v2/models/m/infer", json=BODY,
+                               headers={"x-request-id": "mirrored"}).status_code == 200
+        got = wait_for(lambda: len(sink.received()) >= 2 and sink.received())
+        (event,) = [d for d in got if _ce(d)["type"] == "org.turnout.mirror.disagreement"]
+        assert event["headers"]["content-type"] == "application/json"
+        assert _ce(event)["endpoint"] == "canary" and _ce(event)["revision"] == "m-00002"
+        data = json.loads(event["body"])
+        assert data["request_id"] == "mirrored" and data["request"]["json"] == BODY
+        assert data["primary"]["revision"] == "m-00001"
+        assert data["primary"]["outputs"]["y"]["data"] == [1.5, -2.0]
+        assert data["shadow"]["outputs"]["y"]["data"] == [3.0, -4.0]
     finally:
         router.stop()
