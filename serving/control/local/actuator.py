@@ -5,12 +5,17 @@ and holds per variant (its admin ``/status``) and, when asked, its request count
 ``/metrics``). The actuator scales each revision's processes to the plan's replica count,
 stops the replicas of revisions the plan no longer has (after the routes stop naming them,
 so they drain without new requests), and pushes the routes when they changed.
+
+A revision's transformer is one more set of ``turnout serve`` processes
+(``--transformer-for @FILE``): FILE lists the predictor's ready replicas and is rewritten
+here whenever they change, so the transformer follows restarts and scaling without restarting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import yaml
 
@@ -20,6 +25,7 @@ from serving.control.policy.observe import parse_router_metrics
 from serving.control.policy.plan import Desired
 from serving.control.policy.ports import Observation, VariantKey
 from serving.control.policy.routes import Endpoints
+from serving.control.policy.transformers import TransformerWorkload
 
 
 class LocalObserver:
@@ -47,9 +53,12 @@ class LocalObserver:
 
 
 class LocalActuator:
-    def __init__(self, supervisor: Supervisor, router: RouterProcess) -> None:
+    def __init__(self, supervisor: Supervisor, router: RouterProcess,
+                 transformer_dir: Path | None = None) -> None:
         self.supervisor = supervisor
         self.router = router
+        self.transformer_dir = transformer_dir or supervisor.log_dir.parent / "transformers"
+        self._written: dict[Path, str] = {}
         self._pushed = ""
         self._stopping: set[asyncio.Task[None]] = set()
 
@@ -64,8 +73,14 @@ class LocalActuator:
                                workload.runtime, workload.max_batch_size,
                                workload.max_batch_latency_ms, workload.model_version)
             to_stop += await self.supervisor.scale(spec, workload.replicas)
+        running = set(desired.workloads)
+        for revision, transformer in desired.transformers.items():
+            if transformer.runs_locally:
+                running.add(transformer.name)
+                to_stop += await self.supervisor.scale(self._transformer(revision, transformer),
+                                                       transformer.replicas)
         for revision, replicas in self.supervisor.replicas.items():
-            if revision not in desired.workloads:
+            if revision not in running:
                 to_stop += [r for r in replicas if r.state != "stopping"]
                 for r in replicas:
                     r.state = "stopping"
@@ -77,3 +92,23 @@ class LocalActuator:
             task = asyncio.create_task(self.supervisor.stop(to_stop))
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
+
+    def _transformer(self, revision: str, workload: TransformerWorkload) -> ReplicaSpec:
+        """The transformer's ``turnout serve`` flags, after writing its predictor's ready
+        replicas where it reads them."""
+        path = self.transformer_dir / f"{revision}.json"
+        ready = self.supervisor.ready(revision)
+        text = json.dumps({"http": [r.http for r in ready], "grpc": [r.grpc for r in ready]})
+        if self._written.get(path) != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)  # atomic: the transformer never reads half a list
+            self._written[path] = text
+        spec = workload.transformer
+        assert spec.model_class is not None
+        flags = ("--model-class", spec.model_class, "--transformer-for", f"@{path}",
+                 "--predictor-protocol", spec.protocol, "--predictor-model", workload.model_name)
+        if spec.timeout_seconds:
+            flags += ("--predictor-timeout", str(spec.timeout_seconds))
+        return ReplicaSpec(workload.name, workload.model_name, spec.resolved_uri, extra=flags)

@@ -63,9 +63,8 @@ def storage_problems(isvc: InferenceService, base: Path, trusted: tuple[str, ...
     path = local_path(bare, base=base)
     if not path.exists():
         return [f"{where}: {uri!r}: {path} does not exist"]
-    if roots and not any(path.resolve().is_relative_to(r.resolve()) for r in roots):
-        return [f"{where}: {uri!r} is outside the allowed model roots "
-                f"({', '.join(str(r) for r in roots)}; turnout up --model-root)"]
+    if (outside := _outside(path, roots, where, uri)) is not None:
+        return [outside]
     if digest is not None:
         try:
             verify_pin(bare, path, digest)
@@ -102,3 +101,34 @@ def artifact_runtime(path: Path) -> str | None:
         return detect_runtime(path)
     except (ModelLoadError, OSError):
         return None
+
+
+def transformer_problems(isvc: InferenceService, base: Path,
+                         roots: tuple[Path, ...] = ()) -> list[str]:
+    """What keeps ``spec.transformer.turnout`` from running here: its folder holds Python
+    code that runs in the transformer, so it must be a local folder inside the model roots."""
+    spec = isvc.spec.transformer
+    if spec is None or spec.turnout is None:
+        return []
+    where, uri = "spec.transformer.turnout.storageUri", spec.turnout.storageUri
+    if is_remote(uri):
+        return [f"{where}: {uri!r}: a transformer's code must be a local folder (it runs as "
+                "Python in the transformer process)"]
+    path = local_path(uri, base=base)
+    if not path.is_dir():
+        return [f"{where}: {uri!r}: {path} is not a folder"]
+    if (outside := _outside(path, roots, where, uri)) is not None:
+        return [outside]
+    module = spec.turnout.modelClass.partition(":")[0].replace(".", "/")
+    if not ((path / f"{module}.py").is_file() or (path / module / "__init__.py").is_file()):
+        return [f"spec.transformer.turnout.modelClass {spec.turnout.modelClass!r}: no "
+                f"{module}.py in {uri!r}"]
+    return []
+
+
+def _outside(path: Path, roots: tuple[Path, ...], where: str, uri: str) -> str | None:
+    """The problem of a local path outside every model root (symlinks resolved), if it is."""
+    if roots and not any(path.resolve().is_relative_to(r.resolve()) for r in roots):
+        return (f"{where}: {uri!r} is outside the allowed model roots "
+                f"({', '.join(str(r) for r in roots)}; turnout up --model-root)")
+    return None

@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from serving.control.local.actuator import LocalActuator, LocalObserver
-from serving.control.local.checks import resolve, storage_problems
+from serving.control.local.checks import resolve, storage_problems, transformer_problems
 from serving.control.local.metrics import PlaneMetrics
 from serving.control.local.routerproc import RouterProcess
 from serving.control.local.statefile import Saved, SavedService, StateFile
@@ -191,6 +191,9 @@ class Plane:
             found += [f"InferenceService {isvc.name}: {p}"
                       for p in storage_problems(isvc, base, self.trusted_sources,
                                                 self.model_roots)]
+        for isvc in manifests.services:
+            found += [f"InferenceService {isvc.name}: {p}" for p in transformer_problems(
+                isvc, manifests.sources[isvc.name].parent, self.model_roots)]
         if found:
             raise ManifestError("invalid manifests:\n  " + "\n  ".join(sorted(set(found),
                                                                             key=found.index)))
@@ -210,7 +213,7 @@ class Plane:
             self._set(isvc.name, rev.apply_manifest(
                 self.states.get(isvc.name), isvc, now=now,
                 resolved_uri=found.location if found else resolve(uri, base),
-                pin=found.pin if found else None))
+                pin=found.pin if found else None, transformer_uri=_transformer_uri(isvc, base)))
         for graph in manifests.graphs:
             self.graphs[graph.name] = graph
         await self.reconcile()
@@ -250,7 +253,7 @@ class Plane:
         return await self._follow(name)
 
     async def _follow(self, name: str) -> str:
-        isvc, _ = self.services[name]
+        isvc, base = self.services[name]
         uri = isvc.spec.predictor.resolved().storageUri or ""
         self._polled[name] = time.monotonic()
         assert self.registry is not None
@@ -263,7 +266,7 @@ class Plane:
         if state is None or self.services.get(name, (None,))[0] is not isvc:
             return f"{name} changed while resolving {uri}; nothing done"
         after = rev.apply_manifest(state, isvc, now=time.time(), resolved_uri=found.location,
-                                   pin=found.pin)
+                                   pin=found.pin, transformer_uri=_transformer_uri(isvc, base))
         if after is state or after.recorded == state.recorded:
             return f"{name}: {uri} is still {found.pinned_uri}; nothing to do"
         log.info("%s: %s moved to %s: %s", name, uri, found.pinned_uri, after.events[-1].message)
@@ -318,6 +321,7 @@ class Plane:
                            observed=Observed(endpoints=self.observation.endpoints,
                                              replicas={r: s.state.replicas
                                                        for r, s in self.scaling.items()}),
+                           run_images=False,  # KServe's container transformers: a cluster's
                            # a manifest's logger without url writes here (docs/observability.md)
                            payload_log=str((self.state_dir / "payloads.jsonl").resolve()))
         except Exception:  # validated at apply; never let one bad plan stop every service
@@ -426,3 +430,9 @@ class Plane:
         self.save()
         await self.router.stop()
         await self.supervisor.stop_all()
+
+
+def _transformer_uri(isvc: InferenceService, base: Path) -> str | None:
+    """The absolute folder of ``spec.transformer.turnout`` (None without one)."""
+    spec = isvc.spec.transformer
+    return resolve(spec.turnout.storageUri, base) if spec and spec.turnout else None

@@ -50,11 +50,13 @@ class ReplicaSpec:
     max_batch_size: int | None = None
     max_batch_latency_ms: int | None = None
     model_version: str | None = None
+    extra: tuple[str, ...] = ()  # more flags: a transformer's class and predictor
 
     def serve_flags(self) -> list[str]:
         """Flags beyond ports: the runtime the manifest asks for, the registry version the
         model reports, and KServe's batcher as the server's default batching."""
         flags = ["--runtime", self.runtime] if self.runtime else []
+        flags += self.extra
         if self.model_version is not None:
             flags += ["--model-version", self.model_version]
         if self.max_batch_size is None:
