@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+e2e = pytest.mark.slow  # the tests that start model servers, a router and a sink
 
 
 def _load(name: str, path: Path) -> Any:
@@ -96,6 +96,7 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
 # -- mirror disagreements -------------------------------------------------------------------
 
 
+@e2e
 def test_mirror_disagreements_are_kept_and_served_behind_the_admin_token(servers, tmp_path):
     router = RouterThread(_routes(servers, mirror=True), tmp_path)
     try:
@@ -210,6 +211,7 @@ def _ce(doc: dict[str, Any]) -> dict[str, str]:
     return {k[3:]: v for k, v in doc["headers"].items() if k.startswith("ce-")}
 
 
+@e2e
 def test_rest_requests_and_responses_reach_an_http_sink_as_kserve_cloudevents(servers, sink,
                                                                               tmp_path):
     logger = {"url": sink.url, "mode": "all", "namespace": "team-a"}
@@ -264,6 +266,7 @@ def _infer_grpc(router: Any, values: list[float], request_id: str) -> Any:
         return client.infer("m", [x], headers={"x-request-id": request_id, "tenant": "t1"})
 
 
+@e2e
 def test_grpc_calls_are_logged_as_raw_protobuf_with_metadata(servers, sink, tmp_path):
     from serving.protocol import proto
 
@@ -299,6 +302,7 @@ def _put_routes(router: Any, doc: dict[str, Any]) -> None:
     assert resp.status_code == 200, resp.text
 
 
+@e2e
 @pytest.mark.parametrize("mode,types", [("request", ["request"]), ("response", ["response"])])
 def test_mode_request_or_response_logs_only_that_half(servers, sink, tmp_path, mode, types):
     router = RouterThread(_routes(servers), tmp_path, grpc=False)
@@ -325,6 +329,7 @@ def test_mode_request_or_response_logs_only_that_half(servers, sink, tmp_path, m
         router.stop()
 
 
+@e2e
 def test_jsonl_file_sink_writes_structured_events_and_rotates(servers, tmp_path, monkeypatch):
     import router.payload_log as payload_log
 
@@ -370,6 +375,7 @@ def _events(router: Any, outcome: str) -> float:
     return router.sample("turnout_router_payload_events_total", service="m", outcome=outcome)
 
 
+@e2e
 def test_a_dead_sink_drops_and_counts_every_event(servers, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/events"  # nothing listens there
     router = RouterThread(_routes(servers, logger={"url": dead}), tmp_path, grpc=False)
@@ -386,6 +392,7 @@ def test_a_dead_sink_drops_and_counts_every_event(servers, tmp_path):
         router.stop()
 
 
+@e2e
 def test_a_stalled_sink_never_holds_clients_and_its_events_are_dropped(servers, tmp_path):
     stalled = Sink(tmp_path, mode="stall")  # accepts, reads, never answers
     router = RouterThread(_routes(servers, logger={"url": stalled.url, "mode": "request"}),
@@ -418,6 +425,7 @@ def _p50(url: str, n: int) -> float:
     return float(np.median(times))
 
 
+@e2e
 def test_client_latency_is_unchanged_while_the_sink_is_down(servers, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/events"
     router = RouterThread(_routes(servers), tmp_path, grpc=False)
@@ -433,6 +441,7 @@ def test_client_latency_is_unchanged_while_the_sink_is_down(servers, tmp_path):
         router.stop()
 
 
+@e2e
 def test_huge_payloads_are_logged_without_data_past_the_cap(servers, sink, tmp_path):
     logger = {"url": sink.url, "max_payload_bytes": 4096}
     router = RouterThread(_routes(servers, logger=logger), tmp_path, grpc=False,
@@ -466,6 +475,7 @@ def test_huge_payloads_are_logged_without_data_past_the_cap(servers, sink, tmp_p
         router.stop()
 
 
+@e2e
 def test_mirror_disagreements_are_sent_as_events(servers, sink, tmp_path):
     logger = {"url": sink.url, "mode": "request"}
     router = RouterThread(_routes(servers, mirror=True, logger=logger), tmp_path, grpc=False)
@@ -484,3 +494,124 @@ def test_mirror_disagreements_are_sent_as_events(servers, sink, tmp_path):
         assert data["shadow"]["outputs"]["y"]["data"] == [3.0, -4.0]
     finally:
         router.stop()
+
+
+# -- the manifest's logger, through the control plane's routes (pure, fast) ------------------
+
+
+def _isvc(logger: str, *, annotations: str = "") -> Any:
+    from serving.spec import load_texts
+
+    return load_texts([(Path("m.yaml"), f"""
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {{name: iris, namespace: team-a{annotations}}}
+spec:
+  predictor:
+    logger: {logger}
+    model: {{modelFormat: {{name: sklearn}}, storageUri: "s3://models/iris"}}
+""")]).services[0]
+
+
+def _planned(service: Any, payload_log: str | None = None) -> Any:
+    from serving.control.policy.plan import Observed, plan
+    from serving.control.policy.revisions import apply_manifest
+    from serving.control.policy.routes import Endpoints
+
+    state = apply_manifest(None, service, now=0)
+    endpoints = {state.stable: Endpoints(http=["http://127.0.0.1:1"])}
+    return plan(services=[(service, state)], graphs=[], observed=Observed(endpoints=endpoints),
+                payload_log=payload_log)
+
+
+def test_a_manifest_logger_becomes_the_routes_logger_with_the_revision():
+    service = _isvc("{mode: request, url: 'http://dumper.team-a/', metadataHeaders: [X-Tenant]}")
+    assert not [n for n in service.ignored_locally() if "logger" in n]  # no longer "ignored"
+    desired = _planned(service, "/state/payloads.jsonl")
+    (route,) = desired.routes.services
+    assert route.logger is not None
+    assert route.logger.model_dump() == {
+        "url": "http://dumper.team-a/", "mode": "request", "inference_service": "iris",
+        "namespace": "team-a", "component": "predictor", "max_payload_bytes": 1 << 20,
+        "metadata_headers": ["x-tenant"]}
+    assert route.variants[0].revision == "iris-00001"
+
+
+def test_a_logger_without_url_writes_the_default_file_or_is_left_out_with_the_reason():
+    service = _isvc("{mode: all}")
+    local = _planned(service, "/state/payloads.jsonl")  # turnout up: <state>/payloads.jsonl
+    assert local.routes.services[0].logger.url == "/state/payloads.jsonl"
+    cluster = _planned(service)  # no default sink: the service is routed, without a logger
+    assert cluster.routes.services[0].logger is None
+    assert cluster.omitted == ["iris/logger: no url, and no default sink here"]
+
+
+def test_a_logger_url_the_router_cannot_use_is_left_out_not_a_refused_plan():
+    service = _isvc("{url: 'relative/payloads.log'}")
+    assert [n for n in service.ignored_locally() if "logger" in n] == [
+        "spec.predictor.logger.url 'relative/payloads.log' (events go to http(s):// URLs or "
+        ".jsonl files: none are logged)"]
+    desired = _planned(service, "/state/payloads.jsonl")
+    assert desired.routes.services[0].logger is None
+    assert len(desired.omitted) == 1 and "absolute path ending in .jsonl" in desired.omitted[0]
+
+
+def test_tag_routes_log_under_the_inference_service_and_the_controller_renders_it():
+    from serving.control.kube import render
+    from serving.control.kube.render import Owner, Settings
+
+    service = _isvc("{url: 'http://dumper/'}",
+                    annotations=", annotations: {serving.kserve.io/enable-tag-routing: 'true'}")
+    routes = _planned(service).routes
+    names = {s.name: s for s in routes.services}
+    assert names["latest-iris"].logger == names["iris"].logger
+    assert names["latest-iris"].logger.inference_service == "iris"
+    cm = render.router_configmap(routes, [Owner(name="iris", uid="u")],
+                                 Settings(namespace="team-a", image="turnout:test"))
+    doc = yaml.safe_load(cm["data"]["routes.yaml"])
+    assert doc["services"][0]["logger"]["url"] == "http://dumper/"
+    assert doc["services"][0]["variants"][0]["revision"] == "iris-00001"
+
+
+@pytest.mark.parametrize("url", ["relative/p.jsonl", "/etc/passwd", "ftp://x/y", "file://p",
+                                 "http://", "/var/log/x.jsonl\n"])
+def test_routes_refuse_a_sink_the_router_must_not_write(url):
+    from serving.spec.routes import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="services.0.logger.url"):
+        parse_config({"services": [{"name": "m", "logger": {"url": url}, "variants": [
+            {"name": "a", "weight": 1, "http": ["http://127.0.0.1:1"]}]}]})
+
+
+@e2e
+def test_turnout_up_writes_a_loggers_events_to_the_state_folder(tmp_path_factory):
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.tree import DecisionTreeClassifier
+
+    from tests.control.planes import ROW, Up, isvc
+
+    models = tmp_path_factory.mktemp("logged-models")
+    (models / "v1").mkdir()
+    x, y = load_iris(return_X_y=True)
+    joblib.dump(DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y),
+                models / "v1" / "model.joblib")
+    folder = tmp_path_factory.mktemp("logged-plane")
+    plane = Up(folder, isvc("iris", f"file://{models}/v1", logger={"mode": "all"}))
+    try:
+        plane.wait(lambda: plane.infer() == 200, what="serving")
+        path = folder / ".turnout" / "payloads.jsonl"
+        plane.wait(lambda: path.exists() and len(path.read_text().splitlines()) >= 2,
+                   what="the request's events in .turnout/payloads.jsonl")
+        events = [json.loads(line) for line in path.read_text().splitlines()]
+        request = next(e for e in events if e["type"].endswith(".request"))
+        response = next(e for e in events if e["type"].endswith(".response")
+                        and e["id"] == request["id"])
+        assert request["inferenceservicename"] == "iris" and request["endpoint"] == "stable"
+        assert request["revision"] == "iris-00001"
+        assert request["source"] == "turnout/default/iris/iris-00001"
+        assert json.loads(base64.b64decode(request["data_base64"])) == ROW
+        answer = json.loads(base64.b64decode(response["data_base64"]))
+        assert answer["model_name"] == "iris" and answer["outputs"][0]["data"] == [0]
+    finally:
+        assert plane.stop() == 0, (folder / "up.log").read_text()[-3000:]
