@@ -1,10 +1,12 @@
 """The router and a replica run with exactly the args the controller renders for a secured
-namespace (router: API keys + TLS; replica: API keys + mTLS), only what a cluster provides
-rewritten: the Secrets' files (a keys file, trustme certificates) where the pods mount them,
+namespace (router: API keys, JWT + TLS; replica: the same with mTLS), only what a cluster
+provides rewritten: the Secrets' and the JWKS ConfigMap's files (a keys file, a JWKS, trustme
+certificates) where the pods mount them,
 loopback ports for the pod ports, and the replica's address in the routes for its Service's DNS
 name. Real processes, real clients (httpx, tritonclient over grpcs):
 
-- no credential: 401 (REST) / UNAUTHENTICATED (gRPC); a key: 200 with the model's predictions;
+- no credential: 401 (REST) / UNAUTHENTICATED (gRPC); a key or a JWT: 200 with the model's
+  predictions; a token for another audience or from an unknown signer: 401;
 - ``spec.turnout.auth`` of the manifest: the principal it names passes, another key gets 403 /
   PERMISSION_DENIED;
 - the router's certificate verifies against the CA and fails against another; the probes the
@@ -39,17 +41,30 @@ from serving.control.kube.secure import AuthSettings, TlsSettings
 from serving.control.policy.plan import Observed, plan
 from serving.control.policy.revisions import apply_manifest
 from serving.spec import load_texts
-from tests.security.auth_support import KEYS, Child, eventually, free_port, keys_file
+from tests.security.auth_support import (
+    AUDIENCE,
+    ISSUER,
+    KEYS,
+    Child,
+    Signer,
+    eventually,
+    free_port,
+    keys_file,
+    write_jwks,
+)
 from tests.security.tls_certs import peer_serial
 
 pytestmark = pytest.mark.slow
 
 NS = "ml"
 KEYS_SECRET, ROUTER_TLS, REPLICA_TLS = "turnout-keys", "router-tls", "replica-tls"
-SETTINGS = Settings(namespace=NS, drain_seconds=1,
-                    router_auth=AuthSettings(api_keys_secret=KEYS_SECRET),
-                    router_tls=TlsSettings(ROUTER_TLS),
-                    server_auth=AuthSettings(api_keys_secret=KEYS_SECRET),
+JWKS_CONFIG_MAP = "idp-jwks"
+# API keys and JWT on both: the router passes the caller's credential on to the replica.
+AUTH = AuthSettings(api_keys_secret=KEYS_SECRET, jwks_config_map=JWKS_CONFIG_MAP,
+                    jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
+SIGNER = Signer("idp-1")
+SETTINGS = Settings(namespace=NS, drain_seconds=1, router_auth=AUTH,
+                    router_tls=TlsSettings(ROUTER_TLS), server_auth=AUTH,
                     server_tls=TlsSettings(REPLICA_TLS, verify_clients=True))
 MANIFEST = """
 apiVersion: serving.kserve.io/v1beta1
@@ -72,6 +87,8 @@ def secrets(folder: Path, ca: trustme.CA) -> Path:
     tls.key, ca.crt), certificates naming the Services' DNS names and loopback."""
     (folder / KEYS_SECRET).mkdir(parents=True)
     keys_file(folder / KEYS_SECRET / "keys")
+    (folder / JWKS_CONFIG_MAP).mkdir()  # a ConfigMap, kept beside the Secrets
+    write_jwks(folder / JWKS_CONFIG_MAP / "jwks.json", SIGNER)
     for name, hosts in ((ROUTER_TLS, (f"turnout-router.{NS}.svc", "localhost", "127.0.0.1")),
                         (REPLICA_TLS, (f"*.{NS}.svc", "localhost"))):
         issued = ca.issue_cert(*hosts)
@@ -110,12 +127,15 @@ def mount(pod: dict, container: dict, secrets_dir: Path, root: Path) -> dict[str
     paths = {}
     for m in container.get("volumeMounts", []):
         volume = volumes[m["name"]]
-        if "secret" not in volume:
+        if "secret" in volume:
+            name, items = volume["secret"]["secretName"], volume["secret"]["items"]
+        elif "items" in volume.get("configMap", {}):  # not the routes: they are rewritten
+            name, items = volume["configMap"]["name"], volume["configMap"]["items"]
+        else:
             continue
         local = root / m["name"]
-        source = secrets_dir / volume["secret"]["secretName"]
-        project(local, {item["path"]: (source / item["key"]).read_bytes()
-                        for item in volume["secret"]["items"]})
+        project(local, {item["path"]: (secrets_dir / name / item["key"]).read_bytes()
+                        for item in items})
         paths[m["mountPath"]] = str(local)
     return paths
 
@@ -208,8 +228,9 @@ def plane(model_zoo: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_the_rendered_args_are_what_ran(plane: Plane) -> None:
     router = plane.router.args
     assert "--insecure" not in router and "--insecure" not in plane.replica.args
-    assert {"--api-keys-file", "--tls-cert", "--upstream-ca", "--upstream-cert"} <= set(router)
-    assert {"--api-keys-file", "--tls-client-ca"} <= set(plane.replica.args)
+    assert {"--api-keys-file", "--jwks", "--tls-cert", "--upstream-ca",
+            "--upstream-cert"} <= set(router)
+    assert {"--api-keys-file", "--jwks", "--tls-client-ca"} <= set(plane.replica.args)
     routes = yaml.safe_load(plane.objects[("ConfigMap", "turnout-router-routes")]["data"][
         "routes.yaml"])
     service = routes["services"][0]
@@ -235,6 +256,24 @@ def test_rest_needs_a_key_and_the_services_principal(plane: Plane, model_zoo: di
     assert "'bob' may not call 'iris'" in bob.json()["error"]
     wrong = httpx.post(url, json=BODY, verify=context, headers={"x-api-key": "tnt_not_a_key"})
     assert wrong.status_code == 401
+
+
+def test_jwts_from_the_jwks_config_map_and_the_services_principal(plane: Plane,
+                                                                  model_zoo: dict) -> None:
+    context = plane.verified()
+    url = f"{plane.url}/v2/models/iris/infer"
+
+    def call(token: str) -> httpx.Response:
+        return httpx.post(url, json=BODY, verify=context,
+                          headers={"authorization": f"Bearer {token}"})
+
+    alice = call(SIGNER.token(sub="alice"))
+    assert alice.status_code == 200
+    assert alice.json()["outputs"][0]["data"] == \
+        model_zoo["iris_v1"].predict(np.asarray(IRIS_X)).tolist()
+    assert call(SIGNER.token(sub="svc-b")).status_code == 403
+    assert call(SIGNER.token(sub="alice", aud="someone-else")).status_code == 401
+    assert call(Signer("stranger").token(sub="alice")).status_code == 401
 
 
 def test_grpc_needs_a_key_and_the_services_principal(plane: Plane, model_zoo: dict) -> None:
