@@ -177,7 +177,10 @@ _ENDPOINT = {"type": "object", "additionalProperties": False, "required": ["port
     "port": {"type": "string", "minLength": 1}, "path": {"type": "string", "pattern": "^/"},
     "interval": {"type": "string", "pattern": _DURATION},
     "scrapeTimeout": {"type": "string", "pattern": _DURATION},
-    "honorLabels": {"type": "boolean"}}}
+    "honorLabels": {"type": "boolean"}, "scheme": {"enum": ["http", "https"]},
+    "tlsConfig": {"type": "object", "additionalProperties": False, "properties": {
+        "ca": {"type": "object"}, "cert": {"type": "object"}, "keySecret": {"type": "object"},
+        "serverName": {"type": "string"}, "insecureSkipVerify": {"type": "boolean"}}}}}
 _SELECTOR = {"type": "object", "additionalProperties": False, "properties": {
     "matchLabels": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
     "matchExpressions": {"type": "array"}}}
@@ -223,6 +226,14 @@ def test_prometheus_operator_resources_have_the_crds_shape() -> None:
     assert monitors["turnout-router"]["spec"]["namespaceSelector"] == {"any": True}
     scoped = {d["metadata"]["name"]: d for d in rendered("watch-namespace")}
     assert scoped["turnout-router"]["spec"]["namespaceSelector"] == {"matchNames": ["models"]}
+    # all-features serves TLS on routers and replicas: Prometheus scrapes them over https.
+    router_tls = {"ca": {"secret": {"name": "turnout-router-ca", "key": "ca.crt"}},
+                  "serverName": "turnout-router.models.svc"}
+    assert monitors["turnout-router"]["spec"]["endpoints"][0]["scheme"] == "https"
+    assert monitors["turnout-router"]["spec"]["endpoints"][0]["tlsConfig"] == router_tls
+    assert monitors["turnout-model-servers"]["spec"]["podMetricsEndpoints"][0]["scheme"] == \
+        "https"
+    assert "scheme" not in scoped["turnout-router"]["spec"]["endpoints"][0]
 
 
 # -- values.schema.json -----------------------------------------------------------------------
