@@ -47,7 +47,7 @@ PLURALS = {"Deployment": "deployments", "Service": "services", "ConfigMap": "con
            "ScaledObject": "scaledobjects", "InferenceService": "inferenceservices",
            "InferenceGraph": "inferencegraphs"}
 PREDICTOR_SELECTOR = (f"app.kubernetes.io/managed-by={MANAGED_BY},"
-                      "app.kubernetes.io/component=predictor")
+                      "app.kubernetes.io/component in (predictor,transformer)")
 
 
 class Kube:
@@ -219,7 +219,7 @@ class KubeActuator:
         self.skipped = skipped
         if not self.settings.network_policy:
             self.drop_network_policy()
-        self.retire(set(desired.workloads))
+        self.retire(set(desired.workloads) | {t.name for t in desired.transformers.values()})
 
     def drop_network_policy(self) -> None:
         """Delete the predictors' NetworkPolicy a former configuration had on."""
@@ -328,7 +328,11 @@ class KubeObserver:
                 continue
             replicas[revision] = int(d.get("spec", {}).get("replicas", 1))
             if int((d.get("status") or {}).get("readyReplicas") or 0) > 0:
-                endpoints[revision] = render.endpoints(revision, self.settings)
+                # a transformer's revision label is its own name (policy/transformers.py)
+                host = f"{revision}.{self.settings.namespace}.svc" \
+                    if d["metadata"]["labels"].get("app.kubernetes.io/component") == \
+                    "transformer" else None
+                endpoints[revision] = render.endpoints(revision, self.settings, host=host)
         self.replicas = replicas
         text, status = await self._read()
         in_flight: dict[VariantKey, int] = {}

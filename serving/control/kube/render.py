@@ -22,6 +22,7 @@ from serving.control.kube.secure import AuthSettings, TlsSettings
 from serving.control.policy.autoscale import knative_settings
 from serving.control.policy.plan import Desired, Workload
 from serving.control.policy.routes import Endpoints
+from serving.control.policy.transformers import TransformerWorkload
 from serving.spec.inferenceservice import InferenceService
 from serving.spec.routes import RouterConfig
 
@@ -100,9 +101,10 @@ def routes_name(settings: Settings) -> str:
     return f"{settings.router_name}-routes"
 
 
-def endpoints(revision: str, settings: Settings) -> Endpoints:
-    """How the router reaches a revision: its Service's cluster DNS name."""
-    host = f"{predictor_name(revision)}.{settings.namespace}.svc"
+def endpoints(revision: str, settings: Settings, host: str | None = None) -> Endpoints:
+    """How the router reaches a revision: its Service's cluster DNS name (``host``: another
+    Service's, a transformer's)."""
+    host = host or f"{predictor_name(revision)}.{settings.namespace}.svc"
     scheme, grpc = secure.schemes(settings.server_tls)
     return Endpoints(http=[f"{scheme}://{host}:{HTTP_PORT}"], grpc=[f"{grpc}{host}:{GRPC_PORT}"])
 
@@ -425,10 +427,142 @@ def render(desired: Desired, services: Mapping[str, tuple[InferenceService, Owne
     for workload in desired.workloads.values():
         isvc, owner = services[workload.service]
         objects += revision_objects(workload, isvc, owner, settings)
+    for transformer in desired.transformers.values():
+        isvc, owner = services[transformer.service]
+        objects += transformer_objects(transformer, isvc, owner, settings)
     owners = [owner for _, owner in services.values()]
     if owners:
         objects += [router_configmap(desired.routes, owners, settings),
                     router_deployment(owners, settings), router_service(owners, settings)]
         if settings.network_policy:
             objects.append(predictor_network_policy(owners, settings))
+            if desired.transformers:
+                objects += transformer_network_policies(owners, settings)
     return objects
+
+
+# -- a revision's transformer (policy/transformers.py) ---------------------------------------
+
+def transformer_endpoints(workload: TransformerWorkload, settings: Settings) -> Endpoints:
+    """How the router reaches a revision's transformer: its Service's cluster DNS name."""
+    return endpoints(workload.name, settings, host=f"{workload.name}.{settings.namespace}.svc")
+
+
+def transformer_labels(workload: TransformerWorkload) -> dict[str, str]:
+    """The transformer's pods: its own revision label (its name), component transformer."""
+    return {"app.kubernetes.io/name": "turnout", "app.kubernetes.io/instance": workload.service,
+            "app.kubernetes.io/component": "transformer",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            f"{GROUP}/service": workload.service, f"{GROUP}/revision": workload.name}
+
+
+def predictor_host(workload: TransformerWorkload, settings: Settings) -> str:
+    """The revision's predictor Service as the transformer calls it (``HOST:PORT``)."""
+    port = GRPC_PORT if workload.transformer.protocol == "grpc-v2" else HTTP_PORT
+    return f"{predictor_name(workload.revision)}.{settings.namespace}.svc:{port}"
+
+
+def transformer_container(workload: TransformerWorkload, settings: Settings) -> dict[str, Any]:
+    """Turnout's form: ``turnout serve --transformer-for`` on the model server image. KServe's
+    containers form: the manifest's container, its ``--predictor_host`` (and ``--model_name``
+    when absent) pointing at the revision's predictor Service, as KServe fills them."""
+    spec = workload.transformer
+    if spec.model_class is None:
+        container = dict(spec.container or {})
+        args = _set_argument(list(container.get("args") or []), "--predictor_host",
+                             predictor_host(workload, settings))
+        if not any(a.partition("=")[0] == "--model_name" for a in args):
+            args += ["--model_name", workload.model_name]
+        container.update(name=container.get("name") or "kserve-container", args=args)
+        container.setdefault("ports", _container_ports())
+        return container
+    args = ["serve", spec.resolved_uri or spec.storage_uri, "--name", workload.model_name,
+            "--model-class", spec.model_class,
+            "--transformer-for", predictor_host(workload, settings),
+            "--predictor-protocol", spec.protocol, "--predictor-model", workload.model_name,
+            "--host", "0.0.0.0", "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
+            "--drain-seconds", str(settings.drain_seconds)]
+    if spec.timeout_seconds:
+        args += ["--predictor-timeout", str(spec.timeout_seconds)]
+    probes = predictor_probes(Workload(
+        service=workload.service, revision=workload.name, role="stable",
+        model_name=workload.model_name, storage_uri="", runtime="python",
+        replicas=workload.replicas, policy=None), settings)  # type: ignore[arg-type]
+    container = {"name": "kserve-container", "image": settings.image_for("python"),
+                 "command": ["turnout"], "args": args + server_security(settings).args,
+                 "ports": _container_ports(), **probes}
+    if settings.image_pull_policy:
+        container["imagePullPolicy"] = settings.image_pull_policy
+    return container
+
+
+def _set_argument(args: list[str], flag: str, value: str) -> list[str]:
+    """``args`` with ``flag``'s value replaced (``--flag v`` or ``--flag=v``), else added."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return [*args[:i + 1], value, *args[i + 2:]]
+        if arg.startswith(f"{flag}="):
+            return [*args[:i], f"{flag}={value}", *args[i + 1:]]
+    return [*args, flag, value]
+
+
+def transformer_deployment(workload: TransformerWorkload, isvc: InferenceService, owner: Owner,
+                           settings: Settings) -> dict[str, Any]:
+    container = transformer_container(workload, settings)
+    wiring = server_security(settings)
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "terminationGracePeriodSeconds": settings.drain_seconds + settings.grace_margin_seconds}
+    if workload.transformer.model_class is not None and wiring.mounts:
+        container["volumeMounts"] = wiring.mounts
+        pod["volumes"] = wiring.volumes
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [dict(s) for s in settings.image_pull_secrets]
+    spec = isvc.spec.transformer
+    for pod_field in ("serviceAccountName", "nodeSelector", "tolerations", "affinity",
+                      "imagePullSecrets"):
+        value = getattr(spec, pod_field, None) if spec is not None else None
+        if value is not None:
+            pod[pod_field] = value
+    labels = transformer_labels(workload)
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(workload.name, settings, labels, [owner.reference(controller=True)]),
+        "spec": {"replicas": workload.replicas,
+                 "selector": {"matchLabels": {f"{GROUP}/revision": workload.name}},
+                 "template": {"metadata": {"labels": labels}, "spec": pod}},
+    }
+
+
+def transformer_service(workload: TransformerWorkload, owner: Owner,
+                        settings: Settings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(workload.name, settings, transformer_labels(workload),
+                          [owner.reference(controller=True)]),
+        "spec": {"type": "ClusterIP", "selector": {f"{GROUP}/revision": workload.name},
+                 "ports": _ports()},
+    }
+
+
+def transformer_objects(workload: TransformerWorkload, isvc: InferenceService, owner: Owner,
+                        settings: Settings) -> list[dict[str, Any]]:
+    return [transformer_deployment(workload, isvc, owner, settings),
+            transformer_service(workload, owner, settings)]
+
+
+def transformer_network_policies(owners: Sequence[Owner],
+                                 settings: Settings) -> list[dict[str, Any]]:
+    """Transformers take traffic from the router (and ``allowFrom``) only, as predictors do;
+    predictors also from the namespace's transformers (NetworkPolicies add up)."""
+    transformers = {"app.kubernetes.io/managed-by": MANAGED_BY,
+                    "app.kubernetes.io/component": "transformer"}
+    predictors = {**transformers, "app.kubernetes.io/component": "predictor"}
+    common = {"ports": (HTTP_PORT, GRPC_PORT), "labels": router_labels(settings),
+              "owners": _shared(owners)}
+    return [secure.network_policy(f"{settings.router_name}-transformers", settings.namespace,
+                                  predictors=transformers, router=router_selector(settings),
+                                  allow_from=settings.network_policy_allow_from, **common),
+            secure.network_policy(f"{settings.router_name}-predictors-from-transformers",
+                                  settings.namespace, predictors=predictors, router=transformers,
+                                  allow_from=(), **common)]
