@@ -38,6 +38,7 @@ import contextlib
 import datetime
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -274,6 +275,7 @@ class _Sink:
         self.timeout, self.backoff = timeout, backoff
         self.queue: collections.deque[Item] = collections.deque()
         self.queued_bytes = 0
+        self._lock = threading.Lock()
         self.in_flight = 0
         self.wake = asyncio.Event()
         self.sleeping = False
@@ -310,11 +312,14 @@ class _Sink:
         ``sleeping``, and the consumer sets ``sleeping`` before it looks at the queue, so one
         of the two always sees the other (a gRPC thread and the loop alike)."""
         size = len(item.data) if item.data is not None else 0
-        if len(self.queue) >= self.max_events or self.queued_bytes + size > self.max_bytes:
+        with self._lock:  # gRPC threads and the loop: the byte count stays exact
+            full = len(self.queue) >= self.max_events or self.queued_bytes + size > self.max_bytes
+            if not full:
+                self.queued_bytes += size
+                self.queue.append(item)
+        if full:
             self.owner.count(item.service, "dropped")
             return
-        self.queued_bytes += size
-        self.queue.append(item)
         if self.sleeping:
             self.sleeping = False
             if threadsafe:
@@ -324,10 +329,11 @@ class _Sink:
 
     def _take(self, limit: int) -> list[Item]:
         items = []
-        while self.queue and len(items) < limit:
-            item = self.queue.popleft()
-            self.queued_bytes -= len(item.data) if item.data is not None else 0
-            items.append(item)
+        with self._lock:
+            while self.queue and len(items) < limit:
+                item = self.queue.popleft()
+                self.queued_bytes -= len(item.data) if item.data is not None else 0
+                items.append(item)
         return items
 
     def _drop_all(self) -> None:
