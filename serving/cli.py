@@ -129,14 +129,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _local_model_path(path: str, trusted: list[str]) -> Path:
     """PATH as a local path; a remote URI is fetched into the model cache first, with progress,
     and refused if it holds pickles from a source not in ``trusted``."""
-    from serving.storage import check_trusted, fetch, is_remote, local_path, print_progress
+    from serving.storage import check_trusted, fetch, is_remote, local_path, terminal_progress
 
     if not is_remote(path) and "#" not in path:
         return local_path(path)
     from serving.protocol.errors import ModelLoadError
 
     try:
-        local = fetch(path, progress=print_progress)
+        local = fetch(path, progress=terminal_progress())
         check_trusted(path.partition("#")[0], local, trusted)
         return local
     except ModelLoadError as exc:

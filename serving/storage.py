@@ -339,10 +339,45 @@ def _log_progress(name: str, done: int, total: int) -> None:
             _logged.pop(name, None)
 
 
-def print_progress(name: str, done: int, total: int) -> None:
-    """For the CLI: one updating line per file on stderr."""
-    if not total:
-        return
-    line = f"\rdownloading {name}: {done * 100 // total:3d}% of {total / 2**20:.1f} MiB"
-    sys.stderr.write(line + ("\n" if done >= total else ""))
-    sys.stderr.flush()
+def terminal_progress(stream: Any = None) -> Progress | None:
+    """For the CLI: bytes progress bars on ``stream`` (stderr) when it is a terminal; None
+    otherwise, so pipes and logs get the quarter lines of the log instead."""
+    stream = stream if stream is not None else sys.stderr
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return _Bars(stream) if tty else None
+
+
+class _Bars:
+    """One rich progress bar per file of a fetch; rich is imported on the first report only,
+    so nothing on a server's path loads it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._done: set[str] = set()
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if name in self._done:  # fsspec may report a finished file once more
+            return
+        if self._bars is None:
+            from rich import progress as rp
+            from rich.console import Console
+
+            self._bars = rp.Progress(rp.TextColumn("downloading {task.description}"),
+                                     rp.BarColumn(), rp.DownloadColumn(),
+                                     rp.TransferSpeedColumn(), rp.TimeRemainingColumn(),
+                                     console=Console(file=self.stream))
+            self._bars.start()
+        task = self._tasks.get(name)
+        if task is None:
+            task = self._tasks[name] = self._bars.add_task(name, total=total or None)
+        self._bars.update(task, completed=done, total=total or None)
+        if total and done >= total:
+            self._done.add(name)
+        if all(t.finished for t in self._bars.tasks):
+            self._bars.stop()
+            self._bars, self._tasks = None, {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -239,10 +241,26 @@ def test_cli_fetches_a_remote_path_with_progress(
     monkeypatch.setattr(storage, "PROGRESS_MIN_BYTES", 0)  # the model is small
     local = _local_model_path(f"{web}/iris/model.joblib", [f"{web}/iris/"])
     assert local.read_bytes() == model[0].read_bytes()
-    err = capsys.readouterr().err
-    assert "downloading model.joblib: 100%" in err
+    assert "downloading" not in capsys.readouterr().err  # not a terminal: no bars
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("TURNOUT_MODEL_CACHE", str(tmp_path / "again"))
+    assert _local_model_path(f"{web}/iris/model.joblib", [f"{web}/iris/"]).read_bytes() == \
+        model[0].read_bytes()
+    size = model[0].stat().st_size
+    drawn = terminal.getvalue()
+    assert "downloading model.joblib" in drawn and "\x1b[" in drawn  # rich, with colours
+    assert f"{size}/{size} bytes" in drawn, drawn  # every byte counted
+    assert drawn.count("\x1b[?25l") == 1  # one bar, started once and stopped once
     with pytest.raises(ValueError, match="does not exist"):
         _local_model_path(f"{web}/nothing-here.joblib", ["*"])
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal would be: rich draws bars on it."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def test_remote_pickles_load_only_from_trusted_sources(web: str, model: tuple[Path, Any],

@@ -65,6 +65,11 @@ def add_parsers(sub: Any) -> None:
     common(up)
     apply = sub.add_parser("apply", help="apply manifests to the running plane")
     apply.add_argument("-f", "--filename", dest="files", type=Path, action="append", required=True)
+    apply.add_argument("--wait", action="store_true", help="wait until the services' replicas "
+                       "are ready and their rollouts have ended, showing progress (exit 1 on a "
+                       "rollback or after --timeout)")
+    apply.add_argument("--timeout", type=float, default=600.0,
+                       help="seconds --wait waits (default 600)")
     common(apply)
     delete = sub.add_parser("delete", help="remove InferenceServices and InferenceGraphs "
                             "(their replicas drain and stop)")
@@ -74,6 +79,10 @@ def add_parsers(sub: Any) -> None:
     common(delete)
     status = sub.add_parser("status", help="services, revisions, replicas, weights, metrics")
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    status.add_argument("-w", "--watch", action="store_true", help="redraw every --interval "
+                        "seconds until Ctrl-C (a live view on a terminal, repeated text otherwise)")
+    status.add_argument("--interval", type=_positive, default=2.0,
+                        help="seconds between redraws with --watch (default 2)")
     common(status)
     down = sub.add_parser("down", help="drain and stop the running plane")
     common(down)
@@ -94,15 +103,14 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return up(args)
     try:
         if args.command == "apply":
-            docs = [{"path": str(p.resolve()), "text": p.read_text()} for p in args.files]
-            answer = _call(args.state_dir, "POST", "/apply", {"documents": docs})
-            for line in answer.get("warnings", []):
-                print(f"warning: {line}", file=sys.stderr)
-            for line in answer.get("events", []) or ["unchanged"]:
-                print(line)
+            return _apply(args)
         elif args.command == "delete":
             for line in _call(args.state_dir, "POST", "/delete", _to_delete(args))["events"]:
                 print(line)
+        elif args.command == "status" and args.watch:
+            from serving.control.local.live import watch
+
+            return watch(lambda: _call(args.state_dir, "GET", "/status"), interval=args.interval)
         elif args.command == "status":
             answer = _call(args.state_dir, "GET", "/status")
             from serving.control.local.status import render
@@ -124,6 +132,40 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 class PlaneError(RuntimeError):
     pass
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _apply(args: argparse.Namespace) -> int:
+    """Apply the manifests; with ``--wait``, follow readiness and rollout steps to their end."""
+    import time
+
+    from serving.spec.load import ManifestError, load_files
+
+    docs = [{"path": str(p.resolve()), "text": p.read_text()} for p in args.files]
+    since = time.time()
+    answer = _call(args.state_dir, "POST", "/apply", {"documents": docs})
+    for line in answer.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
+    printed = answer.get("events", [])
+    for line in printed or ["unchanged"]:
+        print(line, flush=True)
+    if not args.wait:
+        return 0
+    try:
+        services = [s.name for s in load_files(args.files).services]
+    except ManifestError as exc:  # the plane accepted them, so this is unlikely
+        raise PlaneError(str(exc)) from None
+    from serving.control.local.live import follow
+
+    return follow(lambda: _call(args.state_dir, "GET", "/status"), services,
+                  timeout=args.timeout, stream=sys.stderr, since=since,
+                  seen=tuple(printed))
 
 
 def _to_delete(args: argparse.Namespace) -> dict[str, list[str]]:

@@ -230,12 +230,24 @@ async def _wait_ready(plane: Plane, timeout: float, stop: asyncio.Event) -> bool
     """Every service reachable: a ready stable replica, or scaled to zero (the router holds
     its requests while a replica starts)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stop.is_set():
-        pending = [n for n, s in plane.states.items()
-                   if not plane.supervisor.ready(s.stable) and s.stable not in plane.at_zero()]
-        if not pending:
-            return True
-        await asyncio.sleep(0.2)
+    progress = None
+    if sys.stderr.isatty():  # replicas becoming ready, drawn from the status document
+        from serving.control.local.live import Progress
+        from serving.control.local.status import status
+
+        progress = Progress(list(plane.states), stream=sys.stderr)
+    try:
+        while time.monotonic() < deadline and not stop.is_set():
+            if progress is not None:
+                progress.update(status(plane))
+            pending = [n for n, s in plane.states.items()
+                       if not plane.supervisor.ready(s.stable) and s.stable not in plane.at_zero()]
+            if not pending:
+                return True
+            await asyncio.sleep(0.2)
+    finally:
+        if progress is not None:
+            progress.close()
     if stop.is_set():
         return False
     for name, state in plane.states.items():

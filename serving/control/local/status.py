@@ -43,9 +43,13 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
                 "rps": round(w.requests / span, 2) if history else 0.0,
                 "error_rate": round(w.error_rate, 4),
                 "p99_ms": round(w.p99_seconds * 1000, 2) if w.p99_seconds is not None else None})
+        isvc = plane.services.get(name, (None,))[0]
+        rollout = isvc.spec.turnout.rollout if isvc is not None and isvc.spec.turnout else None
         services.append({"name": name, "phase": state.phase, "stable": state.stable,
                          "canary": state.canary, "canary_percent": state.percent,
                          "previous": state.previous,
+                         # the rollout's steps (percent), to show "step 2 of 4"; None without one
+                         "steps": list(rollout.steps) if rollout is not None else None,
                          "variants": variants,
                          "events": [{"at": e.at, "kind": e.kind, "message": e.message}
                                     for e in state.events[-10:]]})
@@ -53,11 +57,21 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
             "services": services, "graphs": sorted(plane.graphs)}
 
 
+def headline(svc: dict[str, Any]) -> str:
+    """``NAME  [PHASE]  stable REV, canary REV at P% (step i of n)``."""
+    line = f"{svc['name']}  [{svc['phase']}]  stable {svc['stable']}"
+    if svc["canary"]:
+        line += f", canary {svc['canary']} at {svc['canary_percent']}%"
+        steps = svc.get("steps")  # absent in documents of older planes
+        if steps and svc["canary_percent"] in steps:
+            line += f" (step {steps.index(svc['canary_percent']) + 1} of {len(steps)})"
+    return line
+
+
 def render(doc: dict[str, Any]) -> str:
     lines = [f"router: http :{doc['http_port']}  grpc :{doc['grpc_port']}"]
     for svc in doc["services"]:
-        canary = f", canary {svc['canary']} at {svc['canary_percent']}%" if svc["canary"] else ""
-        lines.append(f"\n{svc['name']}  [{svc['phase']}]  stable {svc['stable']}{canary}")
+        lines.append(f"\n{headline(svc)}")
         lines.append(f"  {'ROLE':7} {'REVISION':22} {'WEIGHT':>6} {'READY':>6} {'RPS':>8} "
                      f"{'ERR%':>6} {'P99ms':>8}  MODEL")
         for v in svc["variants"]:
