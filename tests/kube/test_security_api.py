@@ -120,6 +120,10 @@ def test_secured_objects_are_accepted_and_the_policy_admits_exactly_the_router(
     open_ = _controller(kube, Settings(**{**SECURE.__dict__, "network_policy": False}))
     asyncio.run(open_.changed(namespace))
     assert kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, POLICY) is None
+    assert kube.list("networking.k8s.io/v1", "NetworkPolicy", namespace) == []
+    before = len(kube.writes)
+    asyncio.run(open_.changed(namespace))  # and, gone, nothing more is written
+    assert kube.writes[before:] == []
     assert kube.get("apps/v1", "Deployment", namespace, "turnout-router") is not None
 
 

@@ -222,10 +222,14 @@ class KubeActuator:
         self.retire(set(desired.workloads) | {t.name for t in desired.transformers.values()})
 
     def drop_network_policy(self) -> None:
-        """Delete the predictors' NetworkPolicy a former configuration had on."""
-        name = render.predictor_network_policy([], self.settings)["metadata"]["name"]
-        if self.kube.get("networking.k8s.io/v1", "NetworkPolicy", self.namespace, name):
-            self.kube.delete("networking.k8s.io/v1", "NetworkPolicy", self.namespace, name)
+        """Delete the NetworkPolicies a former configuration had on (the namespace's, which
+        carry the router's labels: predictors', transformers')."""
+        labels = render.router_labels(self.settings)
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        for policy in self.kube.list("networking.k8s.io/v1", "NetworkPolicy", self.namespace,
+                                     selector):
+            self.kube.delete("networking.k8s.io/v1", "NetworkPolicy", self.namespace,
+                             policy["metadata"]["name"])
 
     def apply(self, obj: dict, *, keep_replicas: bool = False) -> None:
         """Create ``obj``, or replace the live one if it differs from it."""
