@@ -331,7 +331,7 @@ def test_mode_request_or_response_logs_only_that_half(servers, sink, tmp_path, m
 
 @e2e
 def test_jsonl_file_sink_writes_structured_events_and_rotates(servers, tmp_path, monkeypatch):
-    import router.payload_log as payload_log
+    import router.payload_sinks as payload_sinks
 
     path = tmp_path / "logs" / "payloads.jsonl"
     router = RouterThread(_routes(servers, logger={"url": f"file://{path}"}), tmp_path,
@@ -354,7 +354,7 @@ def test_jsonl_file_sink_writes_structured_events_and_rotates(servers, tmp_path,
         assert path.stat().st_mode & 0o777 == 0o600  # payloads may be personal data
 
         # past the size bound the file becomes payloads.jsonl.1 and a new one starts
-        monkeypatch.setattr(payload_log, "FILE_MAX_BYTES", path.stat().st_size + 10)
+        monkeypatch.setattr(payload_sinks, "FILE_MAX_BYTES", path.stat().st_size + 10)
         with httpx.Client() as client:
             client.post(f"{router.url}/v2/models/m/infer", json=BODY,
                         headers={"x-request-id": "file-2"})
