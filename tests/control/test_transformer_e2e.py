@@ -107,3 +107,25 @@ def test_a_canary_revision_gets_its_own_transformer_and_promotion_retires_the_ol
     plane.wait(lambda: not _processes(plane).get("iris-00001-transformer")
                and not _processes(plane).get("iris-00001"), timeout=60, what="old retired")
     assert {o["name"]: o["data"] for o in _v2(plane, LINES).json()["outputs"]} == v2
+
+
+def test_a_killed_predictor_answers_503_or_waits_for_its_restart_never_hangs(plane: Up) -> None:
+    import os
+    import signal
+    import time
+
+    revision = plane.status()["stable"]
+    (pid,) = _processes(plane)[revision]
+    os.kill(pid, signal.SIGKILL)
+    codes = []
+    for _ in range(5):
+        started = time.monotonic()
+        answer = _v2(plane, LINES)
+        assert time.monotonic() - started < 25  # a restart takes a few seconds; never a hang
+        assert answer.status_code in (200, 503), answer.text
+        if answer.status_code == 503:
+            assert answer.json()["error"] in ("predictor of 'iris' is unreachable",
+                                              "predictor of 'iris' has no ready replica")
+        codes.append(answer.status_code)
+    plane.wait(lambda: _v2(plane, LINES).status_code == 200, what="predictor restarted")
+    assert _processes(plane)[revision] != [pid]

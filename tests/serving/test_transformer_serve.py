@@ -159,3 +159,42 @@ def test_a_transformer_without_declared_outputs_or_a_predictor_does_not_load(
             raise AssertionError(proc.log())
     finally:
         proc.stop()
+
+
+KSERVE_STYLE = '''
+import numpy as np
+from runtimes.python import Model
+
+class Scaled(Model):
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    outputs = [{"name": "label", "datatype": "INT64", "shape": [-1]}]
+    seen = []
+
+    async def preprocess(self, payload, headers=None):   # KServe's signature, async
+        self.seen.append(headers)
+        return payload["x"] * 2
+
+    def postprocess(self, response, headers=None):
+        self.seen.append(headers)
+        return {"label": response["predict"].astype(np.int64)}
+'''
+
+
+def test_kserve_style_hooks_with_headers_run_in_process(
+        servers: dict[str, ServerProcess], model_zoo: dict, tmp_path: Path) -> None:
+    from runtimes.transformer import RUNTIME, TransformerRuntime, predictor_parameters
+    from serving.runtime.settings import ModelSettings
+
+    (tmp_path / "scaled.py").write_text(KSERVE_STYLE)
+    settings = ModelSettings(name="iris", artifact=tmp_path, model_class="scaled:Scaled",
+                             runtime=RUNTIME, parameters=predictor_parameters(
+                                 host=f"127.0.0.1:{servers['predictor'].http_port}"))
+    runtime = TransformerRuntime(settings)
+    runtime.load()
+    try:
+        x = np.array([[-1, -1, 0, 0], [0.5, 0.5, 0, 0], [1, 1, 0.4, 0]], dtype=np.float32)
+        got = runtime.predict({"x": x}, ["label"])
+        assert got["label"].tolist() == model_zoo["iris_v1"].predict(x * 2).tolist()
+        assert runtime.model.seen == [{}, {}]  # headers: an empty dict (not passed on yet)
+    finally:
+        runtime.unload()
