@@ -18,7 +18,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,33 +44,41 @@ class MirrorOrigin:
     request: bytes
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Disagreement:
+    """One record, already bounded: it keeps no answer arrays and no request body, so a ring
+    of them stays small whatever the model outputs or clients send."""
+
     service: str
     shadow: str
     shadow_revision: str | None
-    origin: MirrorOrigin
-    comparison: Comparison
-    time: float = field(default_factory=time.time)
-    seq: int = field(default_factory=lambda: next(_IDS))
+    protocol: str
+    doc: dict[str, Any]
+    time: float
 
-    def to_json(self) -> dict[str, Any]:
-        """The record as the admin API and the CloudEvent's data show it."""
-        c, o = self.comparison, self.origin
-        return {
-            "id": self.seq, "time": _iso(self.time), "service": self.service,
-            "request_id": o.request_id, "protocol": o.protocol,
-            "primary": {"variant": o.serving, "revision": o.serving_revision,
+    @classmethod
+    def of(cls, service: str, shadow: str, shadow_revision: str | None, origin: MirrorOrigin,
+           c: Comparison) -> Disagreement:
+        when = time.time()
+        doc = {
+            "id": next(_IDS), "time": _iso(when), "service": service,
+            "request_id": origin.request_id, "protocol": origin.protocol,
+            "primary": {"variant": origin.serving, "revision": origin.serving_revision,
                         "outputs": _outputs(c.primary)},
-            "shadow": {"variant": self.shadow, "revision": self.shadow_revision,
+            "shadow": {"variant": shadow, "revision": shadow_revision,
                        "outputs": _outputs(c.shadow)},
             "comparison": {"class_total": c.class_total, "class_agreed": c.class_agreed,
                            "numeric_total": c.numeric_total,
                            "numeric_disagreed": c.numeric_disagreed,
                            "mean_abs_difference": c.abs_diff_sum / c.numeric_total
                            if c.numeric_total else None},
-            "request": _request(o.request, o.protocol),
+            "request": _request(origin.request, origin.protocol),
         }
+        return cls(service, shadow, shadow_revision, origin.protocol, doc, when)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the admin API and the CloudEvent's data show it."""
+        return self.doc
 
 
 class DisagreementRing:

@@ -169,7 +169,7 @@ class PayloadLogger:
         """A mirror disagreement as an event (shadow task, on the loop)."""
         data = orjson.dumps(record.to_json())
         self.offer(Item(spec, record.service, record.shadow, record.shadow_revision,
-                        record.origin.protocol, DISAGREEMENT_TYPE, uuid.uuid4().hex,
+                        record.protocol, DISAGREEMENT_TYPE, uuid.uuid4().hex,
                         "application/json", data, len(data), None, record.time))
 
     def _item(self, spec: PayloadLog, service: str, variant: str, revision: str | None,

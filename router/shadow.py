@@ -90,7 +90,7 @@ class Shadower:
             if result is not None:
                 self._count(key, result)
                 if origin is not None and result.disagrees:
-                    self.disagreements.add(Disagreement(*key, revision, origin, result))
+                    self.disagreements.add(Disagreement.of(*key, revision, origin, result))
         except Exception as exc:  # a shadow failure is data, never a client error
             self.metrics.shadow.labels(*key, "error").inc()
             log.debug("shadow %s/%s failed: %s", *key, exc)

@@ -148,6 +148,20 @@ def test_mirror_disagreements_are_kept_and_served_behind_the_admin_token(servers
         assert none == {"disagreements": []}
         bad = httpx.get(url, params={"limit": "x"}, headers=router.admin_headers)
         assert bad.status_code == 400 and "limit" in bad.json()["error"]
+
+        # records are bounded: 64 elements of each output, the request past 16 KiB by size
+        rows = 4000
+        many = {"inputs": [{"name": "x", "shape": [rows, 2], "datatype": "FP32",
+                            "data": [1.0] * (2 * rows)}]}
+        sent = httpx.post(f"{router.url}/v2/models/m/infer", json=many)
+        assert sent.status_code == 200
+        records = wait_for(lambda: len(httpx.get(url, headers=router.admin_headers).json()
+                                       ["disagreements"]) == 3 and
+                           httpx.get(url, headers=router.admin_headers).json()["disagreements"])
+        big = records[0]["shadow"]["outputs"]["y"]
+        assert big["shape"] == [rows, 2] and big["truncated"] is True
+        assert big["data"] == [2.0] * 64
+        assert records[0]["request"] == {"size": len(sent.request.content), "omitted": True}
     finally:
         router.stop()
 
