@@ -67,6 +67,11 @@ def test_the_router_sends_every_protocol_through_the_transformer(plane: Up, mode
 
     processes = _processes(plane)
     assert set(processes) >= {"iris-00001", "iris-00001-transformer", "router"}
+    transformer = plane.status()["variants"][0]["transformer"]
+    assert {k: transformer[k] for k in ("name", "modelClass", "protocol", "ready", "total")} == {
+        "name": "iris-00001-transformer", "modelClass": CLASS, "protocol": "grpc-v2",
+        "ready": 1, "total": 1}
+    assert "iris-00001-transformer" in plane.cli("status")
     hosts = json.loads((plane.folder / ".turnout" / "transformers" / "iris-00001.json")
                        .read_text())
     assert len(hosts["grpc"]) == 1 and len(hosts["http"]) == 1  # the predictor's one replica

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from serving.control.policy.observe import window
+from serving.control.policy.transformers import TransformerRevision, key
 
 if TYPE_CHECKING:
     from serving.control.local.plane import Plane
@@ -42,7 +43,9 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
                 "held": plane.held.get(revision, 0),  # requests the router holds for it
                 "rps": round(w.requests / span, 2) if history else 0.0,
                 "error_rate": round(w.error_rate, 4),
-                "p99_ms": round(w.p99_seconds * 1000, 2) if w.p99_seconds is not None else None})
+                "p99_ms": round(w.p99_seconds * 1000, 2) if w.p99_seconds is not None else None,
+                "transformer": _transformer(plane, revision,
+                                            state.revisions[revision].transformer)})
         isvc = plane.services.get(name, (None,))[0]
         rollout = isvc.spec.turnout.rollout if isvc is not None and isvc.spec.turnout else None
         services.append({"name": name, "phase": state.phase, "stable": state.stable,
@@ -55,6 +58,20 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
                                     for e in state.events[-10:]]})
     return {"http_port": plane.router.http_port, "grpc_port": plane.router.grpc_port,
             "services": services, "graphs": sorted(plane.graphs)}
+
+
+def _transformer(plane: Plane, revision: str,
+                 spec: TransformerRevision | None) -> dict[str, Any] | None:
+    """The revision's transformer processes (docs/transformers.md); None without one."""
+    if spec is None or spec.model_class is None:
+        return None
+    replicas = plane.supervisor.replicas.get(key(revision), [])
+    return {"name": key(revision), "modelClass": spec.model_class, "protocol": spec.protocol,
+            "ready": sum(r.state == "ready" for r in replicas),
+            "total": len([r for r in replicas if r.state != "stopping"]),
+            "restarts": sum(r.restarts for r in replicas),
+            "endpoints": {"http": [r.http for r in replicas if r.state == "ready"],
+                          "grpc": [r.grpc for r in replicas if r.state == "ready"]}}
 
 
 def headline(svc: dict[str, Any]) -> str:
@@ -81,6 +98,9 @@ def render(doc: dict[str, Any]) -> str:
                          f"{r['ready']:>2}/{r['total']:<3} {v['rps']:>8.1f} "
                          f"{v['error_rate'] * 100:>6.2f} {p99:>8}  "
                          f"{v.get('registryVersion') or v['storageUri']}")
+            if (t := v.get("transformer")) is not None:  # absent in older planes' documents
+                lines.append(f"  {'':7} {t['name']:22} {'':>6} {t['ready']:>2}/{t['total']:<3} "
+                             f"transformer {t['modelClass']} -> {t['protocol']}")
         for event in svc["events"][-5:]:
             stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
             lines.append(f"  {stamp}  {event['message']}")
