@@ -214,8 +214,9 @@ class Sink:
                 connector=aiohttp.TCPConnector(limit=HTTP_WORKERS))
         headers, body = to_binary(event_of(item))
         try:
-            async with self._session.post(self.url, data=body or b"", headers=headers) as resp:
-                await resp.read()
+            async with self._session.post(self.url, data=body or b"", headers=headers,
+                                          allow_redirects=False) as resp:
+                await resp.content.read(65536)  # a sink's answer is not ours to hold whole
                 ok = 200 <= resp.status < 300
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.debug("payload sink %s: %s", self.url, exc)
