@@ -180,3 +180,28 @@ spec:
 """)]).services[0]
     got = render.render(desired(service), {"iris": (service, OWNER)}, SETTINGS)
     assert not [o for o in got if "transformer" in o["metadata"]["name"]]
+
+
+def test_the_status_names_each_serving_revisions_transformer() -> None:
+    from serving.control.kube import resources
+
+    state = apply_manifest(None, isvc(CONTAINERS), now=0)
+    state = apply_manifest(state, isvc(TURNOUT, percent="\n    canaryTrafficPercent: 20"), now=1)
+    status = resources.service_status({"metadata": {"name": "iris", "generation": 1}}, state,
+                                      ready={"iris-00001"}, settings=SETTINGS, omitted=[])
+    assert status["components"]["transformer"] == {
+        "latestCreatedRevision": "iris-00002",
+        "deployments": {"iris-00001": "iris-00001-transformer",
+                        "iris-00002": "iris-00002-transformer"}}
+    plain = load_texts([(Path("m.yaml"), """
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    model: {modelFormat: {name: sklearn}, storageUri: "s3://models/iris"}
+""")]).services[0]
+    status = resources.service_status({"metadata": {"name": "iris", "generation": 1}},
+                                      apply_manifest(None, plain, now=0), ready=set(),
+                                      settings=SETTINGS, omitted=[])
+    assert set(status["components"]) == {"predictor"}

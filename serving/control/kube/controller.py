@@ -265,7 +265,9 @@ class Controller:
         ns.actuator.services = {name: (isvc, resources.owner(body))
                                 for name, (isvc, _, body) in services.items()}
         await ns.actuator.act(desired)
-        ready = set(observation.endpoints)
+        # a revision with a transformer is ready when both are (policy/transformers.py)
+        ready = {r for r in observation.endpoints if r not in desired.transformers
+                 or desired.transformers[r].name in observation.endpoints}
         for _, state, body in services.values():
             status = resources.service_status(body, state, ready=ready,
                                               settings=ns.actuator.settings,

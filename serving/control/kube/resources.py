@@ -17,6 +17,7 @@ import yaml
 
 from serving.control.kube.render import Owner, Settings, predictor_name, router_url
 from serving.control.policy.revisions import ServiceState
+from serving.control.policy.transformers import key as transformer_key
 from serving.spec import InferenceGraph, InferenceService, load_texts
 
 KSERVE = {"InferenceService": "serving.kserve.io/v1beta1",
@@ -116,10 +117,20 @@ def service_status(body: dict[str, Any], state: ServiceState, *, ready: set[str]
             if canary else state.stable,
             "previousRolledoutRevision": state.previous,
             "traffic": [{k: v for k, v in t.items() if v is not None} for t in traffic],
-            "deployments": {r: predictor_name(r) for r in state.serving().values()}}},
+            "deployments": {r: predictor_name(r) for r in state.serving().values()}},
+            **_transformer_component(state)},
         "conditions": conditions,
         "turnout": state.model_dump(mode="json"),
     }
+
+
+def _transformer_component(state: ServiceState) -> dict[str, Any]:
+    """KServe's ``components.transformer``: the serving revisions' transformer Deployments."""
+    serving = [r for r in state.serving().values() if state.revisions[r].transformer is not None]
+    if not serving:
+        return {}
+    return {"transformer": {"latestCreatedRevision": state.canary or state.stable,
+                            "deployments": {r: transformer_key(r) for r in serving}}}
 
 
 def invalid_status(body: dict[str, Any], message: str) -> dict[str, Any]:
