@@ -29,15 +29,15 @@ LABELS = {"app.kubernetes.io/name": "turnout", "app.kubernetes.io/instance": "ir
           "serving.turnout.dev/revision": "iris-00001-transformer"}
 
 
-def isvc(transformer: str, percent: str = ""):
+def isvc(transformer: str | None, percent: str = ""):
+    extra = f"\n  transformer: {transformer}" if transformer else ""
     return load_texts([(Path("m.yaml"), f"""
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata: {{name: iris}}
 spec:
   predictor:{percent}
-    model: {{modelFormat: {{name: sklearn}}, storageUri: "s3://models/iris"}}
-  transformer: {transformer}
+    model: {{modelFormat: {{name: sklearn}}, storageUri: "s3://models/iris"}}{extra}
 """)]).services[0]
 
 
@@ -170,14 +170,7 @@ def test_render_everything_with_a_canary_and_the_network_policies() -> None:
 
 
 def test_no_transformer_no_transformer_objects() -> None:
-    service = load_texts([(Path("m.yaml"), """
-apiVersion: serving.kserve.io/v1beta1
-kind: InferenceService
-metadata: {name: iris}
-spec:
-  predictor:
-    model: {modelFormat: {name: sklearn}, storageUri: "s3://models/iris"}
-""")]).services[0]
+    service = isvc(None)
     got = render.render(desired(service), {"iris": (service, OWNER)}, SETTINGS)
     assert not [o for o in got if "transformer" in o["metadata"]["name"]]
 
@@ -193,14 +186,7 @@ def test_the_status_names_each_serving_revisions_transformer() -> None:
         "latestCreatedRevision": "iris-00002",
         "deployments": {"iris-00001": "iris-00001-transformer",
                         "iris-00002": "iris-00002-transformer"}}
-    plain = load_texts([(Path("m.yaml"), """
-apiVersion: serving.kserve.io/v1beta1
-kind: InferenceService
-metadata: {name: iris}
-spec:
-  predictor:
-    model: {modelFormat: {name: sklearn}, storageUri: "s3://models/iris"}
-""")]).services[0]
+    plain = isvc(None)
     status = resources.service_status({"metadata": {"name": "iris", "generation": 1}},
                                       apply_manifest(None, plain, now=0), ready=set(),
                                       settings=SETTINGS, omitted=[])
