@@ -244,3 +244,15 @@ def test_apply_wait_follows_a_rollout_to_its_promotion(plane: Plane) -> None:
     assert lines.index(both) < lines.index(f"iris: {promoted}"), lines
     assert lines[-2:] == [f"iris: {promoted}", f"iris: {new} 1/1 ready"], lines
     assert lines.count(f"iris: {promoted}") == 1 and f"iris: {started}" not in lines
+
+
+def test_servers_and_the_plane_never_load_rich() -> None:
+    """Only the CLI's views draw: importing what serves requests loads no terminal library."""
+    code = ("import sys, serving.server.process, serving.control.local.plane, "
+            "serving.control.local.run, serving.control.local.cli, serving.storage, serving.cli, "
+            "router.server, router.cli; print(sorted(m for m in sys.modules if m == 'rich' "
+            "or m.startswith('rich.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
