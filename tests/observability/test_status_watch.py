@@ -173,23 +173,29 @@ def test_watch_on_a_terminal_shows_the_plane_and_ends_on_ctrl_c(plane: Plane) ->
     assert "Traceback" not in term.text and "KeyboardInterrupt" not in term.text
 
 
-def test_watch_without_a_terminal_repeats_plain_text_and_counts_requests(plane: Plane) -> None:
+def test_watch_without_a_terminal_repeats_plain_text_and_counts_requests(
+        plane: Plane, tmp_path: Path) -> None:
     for _ in range(20):
         assert httpx.post(f"{plane.url}/v2/models/iris/infer", json=ROW, timeout=30).status_code \
             == 200
-    watch = subprocess.Popen([sys.executable, "-m", "serving.cli", "status", "--watch",
-                              "--interval", "0.3"], cwd=plane.folder, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)
-    watch.send_signal(signal.SIGINT)
-    out, err = watch.communicate(timeout=30)
-    assert watch.returncode == 0, err
+    with (tmp_path / "out").open("w") as out_file, (tmp_path / "err").open("w") as err_file:
+        watch = subprocess.Popen([sys.executable, "-m", "serving.cli", "status", "--watch",
+                                  "--interval", "0.3"], cwd=plane.folder, stdout=out_file,
+                                 stderr=err_file)
+        deadline = time.monotonic() + 60
+        while (tmp_path / "out").read_text().count("\n--- ") < 3:  # three frames, a fourth begun
+            assert watch.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "err").read_text()
+            time.sleep(0.1)
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(30) == 0, (tmp_path / "err").read_text()
+    out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert err == ""
     assert "\x1b[" not in out  # plain text for a pipe
     frames = [f for f in re.split(r"^--- \d\d:\d\d:\d\d\n", out, flags=re.M) if f]
     assert len(frames) >= 3, out
     svc = plane.service()
-    rows = _rows(frames[-1], svc)
+    rows = _rows(frames[-2], svc)  # complete: another frame followed it
     assert {r: cells[:4] for r, cells in rows.items()} == {
         v["revision"]: [v["role"], v["revision"], f"{v['weight']}%", "1/1"]
         for v in svc["variants"]}

@@ -238,10 +238,10 @@ async def _wait_ready(plane: Plane, timeout: float, stop: asyncio.Event) -> bool
         progress = Progress(list(plane.states), stream=sys.stderr)
     try:
         while time.monotonic() < deadline and not stop.is_set():
-            if progress is not None:
-                progress.update(status(plane))
             pending = [n for n, s in plane.states.items()
                        if not plane.supervisor.ready(s.stable) and s.stable not in plane.at_zero()]
+            if progress is not None:  # after the check: the last frame shows the ready state
+                progress.update(status(plane))
             if not pending:
                 return True
             await asyncio.sleep(0.2)
