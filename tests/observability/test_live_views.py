@@ -105,3 +105,21 @@ def test_the_live_view_draws_every_revision_with_its_numbers() -> None:
     assert rows["iris-00002"][3] == "█" * 10 + "·" * 10
     assert "to 50%" in text
     assert readiness(doc("stable", 0, (0, 0))["services"][0])[:2] == (0, 1)
+
+
+def test_watch_as_json_writes_one_document_per_line_until_ctrl_c() -> None:
+    import json
+
+    from serving.control.local.live import watch
+
+    docs = [doc("canary", 30, (1, 1)), doc("canary", 40, (1, 1))]
+
+    def fetch() -> dict[str, Any]:
+        if not docs:
+            raise KeyboardInterrupt
+        return docs.pop(0)
+
+    out = io.StringIO()
+    assert watch(fetch, interval=0.01, out=out, as_json=True) == 0
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line)["services"][0]["canary_percent"] for line in lines] == [30, 40]

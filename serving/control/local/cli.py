@@ -80,7 +80,8 @@ def add_parsers(sub: Any) -> None:
     status = sub.add_parser("status", help="services, revisions, replicas, weights, metrics")
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
     status.add_argument("-w", "--watch", action="store_true", help="redraw every --interval "
-                        "seconds until Ctrl-C (a live view on a terminal, repeated text otherwise)")
+                        "seconds until Ctrl-C (a live view on a terminal, repeated text otherwise; "
+                        "with -o json, one document per line)")
     status.add_argument("--interval", type=_positive, default=2.0,
                         help="seconds between redraws with --watch (default 2)")
     common(status)
@@ -110,7 +111,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         elif args.command == "status" and args.watch:
             from serving.control.local.live import watch
 
-            return watch(lambda: _call(args.state_dir, "GET", "/status"), interval=args.interval)
+            return watch(lambda: _call(args.state_dir, "GET", "/status"), interval=args.interval,
+                         as_json=args.output == "json")
         elif args.command == "status":
             answer = _call(args.state_dir, "GET", "/status")
             from serving.control.local.status import render

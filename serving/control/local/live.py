@@ -10,6 +10,7 @@ terminal (a pipe, a log file, CI) the views fall back to plain lines that script
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -30,14 +31,20 @@ def is_terminal(stream: TextIO) -> bool:
 
 # -- turnout status --watch ----------------------------------------------------------------------
 
-def watch(fetch: Fetch, *, interval: float, out: TextIO | None = None) -> int:
+def watch(fetch: Fetch, *, interval: float, out: TextIO | None = None,
+          as_json: bool = False) -> int:
     """Redraw the status every ``interval`` seconds until Ctrl-C (exit status 0).
 
     On a terminal one live view is redrawn in place; otherwise the text rendering is printed
-    again each time, under a line with the time, so a log of it reads as a history.
+    again each time, under a line with the time, so a log of it reads as a history. With
+    ``as_json``, one status document per line (JSON Lines), for scripts.
     """
     out = out or sys.stdout
     try:
+        if as_json:
+            while True:
+                print(json.dumps(fetch(), separators=(",", ":")), file=out, flush=True)
+                time.sleep(interval)
         if not is_terminal(out):
             while True:
                 print(f"--- {time.strftime('%H:%M:%S')}\n{render(fetch())}", file=out, flush=True)
