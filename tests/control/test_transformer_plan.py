@@ -130,3 +130,19 @@ def test_the_state_with_a_transformer_round_trips_through_json() -> None:
     again = type(s).model_validate_json(s.model_dump_json())
     assert again == s
     assert again.revisions["iris-00001"].transformer.resolved_uri == "/abs/tr"
+
+
+@pytest.mark.parametrize("form, ready, run_images, serving", [
+    (None, {"r"}, True, True),                              # no transformer: the predictor's
+    (TURNOUT_FORM, {"r"}, True, False),                     # transformer still starting
+    (TURNOUT_FORM, {"r", "r-transformer"}, True, True),
+    (TURNOUT_FORM, {"r-transformer"}, True, False),         # predictor still starting
+    (CONTAINER_FORM, {"r"}, False, True),                   # turnout up runs no image
+    (CONTAINER_FORM, {"r"}, True, False),                   # a cluster does: wait for it
+])
+def test_a_revision_serves_when_its_predictor_and_transformer_are_ready(
+        form: str | None, ready: set, run_images: bool, serving: bool) -> None:
+    from serving.control.policy.transformers import serving_ready, transformer_revision
+
+    transformer = transformer_revision(isvc(transformer=form)) if form else None
+    assert serving_ready("r", transformer, ready, run_images=run_images) is serving

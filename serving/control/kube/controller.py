@@ -38,6 +38,7 @@ from serving.control.policy.autoscale import scale_policy
 from serving.control.policy.plan import Observed, plan
 from serving.control.policy.ports import Observation
 from serving.control.policy.rollout import step
+from serving.control.policy.transformers import serving_ready
 from serving.control.registry import (
     RegistryLink,
     RegistryProblem,
@@ -221,7 +222,9 @@ class Controller:
         name = isvc.name
         after = step(state, rollout, canary=observation.counters.get((name, "canary")),
                      stable=observation.counters.get((name, "stable")),
-                     canary_ready=state.canary is not None and state.canary in observation.endpoints,
+                     canary_ready=state.canary is not None and serving_ready(
+                         state.canary, state.revisions[state.canary].transformer,
+                         observation.endpoints),
                      now=self.clock())
         if after is not state:
             events = rev.new_events(state, after)
@@ -267,7 +270,7 @@ class Controller:
         await ns.actuator.act(desired)
         # a revision with a transformer is ready when both are (policy/transformers.py)
         ready = {r for r in observation.endpoints if r not in desired.transformers
-                 or desired.transformers[r].name in observation.endpoints}
+                 or serving_ready(r, desired.transformers[r].transformer, observation.endpoints)}
         for _, state, body in services.values():
             status = resources.service_status(body, state, ready=ready,
                                               settings=ns.actuator.settings,

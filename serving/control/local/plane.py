@@ -37,6 +37,7 @@ from serving.control.policy.observe import Totals, window
 from serving.control.policy.plan import Desired, Observed, plan
 from serving.control.policy.ports import Observation
 from serving.control.policy.rollout import step
+from serving.control.policy.transformers import serving_ready
 from serving.control.registry import Located, RegistryLink, RegistryProblem, follows_alias, is_registry_uri
 from serving.spec import InferenceGraph, InferenceService, Manifests
 from serving.spec.load import ManifestError
@@ -375,7 +376,10 @@ class Plane:
         for name, state in list(self.states.items()):
             isvc = self.services[name][0]
             rollout = isvc.spec.turnout.rollout if isvc.spec.turnout else None
-            ready = state.canary is not None and bool(self.supervisor.ready(state.canary))
+            ready = state.canary is not None and serving_ready(
+                state.canary, state.revisions[state.canary].transformer,
+                {r for r in self.supervisor.replicas if self.supervisor.ready(r)},
+                run_images=False)
             after = step(state, rollout, canary=current.get((name, "canary")),
                          stable=current.get((name, "stable")), canary_ready=ready, now=now)
             if after is not state:

@@ -14,6 +14,7 @@ by its predictor, with a warning), the controller renders the container as it is
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,3 +81,14 @@ class TransformerWorkload:
     def runs_locally(self) -> bool:
         return self.transformer.model_class is not None
 
+
+
+def serving_ready(revision: str, transformer: TransformerRevision | None,
+                  ready: Collection[str], *, run_images: bool = True) -> bool:
+    """Whether a revision can take traffic: its predictor is ready (in ``ready``) and so is its
+    transformer where it runs (``turnout up`` does not run container-only ones)."""
+    if revision not in ready:
+        return False
+    if transformer is None or (transformer.model_class is None and not run_images):
+        return True
+    return key(revision) in ready
