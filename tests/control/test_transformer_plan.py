@@ -146,3 +146,15 @@ def test_a_revision_serves_when_its_predictor_and_transformer_are_ready(
 
     transformer = transformer_revision(isvc(transformer=form)) if form else None
     assert serving_ready("r", transformer, ready, run_images=run_images) is serving
+
+
+@pytest.mark.parametrize("manifest", ["inferenceservice.yaml", "digits.yaml"])
+def test_the_examples_are_valid_and_their_classes_are_where_they_say(manifest: str) -> None:
+    from serving.control.local.checks import transformer_problems
+    from serving.spec.load import load_files
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "transformer" / manifest
+    loaded = load_files([path])
+    (service,) = loaded.services
+    assert loaded.warnings == []  # no unknown field, nothing ignored locally
+    assert transformer_problems(service, path.parent, (path.parent,)) == []
