@@ -41,6 +41,12 @@ __all__ = ["RUNTIME", "TransformerRuntime", "predictor_parameters"]
 # How the server names this runtime (an import path: it needs no entry point installed).
 RUNTIME = "runtimes.transformer:TransformerRuntime"
 DEFAULT_TIMEOUT = 60.0
+# Requests that may wait for a predict thread (model-settings.yaml's max_queue overrides it).
+# A transformer's predict mostly waits on the predictor, so its latency cannot be measured at
+# load (the predictor may not be up) and the server's default of 8 would refuse bursts with
+# 429 that the predictor serves in milliseconds; still bounded, so a stalled predictor cannot
+# pile up unbounded work.
+DEFAULT_QUEUE = 256
 
 
 def predictor_parameters(*, host: str, protocol: str = "v2", model: str | None = None,
@@ -75,6 +81,8 @@ class TransformerRuntime(PythonRuntime):
 
     def load(self) -> None:
         self.client = self._client()
+        if self.settings.max_queue is None:
+            self.settings.max_queue = DEFAULT_QUEUE
         super().load()
         assert self.model is not None
         self._with_headers = {hook: _takes_headers(getattr(self.model, hook))

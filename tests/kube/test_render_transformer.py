@@ -67,6 +67,7 @@ def test_turnout_form_deployment_exact() -> None:
                                   "--model-class", "transformer:CsvToIris",
                                   "--transformer-for", "iris-00001-predictor.ml.svc:8081",
                                   "--predictor-protocol", "grpc-v2", "--predictor-model", "iris",
+                                  "--inference-threads", "16",
                                   "--host", "0.0.0.0", "--http-port", "8080",
                                   "--grpc-port", "8081", "--drain-seconds", "20",
                                   "--predictor-timeout", "7", "--insecure"],

@@ -198,3 +198,19 @@ def test_kserve_style_hooks_with_headers_run_in_process(
         assert runtime.model.seen == [{}, {}]  # headers: an empty dict (not passed on yet)
     finally:
         runtime.unload()
+
+
+def test_a_burst_waits_for_the_predictor_instead_of_being_refused(
+        servers: dict[str, ServerProcess]) -> None:
+    """The default of 4 threads and a queue of 256: 128 requests at once all answered."""
+    import asyncio
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=128)) as client:
+            answers = await asyncio.gather(*(client.post(
+                f"{servers['v2'].url}/v2/models/iris/infer", timeout=60, json={"inputs": [
+                    {"name": "text", "datatype": "BYTES", "shape": [1], "data": [LINES[i % 3]]}]})
+                for i in range(128)))
+            return [a.status_code for a in answers]
+
+    assert asyncio.run(burst()) == [200] * 128

@@ -22,7 +22,7 @@ from serving.control.kube.secure import AuthSettings, TlsSettings
 from serving.control.policy.autoscale import knative_settings
 from serving.control.policy.plan import Desired, Workload
 from serving.control.policy.routes import Endpoints
-from serving.control.policy.transformers import TransformerWorkload
+from serving.control.policy.transformers import THREADS, TransformerWorkload
 from serving.spec.inferenceservice import InferenceService
 from serving.spec.routes import RouterConfig
 
@@ -480,7 +480,8 @@ def transformer_container(workload: TransformerWorkload, settings: Settings) -> 
             "--model-class", spec.model_class,
             "--transformer-for", predictor_host(workload, settings),
             "--predictor-protocol", spec.protocol, "--predictor-model", workload.model_name,
-            "--host", "0.0.0.0", "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
+            "--inference-threads", str(THREADS), "--host", "0.0.0.0",
+            "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
             "--drain-seconds", str(settings.drain_seconds)]
     if spec.timeout_seconds:
         args += ["--predictor-timeout", str(spec.timeout_seconds)]

@@ -25,7 +25,7 @@ from serving.control.policy.observe import parse_router_metrics
 from serving.control.policy.plan import Desired
 from serving.control.policy.ports import Observation, VariantKey
 from serving.control.policy.routes import Endpoints
-from serving.control.policy.transformers import TransformerWorkload
+from serving.control.policy.transformers import THREADS, TransformerWorkload
 
 
 class LocalObserver:
@@ -108,6 +108,7 @@ class LocalActuator:
         spec = workload.transformer
         assert spec.model_class is not None
         flags = ("--model-class", spec.model_class, "--transformer-for", f"@{path}",
+                 "--inference-threads", str(THREADS),
                  "--predictor-protocol", spec.protocol, "--predictor-model", workload.model_name)
         if spec.timeout_seconds:
             flags += ("--predictor-timeout", str(spec.timeout_seconds))

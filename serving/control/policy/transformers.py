@@ -23,6 +23,9 @@ from pydantic import BaseModel
 from serving.spec.inferenceservice import InferenceService
 
 SUFFIX = "-transformer"
+# A transformer's predict threads mostly wait on its predictor: more of them than a model
+# server's default 4 keep concurrent requests from queueing behind one another.
+THREADS = 16
 
 
 class TransformerRevision(BaseModel):
