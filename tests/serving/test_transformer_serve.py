@@ -214,3 +214,50 @@ def test_a_burst_waits_for_the_predictor_instead_of_being_refused(
             return [a.status_code for a in answers]
 
     assert asyncio.run(burst()) == [200] * 128
+
+
+PAIRS = '''
+import numpy as np
+from runtimes.python import Model
+
+class Pairs(Model):
+    inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1], "content_type": "str"}]
+    outputs = [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]
+
+    def preprocess(self, inputs):
+        return {"x": np.array([[float(v) for v in t.split(",")] for t in inputs["text"]],
+                              dtype=np.float32)}
+
+    def postprocess(self, result):
+        return {"y": next(iter(result.values()))}
+'''
+
+
+def test_a_predictor_slower_than_the_timeout_is_a_504_not_a_wait(
+        model_zoo: dict, tmp_path: Path) -> None:
+    """The zoo's slow model takes 1 s; the transformer waits 0.3 s for it."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    (tmp_path / "pairs.py").write_text(PAIRS)
+    predictor = ServerProcess(model_zoo["root"] / "slow", "--name", "slow").wait_ready()
+    transformer = ServerProcess(tmp_path, "--model-class", "pairs:Pairs", "--name", "slow",
+                                "--transformer-for", f"127.0.0.1:{predictor.http_port}",
+                                "--predictor-timeout", "0.3")
+    try:
+        transformer.wait_ready()
+        started = time.monotonic()
+        answer = httpx.post(f"{transformer.url}/v2/models/slow/infer", timeout=10, json={
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["1,2"]}]}
+        ).json(), time.monotonic() - started
+        assert answer[0] == {"error": "predictor of 'slow' did not answer within 0.3s"}
+        assert answer[1] < 0.9
+        client = grpcclient.InferenceServerClient(transformer.grpc_url)
+        text = grpcclient.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"1,2"], dtype=object))
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("slow", [text])
+        assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    finally:
+        transformer.stop()
+        predictor.stop()
