@@ -42,6 +42,16 @@ def servers(model_zoo: dict, tmp_path_factory: pytest.TempPathFactory
             proc.stop()
 
 
+def _grpc(server: ServerProcess, model: str, lines: list[str]) -> object:
+    """``lines`` as the BYTES input ``text``, through tritonclient's gRPC client."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    text = grpcclient.InferInput("text", [len(lines)], "BYTES")
+    text.set_data_from_numpy(np.array([s.encode() for s in lines], dtype=object))
+    return client.infer(model, [text], client_timeout=10)
+
+
 def _v2(url: str, lines: list[str]) -> httpx.Response:
     return httpx.post(f"{url}/v2/models/iris/infer", timeout=10, json={
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(lines)], "data": lines}]})
@@ -50,7 +60,6 @@ def _v2(url: str, lines: list[str]) -> httpx.Response:
 @pytest.mark.parametrize("protocol", ["v2", "v1", "grpc-v2"])
 def test_every_client_protocol_gets_postprocess_of_the_model_of_preprocess(
         servers: dict[str, ServerProcess], model_zoo: dict, protocol: str) -> None:
-    import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
     want = expected(model_zoo["root"] / "iris" / "1", LINES)
@@ -65,10 +74,7 @@ def test_every_client_protocol_gets_postprocess_of_the_model_of_preprocess(
     assert v1.status_code == 200, v1.text
     assert v1.json()["predictions"] == want["species"]
 
-    client = grpcclient.InferenceServerClient(transformer.grpc_url)
-    text = grpcclient.InferInput("text", [len(LINES)], "BYTES")
-    text.set_data_from_numpy(np.array([s.encode() for s in LINES], dtype=object))
-    result = client.infer("iris", [text])
+    result = _grpc(transformer, "iris", LINES)
     assert [s.decode() for s in result.as_numpy("species")] == want["species"]
     assert result.as_numpy("class_id").tolist() == want["class_id"]
 
@@ -81,7 +87,6 @@ def test_every_client_protocol_gets_postprocess_of_the_model_of_preprocess(
 @pytest.mark.parametrize("protocol", ["v2", "grpc-v2"])
 def test_a_preprocess_error_is_a_clean_invalid_argument(
         servers: dict[str, ServerProcess], protocol: str) -> None:
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     transformer = servers[protocol]
@@ -93,11 +98,8 @@ def test_a_preprocess_error_is_a_clean_invalid_argument(
     assert short.status_code == 400
     assert short.json()["error"] == ("preprocess refused the input: ValueError: expected 4 "
                                      "comma-separated numbers, got 2 in '1,2'")
-    client = grpcclient.InferenceServerClient(transformer.grpc_url)
-    text = grpcclient.InferInput("text", [1], "BYTES")
-    text.set_data_from_numpy(np.array([b"a,b,c,d"], dtype=object))
     with pytest.raises(InferenceServerException) as caught:
-        client.infer("iris", [text])
+        _grpc(transformer, "iris", ["a,b,c,d"])
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "could not convert string to float: 'a'" in caught.value.message()
     assert "Traceback" not in transformer.log()  # the client's mistake is not a server error
@@ -113,7 +115,6 @@ def test_a_wrong_input_is_refused_by_the_declared_inputs_before_preprocess(
 @pytest.mark.parametrize("protocol", ["v2", "v1", "grpc-v2"])
 def test_a_predictor_that_is_down_is_unavailable_at_once(
         tmp_path: Path, protocol: str) -> None:
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     code = copy_example(tmp_path)
@@ -128,11 +129,8 @@ def test_a_predictor_that_is_down_is_unavailable_at_once(
         assert answer.status_code == 503
         assert answer.json() == {"error": "predictor of 'iris' is unreachable"}
         assert f"127.0.0.1:{dead} is unreachable" in transformer.log()  # the address: log only
-        client = grpcclient.InferenceServerClient(transformer.grpc_url)
-        text = grpcclient.InferInput("text", [1], "BYTES")
-        text.set_data_from_numpy(np.array([LINES[0].encode()], dtype=object))
         with pytest.raises(InferenceServerException) as caught:
-            client.infer("iris", [text], client_timeout=10)
+            _grpc(transformer, "iris", LINES[:1])
         assert caught.value.status() == "StatusCode.UNAVAILABLE"
     finally:
         transformer.stop()
@@ -236,7 +234,6 @@ class Pairs(Model):
 def test_a_predictor_slower_than_the_timeout_is_a_504_not_a_wait(
         model_zoo: dict, tmp_path: Path) -> None:
     """The zoo's slow model takes 1 s; the transformer waits 0.3 s for it."""
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     (tmp_path / "pairs.py").write_text(PAIRS)
@@ -252,11 +249,8 @@ def test_a_predictor_slower_than_the_timeout_is_a_504_not_a_wait(
         ).json(), time.monotonic() - started
         assert answer[0] == {"error": "predictor of 'slow' did not answer within 0.3s"}
         assert answer[1] < 0.9
-        client = grpcclient.InferenceServerClient(transformer.grpc_url)
-        text = grpcclient.InferInput("text", [1], "BYTES")
-        text.set_data_from_numpy(np.array([b"1,2"], dtype=object))
         with pytest.raises(InferenceServerException) as caught:
-            client.infer("slow", [text])
+            _grpc(transformer, "slow", ["1,2"])
         assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     finally:
         transformer.stop()
