@@ -36,7 +36,7 @@ from serving.protocol.types import TensorSpec
 from serving.runtime.content_types import encode_tensor, from_frame, to_frame
 from serving.runtime.settings import ModelSettings
 
-__all__ = ["RUNTIME", "TransformerRuntime", "predictor_parameters"]
+__all__ = ["RUNTIME", "TransformerRuntime", "as_tensors", "predictor_parameters"]
 
 # How the server names this runtime (an import path: it needs no entry point installed).
 RUNTIME = "runtimes.transformer:TransformerRuntime"
@@ -102,9 +102,12 @@ class TransformerRuntime(PythonRuntime):
             timeout = float(params.get("predictor_timeout", DEFAULT_TIMEOUT))
         except (TypeError, ValueError):
             raise ModelLoadError("predictor_timeout must be a number of seconds") from None
-        addresses = Addresses(fixed=str(host).split(",") if host else None,
-                              file=Path(hosts_file) if hosts_file else None,
-                              grpc=protocol == "grpc-v2")
+        try:
+            addresses = Addresses(fixed=str(host).split(",") if host else None,
+                                  file=Path(hosts_file) if hosts_file else None,
+                                  grpc=protocol == "grpc-v2")
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
         return PredictorClient(addresses=addresses, protocol=protocol,  # type: ignore[arg-type]
                                model=str(params.get("predictor_model") or self.settings.name),
                                timeout=timeout)
@@ -120,7 +123,7 @@ class TransformerRuntime(PythonRuntime):
         data: Any = to_frame(inputs, [s.name for s in self.inputs]) if self._frame else inputs
         try:
             data = self._hook("preprocess", data)
-            tensors = _tensors(data)
+            tensors = as_tensors(data)
         except TurnoutError:
             raise
         except Exception as exc:  # the client's input did not fit: say why, no traceback
@@ -154,7 +157,7 @@ def _takes_headers(hook: Any) -> bool:
     return len(positional) >= 2
 
 
-def _tensors(data: Any) -> dict[str, np.ndarray]:
+def as_tensors(data: Any) -> dict[str, np.ndarray]:
     """preprocess's result as named arrays: a dict, a DataFrame, or one array (``input-0``,
     which a single-input predictor takes whatever its input's name)."""
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):

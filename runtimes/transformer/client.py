@@ -94,8 +94,10 @@ class Addresses:
             doc = json.loads(self._file.read_text())
             self._listed = [_host_port(a) for a in doc.get("grpc" if self._grpc else "http", [])]
             self._mtime = mtime
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError) as exc:
             self._listed = []  # no file yet, or one being replaced: no predictor now
+            if isinstance(exc, ValueError):
+                log.warning("predictor addresses in %s: %s", self._file, exc)
 
     def rotation(self) -> list[str]:
         """The addresses, starting from the next in turn."""
@@ -107,8 +109,13 @@ class Addresses:
 
 
 def _host_port(address: str) -> str:
-    """``http://h:p/``, ``h:p`` -> ``h:p`` (a bare host gets port 80)."""
-    address = address.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+    """``http://h:p/``, ``h:p`` -> ``h:p`` (a bare host gets port 80). TLS to the predictor is
+    not spoken yet: an ``https://`` or ``grpcs://`` address is refused, never downgraded."""
+    address = address.strip()
+    if address.startswith(("https://", "grpcs://")):
+        raise ValueError(f"predictor address {address!r}: TLS to the predictor is not "
+                         "supported yet")
+    address = address.removeprefix("http://").rstrip("/")
     return address if ":" in address.rsplit("]", 1)[-1] else f"{address}:80"
 
 
@@ -147,7 +154,7 @@ class PredictorClient:
             body, headers = _v1_request(tensors), {"content-type": "application/json"}
         else:
             path = f"/v2/models/{self.model}/infer"
-            body, header_length = _v2_request(tensors)
+            body, header_length = v2_request(tensors)
             headers = {"content-type": "application/octet-stream",
                        "inference-header-content-length": str(header_length)}
         status, reply_headers, reply = self._post(address, path, body, headers)
@@ -156,7 +163,7 @@ class PredictorClient:
         try:
             if self.protocol == "v1":
                 return _v1_response(reply)
-            return _v2_response(reply, reply_headers.get("inference-header-content-length"))
+            return v2_response(reply, reply_headers.get("inference-header-content-length"))
         except (ValueError, KeyError, TypeError, TurnoutError) as exc:
             raise ModelFailed(f"predictor of '{self.model}' answered what is not a "
                               f"{self.protocol} response: {exc}") from None
@@ -258,7 +265,7 @@ def _refusal(status: int, body: bytes) -> TurnoutError:
     return _error(kind, f"predictor answered {status}" + (f": {message}" if message else ""))
 
 
-def _v2_request(tensors: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
+def v2_request(tensors: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
     inputs, chunks = [], []
     for name, array in tensors.items():
         raw = array_to_raw(array)
@@ -270,7 +277,7 @@ def _v2_request(tensors: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
     return b"".join([header, *chunks]), len(header)
 
 
-def _v2_response(body: bytes, header_length: str | None) -> Tensors:
+def v2_response(body: bytes, header_length: str | None) -> Tensors:
     size = int(header_length) if header_length else len(body)
     doc = json.loads(body[:size])
     view, offset, out = memoryview(body), size, {}
