@@ -33,6 +33,11 @@ def _serve_parser(sub: Any) -> None:
                    "predictor (default --name)")
     p.add_argument("--predictor-timeout", dest="predictor_timeout_seconds", type=float,
                    help="with --transformer-for: seconds to wait for the predictor (default 60)")
+    p.add_argument("--predictor-ca", type=Path, help="with --transformer-for: call the "
+                   "predictor over TLS, verifying it against this CA bundle (PEM)")
+    p.add_argument("--predictor-cert", type=Path, help="with --predictor-ca: the client "
+                   "certificate for a predictor that requires mTLS")
+    p.add_argument("--predictor-key", type=Path, help="the private key of --predictor-cert")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="REST port (default 8080)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 disables)")

@@ -4,6 +4,7 @@ tests to compare what the servers answer with: postprocess(model(preprocess(x)))
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +36,22 @@ def expected(model_path: Path, lines: list[str]) -> dict[str, list[Any]]:
     model = joblib.load(next(model_path.glob("*.joblib")) if model_path.is_dir() else model_path)
     out = transformer.postprocess({"predict": model.predict(tensors["input-0"])})
     return {"species": list(out["species"]), "class_id": [int(i) for i in out["class_id"]]}
+
+
+def load_failure(url: str, model: str, wanted: str, timeout: float = 30) -> str:
+    """The reason ``model`` failed to load on the server at ``url``, once it says ``wanted``
+    (the server itself starts: a broken model does not make it unready)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            ready = httpx.get(f"{url}/v2/models/{model}/ready", timeout=1)
+            last = httpx.get(f"{url}/v2/models/{model}", timeout=1).text
+            if ready.status_code != 200 and wanted in last:
+                return last
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{model} did not fail with {wanted!r}: {last}")

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtimes.python import PythonRuntime
-from runtimes.transformer.client import PROTOCOLS, Addresses, PredictorClient
+from runtimes.transformer.client import PROTOCOLS, Addresses, PredictorClient, PredictorTls
 from serving.protocol.errors import InvalidInput, ModelLoadError, TurnoutError
 from serving.protocol.types import TensorSpec
 from serving.runtime.content_types import encode_tensor, from_frame, to_frame
@@ -50,10 +50,12 @@ DEFAULT_QUEUE = 256
 
 
 def predictor_parameters(*, host: str, protocol: str = "v2", model: str | None = None,
-                         timeout: float | None = None) -> dict[str, Any]:
+                         timeout: float | None = None, ca: Path | None = None,
+                         cert: Path | None = None, key: Path | None = None) -> dict[str, Any]:
     """The model parameters that point a transformer at its predictor. ``host``: ``HOST:PORT``
     (several, comma-separated, are taken in turn) or ``@FILE``, a JSON file of the
-    predictor's ready addresses that the local control plane keeps current."""
+    predictor's ready addresses that the local control plane keeps current. ``ca``: call it
+    over TLS, verifying its certificate against this CA (``cert``/``key``: mTLS)."""
     params: dict[str, Any] = {"predictor_protocol": protocol}
     if host.startswith("@"):
         params["predictor_hosts_file"] = host[1:]
@@ -63,6 +65,9 @@ def predictor_parameters(*, host: str, protocol: str = "v2", model: str | None =
         params["predictor_model"] = model
     if timeout is not None:
         params["predictor_timeout"] = timeout
+    for name, path in (("predictor_ca", ca), ("predictor_cert", cert), ("predictor_key", key)):
+        if path is not None:
+            params[name] = str(path)
     return params
 
 
@@ -102,15 +107,16 @@ class TransformerRuntime(PythonRuntime):
             timeout = float(params.get("predictor_timeout", DEFAULT_TIMEOUT))
         except (TypeError, ValueError):
             raise ModelLoadError("predictor_timeout must be a number of seconds") from None
+        tls = _tls(params)
         try:
             addresses = Addresses(fixed=str(host).split(",") if host else None,
                                   file=Path(hosts_file) if hosts_file else None,
-                                  grpc=protocol == "grpc-v2")
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from None
-        return PredictorClient(addresses=addresses, protocol=protocol,  # type: ignore[arg-type]
-                               model=str(params.get("predictor_model") or self.settings.name),
-                               timeout=timeout)
+                                  grpc=protocol == "grpc-v2", tls=tls is not None)
+            return PredictorClient(addresses=addresses, protocol=protocol,  # type: ignore[arg-type]
+                                   model=str(params.get("predictor_model") or self.settings.name),
+                                   timeout=timeout, tls=tls)
+        except (ValueError, OSError) as exc:  # an https address without a CA, unreadable files
+            raise ModelLoadError(f"transformer predictor: {exc}") from None
 
     def _probe_outputs(self) -> list[TensorSpec]:
         # A probe would send a request to the predictor while loading (it may not be up).
@@ -144,6 +150,16 @@ class TransformerRuntime(PythonRuntime):
         finally:
             if self.client is not None:
                 self.client.close()
+
+
+def _tls(params: dict[str, Any]) -> PredictorTls | None:
+    """TLS to the predictor from ``predictor_ca`` (and ``predictor_cert``/``predictor_key``)."""
+    ca, cert, key = (params.get(k) for k in ("predictor_ca", "predictor_cert", "predictor_key"))
+    if not ca:
+        if cert or key:
+            raise ModelLoadError("predictor_cert/predictor_key need predictor_ca (TLS)")
+        return None
+    return PredictorTls(Path(ca), Path(cert) if cert else None, Path(key) if key else None)
 
 
 def _takes_headers(hook: Any) -> bool:

@@ -23,9 +23,11 @@ import json
 import logging
 import math
 import os
+import ssl
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,13 +63,39 @@ _PASSED_ON: dict[ErrorKind, type[TurnoutError]] = {
 }
 
 
+@dataclass(frozen=True)
+class PredictorTls:
+    """TLS to the predictor: the CA that signed its certificate, and this side's certificate
+    and key when the predictor requires client certificates (mTLS)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if self.cert is not None:
+            context.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        return context
+
+    def grpc_credentials(self) -> Any:
+        import grpc
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None)
+
+
 class Addresses:
     """The predictor's ``HOST:PORT`` addresses: fixed, or read from a JSON file
-    ``{"http": ["http://HOST:PORT", ...], "grpc": ["HOST:PORT", ...]}``."""
+    ``{"http": ["http://HOST:PORT", ...], "grpc": ["HOST:PORT", ...]}``. ``tls``: whether the
+    predictor is called over TLS (``https://`` / ``grpcs://`` addresses need it)."""
 
     def __init__(self, *, fixed: list[str] | None = None, file: Path | None = None,
-                 grpc: bool = False) -> None:
-        self._fixed = [_host_port(a) for a in fixed or []]
+                 grpc: bool = False, tls: bool = False) -> None:
+        self._tls = tls
+        self._fixed = [_host_port(a, tls) for a in fixed or []]
         self._file, self._grpc = file, grpc
         self._mtime = -1.0
         self._checked = 0.0
@@ -92,7 +120,8 @@ class Addresses:
             if mtime == self._mtime:
                 return
             doc = json.loads(self._file.read_text())
-            self._listed = [_host_port(a) for a in doc.get("grpc" if self._grpc else "http", [])]
+            self._listed = [_host_port(a, self._tls)
+                            for a in doc.get("grpc" if self._grpc else "http", [])]
             self._mtime = mtime
         except (OSError, ValueError, AttributeError) as exc:
             self._listed = []  # no file yet, or one being replaced: no predictor now
@@ -108,14 +137,17 @@ class Addresses:
         return listed[start:] + listed[:start]
 
 
-def _host_port(address: str) -> str:
-    """``http://h:p/``, ``h:p`` -> ``h:p`` (a bare host gets port 80). TLS to the predictor is
-    not spoken yet: an ``https://`` or ``grpcs://`` address is refused, never downgraded."""
+def _host_port(address: str, tls: bool = False) -> str:
+    """``http://h:p/``, ``h:p`` -> ``h:p`` (a bare host gets port 80). An ``https://`` or
+    ``grpcs://`` address without TLS configured (a CA to verify it) is refused, never
+    downgraded to plain text."""
     address = address.strip()
-    if address.startswith(("https://", "grpcs://")):
-        raise ValueError(f"predictor address {address!r}: TLS to the predictor is not "
-                         "supported yet")
-    address = address.removeprefix("http://").rstrip("/")
+    if address.startswith(("https://", "grpcs://")) and not tls:
+        raise ValueError(f"predictor address {address!r} is TLS: give the CA that signed its "
+                         "certificate (--predictor-ca)")
+    for scheme in ("http://", "https://", "grpcs://"):
+        address = address.removeprefix(scheme)
+    address = address.rstrip("/")
     return address if ":" in address.rsplit("]", 1)[-1] else f"{address}:80"
 
 
@@ -123,11 +155,13 @@ class PredictorClient:
     """One predictor, one protocol: :meth:`infer` sends named tensors, returns named tensors."""
 
     def __init__(self, *, addresses: Addresses, protocol: PredictorProtocol, model: str,
-                 timeout: float) -> None:
+                 timeout: float, tls: PredictorTls | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"predictor protocol {protocol!r} is not one of {PROTOCOLS}")
         self.addresses, self.protocol, self.model, self.timeout = (addresses, protocol, model,
                                                                    timeout)
+        self.tls = tls
+        self._context = tls.context() if tls is not None else None  # read once, at load
         self._local = threading.local()
         self._channels: dict[str, Any] = {}
         self._channels_lock = threading.Lock()
@@ -178,8 +212,10 @@ class PredictorClient:
                 if conn is not None:
                     conn.close()
                 host, _, port = address.rpartition(":")
-                conn = connections[address] = http.client.HTTPConnection(
-                    host.strip("[]"), int(port), timeout=self.timeout)
+                conn = connections[address] = http.client.HTTPSConnection(
+                    host.strip("[]"), int(port), timeout=self.timeout, context=self._context) \
+                    if self._context is not None else http.client.HTTPConnection(
+                        host.strip("[]"), int(port), timeout=self.timeout)
             try:
                 conn.request("POST", path, body=body, headers=headers)
                 response = conn.getresponse()
@@ -233,9 +269,10 @@ class PredictorClient:
             if call is None:
                 import grpc
 
-                channel = grpc.insecure_channel(address, options=[
-                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                    ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+                options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                           ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+                channel = grpc.secure_channel(address, self.tls.grpc_credentials(), options) \
+                    if self.tls is not None else grpc.insecure_channel(address, options)
                 call = self._channels[address] = channel.unary_unary(
                     f"/{proto.SERVICE_NAME}/ModelInfer",
                     request_serializer=lambda m: m.SerializeToString(),

@@ -66,6 +66,11 @@ class ServerSettings(ListenerFields):
                                         "default the transformer's own")
     predictor_timeout_seconds: float = Field(60.0, gt=0, description="A transformer's wait "
                                              "for its predictor's answer: 504 after it")
+    predictor_ca: Path | None = Field(None, description="A transformer calls its predictor over "
+                                      "TLS, verifying it against this CA bundle (PEM)")
+    predictor_cert: Path | None = Field(None, description="With predictor_ca: the client "
+                                        "certificate a predictor requiring mTLS checks")
+    predictor_key: Path | None = Field(None, description="The private key of predictor_cert")
 
     def model_overrides(self) -> dict[str, Any] | None:
         """Settings imposed on the served model: a transformer's runtime and predictor."""
@@ -75,7 +80,8 @@ class ServerSettings(ListenerFields):
 
         return {"runtime": RUNTIME, "parameters": predictor_parameters(
             host=self.transformer_for, protocol=self.predictor_protocol,
-            model=self.predictor_model, timeout=self.predictor_timeout_seconds)}
+            model=self.predictor_model, timeout=self.predictor_timeout_seconds,
+            ca=self.predictor_ca, cert=self.predictor_cert, key=self.predictor_key)}
 
 
     def default_batching(self) -> dict[str, float] | None:

@@ -192,3 +192,30 @@ def test_the_status_names_each_serving_revisions_transformer() -> None:
                                       apply_manifest(None, plain, now=0), ready=set(),
                                       settings=SETTINGS, omitted=[])
     assert set(status["components"]) == {"predictor"}
+
+
+def test_with_replica_mtls_the_transformer_serves_and_calls_its_predictor_over_tls() -> None:
+    from dataclasses import replace
+
+    from serving.control.kube.secure import TlsSettings
+
+    settings = replace(SETTINGS, server_tls=TlsSettings("replica-tls", verify_clients=True))
+    service = isvc(TURNOUT)
+    (workload,) = desired(service).transformers.values()
+    pod = render.transformer_deployment(workload, service, OWNER, settings)["spec"][
+        "template"]["spec"]
+    args = pod["containers"][0]["args"]
+    tail = args[args.index("--insecure") + 1:]
+    assert tail == ["--tls-cert", "/var/run/turnout/tls/tls.crt",
+                    "--tls-key", "/var/run/turnout/tls/tls.key",
+                    "--tls-client-ca", "/var/run/turnout/tls/ca.crt",
+                    "--predictor-ca", "/var/run/turnout/upstream-tls/ca.crt",
+                    "--predictor-cert", "/var/run/turnout/upstream-tls/tls.crt",
+                    "--predictor-key", "/var/run/turnout/upstream-tls/tls.key"]
+    assert {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == {
+        "tls": "/var/run/turnout/tls", "upstream-tls": "/var/run/turnout/upstream-tls"}
+    assert {v["name"]: v["secret"]["secretName"] for v in pod["volumes"]} == {
+        "tls": "replica-tls", "upstream-tls": "replica-tls"}
+    # and the router reaches the transformer over TLS, as it does replicas
+    assert render.transformer_endpoints(workload, settings).http == [
+        "https://iris-00001-transformer.ml.svc:8080"]

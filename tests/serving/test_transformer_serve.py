@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ServerProcess, free_port
-from tests.transformer_support import CLASS, copy_example, expected
+from tests.transformer_support import CLASS, copy_example, expected, load_failure
 
 # The zoo's iris is fitted on (x0 + x1 > 0) + (x2 > 0.5): these lines are classes 0, 1 and 2.
 LINES = ["-1,-1,0,0", "1,1,0,0", "1, 1, 1, 0"]
@@ -144,17 +144,7 @@ def test_a_transformer_without_declared_outputs_or_a_predictor_does_not_load(
     proc = ServerProcess(code, "--model-class", CLASS, "--name", "iris",
                          "--transformer-for", "127.0.0.1:1")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"{proc.url}/v2/models/iris", timeout=1)
-                if ready.status_code in (200, 503) and "must declare its outputs" in ready.text:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError(proc.log())
+        load_failure(proc.url, "iris", "must declare its outputs")
     finally:
         proc.stop()
 

@@ -490,11 +490,28 @@ def transformer_container(workload: TransformerWorkload, settings: Settings) -> 
         model_name=workload.model_name, storage_uri="", runtime="python",
         replicas=workload.replicas, policy=None), settings)  # type: ignore[arg-type]
     container = {"name": "kserve-container", "image": settings.image_for("python"),
-                 "command": ["turnout"], "args": args + server_security(settings).args,
+                 "command": ["turnout"], "args": args + transformer_security(settings).args,
                  "ports": _container_ports(), **probes}
     if settings.image_pull_policy:
         container["imagePullPolicy"] = settings.image_pull_policy
     return container
+
+
+def transformer_security(settings: Settings) -> secure.Wiring:
+    """The transformer's own listener is secured as a replica's (:func:`server_security`);
+    with replica TLS it also calls its predictor over TLS, verified against the replicas'
+    Secret's ``ca.crt`` (presenting its ``tls.crt`` when they verify clients), as the router
+    does."""
+    wiring = server_security(settings)
+    tls = settings.server_tls
+    if not tls.enabled:
+        return wiring
+    upstream = secure.upstream_wiring(tls)
+    args = ["--predictor-ca", secure.file_in("upstream-tls", "ca.crt")]
+    if tls.verify_clients:
+        args += ["--predictor-cert", secure.file_in("upstream-tls", "tls.crt"),
+                 "--predictor-key", secure.file_in("upstream-tls", "tls.key")]
+    return wiring + secure.Wiring(args, upstream.volumes, upstream.mounts)
 
 
 def _set_argument(args: list[str], flag: str, value: str) -> list[str]:
@@ -510,7 +527,7 @@ def _set_argument(args: list[str], flag: str, value: str) -> list[str]:
 def transformer_deployment(workload: TransformerWorkload, isvc: InferenceService, owner: Owner,
                            settings: Settings) -> dict[str, Any]:
     container = transformer_container(workload, settings)
-    wiring = server_security(settings)
+    wiring = transformer_security(settings)
     pod: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": settings.drain_seconds + settings.grace_margin_seconds}
