@@ -23,9 +23,10 @@ def test_fixed_addresses_rotate_and_normalise() -> None:
 
 
 @pytest.mark.parametrize("address", ["https://p:443", "grpcs://p:8081"])
-def test_tls_addresses_are_refused_not_downgraded(address: str) -> None:
-    with pytest.raises(ValueError, match="TLS to the predictor is not supported yet"):
+def test_tls_addresses_need_tls_never_a_downgrade(address: str) -> None:
+    with pytest.raises(ValueError, match="is TLS: give the CA"):
         Addresses(fixed=[address])
+    assert Addresses(fixed=[address], tls=True).current() == [address.split("//")[1]]
 
 
 def test_a_file_of_addresses_is_followed_as_it_changes(tmp_path: Path) -> None:
