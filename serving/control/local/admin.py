@@ -7,8 +7,10 @@
 | POST | /apply | ``{"documents": [{"path": ..., "text": ...}]}``: manifests to apply |
 | POST | /delete | ``{"services": [...], "graphs": [...]}``: remove them, draining replicas |
 | POST | /services/{name}/promote, /services/{name}/rollback | end a canary |
+| POST | /services/{name}/pause, /services/{name}/resume | stop / restart a rollout's analysis |
 | POST | /services/{name}/refresh | resolve a ``models:/NAME@ALIAS`` now (a moved alias: canary) |
 | POST | /shutdown | drain and stop everything (what ``turnout down`` calls) |
+| * | /console/... | the web console, with its own login (:mod:`serving.control.local.console`) |
 
 Where it listens is written to ``.turnout/plane.json``. Loopback only, and every call but
 ``GET /metrics`` needs ``Authorization: Bearer <token>`` with the token the plane wrote to
@@ -30,13 +32,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from serving.control.local import token
+from serving.control.local.console import Console
 from serving.control.local.plane import Plane
 from serving.control.local.status import status
 from serving.control.policy import validate
 from serving.spec.load import ManifestError, load_texts
 
 log = logging.getLogger("turnout.control")
-_ACTION = re.compile(r"^/services/([^/]+)/(promote|rollback|refresh)$")
+_ACTION = re.compile(r"^/services/([^/]+)/(promote|rollback|pause|resume|refresh)$")
 
 
 class PlaneAdmin:
@@ -44,6 +47,7 @@ class PlaneAdmin:
         self.plane = plane
         self.stop = stop
         self.token = token
+        self.console = Console(plane, token)  # /console/...: its own login (docs/console.md)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,6 +56,8 @@ class PlaneAdmin:
         if method == "GET" and path == "/metrics":  # for Prometheus: read-only, no token
             body = generate_latest(self.plane.metrics.registry)
             return await _send(send, 200, body, CONTENT_TYPE_LATEST)
+        if path == "/console" or path.startswith("/console/"):
+            return await self.console(scope, receive, send)
         authorization = dict(scope["headers"]).get(b"authorization")
         if not token.matches(authorization, self.token):
             return await _send(send, 401, orjson.dumps({"error": "the plane's admin API needs "

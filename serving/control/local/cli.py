@@ -18,7 +18,7 @@ from typing import Any
 
 from serving.control.local import token
 
-COMMANDS = ("up", "apply", "delete", "status", "down", "rollout")
+COMMANDS = ("up", "apply", "delete", "status", "down", "rollout", "console")
 
 
 def add_parsers(sub: Any) -> None:
@@ -87,11 +87,15 @@ def add_parsers(sub: Any) -> None:
     common(status)
     down = sub.add_parser("down", help="drain and stop the running plane")
     common(down)
-    rollout = sub.add_parser("rollout", help="promote or roll back a canary, or refresh a "
-                             "registry alias now")
-    rollout.add_argument("action", choices=["promote", "rollback", "refresh"])
+    rollout = sub.add_parser("rollout", help="promote or roll back a canary, pause or resume its "
+                             "analysis, or refresh a registry alias now")
+    rollout.add_argument("action", choices=["promote", "rollback", "pause", "resume", "refresh"])
     rollout.add_argument("name", help="InferenceService name")
     common(rollout)
+    console = sub.add_parser("console", help="print a one-time login URL of the plane's web "
+                             "console (docs/console.md)")
+    console.add_argument("--open", action="store_true", help="open it in the web browser too")
+    common(console)
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -118,6 +122,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
             from serving.control.local.status import render
 
             print(json.dumps(answer, indent=1) if args.output == "json" else render(answer))
+        elif args.command == "console":
+            return _console(args)
         elif args.command == "down":
             _call(args.state_dir, "POST", "/shutdown")
             print("stopping (draining in-flight requests)")
@@ -129,6 +135,18 @@ def dispatch(args: argparse.Namespace) -> int | None:
     except OSError as exc:
         print(f"turnout {args.command}: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _console(args: argparse.Namespace) -> int:
+    """A login URL good once for two minutes: the admin token itself never reaches a browser."""
+    path = _call(args.state_dir, "POST", "/console/ticket")["path"]
+    url = json.loads((args.state_dir / "plane.json").read_text())["admin"] + path
+    print(url, flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
     return 0
 
 

@@ -301,12 +301,27 @@ class Plane:
     async def rollback(self, name: str) -> str:
         return await self._decide(name, rev.rollback, "rolled back from the CLI")
 
-    async def _decide(self, name: str, action: Any, reason: str) -> str:
+    async def pause(self, name: str) -> str:
+        """Stop the rollout analysis; the canary keeps its share until resumed or decided."""
+        return await self._decide(name, rev.pause, "paused from the CLI",
+                                  when=("progressing",), what="rollout in progress")
+
+    async def resume(self, name: str) -> str:
+        isvc = self.services.get(name, (None,))[0]
+        if isvc is not None and not (isvc.spec.turnout and isvc.spec.turnout.rollout):
+            return f"{name} has no spec.turnout.rollout to resume; nothing to do"
+        return await self._decide(name, rev.resume, "resumed from the CLI",
+                                  when=("canary",), what="paused rollout")
+
+    async def _decide(self, name: str, action: Any, reason: str, *,
+                      when: tuple[str, ...] | None = None, what: str = "") -> str:
         state = self.states.get(name)
         if state is None:
             raise KeyError(f"no InferenceService named {name!r}")
         if state.canary is None:
             return f"{name} has no canary; nothing to do"
+        if when is not None and state.phase not in when:
+            return f"{name} has no {what} ({state.phase}); nothing to do"
         self._set(name, action(state, now=time.time(), reason=reason))
         await self.reconcile()
         return self.states[name].events[-1].message

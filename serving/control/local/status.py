@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from serving.control.policy.observe import window
+from serving.control.policy.observe import Totals, quantile, window
 from serving.control.policy.transformers import TransformerRevision, key
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
                 "rps": round(w.requests / span, 2) if history else 0.0,
                 "error_rate": round(w.error_rate, 4),
                 "p99_ms": round(w.p99_seconds * 1000, 2) if w.p99_seconds is not None else None,
+                "p50_ms": quantile_ms(0.5, latest.get((name, role)), then.get((name, role))),
                 "transformer": _transformer(plane, revision,
                                             state.revisions[revision].transformer)})
         isvc = plane.services.get(name, (None,))[0]
@@ -58,6 +59,16 @@ def status(plane: Plane, live_seconds: float = 10.0) -> dict[str, Any]:
                                     for e in state.events[-10:]]})
     return {"http_port": plane.router.http_port, "grpc_port": plane.router.grpc_port,
             "services": services, "graphs": sorted(plane.graphs)}
+
+
+def quantile_ms(q: float, now: Totals | None, then: Totals | None) -> float | None:
+    """The ``q`` latency quantile (ms) of the requests between two reads of one variant's
+    totals; None without any (a router restart in between counts from zero)."""
+    now, then = now or Totals(), then or Totals()
+    if now.reset_since(then):
+        then = Totals()
+    value = quantile(q, {le: c - then.buckets.get(le, 0.0) for le, c in now.buckets.items()})
+    return round(value * 1000, 2) if value is not None else None
 
 
 def _transformer(plane: Plane, revision: str,

@@ -304,3 +304,23 @@ def rollback(state: ServiceState, *, now: float, reason: str) -> ServiceState:
                                      "baseline": None})
     return record_event(state, now, "rolled_back",
                         f"rolled back {state.canary}, all traffic to {state.stable}: {reason}")
+
+
+def pause(state: ServiceState, *, now: float, reason: str) -> ServiceState:
+    """Stop a progressive rollout's analysis; the canary keeps its share (a manual canary),
+    as removing ``spec.turnout.rollout`` does, until :func:`resume`, promote or rollback."""
+    if state.canary is None or state.phase != "progressing":
+        return state
+    state = state.model_copy(update={"phase": "canary", "baseline": None, "holds": 0})
+    return record_event(state, now, "paused", f"rollout of {state.canary} paused at "
+                        f"{state.percent}%: {reason}")
+
+
+def resume(state: ServiceState, *, now: float, reason: str) -> ServiceState:
+    """Restart a paused rollout's analysis at its current share, with a fresh interval."""
+    if state.canary is None or state.phase != "canary":
+        return state
+    state = state.model_copy(update={"phase": "progressing", "baseline": None, "holds": 0,
+                                     "step_started": now})
+    return record_event(state, now, "resumed", f"rollout of {state.canary} resumed at "
+                        f"{state.percent}%: {reason}")
