@@ -5,6 +5,7 @@
 
 const CSRF = document.querySelector('meta[name="turnout-csrf"]').content;
 const POLL_MS = 1000;
+const DISAGREEMENT_ROWS = 10;
 const COLORS = { stable: "#2563eb", canary: "#ea580c" };
 const CHARTS = [
   ["rps", "requests / s", (v) => v],
@@ -88,17 +89,22 @@ function card(name) {
     el("h3", { text: "Rollout timeline (newest first)" }), parts.timeline);
   document.getElementById("services").append(root);
   const charts = {};
-  for (const [key, title] of CHARTS) {
+  const boxes = CHARTS.map(([key, title]) => {
     const box = el("div", { class: "chart", "data-testid": `chart-${key}` }, el("h3", { text: title }));
     chartBox.append(box);
+    return box;
+  });
+  CHARTS.forEach(([key], i) => {  // once every box is laid out, so each knows its width
     charts[key] = new uPlot({
-      width: 330, height: 150, legend: { show: true },
+      width: Math.max(200, boxes[i].clientWidth), height: 150, legend: { live: false },
       scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, Math.max(hi * 1.1, key === "error_rate" ? 1 : 0.001)] } },
-      axes: [{}, { size: 45 }],
+      axes: [{}, { size: 55 }],
       series: [{}, { label: "stable", stroke: COLORS.stable, width: 2, spanGaps: false },
                { label: "canary", stroke: COLORS.canary, width: 2, spanGaps: false }],
-    }, [[], [], []], box);
-  }
+    }, [[], [], []], boxes[i]);
+  });
+  new ResizeObserver(() => CHARTS.forEach(([key], i) =>
+    charts[key].setSize({ width: Math.max(200, boxes[i].clientWidth), height: 150 }))).observe(chartBox);
   const entry = { root, parts, charts };
   cards.set(name, entry);
   return entry;
@@ -215,6 +221,24 @@ function headline(svc) {
   return line;
 }
 
+function answerText(side) {
+  // "predict = [1]  (stable iris-00001)": each output's kept values, then who answered
+  if (!side) return "";
+  const outputs = Object.entries(side.outputs || {}).map(([name, o]) =>
+    `${name} = ${JSON.stringify(o.data)}${o.truncated ? "…" : ""}`);
+  return `${outputs.join(", ")}  (${side.variant} ${side.revision || ""})`;
+}
+
+function differenceText(c = {}) {
+  const parts = [];
+  if (c.class_total) parts.push(`${c.class_total - c.class_agreed}/${c.class_total} classes differ`);
+  if (c.numeric_total) {
+    parts.push(`${c.numeric_disagreed}/${c.numeric_total} values differ, mean |Δ| ` +
+               fmt(c.mean_abs_difference, 3));
+  }
+  return parts.join("; ") || "outputs differ";
+}
+
 function drawDisagreements(doc) {
   const body = document.getElementById("disagreements");
   const note = document.getElementById("disagreements-note");
@@ -222,18 +246,14 @@ function drawDisagreements(doc) {
   body.replaceChildren();
   note.textContent = d.note || (d.records.length ? "" :
     "none recorded: a mirrored canary that answers like stable leaves nothing here");
-  for (const r of d.records) {
-    const c = r.comparison || {};
-    const diff = c.mean_abs_difference != null
-      ? `${c.numeric_disagreed}/${c.numeric_total} values differ, mean |Δ| ${fmt(c.mean_abs_difference, 3)}`
-      : JSON.stringify(c);
-    const answer = (side) => side ? `${JSON.stringify(side.outputs)} (${side.variant} ${side.revision || ""})` : "";
+  for (const r of d.records.slice(0, DISAGREEMENT_ROWS)) {
     body.append(el("tr", { "data-testid": "disagreement" },
-      el("td", { text: r.time }), el("td", { text: r.service }),
+      el("td", { text: new Date(r.time).toLocaleTimeString([], { hour12: false }) }),
+      el("td", { text: r.service }),
       el("td", { text: r.request_id || "" }),
-      el("td", {}, el("code", { text: answer(r.primary) })),
-      el("td", {}, el("code", { text: answer(r.shadow) })),
-      el("td", { text: diff })));
+      el("td", {}, el("code", { text: answerText(r.primary) })),
+      el("td", {}, el("code", { text: answerText(r.shadow) })),
+      el("td", { text: differenceText(r.comparison) })));
   }
 }
 
