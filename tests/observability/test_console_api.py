@@ -207,3 +207,53 @@ def test_tickets_are_single_use_expire_and_sessions_are_bounded(monkeypatch) -> 
         sessions.login(sessions.ticket())
     assert len(sessions.sessions) == console_sessions.MAX_SESSIONS
     assert sessions.find(f"turnout_console={cookie}".encode()) is None  # the oldest went first
+
+
+def test_pause_stops_the_analysis_until_resumed_and_survives_a_reapply() -> None:
+    from serving.control.policy import revisions as rev
+    from serving.control.policy.observe import Totals
+    from serving.control.policy.rollout import step
+    from serving.spec import load_texts
+
+    def manifest(uri: str, **turnout: object) -> object:
+        text = json.dumps(isvc("iris", uri, turnout=turnout or None))
+        return load_texts([(Path("m.yaml"), text)]).services[0]
+
+    rollout = {"steps": [10, 50, 100], "interval": "1s"}
+    v2 = manifest("file:///m/v2", rollout=rollout)
+    s = rev.apply_manifest(rev.apply_manifest(None, manifest("file:///m/v1"), now=1), v2, now=2)
+    assert (s.phase, s.percent) == ("progressing", 10)
+    paused = rev.pause(s, now=3, reason="from the console")
+    assert (paused.phase, paused.percent, paused.canary) == ("canary", 10, "iris-00002")
+    assert paused.events[-1].message == "rollout of iris-00002 paused at 10%: from the console"
+    busy = {"canary": Totals(requests=1000), "stable": Totals(requests=9000)}
+    assert step(paused, v2.spec.turnout.rollout, **busy, canary_ready=True, now=100) is paused
+    assert rev.pause(paused, now=4, reason="again") is paused  # nothing to pause
+    assert rev.apply_manifest(paused, v2, now=5).phase == "canary"  # the same manifest: paused
+    resumed = rev.resume(paused, now=6, reason="from the console")
+    assert (resumed.phase, resumed.step_started, resumed.baseline) == ("progressing", 6, None)
+    assert rev.resume(resumed, now=7, reason="again") is resumed
+    ticked = step(resumed, v2.spec.turnout.rollout, **busy, canary_ready=True, now=8)
+    assert ticked.baseline is not None  # the analysis runs again: its window starts
+
+
+@pytest.mark.parametrize("path, headers", [
+    ("/console/login?ticket=%ff%fe" + "x" * 5000, {}),
+    ("/console/login?ticket=&ticket=", {}),
+    ("/console/api/state", {"cookie": "turnout_console"}),
+    ("/console/api/state", {"cookie": ";;=;turnout_console=;"}),
+    ("/console/", {"cookie": b"turnout_console=\xff\xfe"}),
+    ("/console/api/state", {"authorization": "Bearer wrong"}),
+    ("/console/api/state", {"authorization": "Basic dG9rZW4="}),
+])
+async def test_hostile_logins_are_401_never_an_error(path: str, headers: dict) -> None:
+    from serving.control.local.console import Console
+
+    app = Console(plane=None, admin_token="token")  # type: ignore[arg-type]  # never reached
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        for method in ("GET", "POST"):
+            response = await client.request(method, path, headers=headers)
+            assert response.status_code in (401, 404), (method, response.text)
+            assert "set-cookie" not in response.headers
+    assert app.sessions.sessions == {}
