@@ -46,6 +46,9 @@ def add_router_parser(sub: Any) -> None:
     from serving.transport.auth import add_auth_flags
 
     add_auth_flags(p)
+    from serving.transport.tracing import add_trace_flags
+
+    add_trace_flags(p)
     p.add_argument("--admin-token-file", type=Path, help="file holding the admin API's bearer "
                    "token (created if missing; default: a fresh token in <config>.admin-token)")
 
@@ -63,6 +66,9 @@ def run_router(args: argparse.Namespace) -> int:
         print(f"turnout router: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from serving.transport import tracing
+
+    tracing.setup("turnout-router", endpoint=settings.trace_endpoint, ratio=settings.trace_sample_ratio)
     from router.access import config_check
     from serving.transport.auth import AuthConfigError, check_auth_settings, exposure_error
 

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import orjson
 
+from router import traced
 from router.balance import Endpoint, Pool
 from router.client import HttpClient, UpstreamResponse
 from router.forward import Verdict, call_variant
@@ -30,6 +31,7 @@ from router.shadow import Shadower
 from router.table import RoutingTable, VariantRoute, build_table
 from serving.protocol.codec_grpc import PROTOBUF_EXTENSION
 from serving.spec.routes import RouterConfig
+from serving.transport import tracing
 from serving.transport.tls import ClientTls
 
 log = logging.getLogger("turnout.router")
@@ -42,6 +44,10 @@ BLOCKING_CHANNELS = 2  # threaded-client gRPC connections per endpoint
 
 def classify_http(response: UpstreamResponse) -> tuple[Verdict, str]:
     return classify_status(response.status)
+
+
+def _status(response: UpstreamResponse) -> int:
+    return response.status
 
 
 def classify_status(status: int) -> tuple[Verdict, str]:
@@ -119,6 +125,13 @@ class Router:
             return await self.client.request(method, endpoint.address + path, headers=headers,
                                              body=body, timeout=remaining)
 
+        if tracing.ON:  # each try in its own span, sending its own traceparent
+            async def send(endpoint: Endpoint, remaining: float,
+                           sent: list[tuple[str, str]]) -> UpstreamResponse:
+                return await self.client.request(method, endpoint.address + path, headers=sent,
+                                                 body=body, timeout=remaining)
+
+            attempt = traced.attempts(send, headers, variant, _status)
         return await call_variant(variant=variant, pool=variant.http, max_attempts=attempts,
                                   deadline=deadline, attempt=attempt, classify=classify_http,
                                   metrics=self.metrics)

@@ -53,6 +53,7 @@ from router.table import RoutingTable, ServiceRoute, VariantRoute
 from serving.protocol.errors import DeadlineExceeded, ModelNotFound, TurnoutError
 from serving.spec.conditions import holds
 from serving.spec.routes import Graph, Node, Step
+from serving.transport import tracing
 
 _HEADER_LENGTH = "inference-header-content-length"
 REQUEST_ID = "x-request-id"
@@ -123,6 +124,14 @@ class GraphExecutor:
         Raises :class:`StepFailed` (a Hard failure, or every step of a Sequence failed) or a
         :class:`TurnoutError` (e.g. :class:`DeadlineExceeded` when the graph ran out of time).
         """
+        if tracing.ON:
+            with tracing.span("graph", context=tracing.extract(headers), kind="server",
+                              attributes={"turnout.graph": graph.name}):
+                return await self._run(graph, request, wire, headers=headers, budget=budget)
+        return await self._run(graph, request, wire, headers=headers, budget=budget)
+
+    async def _run(self, graph: Graph, request: M, wire: Wire[M], *, headers: Headers,
+                   budget: float | None) -> M:
         budget = graph.timeout_seconds if budget is None else min(budget, graph.timeout_seconds)
         pick = {k: v for k, v in headers if isinstance(v, str)}
         call = _Call(graph, self.router.table, wire, headers, pick, time.monotonic() + budget)
@@ -202,6 +211,15 @@ class GraphExecutor:
         return call.wire.merge(parts)
 
     async def _step(self, call: _Call[M], node: str, step: Step, data: M) -> M:
+        if tracing.ON:
+            with tracing.span("graph step", attributes={
+                    "turnout.graph": call.graph.name, "turnout.graph.node": node,
+                    "turnout.graph.step": step.name or "",
+                    "turnout.service": step.service or ""}):
+                return await self._step_untraced(call, node, step, data)
+        return await self._step_untraced(call, node, step, data)
+
+    async def _step_untraced(self, call: _Call[M], node: str, step: Step, data: M) -> M:
         metrics = self.router.metrics
         labels = (call.graph.name, node, step.name or "")
         started = time.perf_counter()
@@ -231,7 +249,9 @@ class GraphExecutor:
 
     async def _service(self, call: _Call[M], name: str, data: M) -> M:
         service = call.table.service(name)
-        variant, _ = call.table.pick(service, call.pick_headers)
+        variant, rule = call.table.pick(service, call.pick_headers)
+        if tracing.ON:
+            tracing.annotate(variant=variant.name, revision=variant.spec.revision, rule=rule)
         if not call.wire.pool(service, variant).ready:  # wait for one, within the graph's time
             service, variant = await self.router.holds.hold(
                 service, variant, pool_of=call.wire.pool, headers=call.pick_headers.copy,

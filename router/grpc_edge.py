@@ -21,6 +21,7 @@ channels) while the thread waits, and shadow copies are started there.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -30,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from router import traced
 from router.access import check_target
 from router.balance import Pool
 from router.compare import Comparison, compare_outputs, grpc_outputs
@@ -58,6 +60,7 @@ from router.table import ServiceRoute, VariantRoute
 from serving.protocol import proto
 from serving.protocol.errors import InvalidInput, Overloaded, TurnoutError
 from serving.spec.routes import Graph
+from serving.transport import tracing
 from serving.transport.auth import Authenticator
 
 log = logging.getLogger("turnout.router.grpc")
@@ -118,8 +121,24 @@ class GrpcEdge(grpc.GenericRpcHandler):
         method = f"/{SERVICE}/{rpc}"
 
         def routed(request: bytes, context: grpc.ServicerContext) -> bytes:
+            if tracing.ON:
+                return self._traced(rpc, method, request, context)
             return self._routed(rpc, method, request, context)
         return routed
+
+    def _traced(self, rpc: str, method: str, request: bytes,
+                context: grpc.ServicerContext) -> bytes:
+        """:meth:`_routed` in a ``route`` span continuing the ``traceparent`` metadata."""
+        with tracing.span("route", context=tracing.extract(context.invocation_metadata() or ()),
+                          kind="server", attributes={"rpc.system": "grpc", "rpc.service": SERVICE,
+                                                     "rpc.method": rpc}):
+            try:
+                return self._routed(rpc, method, request, context)
+            except Exception:
+                code = getattr(getattr(context, "code", lambda: None)(), "name", "UNKNOWN")
+                tracing.annotate(grpc_status=code)
+                tracing.failed(code)
+                raise
 
     def _routed(self, rpc: str, method: str, request: bytes,
                 context: grpc.ServicerContext) -> bytes:
@@ -141,8 +160,11 @@ class GrpcEdge(grpc.GenericRpcHandler):
             metadata = [(k, v) for k, v in context.invocation_metadata() or ()
                         if not k.startswith(":") and k not in _DROP_METADATA]
             headers = {k: v for k, v in metadata if isinstance(v, str)}
-            variant, _ = table.pick(service, headers)
+            variant, rule = table.pick(service, headers)
             variant_label = variant.name
+            if tracing.ON:
+                tracing.annotate(service=service.name, variant=variant.name,
+                                 revision=variant.spec.revision, rule=rule)
             use_http = rpc == "ModelInfer" and via_http(service, variant)
             if not (variant.http if use_http else variant.grpc).ready:
                 service, variant = self._hold(rpc, service, variant, headers, context)
@@ -214,19 +236,29 @@ class GrpcEdge(grpc.GenericRpcHandler):
             if rpc == "ModelInfer" and service.mirrors:
                 primary = PrimaryAnswer(self.loop)
                 self.loop.call_soon_threadsafe(self._mirror, service, variant, primary, method,
-                                               request, version, metadata)
+                                               request, version, metadata, context=
+                                               contextvars.copy_context() if tracing.ON else None)
             if use_http:
                 answer = call_variant_blocking(
                     variant=variant, pool=variant.http, max_attempts=service.upstream.max_attempts,
                     deadline=deadline, attempt=protobuf_http_attempt(
                         self.router, infer_path(variant, version), request,
-                        protobuf_http_headers(metadata)),
+                        protobuf_http_headers(metadata)) if not tracing.ON else
+                    traced.attempts_blocking(
+                        lambda e, r, sent: protobuf_http_attempt(
+                            self.router, infer_path(variant, version), request, sent)(e, r),
+                        protobuf_http_headers(metadata), variant, _http_status),
                     classify=classify_protobuf_http, metrics=self.router.metrics)
             else:
+                message = message_for(variant, request, version)
                 answer = call_variant_blocking(
                     variant=variant, pool=variant.grpc, max_attempts=service.upstream.max_attempts,
                     deadline=deadline, attempt=blocking_attempt(
-                        self.router, method, message_for(variant, request, version), metadata),
+                        self.router, method, message, metadata) if not tracing.ON else
+                    traced.attempts_blocking(
+                        lambda e, r, sent: blocking_attempt(self.router, method, message,
+                                                            sent)(e, r),
+                        metadata, variant, _code_name),
                     classify=classify_grpc, metrics=self.router.metrics)
         except BaseException:
             if primary is not None:
@@ -278,6 +310,14 @@ class GrpcEdge(grpc.GenericRpcHandler):
         m.requests.labels(service, variant, "grpc", code).inc()
         if service:
             m.duration.labels(service, variant, "grpc").observe(time.perf_counter() - started)
+
+
+def _http_status(answer: GrpcAnswer) -> int:
+    return answer.http_status
+
+
+def _code_name(answer: GrpcAnswer) -> str:
+    return answer.code.name
 
 
 def _request_id(metadata: list[tuple[str, Any]]) -> str:

@@ -46,6 +46,7 @@ from router.rewrite import rename_v2_json
 from router.shadow import PrimaryAnswer
 from router.table import ServiceRoute, VariantRoute
 from serving.protocol.errors import Overloaded, TurnoutError, bounded_message
+from serving.transport import tracing
 from serving.transport.auth import Guard
 from serving.transport.fastpath import Headers, Reply, bind_protocol
 
@@ -136,7 +137,9 @@ class RestEdge:
                                            headers=headers, protocol=protocol)
         call = _Call(scope["method"], scope["headers"], scope.get("query_string", b""), rid,
                      model, version, suffix, kind, protocol, table)
-        status, payload, out_headers = await self._proxy_body(call, headers, body, receive)
+        status, payload, out_headers = await (
+            self._traced(call, headers, body, receive) if tracing.ON
+            else self._proxy_body(call, headers, body, receive))
         await send_response(send, status, payload, out_headers)
 
     async def _proxy_body(self, call: _Call, headers: dict[str, str] | None, body: bytes,
@@ -157,8 +160,11 @@ class RestEdge:
             if headers is None:
                 headers = _decoded(call.headers) if service.spec.rules or service.spec.sticky \
                     else {}
-            variant, _ = table.pick(service, headers)
+            variant, rule = table.pick(service, headers)
             variant_label = variant.name
+            if tracing.ON:
+                tracing.annotate(service=service.name, variant=variant.name,
+                                 revision=variant.spec.revision, rule=rule)
             if not variant.http.ready:  # no endpoint to serve now: maybe wait for one
                 service, variant = await self.router.holds.hold(
                     service, variant, pool_of=_http_pool, headers=functools.partial(_decoded, call.headers),
@@ -183,6 +189,25 @@ class RestEdge:
             if key.lower() not in RESPONSE_DROP:
                 out_headers.append((key.lower().encode("latin-1"), value.encode("latin-1")))
         return response.status, response.body, out_headers
+
+    async def _traced(self, call: _Call, headers: dict[str, str] | None, body: bytes,
+                      client: weakref.ref[Any] | Receive | None = None) -> Reply:
+        """:meth:`_proxy_body` in a ``route`` span continuing the client's ``traceparent``."""
+        with tracing.span("route", context=tracing.extract(call.headers), kind="server",
+                          attributes={"http.request.method": call.method,
+                                      "turnout.model.name": call.model,
+                                      "turnout.protocol": call.protocol,
+                                      "turnout.request_id": call.rid.decode("latin-1")}):
+            try:
+                reply = await self._proxy_body(call, headers, body, client)
+            except TurnoutError as err:
+                tracing.annotate(status_code=err.http_status, outcome=err.kind.value)
+                tracing.failed(err.http_status)
+                raise
+            tracing.annotate(status_code=reply[0])
+            if reply[0] >= 500:
+                tracing.failed(reply[0])
+            return reply
 
     # -- serving/rest/fastpath.py's FastHandler: proxied inference without an ASGI cycle -----
     def claim(self, path: str, headers: Headers) -> tuple[_Call, bool] | None:
@@ -209,6 +234,8 @@ class RestEdge:
 
     async def answer(self, route: _Call, body: bytes, headers: Headers) -> Reply:
         try:
+            if tracing.ON:
+                return await self._traced(route, None, body)
             return await self._proxy_body(route, None, body)
         except TurnoutError as err:
             return err.http_status, orjson.dumps({"error": str(err)}), with_retry_after(err, [

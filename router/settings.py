@@ -13,12 +13,13 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from serving.transport.listener import ListenerFields
+from serving.transport.tracing import TracingFields
 
 if TYPE_CHECKING:
     from serving.transport.tls import ClientTls
 
 
-class RouterSettings(ListenerFields):
+class RouterSettings(ListenerFields, TracingFields):
     """The router's settings; bounds, TLS, logs and authentication
     come from :class:`~serving.transport.listener.ListenerFields`."""
 

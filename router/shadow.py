@@ -20,9 +20,18 @@ from router.disagreements import Disagreement, DisagreementRing, MirrorOrigin
 from router.metrics import RouterMetrics
 from router.table import VariantRoute
 from serving.spec.routes import Mirror
+from serving.transport import tracing
 
 log = logging.getLogger("turnout.router.shadow")
 A = TypeVar("A")
+
+
+async def _traced(send: Callable[[], Awaitable[A]], key: tuple[str, str]) -> A:
+    """The copy in a ``shadow`` span: a child of the route span that started it (the task
+    inherits its context), marked so that trace views can tell copies from answers."""
+    with tracing.span("shadow", attributes={"turnout.shadow": True, "turnout.service": key[0],
+                                            "turnout.variant": key[1]}):
+        return await send()
 
 
 class PrimaryAnswer(Generic[A]):
@@ -81,7 +90,8 @@ class Shadower:
                    origin: MirrorOrigin | None, revision: str | None) -> None:
         try:
             self.metrics.shadow.labels(*key, "sent").inc()
-            shadow_answer = await asyncio.wait_for(send(), mirror.timeout_seconds)
+            shadow_answer = await asyncio.wait_for(
+                _traced(send, key) if tracing.ON else send(), mirror.timeout_seconds)
             primary_answer = await asyncio.wait_for(asyncio.shield(primary.future),
                                                     mirror.timeout_seconds)
             if primary_answer is None:

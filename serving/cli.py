@@ -71,6 +71,9 @@ def _serve_parser(sub: Any) -> None:
     from serving.transport.auth import add_auth_flags
 
     add_auth_flags(p)
+    from serving.transport.tracing import add_trace_flags
+
+    add_trace_flags(p)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,6 +118,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"turnout serve: {settings.model_path} does not exist", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from serving.transport import tracing
+
+    tracing.setup("turnout-server", endpoint=settings.trace_endpoint, ratio=settings.trace_sample_ratio)
     from serving.transport.auth import AuthConfigError, check_auth_settings, exposure_error
 
     try:

@@ -16,11 +16,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from serving.protocol.errors import ModelFailed, Overloaded
 from serving.runtime.settings import BatchingSettings
+from serving.transport import tracing
 
 Arrays = dict[str, np.ndarray]
 Predict = Callable[[Arrays, Sequence[str]], Awaitable[Arrays]]
@@ -36,6 +38,8 @@ class _Pending:
     future: asyncio.Future[Arrays]
     enqueued: float
     key: tuple[object, ...] = field(default=())
+    trace: Any = None  # with tracing on: the request's context and its wall-clock arrival
+    since: int = 0
 
 
 def _merge_key(inputs: Arrays, outputs: tuple[str, ...]) -> tuple[object, ...]:
@@ -72,6 +76,8 @@ class AdaptiveBatcher:
         key_outputs = tuple(outputs)
         pending = _Pending(inputs, key_outputs, rows, loop.create_future(), time.monotonic(),
                            _merge_key(inputs, key_outputs))
+        if tracing.ON:
+            pending.trace, pending.since = tracing.current_context(), tracing.now_ns()
         self._queue.append(pending)
         self._rows += rows
         assert self._wakeup is not None
@@ -134,6 +140,26 @@ class AdaptiveBatcher:
         return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
+        if tracing.ON and batch[0].trace is not None:
+            return await self._traced(batch)
+        return await self._execute_untraced(batch)
+
+    async def _traced(self, batch: list[_Pending]) -> None:
+        """Each request's ``queue wait`` (arrival to this batch), then one ``batch`` span under
+        the first request, linked to every request it merged."""
+        now = tracing.now_ns()
+        links = []
+        for pending in batch:
+            if pending.trace is not None:
+                tracing.record("queue wait", context=pending.trace, start_time=pending.since,
+                               end_time=now, attributes={"turnout.batch.rows": pending.rows})
+                links.append(tracing.link(tracing.span_context_of(pending.trace)))
+        with tracing.span("batch", context=batch[0].trace, links=links, attributes={
+                "turnout.batch.size": sum(p.rows for p in batch),
+                "turnout.batch.requests": len(batch)}):
+            await self._execute_untraced(batch)
+
+    async def _execute_untraced(self, batch: list[_Pending]) -> None:
         started = time.monotonic()
         self._observe(sum(p.rows for p in batch), [started - p.enqueued for p in batch])
         merged = {name: np.concatenate([p.inputs[name] for p in batch])

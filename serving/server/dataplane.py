@@ -39,6 +39,7 @@ from serving.server.batching import AdaptiveBatcher
 from serving.server.metrics import Metrics, RequestMetrics
 from serving.server.repository import ModelRepository, ModelVersion
 from serving.server.validation import prepare_inputs, select_outputs
+from serving.transport import tracing
 from serving.transport.logs import request_id_var
 
 log = logging.getLogger("turnout.dataplane")
@@ -125,6 +126,8 @@ class DataPlane:
             try:
                 if runtime.settings.batching is not None:
                     result = await self._batcher(mv, record).submit(inputs, names)
+                elif tracing.ON:
+                    result = await self._traced_predict(mv, inputs, names, record)
                 else:
                     result = await self._predict(mv, inputs, names, record)
             except Exception as exc:
@@ -135,6 +138,8 @@ class DataPlane:
             raise
         finally:
             record.end(status, time.perf_counter() - started)
+            if tracing.ON:
+                tracing.annotate(version=mv.version, outcome=status)
 
     def check_model(self, name: str, version: str | None) -> None:
         """Raise :class:`ModelNotFound` for a model (or version) this server does not have."""
@@ -162,7 +167,11 @@ class DataPlane:
             runtime, inputs, names = self._prepare(mv, request)
             computed = time.perf_counter()
             try:
-                result = runtime.predict(inputs, names)
+                if tracing.ON:
+                    with tracing.span("predict", attributes=_span_attributes(mv)):
+                        result = runtime.predict(inputs, names)
+                else:
+                    result = runtime.predict(inputs, names)
             except Exception as exc:
                 raise _model_failed(mv, exc) from None
             record.inference.observe(time.perf_counter() - computed)
@@ -172,6 +181,8 @@ class DataPlane:
             raise
         finally:
             record.end(status, time.perf_counter() - started)
+            if tracing.ON:
+                tracing.annotate(version=mv.version, outcome=status)
 
     def count_rejected(self, *, model: str, version: str | None, protocol: str,
                        error: TurnoutError) -> None:
@@ -237,6 +248,14 @@ class DataPlane:
             mv.admitted -= 1
         return result
 
+    async def _traced_predict(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
+                              names: Sequence[str], record: RequestMetrics
+                              ) -> dict[str, np.ndarray]:
+        rows = next(iter(inputs.values())).shape[0]
+        with tracing.span("predict", attributes={**_span_attributes(mv),
+                                                 "turnout.batch.size": rows}):
+            return await self._predict(mv, inputs, names, record)
+
     def _admission_limit(self, mv: ModelVersion) -> int:
         """Threads plus the queue: the model's ``max_queue``, else about one second of work at
         the latency measured at load (at least 8 waiting, at most 4096)."""
@@ -262,9 +281,15 @@ class DataPlane:
                     queue_time.observe(waited)
 
             mv.batcher = AdaptiveBatcher(
-                predict=lambda inputs, names: self._predict(mv, inputs, names, record),
+                predict=lambda inputs, names: (self._traced_predict if tracing.ON else
+                                               self._predict)(mv, inputs, names, record),
                 settings=mv.runtime.settings.batching, observe=observe)
         return mv.batcher
+
+
+def _span_attributes(mv: ModelVersion) -> dict[str, str]:
+    return {"turnout.model.name": mv.name, "turnout.model.version": mv.version,
+            "turnout.execution": mv.runtime.execution if mv.runtime else ""}
 
 
 def _encode_outputs(runtime: Runtime, request: InferenceRequest, outputs: list[Tensor]) -> None:

@@ -12,9 +12,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from serving.transport.listener import ListenerFields
+from serving.transport.tracing import TracingFields
 
 
-class ServerSettings(ListenerFields):
+class ServerSettings(ListenerFields, TracingFields):
     """The model server's settings; bounds, TLS, logs and authentication
     come from :class:`~serving.transport.listener.ListenerFields`."""
 

@@ -20,6 +20,7 @@ from serving.protocol import proto
 from serving.protocol.codec_grpc import Pb
 from serving.protocol.errors import ModelNotReady, TurnoutError
 from serving.server.dataplane import DataPlane, current_request_id
+from serving.transport import tracing
 
 log = logging.getLogger("turnout.grpc")
 
@@ -86,6 +87,15 @@ class InferenceServicer:
 
     @_rpc
     async def ModelInfer(self, request: Pb, context: Context) -> Pb:
+        if tracing.ON:
+            metadata = getattr(context, "invocation_metadata", None)
+            if metadata is None:  # the threaded servicer's call: its span is current
+                return await self._infer(request)
+            with grpc_server_span(request, metadata()):
+                return await self._infer(request)
+        return await self._infer(request)
+
+    async def _infer(self, request: Pb) -> Pb:
         try:
             internal = codec.request_to_internal(request)
         except TurnoutError as err:
@@ -112,6 +122,15 @@ class InferenceServicer:
         name = codec.repository_model_name(request, ignored=UNLOAD_IGNORED)
         await self.dataplane.unload_model(name)
         return proto.RepositoryModelUnloadResponse(model_name=name, is_unloaded=True)
+
+
+def grpc_server_span(request: Pb, metadata: Any) -> Any:
+    """The ``infer`` span of one gRPC ModelInfer, continuing the ``traceparent`` metadata."""
+    return tracing.span("infer", context=tracing.extract(metadata or ()), kind="server",
+                        attributes={"rpc.system": "grpc", "rpc.method": "ModelInfer",
+                                    "rpc.service": "inference.GRPCInferenceService",
+                                    "turnout.model.name": request.model_name,
+                                    "turnout.model.version": request.model_version})
 
 
 def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:

@@ -26,8 +26,9 @@ from serving.protocol.codec_grpc import Pb
 from serving.protocol.errors import TurnoutError
 from serving.server.dataplane import DataPlane, current_request_id
 from serving.server.grpc.server import HEALTH_SERVICES, bind_address, bind_port, reflection_pool
-from serving.server.grpc.servicer import PROTOCOL, InferenceServicer
+from serving.server.grpc.servicer import PROTOCOL, InferenceServicer, grpc_server_span
 from serving.server.settings import ServerSettings
+from serving.transport import tracing
 
 log = logging.getLogger("turnout.grpc")
 
@@ -51,6 +52,12 @@ class ThreadedServicer:
         self._async = InferenceServicer(dataplane)
 
     def ModelInfer(self, request: Pb, context: grpc.ServicerContext) -> Pb:
+        if tracing.ON and type(request) is not codec.Undecodable:
+            with grpc_server_span(request, context.invocation_metadata()):
+                return self._model_infer(request, context)
+        return self._model_infer(request, context)
+
+    def _model_infer(self, request: Pb, context: grpc.ServicerContext) -> Pb:
         dataplane = self._dataplane
         if type(request) is codec.Undecodable:  # the loop's servicer answers it
             return self._on_loop("ModelInfer", request, context)

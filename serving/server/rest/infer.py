@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,6 +24,7 @@ from serving.protocol.errors import TurnoutError
 from serving.protocol.types import InferenceRequest, InferenceResponse
 from serving.server.dataplane import DataPlane
 from serving.server.rest.body import parse_header_length, read_body
+from serving.transport import tracing
 from serving.transport.fastpath import Reply
 from serving.transport.logs import request_id_var
 
@@ -122,7 +124,14 @@ class InferenceEndpoints:
         token = request_id_var.set(request_id.decode("latin-1") if request_id
                                    else new_request_id())
         try:
-            status, body, headers = await self._answer(route, receive, declared, header_length)
+            if tracing.ON:
+                with server_span(route, scope["headers"]):
+                    status, body, headers = await self._answer(route, receive, declared,
+                                                               header_length)
+                    _outcome(status)
+            else:
+                status, body, headers = await self._answer(route, receive, declared,
+                                                           header_length)
         finally:
             request_id_var.reset(token)
         if request_id is not None:
@@ -145,6 +154,8 @@ class InferenceEndpoints:
 
     async def _answer_body(self, route: tuple[str, str, str | None], body: bytes,
                            header_length: bytes | None) -> Reply:
+        if tracing.ON:
+            return await self._traced_body(route, body, header_length)
         try:
             request, raw = self._request(route, body, header_length)
             response = await self._dataplane.infer(request, protocol=route[0])
@@ -152,14 +163,41 @@ class InferenceEndpoints:
         except Exception as exc:
             return _failure(exc, route)
 
+    async def _traced_body(self, route: tuple[str, str, str | None], body: bytes,
+                           header_length: bytes | None) -> Reply:
+        """:meth:`_answer_body` with ``decode`` and ``encode`` spans (predict's are the data
+        plane's)."""
+        try:
+            with tracing.span("decode"):
+                request, raw = self._request(route, body, header_length)
+            response = await self._dataplane.infer(request, protocol=route[0])
+            with tracing.span("encode"):
+                return _encode(route[0], request, response, raw)
+        except Exception as exc:
+            return _failure(exc, route)
+
     def answer_blocking(self, route: tuple[str, str, str | None], body: bytes,
                         header_length: bytes | None) -> Reply:
         """:meth:`_answer_body` without awaiting anything: for inline, unbatched models,
         whose predict would run on the event loop anyway."""
+        if tracing.ON:
+            return self._traced_blocking(route, body, header_length)
         try:
             request, raw = self._request(route, body, header_length)
             response = self._dataplane.infer_blocking(request, protocol=route[0])
             return _encode(route[0], request, response, raw)
+        except Exception as exc:
+            return _failure(exc, route)
+
+    def _traced_blocking(self, route: tuple[str, str, str | None], body: bytes,
+                         header_length: bytes | None) -> Reply:
+        """:meth:`answer_blocking` with ``decode`` and ``encode`` spans."""
+        try:
+            with tracing.span("decode"):
+                request, raw = self._request(route, body, header_length)
+            response = self._dataplane.infer_blocking(request, protocol=route[0])
+            with tracing.span("encode"):
+                return _encode(route[0], request, response, raw)
         except Exception as exc:
             return _failure(exc, route)
 
@@ -177,7 +215,12 @@ class InferenceEndpoints:
         token = request_id_var.set(request_id.decode("latin-1") if request_id
                                    else new_request_id())
         try:
-            reply = self.answer_blocking(route, body, header_length)
+            if tracing.ON:
+                with server_span(route, headers):
+                    reply = self.answer_blocking(route, body, header_length)
+                    _outcome(reply[0])
+            else:
+                reply = self.answer_blocking(route, body, header_length)
         finally:
             request_id_var.reset(token)
         if request_id is not None:
@@ -189,7 +232,12 @@ class InferenceEndpoints:
         _, header_length, request_id = inference_headers(headers)
         # a task of its own: the context variable needs no reset
         request_id_var.set(request_id.decode("latin-1") if request_id else new_request_id())
-        reply = await self._answer_body(route, body, header_length)
+        if tracing.ON:
+            with server_span(route, headers):
+                reply = await self._answer_body(route, body, header_length)
+                _outcome(reply[0])
+        else:
+            reply = await self._answer_body(route, body, header_length)
         if request_id is not None:
             reply[2].append((b"x-request-id", request_id))
         return reply
@@ -264,3 +312,18 @@ def _failure(exc: Exception, route: tuple[str, str, str | None]) -> Reply:
     log.error("unhandled error on inference for model %s", route[1],
               exc_info=(type(exc), exc, exc.__traceback__))
     return 500, b'{"error":"internal server error"}', [(b"content-type", _JSON)]
+
+
+def server_span(route: tuple[str, str, str | None], headers: list[tuple[bytes, bytes]]
+                ) -> Any:
+    """The ``infer`` span of one REST inference, continuing the caller's ``traceparent``."""
+    return tracing.span("infer", context=tracing.extract(headers), kind="server", attributes={
+        "http.request.method": "POST", "turnout.protocol": route[0],
+        "turnout.model.name": route[1], "turnout.model.version": route[2] or "",
+        "turnout.request_id": request_id_var.get()})
+
+
+def _outcome(status: int) -> None:
+    tracing.annotate(status_code=status)
+    if status >= 500:
+        tracing.failed(status)
