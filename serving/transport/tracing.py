@@ -15,8 +15,7 @@ import argparse
 import atexit
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, MutableSequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, MutableSequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -27,6 +26,9 @@ ON = False  # read by hot paths: True only after setup() configured an exporter
 _tracer: Any = None
 _propagator: Any = None
 _provider: Any = None
+_api: Any = None  # opentelemetry.trace, once set up
+_kinds: dict[str, Any] = {}
+_context_api: Any = None
 # a traceparent is 55 characters; tracestate at most 32 members of 256: anything far larger
 # is hostile and ignored before the propagator sees it
 MAX_HEADER = 8192
@@ -85,11 +87,32 @@ def setup(service: str, *, endpoint: str | None = None, ratio: float | None = No
         OTLPSpanExporter(endpoint=traces_url(endpoint)) if endpoint else OTLPSpanExporter()))
     _tracer = _provider.get_tracer("turnout")
     _propagator = TraceContextTextMapPropagator()
+    global _api
+    from opentelemetry import trace
+
+    _api = trace
+    from opentelemetry import context as context_api
+
+    global _context_api
+    _context_api = context_api
+    _kinds.update({k.name.lower(): k for k in trace.SpanKind})
     atexit.register(shutdown)
     ON = True
     log.info("tracing on: OTLP/HTTP to %s, sampler %s", traces_url(endpoint) if endpoint
              else "the OTEL_EXPORTER_OTLP_* endpoint", _provider.sampler.get_description())
     return True
+
+
+def trace_variables(endpoint: str | None, ratio: float | None) -> dict[str, str]:
+    """``turnout up``'s tracing flags as the settings variables of the router
+    (``TURNOUT_ROUTER_``) and of the model servers (``TURNOUT_``) it starts."""
+    out = {}
+    for prefix in ("TURNOUT_", "TURNOUT_ROUTER_"):
+        if endpoint:
+            out[prefix + "TRACE_ENDPOINT"] = endpoint
+        if ratio is not None:
+            out[prefix + "TRACE_SAMPLE_RATIO"] = str(ratio)
+    return out
 
 
 def traces_url(endpoint: str | None) -> str | None:
@@ -155,18 +178,34 @@ def inject(headers: MutableSequence[tuple[str, str]]) -> None:
 
 # -- spans ------------------------------------------------------------------------------------
 
-@contextmanager
+class _Unsampled:
+    """The block of a child of an unsampled span: no span is made (the sampler would drop it
+    anyway, parent-based), the unsampled parent stays current and is what gets propagated."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Any:
+        return _api.get_current_span()
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_UNSAMPLED = _Unsampled()
+
+
 def span(name: str, *, context: Any = None, kind: str = "internal",
          attributes: Mapping[str, Any] | None = None, links: Iterable[Any] = (),
-         start_time: int | None = None) -> Iterator[Any]:
-    """A span made current for the block; ``context``: its parent (default: the current
-    span); ``kind``: server, client or internal. Only called when :data:`ON`."""
-    from opentelemetry.trace import SpanKind
-
-    with _tracer.start_as_current_span(name, context=context, kind=SpanKind[kind.upper()],
-                                       attributes=attributes, links=list(links),
-                                       start_time=start_time) as current:
-        yield current
+         start_time: int | None = None) -> Any:
+    """A span made current for the block (a context manager); ``context``: its parent (default:
+    the current span); ``kind``: server, client or internal. Only called when :data:`ON`."""
+    if context is None:
+        current = _api.get_current_span()
+        if not current.is_recording() and current.get_span_context().is_valid:
+            return _UNSAMPLED
+    return _tracer.start_as_current_span(name, context=context, kind=_kinds[kind],
+                                         attributes=attributes, links=list(links) or None,
+                                         start_time=start_time)
 
 
 def record(name: str, *, context: Any, start_time: int, end_time: int,
@@ -180,9 +219,9 @@ def record(name: str, *, context: Any, start_time: int, end_time: int,
 
 def annotate(**attributes: Any) -> None:
     """Set attributes on the current span (``turnout.variant`` for ``turnout_variant``)."""
-    from opentelemetry import trace
-
-    current = trace.get_current_span()
+    current = _api.get_current_span()
+    if not current.is_recording():
+        return
     for key, value in attributes.items():
         if value is not None:
             current.set_attribute(_ATTRIBUTE_NAMES.get(key, key), value)
@@ -190,29 +229,18 @@ def annotate(**attributes: Any) -> None:
 
 def failed(status_code: int | str) -> None:
     """Mark the current span as an error (a 5xx, a gRPC code other than OK)."""
-    from opentelemetry import trace
     from opentelemetry.trace import Status, StatusCode
 
-    trace.get_current_span().set_status(Status(StatusCode.ERROR, str(status_code)))
+    _api.get_current_span().set_status(Status(StatusCode.ERROR, str(status_code)))
 
 
 def current_context() -> Any:
-    from opentelemetry import context
-
-    return context.get_current()
-
-
-def current_span_context() -> Any:
-    from opentelemetry import trace
-
-    return trace.get_current_span().get_span_context()
+    return _context_api.get_current()
 
 
 def span_context_of(context: Any) -> Any:
     """The span context of the span current in ``context`` (a request's, to link to)."""
-    from opentelemetry import trace
-
-    return trace.get_current_span(context).get_span_context()
+    return _api.get_current_span(context).get_span_context()
 
 
 def link(span_context: Any) -> Any:

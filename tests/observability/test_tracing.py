@@ -488,3 +488,23 @@ def test_when_tracing_is_on(env: dict[str, str], flag: str | None, on: bool) -> 
     assert wanted(flag, env) is on
     assert traces_url("http://c:4318") == "http://c:4318/v1/traces"
     assert traces_url("http://c:4318/custom/path") == "http://c:4318/custom/path"
+
+
+def test_turnout_up_hands_its_flags_to_the_router_and_replicas() -> None:
+    from router.settings import RouterSettings
+    from serving.server.settings import ServerSettings
+    from serving.transport.tracing import trace_variables
+
+    env = trace_variables("http://collector:4318", 0.25)
+    assert env == {"TURNOUT_TRACE_ENDPOINT": "http://collector:4318",
+                   "TURNOUT_TRACE_SAMPLE_RATIO": "0.25",
+                   "TURNOUT_ROUTER_TRACE_ENDPOINT": "http://collector:4318",
+                   "TURNOUT_ROUTER_TRACE_SAMPLE_RATIO": "0.25"}
+    assert trace_variables(None, None) == {}
+    with pytest.MonkeyPatch.context() as patch:  # as the children read them
+        for key, value in env.items():
+            patch.setenv(key, value)
+        router = RouterSettings(config="routes.yaml")
+        server = ServerSettings()
+    assert (router.trace_endpoint, router.trace_sample_ratio) == ("http://collector:4318", 0.25)
+    assert (server.trace_endpoint, server.trace_sample_ratio) == ("http://collector:4318", 0.25)

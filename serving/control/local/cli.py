@@ -43,6 +43,9 @@ def add_parsers(sub: Any) -> None:
     from serving.transport.auth import add_auth_flags
 
     add_auth_flags(up)  # the router's: its public ports (docs/security.md)
+    from serving.transport.tracing import add_trace_flags
+
+    add_trace_flags(up)  # the router's and every replica's (docs/observability.md)
     up.add_argument("--ready-timeout", type=float, default=120.0,
                     help="seconds for the first replicas to become ready before giving up")
     up.add_argument("--log-level", default="info")

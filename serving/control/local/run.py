@@ -39,6 +39,7 @@ from serving.transport.auth import AuthConfigError, AuthFields, check_auth_setti
 from serving.transport.bounded import BoundedHttpToolsProtocol
 from serving.transport.logs import configure_logging
 from serving.transport.tls import CertificateReloader, ServerTls, TlsError, server_tls
+from serving.transport.tracing import trace_variables
 
 log = logging.getLogger("turnout.control")
 
@@ -155,6 +156,8 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     except AuthConfigError as exc:
         print(f"turnout up: {exc}", file=sys.stderr)
         return 2
+    # the router and every replica it starts read these (children inherit the environment)
+    os.environ.update(trace_variables(args.trace_endpoint, args.trace_sample_ratio))
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     (state_dir / "routes.yaml").write_text("services: []\n")
