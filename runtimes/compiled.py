@@ -5,9 +5,13 @@ scikit-learn pulls in SciPy and pandas (~2.3 s, ~100 MiB), and XGBoost spends ~3
 overhead on every one-row ``inplace_predict`` of a 100-tree model that ONNX Runtime evaluates in
 ~30 µs. With ``parameters: {compile: onnx}`` a runtime converts its model with the framework's
 ONNX converter, runs the original and the copy on probe rows, and keeps the copy only when
-labels are equal and values agree within the framework's tolerance. The verified copy is cached
-under ``$XDG_CACHE_HOME/turnout/compiled``, keyed by the artifact's SHA-256 and the installed
-framework and ONNX Runtime versions, so later starts load it with ONNX Runtime alone.
+labels are equal and values agree within the framework's tolerance. Without a ``compile``
+parameter the mode is ``auto``: the same, but a model that cannot be compiled (unsupported
+estimator, converter not installed, verification failed) is served by its framework after one
+INFO line; ``compile: none`` opts out, ``compile: onnx`` warns when it cannot compile.
+The verified copy is cached under ``$XDG_CACHE_HOME/turnout/compiled``, keyed by the artifact's
+SHA-256 and the installed framework and ONNX Runtime versions, so later starts load it with ONNX
+Runtime alone.
 
 Framework specifics (which models convert exactly, how) live in ``sklearn_onnx.py`` and
 ``xgboost_onnx.py``; this module is the shared part: the compiled model, the cache, verification.
@@ -39,7 +43,7 @@ ort = LazyModule("onnxruntime")
 log = logging.getLogger("turnout.runtimes.compiled")
 
 FORMAT = 2
-MODES = (None, "none", "onnx")
+MODES = (None, "auto", "none", "onnx")
 
 
 @dataclass(frozen=True)
@@ -102,18 +106,27 @@ class CompilableRuntime(Runtime):
         self._compiled = None
         mode = check_mode(self.settings.parameters.get("compile"), path)
         # Declared inputs/outputs could differ from what was verified: compile afresh then.
-        if mode == "onnx" and not self.settings.inputs and not self.settings.outputs:
+        if mode is not None and not self.settings.inputs and not self.settings.outputs:
             hit = cached(path)
             if hit is not None:
                 return self._serve_compiled(hit)
         load_native()
-        if mode == "onnx":
+        if mode is None:
+            return
+        try:
             model, reason = compile_native()
-            if model is None:
-                log.warning("%s: not compiled to ONNX, served by %s: %s", path, self.framework,
-                            reason)
-            else:
-                self._serve_compiled(model)
+        except ImportError as exc:  # onnxruntime itself absent in a lean install
+            model, reason = None, f"a package is not installed ({exc})"
+        except Exception as exc:  # ONNX Runtime refusing the graph; by default, never fatal
+            if mode == "onnx":
+                raise
+            model, reason = None, f"{type(exc).__name__}: {exc}"
+        if model is None:
+            level = logging.WARNING if mode == "onnx" else logging.INFO
+            log.log(level, "%s: not compiled to ONNX (compile: %s), served by %s: %s", path,
+                    mode, self.framework, reason)
+        else:
+            self._serve_compiled(model)
 
     def _serve_compiled(self, model: CompiledModel) -> None:
         """Predict with the verified ONNX copy; the framework's model is not kept."""
@@ -126,10 +139,11 @@ class CompilableRuntime(Runtime):
 
 
 def check_mode(mode: Any, path: Path) -> str | None:
-    """The ``compile`` parameter, validated; errors name the parameter."""
+    """The ``compile`` parameter, validated: ``auto`` when absent, None for ``none``."""
     if mode not in MODES:
-        raise ModelLoadError(f"{path}: parameters.compile must be 'onnx' or 'none', not {mode!r}")
-    return mode if mode == "onnx" else None
+        raise ModelLoadError(f"{path}: parameters.compile must be 'auto', 'onnx' or 'none', "
+                             f"not {mode!r}")
+    return None if mode == "none" else (mode or "auto")
 
 
 def cache_root() -> Path:
@@ -162,12 +176,14 @@ def load_cached(artifact: Path, dists: Sequence[str], root: Path | None = None
 
 def store_verified(onnx_bytes: bytes, meta: dict[str, Any], artifact: Path, dists: Sequence[str],
                    reference: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndarray,
-                   tolerance: Tolerance, root: Path | None = None
+                   tolerance: Tolerance, root: Path | None = None, *, cache: bool = True
                    ) -> tuple[CompiledModel | None, str]:
     """Verify ``onnx_bytes`` against ``reference`` on ``rows``; cache it when it agrees.
 
     ``meta`` holds methods, inputs, outputs (as JSON) and accepts_non_finite. Returns the
-    compiled model, or None and why it was refused.
+    compiled model, or None and why it was refused. ``cache=False`` (inputs or outputs declared
+    in settings) serves without caching: the cache, keyed by the artifact, holds the copy
+    compiled for the signature the model itself declares.
     """
     folder = (root or cache_root()) / cache_key(artifact, dists)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -179,12 +195,16 @@ def store_verified(onnx_bytes: bytes, meta: dict[str, Any], artifact: Path, dist
         if mismatch:
             return None, f"the ONNX compilation differs from the model: {mismatch}"
         (staging / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process cached it first: theirs is as good
-            pass
-        log.info("%s: compiled to ONNX (verified on %d rows) into %s", artifact, len(rows),
-                 folder)
+        if cache:
+            try:
+                os.rename(staging, folder)
+            except OSError:  # another process cached it first: theirs is as good
+                pass
+        log.info("%s: compiled to ONNX by %s (%s): verified on %d rows, labels equal, values "
+                 "within %.3g (rtol %g, atol %.3g); %s", artifact,
+                 meta.get("converter", "?"), meta.get("estimator") or meta.get("objective", "?"),
+                 len(rows), largest_difference(compiled, reference, rows), tolerance.rtol,
+                 tolerance.atol, f"cached in {folder}" if cache else "not cached (declared signature)")
         return compiled, ""
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -207,6 +227,17 @@ def mismatch_of(compiled: CompiledModel, reference: Callable[[np.ndarray], dict[
                              equal_nan=True):
             return f"{method} differs by up to {float(np.nanmax(np.abs(have - want))):.3g}"
     return ""
+
+
+def largest_difference(compiled: CompiledModel,
+                       reference: Callable[[np.ndarray], dict[str, np.ndarray]],
+                       rows: np.ndarray) -> float:
+    """The largest absolute difference of any non-label output on ``rows`` (for the log)."""
+    want_all = reference(rows)
+    got_all = compiled.predict(rows, list(want_all))
+    diffs = [float(np.nanmax(np.abs(got_all[m].astype(np.float64) - want.astype(np.float64))))
+             for m, want in want_all.items() if want.dtype.kind == "f" and want.size]
+    return max(diffs, default=0.0)
 
 
 def probe_rows(n_features: int, dtype: type, scales: Sequence[float], *, rows_per_scale: int = 256,

@@ -65,7 +65,8 @@ class SklearnRuntime(compiled.CompilableRuntime):
         self.load_compilable(
             path, load_native=lambda: self._load_estimator(path), cached=sklearn_onnx.load_cached,
             compile_native=lambda: sklearn_onnx.compile_verified(
-                self.model, path, self.inputs, self.outputs, self.accepts_non_finite))
+                self.model, path, self.inputs, self.outputs, self.accepts_non_finite,
+                cache=not (self.settings.inputs or self.settings.outputs)))
 
     def _load_estimator(self, path: Path) -> None:
         if path.name.endswith(".skops"):

@@ -34,7 +34,8 @@ def load_cached(artifact: Path) -> CompiledModel | None:
 
 def compile_verified(model: Any, artifact: Path, inputs: list[TensorSpec],
                      outputs: list[TensorSpec], accepts_non_finite: bool,
-                     root: Path | None = None) -> tuple[CompiledModel | None, str]:
+                     root: Path | None = None, cache: bool = True
+                     ) -> tuple[CompiledModel | None, str]:
     """Convert, verify and cache; returns the compiled model, or None and why not."""
     reason = _unsupported(model, inputs)
     if reason:
@@ -52,7 +53,7 @@ def compile_verified(model: Any, artifact: Path, inputs: list[TensorSpec],
     except Exception as exc:  # skl2onnx raises many types for unsupported estimators
         return None, f"skl2onnx cannot convert {type(model).__name__}: {exc}"
     meta = {"methods": {m: [SESSION_OUTPUT[m], None] for m in methods},
-            "accepts_non_finite": accepts_non_finite,
+            "converter": "skl2onnx", "accepts_non_finite": accepts_non_finite,
             "inputs": [compiled.spec_json(s) for s in inputs],
             "outputs": [compiled.spec_json(s) for s in outputs],
             "estimator": type(model).__name__}
@@ -65,7 +66,7 @@ def compile_verified(model: Any, artifact: Path, inputs: list[TensorSpec],
     scale = float(np.abs(reference(rows)[methods[0]]).max() or 1.0)
     return compiled.store_verified(onx.SerializeToString(), meta, artifact, DISTS, reference,
                                    rows, Tolerance(TOLERANCE.rtol, TOLERANCE.rtol * scale),
-                                   root)
+                                   root, cache=cache)
 
 
 def _unsupported(model: Any, inputs: list[TensorSpec]) -> str:

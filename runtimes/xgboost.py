@@ -51,7 +51,7 @@ class XGBoostRuntime(compiled.CompilableRuntime):
             compile_native=lambda: xgboost_onnx.compile_verified(
                 self.model, path, objective=self.objective, linear=self._linear,
                 best_iteration=self._iterations != (0, 0), inputs=self.inputs,
-                outputs=self.outputs,
+                outputs=self.outputs, cache=not (self.settings.inputs or self.settings.outputs),
                 reference=lambda x: self._compute(x, [s.name for s in self.outputs])))
 
     def _load_booster(self, path: Path) -> None:

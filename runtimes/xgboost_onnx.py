@@ -38,7 +38,8 @@ def load_cached(artifact: Path) -> CompiledModel | None:
 def compile_verified(booster: Any, artifact: Path, *, objective: str, linear: bool,
                      best_iteration: bool, inputs: list[TensorSpec], outputs: list[TensorSpec],
                      reference: Callable[[np.ndarray], dict[str, np.ndarray]],
-                     root: Path | None = None) -> tuple[CompiledModel | None, str]:
+                     root: Path | None = None, cache: bool = True
+                     ) -> tuple[CompiledModel | None, str]:
     """Convert, verify against ``reference`` (the runtime's own predict) and cache."""
     if linear:
         return None, "gblinear boosters are not compiled"
@@ -60,9 +61,10 @@ def compile_verified(booster: Any, artifact: Path, *, objective: str, linear: bo
     methods = [spec.name for spec in outputs]
     regression = objective.startswith("reg:")
     meta = {"methods": {m: [0 if regression else SESSION_OUTPUT[m], None] for m in methods},
+            "converter": "onnxmltools",
             "accepts_non_finite": True,  # NaN is XGBoost's missing value, and the tree ops'
             "inputs": [compiled.spec_json(s) for s in inputs],
             "outputs": [compiled.spec_json(s) for s in outputs], "objective": objective}
     rows = compiled.probe_rows(n_features, np.float32, SCALES, missing=True)
     return compiled.store_verified(onx.SerializeToString(), meta, artifact, DISTS,
-                                   reference, rows, TOLERANCE, root)
+                                   reference, rows, TOLERANCE, root, cache=cache)

@@ -441,5 +441,7 @@ def test_a_plain_skops_file_is_an_sklearn_model(tmp_path: Path, saved: dict[str,
                                   saved["refs"]["sk_skops"](rows)["predict"])
 
     monkeypatch.setitem(sys.modules, "skops.io", None)  # as if skops were not installed
+    # (compile: none — the verified ONNX copy cached by the first load needs no skops)
     with pytest.raises(ModelLoadError, match=r"needs skops.*turnout\[sklearn\]"):
-        SklearnRuntime(ModelSettings(name="m", artifact=tmp_path)).load()
+        SklearnRuntime(ModelSettings(name="m", artifact=tmp_path,
+                                     parameters={"compile": "none"})).load()

@@ -143,11 +143,12 @@ def test_a_compilation_that_disagrees_is_refused(tmp_path: Path) -> None:
     assert mismatch.startswith("predict labels differ on ")
 
 
-def test_without_the_parameter_nothing_is_compiled(tmp_path: Path, private_cache: Path) -> None:
-    runtime = load(LogisticRegression(max_iter=500).fit(X, LABELS), tmp_path / "n")
+def test_compile_none_compiles_nothing(tmp_path: Path, private_cache: Path) -> None:
+    runtime = load(LogisticRegression(max_iter=500).fit(X, LABELS), tmp_path / "n",
+                   compile="none")
     assert runtime._compiled is None and not private_cache.exists()
 
 
 def test_an_unknown_compile_value_is_a_load_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="parameters.compile must be 'onnx' or 'none'"):
+    with pytest.raises(ModelLoadError, match="parameters.compile must be 'auto', 'onnx' or 'none'"):
         load(LogisticRegression(max_iter=500).fit(X, LABELS), tmp_path / "x", compile="tvm")
