@@ -101,17 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="mlp", choices=list(models.MODELS))
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--ref", default=None, help="a commit to compare with (a git worktree)")
+    ap.add_argument("--against", default=None, help="with --ref: the commit to measure instead "
+                    "of the working tree (a second worktree)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="turnout-icount-"))
     repo = models.repository(work, [args.model])
     payload = load.build_payloads(work / "payloads", args.model, 1)[
         "grpc" if args.protocol == "gRPC" else "rest-json"]
     trees = [ROOT]
-    if args.ref:
-        ref_tree = work / f"ref-{args.ref[:10]}"
-        subprocess.run(["git", "worktree", "add", "--detach", str(ref_tree), args.ref],
+    worktrees = []
+    for ref in filter(None, (args.ref, args.against)):
+        tree = work / f"ref-{ref[:10]}".replace("~", "_")
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref],
                        cwd=ROOT, check=True, capture_output=True)
-        trees.insert(0, ref_tree)
+        worktrees.append(tree)
+    if worktrees:
+        trees = worktrees if args.against else [worktrees[0], ROOT]
     sp, sg = free_port(), free_port()
     upstream = None
     if args.target == "router":  # the model server behind it runs natively
@@ -123,15 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if upstream is not None:
             _stop(upstream)
-        if args.ref:
-            subprocess.run(["git", "worktree", "remove", "--force", str(trees[0])], cwd=ROOT,
+        for tree in worktrees:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
                            capture_output=True)
+    labels = {ROOT: "working tree", **dict(zip(worktrees, filter(None, (args.ref, args.against)),
+                                               strict=True))}
     for tree, value in results.items():
-        label = args.ref if tree != ROOT else "HEAD"
+        label = labels[tree]
         print(f"{args.target} {args.protocol} {args.model}: {label}: {value:,.0f} instructions "
               "per request")
     if args.ref:
-        old, new = results[trees[0]], results[ROOT]
+        old, new = results[trees[0]], results[trees[1]]
         print(f"change: {100 * (new / old - 1):+.1f}%")
     return 0
 
