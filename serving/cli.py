@@ -49,6 +49,8 @@ def _serve_parser(sub: Any) -> None:
                    help="batch every model without its own batching settings (rows per call)")
     p.add_argument("--max-batch-latency-ms", type=float,
                    help="with --max-batch-size: how long a batch waits to fill (default 2)")
+    p.add_argument("--no-auto-batching", action="store_true",
+                   help="never turn batching on by measurement at load (TURNOUT_AUTO_BATCHING=0)")
     p.add_argument("--inference-threads", type=int, help="threads for blocking predict calls")
     p.add_argument("--workers", type=int, help="server processes sharing the ports")
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")
@@ -81,7 +83,12 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.transport.logs import configure_logging
 
     given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("command", "path", "trust_remote_pickle")}
+             if v is not None and k not in ("command", "path", "trust_remote_pickle",
+                                            "no_auto_batching")}
+    if args.no_auto_batching:  # read by each worker's model repository
+        import os
+
+        os.environ["TURNOUT_AUTO_BATCHING"] = "0"
     if args.trust_remote_pickle:
         given["trusted_sources"] = [*given.get("trusted_sources", []), "*"]
     path = args.path

@@ -31,6 +31,7 @@ from serving.runtime.base import (
 from serving.runtime.cache import default_cache_dir
 from serving.runtime.mlmodel import MLMODEL_FILE
 from serving.runtime.settings import SETTINGS_FILE, build_settings, read_settings_file
+from serving.server import autobatch
 from serving.server.batching import AdaptiveBatcher
 from serving.server.execution import resolve_execution
 from serving.server.metrics import Metrics
@@ -121,7 +122,8 @@ def discover(path: Path, *, name: str | None = None, model_class: str | None = N
 def _load_version(source: ModelSource, version: str, folder: Path,
                   default_batching: dict[str, Any] | None = None,
                   expected_runtime: str | None = None,
-                  trusted: tuple[str, ...] = ()) -> tuple[Runtime, float]:
+                  trusted: tuple[str, ...] = (),
+                  auto_batching: bool = True) -> tuple[Runtime, float]:
     """Build settings, pick the runtime and load; raises ModelLoadError on any failure."""
     fields = dict(source.base_settings)
     if folder.is_dir() and (folder / SETTINGS_FILE).is_file():
@@ -129,6 +131,8 @@ def _load_version(source: ModelSource, version: str, folder: Path,
     for key, value in source.overrides.items():
         fields[key] = {**(fields.get(key) or {}), **value} if isinstance(value, dict) else value
     fields.update(name=source.name, version=version, artifact=folder)
+    if fields.get("batching") == "none":  # this model opts out of automatic batching
+        fields["batching"], auto_batching = None, False
     if default_batching is not None and fields.get("batching") is None:
         fields["batching"] = default_batching  # the server-wide default (--max-batch-size)
     settings = build_settings(**fields)
@@ -152,6 +156,8 @@ def _load_version(source: ModelSource, version: str, folder: Path,
     except Exception as exc:  # frameworks raise anything on a bad file
         raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
     resolve_execution(runtime)
+    if auto_batching and settings.batching is None:
+        runtime.settings.batching = autobatch.decide(runtime)
     return runtime, time.perf_counter() - started
 
 
@@ -178,7 +184,10 @@ class ModelRepository:
                  default_batching: dict[str, Any] | None = None,
                  runtime: str | None = None, trusted_sources: list[str] | None = None,
                  version: str | None = None,
-                 overrides: dict[str, Any] | None = None) -> None:
+                 overrides: dict[str, Any] | None = None,
+                 auto_batching: bool | None = None) -> None:
+        self._auto_batching = autobatch.enabled_by_env() if auto_batching is None \
+            else auto_batching
         self._version = version
         self._overrides = overrides
         self._default_batching = default_batching
@@ -295,7 +304,7 @@ class ModelRepository:
         try:
             runtime, seconds = await asyncio.to_thread(_load_version, source, version, folder,
                                                         self._default_batching, self._runtime,
-                                                        self._trusted)
+                                                        self._trusted, self._auto_batching)
         except ModelLoadError as exc:
             mv.state, mv.reason = "UNAVAILABLE", self._public(str(exc))
             log.error("model %s version %s failed to load: %s", source.name, version, exc)

@@ -55,3 +55,29 @@ class Slow(Runtime):
     def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         time.sleep(float(self.settings.parameters.get("delay", 0.5)))
         return {"y": next(iter(inputs.values())) * 2}
+
+
+class FixedCost(Runtime):
+    """Doubles its input after ``parameters.fixed`` seconds per call plus ``parameters.per_row``
+    seconds per row: a model whose batching payoff the test controls. Timed at load like the
+    framework runtimes (``execution = "auto"``)."""
+
+    name = "fixed-cost"
+    platform = "test-fixed-cost"
+    execution = "auto"
+
+    def load(self) -> None:
+        self.declared([], [TensorSpec("y", "FP32", (-1, 2))])
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        x = next(iter(inputs.values()))
+        params = self.settings.parameters
+        _spin(float(params.get("fixed", 0.002)) + float(params.get("per_row", 0.0)) * len(x))
+        return {"y": x * 2}
+
+
+def _spin(seconds: float) -> None:
+    """Wait precisely (sleep overshoots by tens of µs) without holding the GIL for long."""
+    deadline = time.perf_counter() + seconds
+    while (left := deadline - time.perf_counter()) > 0:
+        time.sleep(min(left, 0.0002) if left > 0.0003 else 0)
