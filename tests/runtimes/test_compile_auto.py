@@ -149,3 +149,45 @@ def test_an_xgboost_booster_with_no_settings_predicts_what_xgboost_does(
     proba = booster.predict(xgb.DMatrix(rows))
     np.testing.assert_allclose(got["predict_proba"], proba, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got["predict"], proba.argmax(axis=1))
+
+
+@pytest.mark.slow
+def test_a_server_with_no_settings_answers_like_the_frameworks(tmp_path: Path) -> None:
+    """Plain artifacts, no model-settings.yaml: served answers equal in-process predictions."""
+    import httpx
+
+    from tests.conftest import ServerProcess
+
+    logreg = LogisticRegression(max_iter=500).fit(X, LABELS)
+    (tmp_path / "repo" / "iris").mkdir(parents=True)
+    joblib.dump(logreg, tmp_path / "repo" / "iris" / "model.joblib")
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 4},
+                        xgb.DMatrix(X, label=LABELS > 0), num_boost_round=30)
+    (tmp_path / "repo" / "xgb").mkdir()
+    booster.save_model(str(tmp_path / "repo" / "xgb" / "model.json"))
+    server = ServerProcess(tmp_path / "repo",
+                           env={"XDG_CACHE_HOME": str(tmp_path / "cache")}).wait_ready()
+    try:
+        def infer(model: str, rows: np.ndarray, datatype: str) -> dict[str, np.ndarray]:
+            body = {"inputs": [{"name": "input-0", "shape": list(rows.shape),
+                                "datatype": datatype, "data": rows.ravel().tolist()}],
+                    "outputs": [{"name": "predict"}, {"name": "predict_proba"}]}
+            answer = httpx.post(f"{server.url}/v2/models/{model}/infer", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            return {o["name"]: np.array(o["data"]).reshape(o["shape"])
+                    for o in answer.json()["outputs"]}
+
+        got = infer("iris", ROWS, "FP64")
+        np.testing.assert_array_equal(got["predict"], logreg.predict(ROWS))
+        np.testing.assert_allclose(got["predict_proba"], logreg.predict_proba(ROWS), rtol=1e-9,
+                                   atol=0)
+        rows = ROWS.astype(np.float32)
+        positive = booster.predict(xgb.DMatrix(rows))
+        got = infer("xgb", rows, "FP32")
+        np.testing.assert_array_equal(got["predict"], (positive > 0.5).astype(np.int64))
+        np.testing.assert_allclose(got["predict_proba"][:, 1], positive, rtol=1e-5, atol=1e-6)
+        log = server.log()
+        assert "compiled to ONNX by skl2onnx (LogisticRegression)" in log
+        assert "compiled to ONNX by onnxmltools (binary:logistic)" in log
+    finally:
+        server.stop()
