@@ -83,12 +83,46 @@ class ProbeError(Exception):
     pass
 
 
-def probe(payload: Payload, port: int, tls_ca: Path | None = None) -> int:
+class ProbeMismatch(ProbeError):
+    """The server answered, but not what the model itself says: a failure, never "unsupported"."""
+
+
+DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
+          "BOOL": np.bool_, "FP16": np.float16, "UINT8": np.uint8, "INT8": np.int8}
+
+
+def probe(payload: Payload, port: int, tls_ca: Path | None = None,
+          expected: np.ndarray | None = None) -> int:
     """Send the payload once through a real client and check the answer; returns its body size.
-    With ``tls_ca`` over TLS, verifying the server against that CA bundle."""
+    With ``tls_ca`` over TLS, verifying the server against that CA bundle. With ``expected``
+    (the model's own output for these rows) the first output's values must equal it (floats
+    within 1e-4 relative): a server is only measured when it answers right."""
     body = payload.body_file.read_bytes()
     if payload.protocol == "grpc":
-        return _probe_grpc(payload, port, body, tls_ca)
+        size, values = _probe_grpc(payload, port, body, tls_ca)
+    else:
+        size, values = _probe_http(payload, port, body, tls_ca)
+    if expected is not None:
+        _check_values(values, expected)
+    return size
+
+
+def _check_values(values: np.ndarray | None, expected: np.ndarray) -> None:
+    want = np.asarray(expected).ravel()
+    if values is None or values.size != want.size:
+        raise ProbeMismatch(f"answer has {None if values is None else values.size} values, the "
+                            f"model gives {want.size}")
+    if want.dtype.kind == "f" or values.dtype.kind == "f":
+        ok = np.allclose(values.astype(np.float64), want.astype(np.float64), rtol=1e-4, atol=1e-6)
+    else:
+        ok = np.array_equal(values, want)
+    if not ok:
+        raise ProbeMismatch(f"answer {values[:6].tolist()} differs from the model's "
+                            f"{want[:6].tolist()}")
+
+
+def _probe_http(payload: Payload, port: int, body: bytes,
+                tls_ca: Path | None) -> tuple[int, np.ndarray | None]:
     headers = dict(h.split(": ", 1) for h in payload.headers)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30) if tls_ca is None \
@@ -112,10 +146,18 @@ def probe(payload: Payload, port: int, tls_ca: Path | None = None) -> int:
         raise ProbeError("binary request answered without the binary extension "
                          "(no inference-header-content-length)")
     _check_outputs(payload, [o["shape"] for o in outputs])
-    return len(data)
+    first = outputs[0]
+    if "data" in first:
+        values = np.asarray(first["data"], dtype=DTYPES.get(first.get("datatype"), None))
+    else:  # binary extension: the first output's bytes follow the JSON header
+        start = int(header_length or 0)
+        size = int((first.get("parameters") or {}).get("binary_data_size", 0))
+        values = np.frombuffer(data[start:start + size], dtype=DTYPES.get(first["datatype"]))
+    return len(data), values
 
 
-def _probe_grpc(payload: Payload, port: int, body: bytes, tls_ca: Path | None = None) -> int:
+def _probe_grpc(payload: Payload, port: int, body: bytes,
+                tls_ca: Path | None = None) -> tuple[int, np.ndarray | None]:
     import grpc
 
     from serving.protocol import proto
@@ -130,7 +172,17 @@ def _probe_grpc(payload: Payload, port: int, body: bytes, tls_ca: Path | None = 
         raise ProbeError(f"gRPC {exc.code().name}: {exc.details()}") from exc
     response = proto.ModelInferResponse.FromString(answer)
     _check_outputs(payload, [list(o.shape) for o in response.outputs])
-    return len(answer) + 5
+    first = response.outputs[0]
+    dtype = DTYPES.get(first.datatype)
+    if response.raw_output_contents:
+        values = np.frombuffer(response.raw_output_contents[0], dtype=dtype)
+    else:
+        contents = first.contents
+        field_name = {np.float32: "fp32_contents", np.float64: "fp64_contents",
+                      np.int64: "int64_contents", np.int32: "int_contents",
+                      np.bool_: "bool_contents"}.get(dtype, "fp32_contents")
+        values = np.asarray(list(getattr(contents, field_name)), dtype=dtype)
+    return len(answer) + 5, values
 
 
 def _check_outputs(payload: Payload, shapes: list[list[int]]) -> None:

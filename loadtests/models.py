@@ -3,6 +3,11 @@
 - ``iris``: scikit-learn LogisticRegression on an iris-like problem (4 features, 3 classes), joblib.
 - ``xgb``: XGBoost classifier, 100 trees of depth 6 on 32 features (binary), saved as JSON.
 - ``mlp``: an ONNX MLP 64 -> 256 -> 256 -> 10 (ReLU, softmax), built with ``onnx.helper``.
+- ``torch``: the heavier model, where batching decides: a deep MLP 256 -> 1536 -> 1536 -> 1536
+  -> 10 (ReLU, softmax; 5.1 M weights, 20 MB) saved with ``torch.export`` (``model.pt2``). One row
+  reads every weight from memory (milliseconds on one core); a batch of 64 reads them once.
+- ``torch-onnx``: the very same weights as an ONNX graph (``model.onnx``). Anchors without
+  PyTorch serve the ``torch`` model from this file (``ANCHOR_ARTIFACTS``).
 
 Every server loads the same files; ``build`` reuses them when the stamp beside them matches.
 """
@@ -40,7 +45,13 @@ MODELS: dict[str, ModelSpec] = {
     "iris": ModelSpec("iris", "sklearn", "model.joblib", 4, "FP64", 3),
     "xgb": ModelSpec("xgb", "xgboost", "model.json", 32, "FP32", 2),
     "mlp": ModelSpec("mlp", "onnx", "model.onnx", 64, "FP32", 10),
+    "torch": ModelSpec("torch", "torch", "model.pt2", 256, "FP32", 10),
+    "torch-onnx": ModelSpec("torch-onnx", "onnx", "model.onnx", 256, "FP32", 10),
 }
+TORCH_SIZES = (256, 1536, 1536, 1536, 10)
+# The same weights for servers without PyTorch: model name -> (the model to take the file of,
+# its framework).
+ANCHOR_ARTIFACTS = {"torch": ("torch-onnx", "onnx")}
 
 
 def rows(name: str, batch: int) -> np.ndarray:
@@ -80,16 +91,48 @@ def _build_xgb(path: Path) -> None:
     model.save_model(str(path))
 
 
+def _mlp_weights(sizes: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(W, b) per layer from the fixed seed; W is (n_in, n_out)."""
+    rng = np.random.default_rng(SEED)
+    layers = []
+    for n_in, n_out in zip(sizes, sizes[1:], strict=False):
+        w = (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = (rng.normal(size=(n_out,)) * 0.01).astype(np.float32)
+        layers.append((w, b))
+    return layers
+
+
 def _build_mlp(path: Path) -> None:
+    _save_onnx_mlp(path, (64, 256, 256, 10), "turnout_bench_mlp")
+
+
+def _build_torch_onnx(path: Path) -> None:
+    _save_onnx_mlp(path, TORCH_SIZES, "turnout_bench_torch")
+
+
+def _build_torch(path: Path) -> None:
+    import torch
+
+    layers = []
+    for w, b in _mlp_weights(TORCH_SIZES):
+        linear = torch.nn.Linear(*w.shape)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(w.T.copy()))
+            linear.bias.copy_(torch.from_numpy(b))
+        layers += [linear, torch.nn.ReLU()]
+    module = torch.nn.Sequential(*layers[:-1], torch.nn.Softmax(dim=-1)).eval()
+    example = (torch.zeros(2, TORCH_SIZES[0]),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(module, example, dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+
+
+def _save_onnx_mlp(path: Path, sizes: tuple[int, ...], graph_name: str) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(SEED)
-    sizes = [64, 256, 256, 10]
     inits, nodes, prev = [], [], INPUT_NAME
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
-        w = (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
-        b = (rng.normal(size=(n_out,)) * 0.01).astype(np.float32)
+    for i, (w, b) in enumerate(_mlp_weights(sizes)):
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
         nodes += [helper.make_node("MatMul", [prev, f"W{i}"], [f"mm{i}"]),
                   helper.make_node("Add", [f"mm{i}", f"B{i}"], [f"z{i}"])]
@@ -99,9 +142,9 @@ def _build_mlp(path: Path) -> None:
             prev = f"h{i}"
     nodes.append(helper.make_node("Softmax", [prev], ["probabilities"], axis=-1))
     graph = helper.make_graph(
-        nodes, "turnout_bench_mlp",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        nodes, graph_name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", sizes[-1]])],
         inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               producer_name="turnout-loadtests")
@@ -111,7 +154,8 @@ def _build_mlp(path: Path) -> None:
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
-    "iris": _build_iris, "xgb": _build_xgb, "mlp": _build_mlp}
+    "iris": _build_iris, "xgb": _build_xgb, "mlp": _build_mlp, "torch": _build_torch,
+    "torch-onnx": _build_torch_onnx}
 
 
 def artifact_path(models_dir: Path, name: str) -> Path:
@@ -121,7 +165,11 @@ def artifact_path(models_dir: Path, name: str) -> Path:
 def build(models_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
     """Build each model into ``models_dir/<name>/<artifact>`` (reused when already built)."""
     out = {}
-    for name in names or list(MODELS):
+    names = list(names or MODELS)
+    # The anchors serve ``torch`` from its ONNX twin: build that too.
+    names += [ANCHOR_ARTIFACTS[n][0] for n in names if n in ANCHOR_ARTIFACTS
+              and ANCHOR_ARTIFACTS[n][0] not in names]
+    for name in names:
         path = artifact_path(models_dir, name)
         stamp = path.parent / ".stamp"
         want = json.dumps({"seed": SEED, "version": STAMP_VERSION})
@@ -147,6 +195,16 @@ def load_predictor(name: str, path: Path) -> Callable[[np.ndarray], object]:
         booster = xgb.Booster(model_file=str(path))
         booster.set_param({"nthread": 1})
         return booster.inplace_predict
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+        module = torch.export.load(str(path)).module()
+
+        def predict(x: np.ndarray):
+            with torch.inference_mode():
+                return module(torch.from_numpy(x)).numpy()
+        return predict
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

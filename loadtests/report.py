@@ -16,8 +16,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-SERVER_ORDER = ("turnout", "turnout-batched", "mlserver", "kserve", "bare-rest", "bare-grpc")
-ANCHORS = ("mlserver", "kserve")
+SERVER_ORDER = ("turnout", "turnout-batched", "mlserver", "kserve", "rayserve", "litserve",
+                "bentoml", "pytriton", "bare-rest", "bare-grpc")
+ANCHORS = ("mlserver", "kserve", "rayserve", "litserve", "bentoml", "pytriton")
+ANCHOR_TITLES = {"mlserver": "MLServer", "kserve": "KServe", "rayserve": "Ray Serve",
+                 "litserve": "LitServe", "bentoml": "BentoML", "pytriton": "PyTriton"}
 PROTOCOL_TITLES = {"rest-json": "REST JSON", "rest-binary": "REST binary", "grpc": "gRPC"}
 BARE_FOR = {"rest-json": "bare-rest", "rest-binary": "bare-rest", "grpc": "bare-grpc"}
 NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
@@ -215,6 +218,60 @@ def targets(res: Results) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def ratio_table(res: Results) -> list[str]:
+    """Turnout against every anchor and the best of them, one row per model and protocol at
+    batch 1 and the highest concurrency up to 32 (the issue's cells)."""
+    concs = [c for c in res.meta.get("concurrency", []) if c <= 32] or res.meta.get(
+        "concurrency", [1])
+    conc = max(concs)
+    present = [a for a in ANCHORS if any(k[0] == a for k in res.cells)]
+    if "turnout" not in {k[0] for k in res.cells} or not present:
+        return []
+    head = ["model", "protocol", "Turnout", *(ANCHOR_TITLES[a] for a in present),
+            "Turnout ÷ best anchor"]
+    lines = [f"## Turnout vs the best anchor (requests/s, batch 1, c={conc})", "",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for model in res.models:
+        for protocol in res.meta.get("protocols", []):
+            t = res.cell("turnout", model, protocol, 1, conc)
+            if not t:
+                continue
+            cells = []
+            for a in present:
+                c = res.cell(a, model, protocol, 1, conc)
+                cells.append(_n(c["rps"]) if c else "—")
+            r = res.ratios(model, protocol, 1, conc)
+            best = f"{_x(r.get('x_anchor'))} ({ANCHOR_TITLES[r['anchor']]})" \
+                if r.get("anchor") else "—"
+            lines.append(f"| {model} | {PROTOCOL_TITLES[protocol]} | {_n(t['rps'])} | "
+                         + " | ".join(cells) + f" | {best} |")
+    return [*lines, ""]
+
+
+def heavy_model(res: Results) -> list[str]:
+    """The heavier model where batching decides: rows/s at c=64 against the raw batched floor
+    (the model alone at its best batch size) and PyTriton's dynamic batching."""
+    floors = [f for (m, _), f in res.floor.items() if m == "torch"]
+    if not floors or 64 not in res.meta.get("concurrency", []):
+        return []
+    best = max(floors, key=lambda f: f["rows_per_s"])
+    lines = ["## Heavier model (torch), one-row requests at c=64", "",
+             f"Raw batched floor: {_n(best['rows_per_s'])} rows/s (torch.export program alone, "
+             f"batch {best['batch']}).", "",
+             "| server | model | protocol | rows/s | of floor | p99 ms |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for server in ("turnout", "turnout-batched", "pytriton"):
+        for model in ("torch", "torch-onnx"):
+            for protocol in res.meta.get("protocols", []):
+                c = res.cell(server, model, protocol, 1, 64)
+                if c:
+                    lines.append(f"| {server} | {model} | {PROTOCOL_TITLES[protocol]} | "
+                                 f"{_n(c['rows_per_s'])} | "
+                                 f"{_pct(c['rows_per_s'] / best['rows_per_s'])} | "
+                                 f"{_ms(c['p99_ms'])} |")
+    return [*lines, ""]
+
+
 def render(res: Results, jsonl: Path, out_dir: Path, plots: list[Path], notes: str) -> str:
     meta = res.meta
     machine = meta.get("machine", {})
@@ -240,9 +297,10 @@ def render(res: Results, jsonl: Path, out_dir: Path, plots: list[Path], notes: s
         "interleaved (the order rotates every repetition). Concurrency = h2load connections, one "
         "request in flight each (HTTP/1.1 for REST, h2c for gRPC).",
         f"- Versions: Turnout {versions.get('turnout_commit', '?')}"
-        f"{' (+ uncommitted changes)' if versions.get('turnout_dirty') else ''}, MLServer "
-        f"{versions.get('mlserver')}, KServe {versions.get('kserve')}, "
-        f"{versions.get('h2load', 'h2load ?')}, Python {versions.get('python')}."
+        f"{' (+ uncommitted changes)' if versions.get('turnout_dirty') else ''}, "
+        + "".join(f"{title} {versions[a]}, " for a, title in ANCHOR_TITLES.items()
+                  if versions.get(a))
+        + f"{versions.get('h2load', 'h2load ?')}, Python {versions.get('python')}."
         + (f" Turnout flags: `{meta['turnout_args']}`." if meta.get("turnout_args") else ""),
         "- Ratios compare Turnout with the best anchor in the same cell: throughput against the "
         "faster anchor's, p99 against the lower anchor p99. \"of bare\" is Turnout's throughput "
@@ -270,6 +328,8 @@ def render(res: Results, jsonl: Path, out_dir: Path, plots: list[Path], notes: s
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
         lines += [""]
 
+    lines += ratio_table(res)
+    lines += heavy_model(res)
     lines += ["## Throughput and latency", "",
               "Each server cell: requests/s · p50 / p99 in ms (errors, if any). "
               "\"n/a\" = the protocol is not supported by that server (its probe failed).", ""]

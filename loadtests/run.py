@@ -161,7 +161,7 @@ def _versions() -> dict:
     if h2:
         out["h2load"] = subprocess.run([h2, "--version"], capture_output=True,
                                        text=True).stdout.strip()
-    out["mlserver"], out["kserve"] = anchors.MLSERVER_VERSION, anchors.KSERVE_VERSION
+    out.update(anchors.VERSIONS)
     return out
 
 
@@ -245,7 +245,13 @@ def _load_cell(args, server, rep, payload, port, record) -> None:
                    error=f"server exited ({server.proc.returncode})")
             return
         try:
-            body_size = load.probe(payload, port)
+            body_size = load.probe(payload, port, expected=expected_output(args, payload))
+        except load.ProbeMismatch as exc:
+            record("load", **base, concurrency=concurrency, ok=False,
+                   error=f"wrong answer: {str(exc)[:300]}")
+            log(f"    {payload.model:4s} {payload.protocol:11s} b{payload.batch:<3d} "
+                f"WRONG ANSWER: {str(exc)[:160]}")
+            return
         except load.ProbeError as exc:
             # An anchor that fails its first probe lacks the protocol (MLServer has no binary
             # extension); anything else failing a probe is a failure, and reported as one.
@@ -268,6 +274,20 @@ def _load_cell(args, server, rep, payload, port, record) -> None:
         else:
             log(f"    {payload.model:4s} {payload.protocol:11s} b{payload.batch:<3d} "
                 f"c{concurrency:<3d} FAILED: {rec.get('error')}")
+
+
+_EXPECTED: dict[tuple[str, int], object] = {}
+
+
+def expected_output(args, payload):
+    """The model's own first output for the payload's rows, computed in-process once."""
+    key = (payload.model, payload.batch)
+    if key not in _EXPECTED:
+        artifact = models.artifact_path(args.work / "models", payload.model)
+        out = models.load_predictor(payload.model, artifact)(models.rows(payload.model,
+                                                                         payload.batch))
+        _EXPECTED[key] = out[0] if isinstance(out, list) else out
+    return _EXPECTED[key]
 
 
 def cold_starts(args, artifacts, rep, record, cpu) -> None:

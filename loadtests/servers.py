@@ -5,12 +5,20 @@
 | turnout | ``turnout serve`` on the models folder | all | REST JSON, REST binary, gRPC |
 | mlserver | MLServer 1.7.1: mlserver-sklearn, mlserver-xgboost, an ONNX ``MLModel`` | all | REST JSON, gRPC |
 | kserve | KServe 0.21.0, one ``kserve.Model`` subclass per model | all | REST JSON, REST binary, gRPC |
+| rayserve | Ray Serve, one FastAPI ingress replica | iris, xgb, mlp | REST JSON |
+| litserve | LitServe, one ``LitAPI`` per model | iris, xgb, mlp | REST JSON |
+| bentoml | BentoML, one async API per model | iris, xgb, mlp | REST JSON |
+| pytriton | PyTriton 0.7.0 (Triton), dynamic batching | all | REST JSON, REST binary, gRPC |
+
+(the four above are the apps in ``anchor_apps/``, run with their anchor venv's python)
 | bare-rest | ``loadtests.bare_rest`` (raw ASGI + orjson) | mlp | REST JSON, REST binary |
 | bare-grpc | ``loadtests.bare_grpc`` (sync grpcio) | mlp | gRPC |
 
 Each server is configured the way a user tuning for speed would: per-request access and latency
 logging off where the server has a switch, ONNX Runtime on one intra-op thread (the server is
-pinned to one core). Anything else stays at the server's defaults.
+pinned to one core). Anything else stays at the server's defaults, except what each anchor's
+docs recommend for throughput on one core (see each app's docstring). Servers without PyTorch
+serve the ``torch`` model from its ONNX twin (``models.ANCHOR_ARTIFACTS``): the same weights.
 """
 
 from __future__ import annotations
@@ -22,18 +30,21 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests import anchors
-from loadtests.models import MODELS
+from loadtests.models import ANCHOR_ARTIFACTS, MODELS
 
 ROOT = Path(__file__).resolve().parent
 REPO_ROOT = ROOT.parent
+APPS = ROOT / "anchor_apps"
 
-ALL_SERVERS = ("turnout", "turnout-batched", "mlserver", "kserve", "bare-rest", "bare-grpc")
-ANCHORS = ("mlserver", "kserve")
+ALL_SERVERS = ("turnout", "turnout-batched", "mlserver", "kserve", "rayserve", "litserve",
+               "bentoml", "pytriton", "bare-rest", "bare-grpc")
+ANCHORS = anchors.ALL
 BARE = ("bare-rest", "bare-grpc")
 PROTOCOLS = ("rest-json", "rest-binary", "grpc")
 
@@ -174,6 +185,9 @@ class ServerDef:
     role: str  # turnout | anchor | bare
     concurrency: tuple[int, ...] | None = None  # measured only at these (None: all)
     args: tuple[str, ...] = ()  # extra command-line flags
+    ready_path: str = "/v2/models/{model}/ready"  # GET, 200 when the model is ready
+    stop_signal: int = signal.SIGTERM
+    start_timeout: float = 120.0
 
     @property
     def has_http(self) -> bool:
@@ -187,11 +201,20 @@ class ServerDef:
 DEFS = {
     "turnout": ServerDef("turnout", tuple(MODELS), PROTOCOLS, "turnout"),
     # Adaptive batching on, for the batched-floor target (ONNX MLP at concurrency 64).
-    "turnout-batched": ServerDef("turnout-batched", ("mlp",), PROTOCOLS, "turnout",
-                                 concurrency=(64,),
+    "turnout-batched": ServerDef("turnout-batched", ("mlp", "torch", "torch-onnx"), PROTOCOLS,
+                                 "turnout", concurrency=(64,),
                                  args=("--max-batch-size", "64", "--max-batch-latency-ms", "1")),
     "mlserver": ServerDef("mlserver", tuple(MODELS), PROTOCOLS, "anchor"),
     "kserve": ServerDef("kserve", tuple(MODELS), PROTOCOLS, "anchor"),
+    "rayserve": ServerDef("rayserve", ("iris", "xgb", "mlp"), ("rest-json",), "anchor",
+                          start_timeout=240.0),
+    "litserve": ServerDef("litserve", ("iris", "xgb", "mlp"), ("rest-json",), "anchor",
+                          ready_path="/health"),
+    "bentoml": ServerDef("bentoml", ("iris", "xgb", "mlp"), ("rest-json",), "anchor",
+                         ready_path="/readyz"),
+    # Triton stops cleanly only on SIGINT (SIGTERM leaves its server and stubs behind).
+    "pytriton": ServerDef("pytriton", ("iris", "xgb", "mlp", "torch"), PROTOCOLS, "anchor",
+                          stop_signal=signal.SIGINT),
     "bare-rest": ServerDef("bare-rest", ("mlp",), ("rest-json", "rest-binary"), "bare"),
     "bare-grpc": ServerDef("bare-grpc", ("mlp",), ("grpc",), "bare"),
 }
@@ -260,6 +283,8 @@ def prepare(name: str, work: Path, artifacts: dict[str, Path], models: list[str]
         return Launch([str(bindir / "mlserver"), "start", str(root)], cwd=root, env={
             "MLSERVER_HTTP_PORT": str(http_port), "MLSERVER_GRPC_PORT": str(grpc_port),
             "MLSERVER_METRICS_PORT": str(free_port())})
+    if name in APP_ANCHORS:
+        return _app_launch(name, work, artifacts, served, http_port, grpc_port)
     if name == "kserve":
         root = work / "kserve"
         root.mkdir(parents=True, exist_ok=True)
@@ -276,6 +301,51 @@ def prepare(name: str, work: Path, artifacts: dict[str, Path], models: list[str]
             argv += ["--bench_model", f"{m}={MODELS[m].framework}:{artifacts[m].resolve()}"]
         return Launch(argv, cwd=root)
     raise ValueError(f"unknown server {name!r}")
+
+
+APP_ANCHORS = ("rayserve", "litserve", "bentoml", "pytriton")
+
+
+def anchor_model_args(artifacts: dict[str, Path], served: list[str]) -> list[str]:
+    """``name=framework:DATATYPE:features:path`` per model for the apps in ``anchor_apps/``:
+    a model the anchors cannot load as is (``torch``) is given its ONNX twin's file."""
+    out = []
+    for m in served:
+        spec = MODELS[m]
+        source, framework = ANCHOR_ARTIFACTS.get(m, (m, spec.framework))
+        path = artifacts[m].parent.parent / source / MODELS[source].artifact \
+            if source != m else artifacts[m]
+        out.append(f"{m}={framework}:{spec.datatype}:{spec.n_features}:{path.resolve()}")
+    return out
+
+
+def _app_launch(name: str, work: Path, artifacts: dict[str, Path], served: list[str],
+                http_port: int, grpc_port: int) -> Launch:
+    py = str(anchors.python_of(name))
+    specs = anchor_model_args(artifacts, served)
+    env = {"PYTHONPATH": str(APPS)}
+    if name == "bentoml":
+        root = work / "bentoml"
+        root.mkdir(parents=True, exist_ok=True)
+        env.update(BENCH_MODELS=";".join(specs), BENTOML_HOME=str(root / "home"),
+                   BENTOML_DO_NOT_TRACK="True")
+        return Launch([str(anchors.python_of(name).parent / "bentoml"), "serve",
+                       "bentoml_app:Bench", "--host", "127.0.0.1", "--port", str(http_port),
+                       "--working-dir", str(APPS)], env=env, cwd=APPS)
+    argv = [py, str(APPS / f"{name}_app.py"), "--http-port", str(http_port)]
+    for spec in specs:
+        argv += ["--model", spec]
+    if name == "rayserve":
+        env.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_USAGE_STATS_ENABLED="0",
+                   RAY_TMPDIR=str(work / "ray"))
+        (work / "ray").mkdir(parents=True, exist_ok=True)
+    if name == "pytriton":
+        argv += ["--grpc-port", str(grpc_port), "--metrics-port", str(free_port())]
+        # The stub must load the interpreter's own libpython (else: an RLock error at load).
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (libdir, os.environ.get("LD_LIBRARY_PATH")) if p)
+    return Launch(argv, env=env, cwd=APPS)
 
 
 def available(name: str) -> str | None:
@@ -307,7 +377,7 @@ class Running:
                                      start_new_session=True)
         self.ready_s: float | None = None
 
-    def wait_ready(self, models: list[str], timeout: float = 120.0) -> float:
+    def wait_ready(self, models: list[str], timeout: float | None = None) -> float:
         """Seconds from process start until every served model is ready on every protocol.
 
         A model the server reports as failed to load (OIP metadata ``state: UNAVAILABLE``, as
@@ -316,6 +386,7 @@ class Running:
         """
         served = [m for m in models if m in self.defn.models]
         self.failed: dict[str, str] = {}
+        timeout = timeout or self.defn.start_timeout
         deadline = self.started + timeout
         pending_http = list(served) if self.defn.has_http else []
         pending_grpc = list(served) if self.defn.has_grpc else []
@@ -324,7 +395,8 @@ class Running:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while starting;"
                                    f" see {self.log_path}:\n{self.log_tail()}")
-            pending_http = [m for m in pending_http if not http_model_ready(self.http_port, m)]
+            pending_http = [m for m in pending_http if not http_model_ready(
+                self.http_port, m, self.defn.ready_path)]
             if pending_http and time.perf_counter() >= next_state_check:
                 next_state_check = time.perf_counter() + 0.5
                 for m in pending_http:
@@ -367,7 +439,7 @@ class Running:
     def stop(self, grace: float = 10.0) -> None:
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, self.defn.stop_signal)
             except ProcessLookupError:
                 pass
             try:
@@ -378,11 +450,15 @@ class Running:
                 except ProcessLookupError:
                     pass
                 self.proc.wait(5)
-        else:  # the leader is gone; children of its session may linger
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        # Children of its session may linger after the leader (Ray's raylet, LitServe's
+        # workers, Triton's stubs): a few seconds to finish, then SIGKILL.
+        deadline = time.monotonic() + 5.0
+        while session_pids(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         self._log.close()
 
 
@@ -432,10 +508,10 @@ def pss_of(pid: int) -> int:
 
 # --- readiness probes -------------------------------------------------------------------------------
 
-def http_model_ready(port: int, model: str) -> bool:
+def http_model_ready(port: int, model: str, path: str = "/v2/models/{model}/ready") -> bool:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", f"/v2/models/{model}/ready")
+        conn.request("GET", path.format(model=model))
         status = conn.getresponse().status
         conn.close()
         return status == 200
