@@ -51,6 +51,9 @@ def _serve_parser(sub: Any) -> None:
                    help="with --max-batch-size: how long a batch waits to fill (default 2)")
     p.add_argument("--no-auto-batching", action="store_true",
                    help="never turn batching on by measurement at load (TURNOUT_AUTO_BATCHING=0)")
+    p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction,
+                   help="ready only while every model is READY (default); --no-strict-readiness "
+                   "keeps the server ready beside a model that failed to load")
     p.add_argument("--inference-threads", type=int, help="threads for blocking predict calls")
     p.add_argument("--workers", type=int, help="server processes sharing the ports")
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -50,7 +50,8 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics", PROTOBUF_EXTE
 class DataPlane:
     def __init__(self, *, repository: ModelRepository, metrics: Metrics,
                  executor: ThreadPoolExecutor, server_name: str = "turnout",
-                 server_version: str = "0.1.0", repository_mutable: bool = True) -> None:
+                 server_version: str = "0.1.0", repository_mutable: bool = True,
+                 strict_readiness: bool = True) -> None:
         self.repository = repository
         self.metrics = metrics
         self._executor = executor
@@ -60,18 +61,45 @@ class DataPlane:
         # Worker processes each hold their own copy of the table; changing one would make
         # workers disagree, so the repository extension is read-only there.
         self._repository_mutable = repository_mutable
+        self.strict_readiness = strict_readiness
+        # Told the server's readiness after a load or unload (the gRPC health service's switch).
+        self.readiness_changed: Callable[[bool], None] | None = None
 
     # -- health and metadata -------------------------------------------------------------
     def live(self) -> bool:
         return True
 
     def ready(self) -> bool:
-        """Ready once startup loading finished and until draining begins.
-
-        A model that failed to load does not make the server unready (it reports its own
-        readiness), so one broken model cannot take a whole replica out of rotation.
+        """Ready once startup loading finished, until draining begins and, with strict
+        readiness (the default, as Triton's), only while every model in the table is READY:
+        a replica whose model failed to load must leave rotation rather than answer 503s.
+        ``--no-strict-readiness`` lets one broken model of many stay out of the way instead.
         """
-        return self.started and not self.draining
+        return self.readiness()[0]
+
+    def readiness(self) -> tuple[bool, str | None]:
+        """Ready or not, and why not (model reasons carry no paths: the repository strips them)."""
+        if not self.started:
+            return False, "loading models"
+        if self.draining:
+            return False, "draining"
+        if self.strict_readiness:
+            unready = self.unready_models()
+            if unready:
+                return False, "; ".join(unready)
+        return True, None
+
+    def unready_models(self) -> list[str]:
+        """Every loaded or configured model version that is not READY, with its reason
+        (an unloaded model is not in the table, so it no longer counts)."""
+        found = []
+        for name in sorted(self.repository.names()):
+            for version in self.repository.versions(name):
+                mv = self.repository.get(name, version)
+                if mv.state != "READY":
+                    found.append(f"model '{name}' version {version} is {mv.state}: "
+                                 f"{mv.reason or 'no reason given'}")
+        return found
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         return self.repository.get(name, version).state == "READY"
@@ -103,11 +131,21 @@ class DataPlane:
 
     async def load_model(self, name: str) -> None:
         self._check_mutable()
-        await self.repository.load(name)
+        try:
+            await self.repository.load(name)
+        finally:
+            self._tell_readiness()
 
     async def unload_model(self, name: str) -> None:
         self._check_mutable()
-        await self.repository.unload(name)
+        try:
+            await self.repository.unload(name)
+        finally:
+            self._tell_readiness()
+
+    def _tell_readiness(self) -> None:
+        if self.readiness_changed is not None:
+            self.readiness_changed(self.ready())
 
     def _check_mutable(self) -> None:
         if not self._repository_mutable:

@@ -73,7 +73,8 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     """Run one server process until a signal arrives, then drain and return."""
     executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="predict")
     dataplane = DataPlane(repository=repository, metrics=metrics, executor=executor,
-                          server_name=settings.server_name, repository_mutable=not reuse_port)
+                          server_name=settings.server_name, repository_mutable=not reuse_port,
+                          strict_readiness=settings.strict_readiness)
     app = build_rest_app(dataplane, registry=exposition,
                          max_payload_bytes=settings.max_payload_bytes)
     # Authentication: None when no key or JWKS is configured, and then nothing checks anything.
@@ -111,6 +112,8 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
             credentials=certificates.grpc_credentials() if certificates else None,
             interceptors=[AuthInterceptor(authenticator)] if authenticator else ())
         grpc_server.start()
+    if set_serving is not None:  # NOT_SERVING until the models are loaded, as REST's 503
+        set_serving(dataplane.ready())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,7 +137,14 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     if not preloaded:
         await repository.load_all()
     dataplane.started = True
-    log.info("ready")
+    if set_serving is not None:
+        set_serving(dataplane.ready())
+        dataplane.readiness_changed = set_serving
+    ready, reason = dataplane.readiness()
+    if ready:
+        log.info("ready")
+    else:
+        log.warning("not ready (strict readiness; --no-strict-readiness relaxes it): %s", reason)
 
     flusher = asyncio.create_task(_flush_metrics_periodically(metrics, METRICS_FLUSH_SECONDS))
     stopper = asyncio.create_task(stop.wait())

@@ -51,6 +51,9 @@ class ServerSettings(ListenerFields, TracingFields):
                                    "bounded so a burst cannot spawn unbounded threads")
     drain_seconds: float = Field(30.0, ge=0, description="Grace period for in-flight requests "
                                  "after SIGTERM before the process exits")
+    strict_readiness: bool = Field(True, description="Ready only while every model the server "
+                                   "holds is READY (Triton's default); false: a model that "
+                                   "failed to load leaves the server ready")
     workers: int = Field(1, ge=1, description="Server processes sharing the ports (SO_REUSEPORT); "
                          "models load once before the fork and are shared copy-on-write")
     server_name: str = "turnout"

@@ -77,8 +77,9 @@ def build_rest_app(dataplane: DataPlane, *, registry: CollectorRegistry,
         return json_response({"live": dataplane.live()})
 
     async def ready(request: Request) -> Response:
-        ok = dataplane.ready()
-        return json_response({"ready": ok}, 200 if ok else 503)
+        ok, reason = dataplane.readiness()
+        return json_response({"ready": ok} if ok else {"ready": False, "reason": reason},
+                             200 if ok else 503)
 
     async def server_metadata(request: Request) -> Response:
         meta = dataplane.server_metadata()
