@@ -114,7 +114,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         metrics = Metrics(registry)
         repository = ModelRepository(path=root, name=None, metrics=metrics)
         await repository.load_all()
-        dataplane = DataPlane(repository=repository, metrics=metrics, executor=executor)
+        dataplane = DataPlane(repository=repository, metrics=metrics, executor=executor,
+                              strict_readiness=False)  # "corrupt" is broken on purpose
         dataplane.started = True
         server, set_serving = build_grpc_server(
             dataplane, ServerSettings(host="127.0.0.1", grpc_port=port))
@@ -196,7 +197,7 @@ def _expect_error(call: Any, status: str, message: str) -> None:
 # -- health and metadata through tritonclient ---------------------------------------------------
 def test_liveness_readiness_and_metadata(triton):
     assert triton.is_server_live()
-    assert triton.is_server_ready()
+    assert triton.is_server_ready()  # relaxed: the stack holds "corrupt" on purpose
     assert triton.is_model_ready("linear")
     assert triton.is_model_ready("linear", "1")
     assert not triton.is_model_ready("corrupt")
