@@ -75,6 +75,9 @@ class ModelSettings(BaseModel):
     outputs: list[TensorSpecSettings] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
     batching: BatchingSettings | None = None
+    auto_batching: bool = Field(
+        True, description="Whether batching may be turned on by measurement at load when "
+        "``batching`` is not given; ``batching: none`` sets it false")
     execution: Literal["auto", "inline", "thread"] | None = Field(
         None, description="Where predict runs; default: what the runtime declares")
     model_class: str | None = Field(
@@ -99,6 +102,13 @@ class ModelSettings(BaseModel):
             raise ValueError(f"unknown content_type {content_type!r}; expected one of "
                              f"{', '.join(CONTENT_TYPES)}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batching_none_opts_out(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("batching") == "none":
+            return {**data, "batching": None, "auto_batching": False}
+        return data
 
     @model_validator(mode="after")
     def _model_class_means_python(self) -> ModelSettings:

@@ -131,8 +131,6 @@ def _load_version(source: ModelSource, version: str, folder: Path,
     for key, value in source.overrides.items():
         fields[key] = {**(fields.get(key) or {}), **value} if isinstance(value, dict) else value
     fields.update(name=source.name, version=version, artifact=folder)
-    if fields.get("batching") == "none":  # this model opts out of automatic batching
-        fields["batching"], auto_batching = None, False
     if default_batching is not None and fields.get("batching") is None:
         fields["batching"] = default_batching  # the server-wide default (--max-batch-size)
     settings = build_settings(**fields)
@@ -156,7 +154,7 @@ def _load_version(source: ModelSource, version: str, folder: Path,
     except Exception as exc:  # frameworks raise anything on a bad file
         raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
     resolve_execution(runtime)
-    if auto_batching and settings.batching is None:
+    if auto_batching and settings.auto_batching and settings.batching is None:
         runtime.settings.batching = autobatch.decide(runtime)
     return runtime, time.perf_counter() - started
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.runtime.settings import build_settings
 from serving.server.repository import ModelSource, _load_version
 from tests.conftest import ServerProcess
 from tests.processes import PLUGINS
@@ -61,6 +62,11 @@ def test_opt_outs_and_explicit_settings(tmp_path, monkeypatch) -> None:
     assert load(tmp_path, monkeypatch, settings(PAYS), auto_batching=False).settings.batching \
         is None
     assert load(tmp_path, monkeypatch, settings(PAYS, max_queue=4)).settings.batching is None
+    # --max-batch-size does not override a model's batching: none
+    assert load(tmp_path, monkeypatch, settings(PAYS, batching="none"),
+                default_batching={"max_batch_size": 8}).settings.batching is None
+    opted_out = build_settings(name="m", artifact=tmp_path, batching="none")  # any reader
+    assert opted_out.batching is None and opted_out.auto_batching is False
     explicit = load(tmp_path, monkeypatch, settings(PAYS, batching={"max_batch_size": 4}))
     assert explicit.settings.batching.max_batch_size == 4
     assert explicit.settings.batching.max_latency_ms == 2.0  # as given, defaults untouched
