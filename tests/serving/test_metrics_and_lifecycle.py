@@ -91,12 +91,8 @@ def test_failed_model_reports_its_reason(server):
     assert httpx.get(f"{server.url}/v2/models/broken/ready").status_code == 503
     assert "model broken version 1 failed to load" in server.log()
     assert "/tmp" in server.log()  # the full detail is logged
-    # strict readiness (the default): the failed model takes the server out, saying why
-    ready = httpx.get(f"{server.url}/v2/health/ready")
-    assert ready.status_code == 503
-    assert "model 'broken' version 1 is UNAVAILABLE" in ready.json()["reason"]
-    assert "/tmp" not in ready.text
-    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+    # the shared server relaxes readiness (test_strict_readiness.py covers the default)
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
 
 
 def test_repository_unload_and_load(model_zoo, tmp_path, start_server):
