@@ -16,8 +16,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-SERVER_ORDER = ("turnout", "turnout-batched", "mlserver", "kserve", "rayserve", "litserve",
-                "bentoml", "pytriton", "bare-rest", "bare-grpc")
+SERVER_ORDER = ("turnout", "turnout-defaults", "turnout-batched", "mlserver", "kserve",
+                "rayserve", "litserve", "bentoml", "pytriton", "bare-rest", "bare-grpc")
 ANCHORS = ("mlserver", "kserve", "rayserve", "litserve", "bentoml", "pytriton")
 ANCHOR_TITLES = {"mlserver": "MLServer", "kserve": "KServe", "rayserve": "Ray Serve",
                  "litserve": "LitServe", "bentoml": "BentoML", "pytriton": "PyTriton"}
@@ -227,8 +227,10 @@ def ratio_table(res: Results) -> list[str]:
     present = [a for a in ANCHORS if any(k[0] == a for k in res.cells)]
     if "turnout" not in {k[0] for k in res.cells} or not present:
         return []
-    head = ["model", "protocol", "Turnout", *(ANCHOR_TITLES[a] for a in present),
-            "Turnout ÷ best anchor"]
+    defaults = any(k[0] == "turnout-defaults" for k in res.cells)
+    head = ["model", "protocol", "Turnout", *(["Turnout (defaults)"] if defaults else []),
+            *(ANCHOR_TITLES[a] for a in present), "Turnout ÷ best anchor",
+            *(["defaults ÷ best anchor"] if defaults else [])]
     lines = [f"## Turnout vs the best anchor (requests/s, batch 1, c={conc})", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for model in res.models:
@@ -243,8 +245,14 @@ def ratio_table(res: Results) -> list[str]:
             r = res.ratios(model, protocol, 1, conc)
             best = f"{_x(r.get('x_anchor'))} ({ANCHOR_TITLES[r['anchor']]})" \
                 if r.get("anchor") else "—"
-            lines.append(f"| {model} | {PROTOCOL_TITLES[protocol]} | {_n(t['rps'])} | "
-                         + " | ".join(cells) + f" | {best} |")
+            first, last = [_n(t["rps"])], [best]
+            if defaults:
+                d = res.cell("turnout-defaults", model, protocol, 1, conc)
+                top = res.best_anchor(model, protocol, 1, conc)
+                first.append(_n(d["rps"]) if d else "—")
+                last.append(_x(d["rps"] / top[0]) if d and top and top[0] else "—")
+            lines.append(f"| {model} | {PROTOCOL_TITLES[protocol]} | " + " | ".join(first)
+                         + " | " + " | ".join(cells) + " | " + " | ".join(last) + " |")
     return [*lines, ""]
 
 

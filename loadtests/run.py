@@ -183,7 +183,9 @@ def measure_floor(args, artifacts, record) -> None:
     _pin(None if args.no_pin else [args.server_cpu])
     try:
         for name in args.models:
-            for row in models.floor(name, artifacts[name], batches=batches, seconds=seconds):
+            # The heavier model's best batch may lie above 64 ("raw batched floor").
+            sizes = batches + (128,) if name in ("torch", "torch-onnx") else batches
+            for row in models.floor(name, artifacts[name], batches=sizes, seconds=seconds):
                 record("floor", **row)
                 log(f"  floor {name:5s} batch {row['batch']:3d}: {row['us_per_call']:9.1f} µs/call"
                     f"  {row['rows_per_s']:12,.0f} rows/s")
@@ -268,9 +270,12 @@ def _load_cell(args, server, rep, payload, port, record) -> None:
                                  expected_body=body_size)
         rec = record("load", **base, concurrency=concurrency, **result)
         if rec.get("ok"):
+            # A server too slow to finish a request within the run has no latencies.
+            p50, p99 = (f"{rec[k]:8.2f}" if rec.get(k) is not None else "     n/a"
+                        for k in ("p50_ms", "p99_ms"))
             log(f"    {payload.model:4s} {payload.protocol:11s} b{payload.batch:<3d} "
-                f"c{concurrency:<3d} {rec['rps']:9,.0f} req/s  p50 {rec['p50_ms']:7.2f}  "
-                f"p99 {rec['p99_ms']:8.2f} ms  errors {rec['errors']}")
+                f"c{concurrency:<3d} {rec['rps']:9,.0f} req/s  p50 {p50}  "
+                f"p99 {p99} ms  errors {rec['errors']}")
         else:
             log(f"    {payload.model:4s} {payload.protocol:11s} b{payload.batch:<3d} "
                 f"c{concurrency:<3d} FAILED: {rec.get('error')}")

@@ -3,6 +3,7 @@
 | name | what | models | protocols |
 | --- | --- | --- | --- |
 | turnout | ``turnout serve`` on the models folder | all | REST JSON, REST binary, gRPC |
+| turnout-defaults | the same without any ``model-settings.yaml`` | all | REST JSON, REST binary, gRPC |
 | mlserver | MLServer 1.7.1: mlserver-sklearn, mlserver-xgboost, an ONNX ``MLModel`` | all | REST JSON, gRPC |
 | kserve | KServe 0.21.0, one ``kserve.Model`` subclass per model | all | REST JSON, REST binary, gRPC |
 | rayserve | Ray Serve, one FastAPI ingress replica | iris, xgb, mlp | REST JSON |
@@ -26,11 +27,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +45,7 @@ ROOT = Path(__file__).resolve().parent
 REPO_ROOT = ROOT.parent
 APPS = ROOT / "anchor_apps"
 
-ALL_SERVERS = ("turnout", "turnout-batched", "mlserver", "kserve", "rayserve", "litserve",
+ALL_SERVERS = ("turnout", "turnout-defaults", "turnout-batched", "mlserver", "kserve", "rayserve", "litserve",
                "bentoml", "pytriton", "bare-rest", "bare-grpc")
 ANCHORS = anchors.ALL
 BARE = ("bare-rest", "bare-grpc")
@@ -188,6 +191,7 @@ class ServerDef:
     ready_path: str = "/v2/models/{model}/ready"  # GET, 200 when the model is ready
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 120.0
+    tuned: bool = True  # Turnout: with TURNOUT_MODEL_SETTINGS (else plain artifacts)
 
     @property
     def has_http(self) -> bool:
@@ -200,6 +204,9 @@ class ServerDef:
 
 DEFS = {
     "turnout": ServerDef("turnout", tuple(MODELS), PROTOCOLS, "turnout"),
+    # As a new user runs it: plain artifacts, no model-settings.yaml (issue 19's first column).
+    "turnout-defaults": ServerDef("turnout-defaults", tuple(MODELS), PROTOCOLS, "turnout",
+                                  tuned=False),
     # Adaptive batching on, for the batched-floor target (ONNX MLP at concurrency 64).
     "turnout-batched": ServerDef("turnout-batched", ("mlp", "torch", "torch-onnx"), PROTOCOLS,
                                  "turnout", concurrency=(64,),
@@ -233,6 +240,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    cleanup: list[Path] = field(default_factory=list)  # folders removed once it stopped
 
 
 def prepare(name: str, work: Path, artifacts: dict[str, Path], models: list[str],
@@ -244,7 +252,7 @@ def prepare(name: str, work: Path, artifacts: dict[str, Path], models: list[str]
     artifacts = {m: p.resolve() for m, p in artifacts.items()}
     py = sys.executable
     if defn.role == "turnout":
-        repo = work / "turnout-repo"
+        repo = work / ("turnout-repo" if defn.tuned else f"{name}-repo")
         for m in served:
             folder = repo / m
             if folder.is_symlink():  # older harness versions linked the artifact folder
@@ -253,7 +261,7 @@ def prepare(name: str, work: Path, artifacts: dict[str, Path], models: list[str]
             link = folder / artifacts[m].name
             if not link.exists():
                 link.symlink_to(artifacts[m])
-            settings = TURNOUT_MODEL_SETTINGS.get(m)
+            settings = TURNOUT_MODEL_SETTINGS.get(m) if defn.tuned else None
             if settings:
                 (folder / "model-settings.yaml").write_text(settings)
         return Launch([py, "-m", "serving.cli", "serve", str(repo), "--http-port", str(http_port),
@@ -336,9 +344,11 @@ def _app_launch(name: str, work: Path, artifacts: dict[str, Path], served: list[
     for spec in specs:
         argv += ["--model", spec]
     if name == "rayserve":
+        # Ray's session sockets must fit AF_UNIX's 107 bytes: a short folder, removed at stop.
+        tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         env.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_USAGE_STATS_ENABLED="0",
-                   RAY_TMPDIR=str(work / "ray"))
-        (work / "ray").mkdir(parents=True, exist_ok=True)
+                   RAY_TMPDIR=str(tmp))
+        return Launch(argv, env=env, cwd=APPS, cleanup=[tmp])
     if name == "pytriton":
         argv += ["--grpc-port", str(grpc_port), "--metrics-port", str(free_port())]
         # The stub must load the interpreter's own libpython (else: an RLock error at load).
@@ -372,6 +382,7 @@ class Running:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.started = time.perf_counter()
+        self._cleanup = launch.cleanup
         self.proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -459,6 +470,8 @@ class Running:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        for path in self._cleanup:
+            shutil.rmtree(path, ignore_errors=True)
         self._log.close()
 
 

@@ -98,3 +98,7 @@ def test_ratio_table_names_the_best_anchor() -> None:
     text = "\n".join(report.ratio_table(res))
     assert "| iris | REST JSON | 3,000 | 400 | 1,000 | 3.00× (PyTriton) |" in text
     assert "| iris | gRPC | 900 | — | 1,200 | 0.75× (PyTriton) |" in text
+    res = report.Results([meta, cell("turnout", "grpc", 900), cell("turnout-defaults", "grpc", 600),
+                          cell("pytriton", "grpc", 1200)])
+    text = "\n".join(report.ratio_table(res))
+    assert "| iris | gRPC | 900 | 600 | 1,200 | 0.75× (PyTriton) | 0.50× |" in text
