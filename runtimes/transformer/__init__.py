@@ -12,8 +12,12 @@ inputs, metrics, admission and error handling come from the model server unchang
     turnout serve ./transformer --model-class transformer:TextToTensor --name iris \\
         --transformer-for 127.0.0.1:9000 --predictor-protocol grpc-v2
 
-KServe's hooks take ``(payload, headers)``; a hook declaring a second parameter is given a
-dict there (empty: the model server does not hand request headers to models).
+KServe's hooks take ``(payload, headers)``; a hook declaring a second parameter is given the
+request's headers (REST) or metadata (gRPC) there, names in lower case. The runtime declares
+``wants_headers``, so the model server hands them over for transformers only. The client's
+credential (``authorization``, ``x-api-key``: what the predictor's authentication accepts) is
+passed on to the predictor, and a predictor refusing it (401 / 403) is answered to the client
+as such.
 
 Errors: an exception in ``preprocess`` is the client's input failing, answered 400 /
 INVALID_ARGUMENT with its message; the predictor unreachable or without a ready replica is 503
@@ -24,6 +28,7 @@ is a server failure (500, the traceback in the log only).
 from __future__ import annotations
 
 import inspect
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +52,9 @@ DEFAULT_TIMEOUT = 60.0
 # 429 that the predictor serves in milliseconds; still bounded, so a stalled predictor cannot
 # pile up unbounded work.
 DEFAULT_QUEUE = 256
+# The client's credential, passed on to the predictor as it came (serving/transport/auth.py
+# accepts these two: Bearer API keys or JWTs, and x-api-key).
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 
 
 def predictor_parameters(*, host: str, protocol: str = "v2", model: str | None = None,
@@ -78,11 +86,22 @@ class TransformerRuntime(PythonRuntime):
     platform = "transformer"
     execution = "thread"  # predict waits on the network
     artifact_suffixes: ClassVar[tuple[str, ...]] = ()
+    wants_headers: ClassVar[bool] = True  # the data plane hands over the request's headers
 
     def __init__(self, settings: ModelSettings) -> None:
         super().__init__(settings)
         self.client: PredictorClient | None = None
         self._with_headers: dict[str, bool] = {}
+        self._request = threading.local()  # the headers of the request this thread runs
+
+    def predict_with_headers(self, inputs: dict[str, np.ndarray], names: Any,
+                             headers: dict[str, str]) -> dict[str, np.ndarray]:
+        """predict, with the request's headers for the hooks and the predictor call."""
+        self._request.headers = headers
+        try:
+            return self.predict(inputs, names)
+        finally:
+            self._request.headers = None
 
     def load(self) -> None:
         self.client = self._client()
@@ -127,21 +146,24 @@ class TransformerRuntime(PythonRuntime):
         model, client = self.model, self.client
         assert model is not None and client is not None, "predict called before load"
         data: Any = to_frame(inputs, [s.name for s in self.inputs]) if self._frame else inputs
+        headers: dict[str, str] = getattr(self._request, "headers", None) or {}
         try:
-            data = self._hook("preprocess", data)
+            data = self._hook("preprocess", data, headers)
             tensors = as_tensors(data)
         except TurnoutError:
             raise
         except Exception as exc:  # the client's input did not fit: say why, no traceback
             raise InvalidInput(f"preprocess refused the input: {type(exc).__name__}: "
                                f"{exc}") from None
-        result = client.infer(tensors)
-        return self._as_outputs(self._hook("postprocess", result))
+        result = client.infer(tensors, credentials={
+            name: headers[name] for name in CREDENTIAL_HEADERS if name in headers})
+        return self._as_outputs(self._hook("postprocess", result, headers))
 
-    def _hook(self, name: str, data: Any) -> Any:
+    def _hook(self, name: str, data: Any, headers: dict[str, str]) -> Any:
         assert self.model is not None
         hook = getattr(self.model, name)
-        return self._call(hook, data, {}) if self._with_headers.get(name) else \
+        # a copy: a hook changing it must not change what the predictor is sent
+        return self._call(hook, data, dict(headers)) if self._with_headers.get(name) else \
             self._call(hook, data)
 
     def unload(self) -> None:

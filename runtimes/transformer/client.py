@@ -44,7 +44,9 @@ from serving.protocol.errors import (
     ModelNotReady,
     Overloaded,
     PayloadTooLarge,
+    PermissionDenied,
     TurnoutError,
+    Unauthenticated,
 )
 
 PredictorProtocol = Literal["v1", "v2", "grpc-v2"]
@@ -54,12 +56,14 @@ log = logging.getLogger("turnout.transformer")
 _ERRORS_BY_STATUS = {http_status: kind for kind, (http_status, _) in STATUS.items()}
 _ERRORS_BY_CODE = {code: kind for kind, (_, code) in reversed(list(STATUS.items()))}
 # The predictor's refusals the client is told as they are (its request was the transformer's
-# preprocess output, so a 400 there is the client's input); the rest (an unknown model name,
-# credentials the transformer lacks, a failure) are the transformer's deployment failing: 500.
+# preprocess output, so a 400 there is the client's input; a 401/403 refuses the client's own
+# credential, passed on); the rest (an unknown model name, a failure) are the transformer's
+# deployment failing: 500.
 _PASSED_ON: dict[ErrorKind, type[TurnoutError]] = {
     ErrorKind.INVALID: InvalidInput, ErrorKind.NOT_READY: ModelNotReady,
     ErrorKind.OVERLOADED: Overloaded, ErrorKind.TOO_LARGE: PayloadTooLarge,
-    ErrorKind.TIMEOUT: DeadlineExceeded,
+    ErrorKind.TIMEOUT: DeadlineExceeded, ErrorKind.UNAUTHENTICATED: Unauthenticated,
+    ErrorKind.FORBIDDEN: PermissionDenied,
 }
 
 
@@ -166,14 +170,17 @@ class PredictorClient:
         self._channels: dict[str, Any] = {}
         self._channels_lock = threading.Lock()
 
-    def infer(self, tensors: Mapping[str, np.ndarray]) -> Tensors:
+    def infer(self, tensors: Mapping[str, np.ndarray],
+              credentials: Mapping[str, str] | None = None) -> Tensors:
+        """One call to the predictor; ``credentials``: headers (metadata over gRPC) sent with
+        it, the client's own credential passed on."""
         rotation = self.addresses.rotation()
         if not rotation:
             raise ModelNotReady(f"predictor of '{self.model}' has no ready replica")
         call = self._grpc if self.protocol == "grpc-v2" else self._rest
         for attempt, address in enumerate(rotation[:2]):
             try:
-                return call(address, tensors)
+                return call(address, tensors, credentials or {})
             except _Unreachable as exc:
                 # the address and the reason stay in the log, as the router's do
                 log.warning("predictor of %s at %s is unreachable: %s", self.model, address, exc)
@@ -182,7 +189,8 @@ class PredictorClient:
         raise AssertionError("unreachable")
 
     # -- REST --------------------------------------------------------------------------------
-    def _rest(self, address: str, tensors: Mapping[str, np.ndarray]) -> Tensors:
+    def _rest(self, address: str, tensors: Mapping[str, np.ndarray],
+              credentials: Mapping[str, str]) -> Tensors:
         if self.protocol == "v1":
             path = f"/v1/models/{self.model}:predict"
             body, headers = _v1_request(tensors), {"content-type": "application/json"}
@@ -191,7 +199,8 @@ class PredictorClient:
             body, header_length = v2_request(tensors)
             headers = {"content-type": "application/octet-stream",
                        "inference-header-content-length": str(header_length)}
-        status, reply_headers, reply = self._post(address, path, body, headers)
+        status, reply_headers, reply = self._post(address, path, body,
+                                                  {**headers, **credentials})
         if status != 200:
             raise _refusal(status, reply)
         try:
@@ -237,7 +246,8 @@ class PredictorClient:
         raise AssertionError("unreachable")
 
     # -- gRPC --------------------------------------------------------------------------------
-    def _grpc(self, address: str, tensors: Mapping[str, np.ndarray]) -> Tensors:
+    def _grpc(self, address: str, tensors: Mapping[str, np.ndarray],
+              credentials: Mapping[str, str]) -> Tensors:
         import grpc
 
         call = self._stub(address)
@@ -246,7 +256,8 @@ class PredictorClient:
             request.inputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
             request.raw_input_contents.append(array_to_raw(array))
         try:
-            reply = call(request, timeout=self.timeout)
+            reply = call(request, timeout=self.timeout,
+                         metadata=tuple(credentials.items()) or None)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             name = code.name if code is not None else "UNKNOWN"

@@ -40,6 +40,9 @@ class InferenceRequest:
     id: str | None = None
     parameters: Parameters = field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None
+    # The request's headers (REST: the raw (bytes, bytes) pairs) or gRPC metadata, as the edge
+    # has them; normalised and handed over only to a runtime that declares wants_headers.
+    headers: Any = None
 
 
 @dataclass(slots=True)

@@ -8,10 +8,12 @@ conversion of model exceptions into clean ``ModelFailed`` errors.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -161,13 +163,16 @@ class DataPlane:
         record.begin()
         try:
             runtime, inputs, names = self._prepare(mv, request)
+            # Only a runtime that asks (a transformer) is handed the request's headers.
+            headers = header_map(request.headers) if request.headers is not None \
+                and getattr(runtime, "wants_headers", False) else None
             try:
                 if runtime.settings.batching is not None:
                     result = await self._batcher(mv, record).submit(inputs, names)
                 elif tracing.ON:
-                    result = await self._traced_predict(mv, inputs, names, record)
+                    result = await self._traced_predict(mv, inputs, names, record, headers)
                 else:
-                    result = await self._predict(mv, inputs, names, record)
+                    result = await self._predict(mv, inputs, names, record, headers)
             except Exception as exc:
                 raise _model_failed(mv, exc) from None
             return self._respond(mv, request, result, names, inputs)
@@ -182,6 +187,15 @@ class DataPlane:
     def check_model(self, name: str, version: str | None) -> None:
         """Raise :class:`ModelNotFound` for a model (or version) this server does not have."""
         self.repository.get(name, version)
+
+    def wants_headers(self, name: str, version: str | None) -> bool:
+        """Whether the model's runtime reads request headers (edges that must fetch them at a
+        cost, as gRPC metadata, ask first)."""
+        try:
+            runtime = self.repository.get(name, version).runtime
+        except TurnoutError:
+            return False
+        return bool(getattr(runtime, "wants_headers", False))
 
     def runs_blocking(self, name: str, version: str | None) -> bool:
         """Whether :meth:`infer_blocking` may serve this model from the calling thread: true
@@ -260,13 +274,16 @@ class DataPlane:
                                  outputs=outputs)
 
     async def _predict(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
-                       names: Sequence[str], record: RequestMetrics) -> dict[str, np.ndarray]:
+                       names: Sequence[str], record: RequestMetrics,
+                       headers: dict[str, str] | None = None) -> dict[str, np.ndarray]:
         """Run predict where the runtime says it is cheapest: inline or in the thread pool."""
         runtime = mv.runtime
         assert runtime is not None
+        predict = runtime.predict if headers is None \
+            else functools.partial(runtime.predict_with_headers, headers=headers)  # type: ignore[attr-defined]
         if runtime.execution == "inline":
             started = time.perf_counter()
-            result = runtime.predict(inputs, names)
+            result = predict(inputs, names)
             record.inference.observe(time.perf_counter() - started)
             return result
         # Admission: past the limit a request is refused at once (429 + Retry-After), so an
@@ -280,19 +297,19 @@ class DataPlane:
         try:
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
-            result = await loop.run_in_executor(self._executor, runtime.predict, inputs, names)
+            result = await loop.run_in_executor(self._executor, predict, inputs, names)
             record.inference.observe(time.perf_counter() - started)
         finally:
             mv.admitted -= 1
         return result
 
     async def _traced_predict(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
-                              names: Sequence[str], record: RequestMetrics
-                              ) -> dict[str, np.ndarray]:
+                              names: Sequence[str], record: RequestMetrics,
+                              headers: dict[str, str] | None = None) -> dict[str, np.ndarray]:
         rows = next(iter(inputs.values())).shape[0]
         with tracing.span("predict", attributes={**_span_attributes(mv),
                                                  "turnout.batch.size": rows}):
-            return await self._predict(mv, inputs, names, record)
+            return await self._predict(mv, inputs, names, record, headers)
 
     def _admission_limit(self, mv: ModelVersion) -> int:
         """Threads plus the queue: the model's ``max_queue``, else about one second of work at
@@ -323,6 +340,19 @@ class DataPlane:
                                                self._predict)(mv, inputs, names, record),
                 settings=mv.runtime.settings.batching, observe=observe)
         return mv.batcher
+
+
+def header_map(raw: Any) -> dict[str, str]:
+    """REST header pairs (bytes) or gRPC metadata as one lower-case ``name -> value`` dict
+    (repeated names joined with ", "; binary ``-bin`` metadata left out)."""
+    found: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1").lower() if isinstance(name, bytes) else str(name).lower()
+        if key.endswith("-bin"):
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
 
 
 def _span_attributes(mv: ModelVersion) -> dict[str, str]:

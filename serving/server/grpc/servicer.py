@@ -90,12 +90,12 @@ class InferenceServicer:
         if tracing.ON:
             metadata = getattr(context, "invocation_metadata", None)
             if metadata is None:  # the threaded servicer's call: its span is current
-                return await self._infer(request)
+                return await self._infer(request, context)
             with grpc_server_span(request, metadata()):
-                return await self._infer(request)
-        return await self._infer(request)
+                return await self._infer(request, context)
+        return await self._infer(request, context)
 
-    async def _infer(self, request: Pb) -> Pb:
+    async def _infer(self, request: Pb, context: Context) -> Pb:
         try:
             internal = codec.request_to_internal(request)
         except TurnoutError as err:
@@ -103,6 +103,8 @@ class InferenceServicer:
                                           version=request.model_version or None,
                                           protocol=PROTOCOL, error=err)
             raise
+        if self.dataplane.wants_headers(internal.model_name, internal.model_version):
+            internal.headers = call_metadata(context)
         response = await self.dataplane.infer(internal, protocol=PROTOCOL)
         return codec.response_from_internal(response, raw=bool(request.raw_input_contents))
 
@@ -131,6 +133,16 @@ def grpc_server_span(request: Pb, metadata: Any) -> Any:
                                     "rpc.service": "inference.GRPCInferenceService",
                                     "turnout.model.name": request.model_name,
                                     "turnout.model.version": request.model_version})
+
+
+def call_metadata(context: Context) -> Any:
+    """The call's metadata: the threaded engine's stand-in context carries it, an aio context
+    is asked."""
+    held = getattr(context, "turnout_metadata", None)
+    if held is not None:
+        return held
+    metadata = getattr(context, "invocation_metadata", None)
+    return (metadata() or ()) if metadata is not None else ()
 
 
 def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:

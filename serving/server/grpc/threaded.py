@@ -39,7 +39,11 @@ class _Aborted(Exception):
 
 
 class _LoopContext:
-    """Stands in for an aio context when an async RPC runs on the loop for a sync call."""
+    """Stands in for an aio context when an async RPC runs on the loop for a sync call;
+    ``turnout_metadata`` is the call's metadata where the model reads headers."""
+
+    def __init__(self, metadata: Any = None) -> None:
+        self.turnout_metadata = metadata
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise _Aborted(code, details)
@@ -62,7 +66,9 @@ class ThreadedServicer:
         if type(request) is codec.Undecodable:  # the loop's servicer answers it
             return self._on_loop("ModelInfer", request, context)
         if not dataplane.runs_blocking(request.model_name, request.model_version or None):
-            return self._on_loop("ModelInfer", request, context)
+            wanted = dataplane.wants_headers(request.model_name, request.model_version or None)
+            return self._on_loop("ModelInfer", request, context,
+                                 context.invocation_metadata() if wanted else None)
         try:
             try:
                 internal = codec.request_to_internal(request)
@@ -82,9 +88,11 @@ class ThreadedServicer:
                           f"(request id {rid}; the server log has the details)")
         raise AssertionError("context.abort returned")  # it always raises
 
-    def _on_loop(self, name: str, request: Pb, context: grpc.ServicerContext) -> Pb:
+    def _on_loop(self, name: str, request: Pb, context: grpc.ServicerContext,
+                 metadata: Any = None) -> Pb:
         method = getattr(self._async, name)
-        future = asyncio.run_coroutine_threadsafe(method(request, _LoopContext()), self._loop)
+        future = asyncio.run_coroutine_threadsafe(method(request, _LoopContext(metadata)),
+                                                  self._loop)
         try:
             return future.result()
         except _Aborted as aborted:

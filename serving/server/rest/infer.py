@@ -127,11 +127,11 @@ class InferenceEndpoints:
             if tracing.ON:
                 with server_span(route, scope["headers"]):
                     status, body, headers = await self._answer(route, receive, declared,
-                                                               header_length)
+                                                               header_length, scope["headers"])
                     _outcome(status)
             else:
                 status, body, headers = await self._answer(route, receive, declared,
-                                                           header_length)
+                                                           header_length, scope["headers"])
         finally:
             request_id_var.reset(token)
         if request_id is not None:
@@ -141,7 +141,8 @@ class InferenceEndpoints:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, route: tuple[str, str, str | None], receive: Receive,
-                      declared: bytes | None, header_length: bytes | None) -> Reply:
+                      declared: bytes | None, header_length: bytes | None,
+                      request_headers: list[tuple[bytes, bytes]]) -> Reply:
         try:
             # The model first: an unknown model is 404 whatever the body, as through the
             # router, which never reads bodies.
@@ -150,26 +151,30 @@ class InferenceEndpoints:
         except TurnoutError as err:
             self._count_rejected(route, err)
             return _failure(err, route)
-        return await self._answer_body(route, body, header_length)
+        return await self._answer_body(route, body, header_length, request_headers)
 
     async def _answer_body(self, route: tuple[str, str, str | None], body: bytes,
-                           header_length: bytes | None) -> Reply:
+                           header_length: bytes | None,
+                           request_headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
         if tracing.ON:
-            return await self._traced_body(route, body, header_length)
+            return await self._traced_body(route, body, header_length, request_headers)
         try:
             request, raw = self._request(route, body, header_length)
+            request.headers = request_headers
             response = await self._dataplane.infer(request, protocol=route[0])
             return _encode(route[0], request, response, raw)
         except Exception as exc:
             return _failure(exc, route)
 
     async def _traced_body(self, route: tuple[str, str, str | None], body: bytes,
-                           header_length: bytes | None) -> Reply:
+                           header_length: bytes | None,
+                           request_headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
         """:meth:`_answer_body` with ``decode`` and ``encode`` spans (predict's are the data
         plane's)."""
         try:
             with tracing.span("decode"):
                 request, raw = self._request(route, body, header_length)
+                request.headers = request_headers
             response = await self._dataplane.infer(request, protocol=route[0])
             with tracing.span("encode"):
                 return _encode(route[0], request, response, raw)
@@ -234,10 +239,10 @@ class InferenceEndpoints:
         request_id_var.set(request_id.decode("latin-1") if request_id else new_request_id())
         if tracing.ON:
             with server_span(route, headers):
-                reply = await self._answer_body(route, body, header_length)
+                reply = await self._answer_body(route, body, header_length, headers)
                 _outcome(reply[0])
         else:
-            reply = await self._answer_body(route, body, header_length)
+            reply = await self._answer_body(route, body, header_length, headers)
         if request_id is not None:
             reply[2].append((b"x-request-id", request_id))
         return reply
