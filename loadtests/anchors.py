@@ -92,6 +92,10 @@ def stub_numpy_dir(anchor: str = "pytriton") -> Path:
 def _install_steps(anchor: str, py: str, reqs: list[str]) -> list[list[str]]:
     pip = [py, "-m", "pip", "install", "-q"]
     steps = [[*pip, "--upgrade", "pip"], [*pip, *reqs]]
+    if anchor == "rayserve":
+        # tritonclient: KServe V2's generated gRPC service for Serve's gRPC proxy. It pins
+        # protobuf<7, which Ray's grpc_reflection outgrew; its generated code runs on 7.
+        steps += [[*pip, "tritonclient[grpc]"], [*pip, "protobuf>=7.35.1"]]
     if anchor == "pytriton":
         steps += [[*pip, "--no-deps", f"nvidia-pytriton=={PYTRITON_VERSION}"],
                   [*pip, "--target", str(stub_numpy_dir(anchor)), "numpy<2"]]
@@ -118,7 +122,8 @@ def python_of(anchor: str) -> Path:
 
 def _marker(anchor: str) -> str:
     """A hash of everything installed, so a changed pin rebuilds the venv."""
-    steps = [anchor, VERSIONS.get(anchor, ""), *requirements(anchor)]
+    steps = [anchor, VERSIONS.get(anchor, ""), *requirements(anchor),
+             *(" ".join(step[4:]) for step in _install_steps(anchor, "", [])[2:])]
     return hashlib.sha256("\n".join(steps).encode()).hexdigest()[:16]
 
 

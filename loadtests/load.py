@@ -167,7 +167,9 @@ def _probe_grpc(payload: Payload, port: int, body: bytes,
         with grpc.insecure_channel(target) if tls_ca is None else grpc.secure_channel(
                 target, grpc.ssl_channel_credentials(tls_ca.read_bytes())) as channel:
             call = channel.unary_unary(payload.path)  # bytes in, bytes out
-            answer = call(body[5:], timeout=30)
+            metadata = [tuple(h.split(": ", 1)) for h in payload.headers
+                        if h.split(": ", 1)[0] not in ("content-type", "te")]
+            answer = call(body[5:], timeout=30, metadata=metadata or None)
     except grpc.RpcError as exc:
         raise ProbeError(f"gRPC {exc.code().name}: {exc.details()}") from exc
     response = proto.ModelInferResponse.FromString(answer)

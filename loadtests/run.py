@@ -227,6 +227,7 @@ def serve_and_load(args, name, rep, artifacts, payloads, record, cpu) -> None:
                 for protocol in protocols:
                     for batch in args.batches:
                         payload = payloads[(model, batch)][protocol]
+                        payload = servers.with_metadata(defn, payload)
                         port = server.grpc_port if protocol == "grpc" else server.http_port
                         _load_cell(args, server, rep, payload, port, record)
         finally:

@@ -6,7 +6,7 @@
 | turnout-defaults | the same without any ``model-settings.yaml`` | all | REST JSON, REST binary, gRPC |
 | mlserver | MLServer 1.7.1: mlserver-sklearn, mlserver-xgboost, an ONNX ``MLModel`` | all | REST JSON, gRPC |
 | kserve | KServe 0.21.0, one ``kserve.Model`` subclass per model | all | REST JSON, REST binary, gRPC |
-| rayserve | Ray Serve, one FastAPI ingress replica | iris, xgb, mlp | REST JSON |
+| rayserve | Ray Serve, one FastAPI ingress replica | iris, xgb, mlp | REST JSON, gRPC |
 | litserve | LitServe, one ``LitAPI`` per model | iris, xgb, mlp | REST JSON |
 | bentoml | BentoML, one async API per model | iris, xgb, mlp | REST JSON |
 | pytriton | PyTriton 0.7.0 (Triton), dynamic batching | all | REST JSON, REST binary, gRPC |
@@ -24,6 +24,7 @@ serve the ``torch`` model from its ONNX twin (``models.ANCHOR_ARTIFACTS``): the 
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -192,6 +193,7 @@ class ServerDef:
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 120.0
     tuned: bool = True  # Turnout: with TURNOUT_MODEL_SETTINGS (else plain artifacts)
+    grpc_metadata: tuple[tuple[str, str], ...] = ()  # sent with every gRPC call
 
     @property
     def has_http(self) -> bool:
@@ -213,8 +215,8 @@ DEFS = {
                                  args=("--max-batch-size", "64", "--max-batch-latency-ms", "1")),
     "mlserver": ServerDef("mlserver", tuple(MODELS), PROTOCOLS, "anchor"),
     "kserve": ServerDef("kserve", tuple(MODELS), PROTOCOLS, "anchor"),
-    "rayserve": ServerDef("rayserve", ("iris", "xgb", "mlp"), ("rest-json",), "anchor",
-                          start_timeout=240.0),
+    "rayserve": ServerDef("rayserve", ("iris", "xgb", "mlp"), ("rest-json", "grpc"), "anchor",
+                          start_timeout=240.0, grpc_metadata=(("application", "bench"),)),
     "litserve": ServerDef("litserve", ("iris", "xgb", "mlp"), ("rest-json",), "anchor",
                           ready_path="/health"),
     "bentoml": ServerDef("bentoml", ("iris", "xgb", "mlp"), ("rest-json",), "anchor",
@@ -341,6 +343,8 @@ def _app_launch(name: str, work: Path, artifacts: dict[str, Path], served: list[
                        "bentoml_app:Bench", "--host", "127.0.0.1", "--port", str(http_port),
                        "--working-dir", str(APPS)], env=env, cwd=APPS)
     argv = [py, str(APPS / f"{name}_app.py"), "--http-port", str(http_port)]
+    if name in ("rayserve", "pytriton"):
+        argv += ["--grpc-port", str(grpc_port)]
     for spec in specs:
         argv += ["--model", spec]
     if name == "rayserve":
@@ -348,14 +352,28 @@ def _app_launch(name: str, work: Path, artifacts: dict[str, Path], served: list[
         tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         env.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_USAGE_STATS_ENABLED="0",
                    RAY_TMPDIR=str(tmp))
+        # The proxy pickles requests as tritonclient's top-level ``grpc_service_pb2`` classes:
+        # the replicas must import that module by the same name.
+        site = next((anchors.venv_dir(name) / "lib").glob("python3*/site-packages"), None)
+        if site is not None:
+            env["PYTHONPATH"] += os.pathsep + str(site / "tritongrpcclient")
         return Launch(argv, env=env, cwd=APPS, cleanup=[tmp])
     if name == "pytriton":
-        argv += ["--grpc-port", str(grpc_port), "--metrics-port", str(free_port())]
+        argv += ["--metrics-port", str(free_port())]
         # The stub must load the interpreter's own libpython (else: an RLock error at load).
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (libdir, os.environ.get("LD_LIBRARY_PATH")) if p)
     return Launch(argv, env=env, cwd=APPS)
+
+
+def with_metadata(defn: ServerDef, payload):
+    """The payload with the server's gRPC metadata among its headers (Ray's ``application``),
+    for h2load's -H and the probe alike."""
+    if payload.protocol != "grpc" or not defn.grpc_metadata:
+        return payload
+    extra = tuple(f"{k}: {v}" for k, v in defn.grpc_metadata)
+    return dataclasses.replace(payload, headers=payload.headers + extra)
 
 
 def available(name: str) -> str | None:
@@ -417,7 +435,8 @@ class Running:
                 pending_http = [m for m in pending_http if m not in self.failed]
             if not pending_http:
                 pending_grpc = [m for m in pending_grpc if m not in self.failed
-                                and not grpc_model_ready(self.grpc_port, m)]
+                                and not grpc_model_ready(self.grpc_port, m,
+                                                         self.defn.grpc_metadata)]
             if not pending_http and not pending_grpc:
                 if len(self.failed) == len(served):
                     raise RuntimeError(f"{self.name}: no model loaded: {self.failed}")
@@ -548,7 +567,8 @@ def http_model_failed(port: int, model: str) -> str | None:
     return None
 
 
-def grpc_model_ready(port: int, model: str) -> bool:
+def grpc_model_ready(port: int, model: str,
+                     metadata: tuple[tuple[str, str], ...] = ()) -> bool:
     import grpc
 
     from serving.protocol import proto
@@ -558,6 +578,7 @@ def grpc_model_ready(port: int, model: str) -> bool:
             call = channel.unary_unary(f"/{proto.SERVICE_NAME}/ModelReady",
                                        request_serializer=proto.ModelReadyRequest.SerializeToString,
                                        response_deserializer=proto.ModelReadyResponse.FromString)
-            return bool(call(proto.ModelReadyRequest(name=model), timeout=2).ready)
+            return bool(call(proto.ModelReadyRequest(name=model), timeout=2,
+                             metadata=metadata or None).ready)
     except grpc.RpcError:
         return False

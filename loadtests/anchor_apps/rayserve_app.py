@@ -5,7 +5,9 @@
 Configured as Ray's docs recommend for throughput on one machine: ``ray.init(num_cpus=1,
 include_dashboard=False)``, a fractional CPU for the replica, ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``
 (set by the harness) and every model in the one ingress replica, so a request makes no
-deployment-handle hop. SIGTERM shuts Serve and Ray down.
+deployment-handle hop. gRPC goes through Serve's gRPC proxy with KServe V2's service (the
+generated code of tritonclient); its requests carry ``application: bench`` metadata, as the
+proxy routes by it. SIGTERM shuts Serve and Ray down.
 """
 
 
@@ -13,7 +15,7 @@ import argparse
 import signal
 import threading
 
-from common import decode, encode, parse_specs
+from common import DATATYPES, DTYPES, decode, encode, parse_specs
 
 
 def build_app(specs):
@@ -34,6 +36,27 @@ def build_app(specs):
                 raise HTTPException(404, "no such model")
             return {"name": name, "ready": True}
 
+        # gRPC, through Serve's gRPC proxy: KServe V2's service (tritonclient's generated code).
+        def ModelReady(self, request):  # noqa: N802 - the gRPC method's name
+            from tritonclient.grpc import service_pb2
+
+            return service_pb2.ModelReadyResponse(ready=request.name in self.models)
+
+        def ModelInfer(self, request):  # noqa: N802 - the gRPC method's name
+            import numpy as np
+            from tritonclient.grpc import service_pb2
+
+            tensor = request.inputs[0]
+            x = np.frombuffer(request.raw_input_contents[0], dtype=DTYPES[tensor.datatype])
+            y = np.ascontiguousarray(self.models[request.model_name](x.reshape(tensor.shape)))
+            response = service_pb2.ModelInferResponse(model_name=request.model_name,
+                                                      id=request.id)
+            out = response.outputs.add()
+            out.name, out.datatype = "output-0", DATATYPES[y.dtype]
+            out.shape.extend(y.shape)
+            response.raw_output_contents.append(y.tobytes())
+            return response
+
         @api.post("/v2/models/{name}/infer")
         async def infer(self, name: str, request: Request) -> dict:
             if name not in self.models:
@@ -46,6 +69,7 @@ def build_app(specs):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--model", action="append", default=[])
     args = parser.parse_args()
 
@@ -56,7 +80,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.http_port})
+    serve.start(http_options={"host": "127.0.0.1", "port": args.http_port},
+                grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [
+                    "tritonclient.grpc.service_pb2_grpc."
+                    "add_GRPCInferenceServiceServicer_to_server"]})
     serve.run(build_app(parse_specs(args.model)), name="bench", route_prefix="/")
     try:
         stop.wait()

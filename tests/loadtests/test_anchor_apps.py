@@ -52,7 +52,8 @@ def test_anchor_app_answers_like_the_model(name: str, tmp_path: Path) -> None:
         for model in served:
             expected = _expected(model, artifacts[model], 3)
             for protocol in server.defn.protocols:
-                payload = load.build_payloads(tmp_path / "payloads", model, 3)[protocol]
+                payload = servers.with_metadata(server.defn, load.build_payloads(
+                    tmp_path / "payloads", model, 3)[protocol])
                 port = server.grpc_port if protocol == "grpc" else server.http_port
                 assert load.probe(payload, port, expected=expected) > 0, (model, protocol)
             wrong = expected + 1 if expected.dtype.kind != "f" else expected * 2 + 1
