@@ -18,6 +18,7 @@ import tritonclient.grpc as grpcclient
 import xgboost as xgb
 from tritonclient.utils import InferenceServerException
 
+from runtimes.xgboost_onnx import TOLERANCE as XGB_COMPILED
 from serving.protocol import proto
 
 
@@ -52,7 +53,8 @@ def test_raw_contents_equal_in_process(client, model_zoo, rows):
     x32 = rng.normal(size=(rows, 32)).astype(np.float32)
     result = _infer(client, "xgb", x32, "FP32", ["predict_proba"])
     np.testing.assert_allclose(result.as_numpy("predict_proba"),
-                               model_zoo["xgb"].predict(xgb.DMatrix(x32)), rtol=1e-6)
+                               model_zoo["xgb"].predict(xgb.DMatrix(x32)),
+                               rtol=XGB_COMPILED.rtol, atol=XGB_COMPILED.atol)  # compile: auto
     x8 = rng.normal(size=(rows, 8)).astype(np.float32)
     result = _infer(client, "mlp", x8, "FP32", ["probabilities"])
     np.testing.assert_allclose(result.as_numpy("probabilities"), _mlp(model_zoo, x8),

@@ -124,10 +124,17 @@ def compute_metrics(task: str, y_true: np.ndarray, outputs: Mapping[str, np.ndar
     return result
 
 
+def _native(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with ``compile: none``: training checks the framework's own path; the server
+    verifies its ONNX copy (compile: auto) against that path at load, to the tolerance
+    runtimes/compiled.py states."""
+    return {**fields, "parameters": {**(fields.get("parameters") or {}), "compile": "none"}}
+
+
 def load_runtime(runtime_name: str, folder: Path, **settings: Any) -> Runtime:
     """The model server's runtime for ``folder``, loaded here; ``settings`` as in the file."""
     runtime = resolve_runtime(runtime_name)(
-        build_settings(**{"name": "training-check", **settings, "artifact": folder}))
+        build_settings(**_native({"name": "training-check", **settings, "artifact": folder})))
     runtime.load()
     return runtime
 
@@ -161,8 +168,9 @@ def load_declared(folder: Path) -> Runtime:
     runtime = str(fields.pop("runtime"))
     pinned = fields.pop("storage_uri", None)
     runtime_class = resolve_runtime(runtime)
-    loaded = runtime_class(build_settings(**{"name": "training-check", **fields,
-                                             "artifact": folder / pinned if pinned else folder}))
+    artifact = folder / pinned if pinned else folder
+    loaded = runtime_class(build_settings(**_native({"name": "training-check", **fields,
+                                                     "artifact": artifact})))
     loaded.load()
     return loaded
 

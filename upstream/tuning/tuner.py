@@ -37,12 +37,14 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from upstream.tuning.experiment import Experiment, ExperimentError, Plan, load_experiment, plan
 from upstream.tuning.progress import Progress
+from upstream.tuning.storage import open_storage
 
 STORAGE_ENV = "TURNOUT_TUNING_STORAGE"
 STATE_ENV = "TURNOUT_STATE_DIR"
@@ -173,8 +175,9 @@ class _Run:
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.storage = optuna.storages.RDBStorage(
-                    self.storage_url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                self.storage = open_storage(
+                    self.storage_url, owner_attr=OWNER_ATTR, owner=self.owner,
+                    heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                     heartbeat_stale_trial_callback=_retry, **kwargs)
         except Exception as exc:
             raise ExperimentError(f"cannot open the study database {redact(self.storage_url)}: "
@@ -201,7 +204,11 @@ class _Run:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = str(trial.user_attrs.get(OWNER_ATTR, ""))
             owner_host, _, pid = owner.rpartition(":")
-            if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            if not owner:  # claimed by a tuner that died before naming itself
+                started = trial.datetime_start
+                if started is None or (datetime.now() - started).total_seconds() < GRACE_S:
+                    continue
+            elif owner_host != host or not pid.isdigit() or _alive(int(pid)):
                 continue
             with contextlib.suppress(Exception):  # another tuner may have got there first
                 if self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
@@ -302,7 +309,6 @@ class _Run:
     def _objective(self, pool: Any, trial: Any) -> float:
         import optuna
 
-        trial.set_user_attr(OWNER_ATTR, self.owner)
         values = {p.name: suggest(trial, p) for p in self.plan.parameters}
         argv = self.plan.trial_argv(values)
         out_dir = self.work / "trials" / str(trial.number)
