@@ -60,10 +60,12 @@ def model_folder(root: Path) -> Path:
 class RouterProcess:
     """A real ``turnout router`` subprocess in front of ``upstream`` (REST only, no admin)."""
 
-    def __init__(self, tmp: Path, upstream: Any, *extra: str) -> None:
+    def __init__(self, tmp: Path, upstream: Any, *extra: str,
+                 service: dict[str, Any] | None = None) -> None:
+        """``service``: more fields of the one service (``upstream`` limits, say)."""
         self.config = tmp / "routes.yaml"
         self.config.write_text(yaml.safe_dump({"services": [{"name": "m", "variants": [
-            {"name": "default", "weight": 1, "http": [upstream.url]}]}]}))
+            {"name": "default", "weight": 1, "http": [upstream.url]}], **(service or {})}]}))
         self._tmp, self._extra = tmp, extra
         self._spawn()
 
