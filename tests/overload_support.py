@@ -65,3 +65,25 @@ def open_loop(url: str, pid: int, *, rate: float, seconds: float
         sampler.join()
         client.close()
     return results, peak - baseline
+
+
+def check_overload(capped: tuple[str, int], uncapped: tuple[str, int], *, capacity: float,
+                   delay: float, max_wait: float) -> None:
+    """Three times ``capacity`` requests/s for 3 s at ``capped`` (an infer URL behind an
+    admission cap, and the pid of the process keeping it), then at ``uncapped`` (the same
+    model behind a cap that admits everything): the excess
+    refused with 429 + Retry-After faster than half a predict (``delay``), admitted requests
+    answered within ``max_wait``, and memory bounded where the uncapped run's grows."""
+    results, growth = open_loop(*capped, rate=3 * capacity, seconds=3)
+    admitted = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] == 429]
+    assert len(admitted) + len(refused) == len(results) == int(9 * capacity)
+    assert len(admitted) >= 0.6 * capacity * 3 and len(refused) >= 4.5 * capacity
+    assert all(retry == "1" for _, _, retry in refused)
+    # refused fast (the 1 MiB upload included); admitted ones wait at most the bounded queue
+    assert sorted(s for _, s, _ in refused)[len(refused) // 2] < delay / 2
+    assert max(s for _, s, _ in admitted) < max_wait
+    everything, uncapped_growth = open_loop(*uncapped, rate=3 * capacity, seconds=3)
+    assert {status for status, _, _ in everything} == {200}
+    assert growth < 40 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB with a cap"
+    assert uncapped_growth > max(2 * growth, 40 * 2**20), (growth, uncapped_growth)

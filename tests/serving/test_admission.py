@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import ServerProcess
-from tests.overload_support import open_loop
+from tests.overload_support import check_overload
 
 DELAY = 0.2
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
@@ -71,23 +71,11 @@ def test_beyond_threads_plus_queue_requests_are_refused_at_once(server: ServerPr
 
 def test_sustained_overload_at_three_times_capacity_keeps_memory_bounded(
         server: ServerProcess) -> None:
-    capacity = 2 / DELAY  # two threads, 0.2 s a request: 10 requests/s
-    results, growth = open_loop(f"{server.url}/v2/models/slow/infer", server.proc.pid,
-                                rate=3 * capacity, seconds=3)
-    admitted = [r for r in results if r[0] == 200]
-    refused = [r for r in results if r[0] == 429]
-    assert len(admitted) + len(refused) == len(results) == 90
-    assert len(admitted) >= 0.6 * capacity * 3 and len(refused) >= 45
-    assert all(retry == "1" for _, _, retry in refused)
-    # refused fast (the 1 MiB upload included), admitted ones wait at most the bounded queue
-    assert sorted(s for _, s, _ in refused)[len(refused) // 2] < DELAY / 2
-    assert max(s for _, s, _ in admitted) < 4 * DELAY + 1.0
-    # The same open loop on a model whose queue takes everything: what the bound saves.
-    unbounded, unbounded_growth = open_loop(f"{server.url}/v2/models/slow_unbounded/infer",
-                                            server.proc.pid, rate=3 * capacity, seconds=3)
-    assert {status for status, _, _ in unbounded} == {200}
-    assert growth < 40 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB under a bounded queue"
-    assert unbounded_growth > max(2 * growth, 40 * 2**20), (growth, unbounded_growth)
+    # two threads, 0.2 s a request: 10 requests/s; two rounds of two threads at most queued
+    check_overload((f"{server.url}/v2/models/slow/infer", server.proc.pid),
+                   (f"{server.url}/v2/models/slow_unbounded/infer", server.proc.pid),
+                   capacity=2 / DELAY,
+                   delay=DELAY, max_wait=4 * DELAY + 1.0)
 
 
 def test_grpc_clients_get_resource_exhausted(server: ServerProcess) -> None:
