@@ -37,7 +37,8 @@ _TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 
 def _callgrind(tree: Path, argv: list[str], out: Path, log: Path) -> subprocess.Popen:
     """``python -m serving.cli ARGV`` from ``tree`` under callgrind."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # a fixed hash seed: dict and set probing, hence the count, the same in every run
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     return subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
          sys.executable, "-m", "serving.cli", *argv],

@@ -27,6 +27,7 @@ RUNTIME = "turnout_test_runtimes:FixedCost"
 INPUTS = [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
 PAYS = {"fixed": 0.002, "per_row": 0.000005}   # 2 ms a call, 5 µs a row
 FLAT = {"fixed": 0.0, "per_row": 0.0008}       # rows cost the same alone or in a batch
+LONG = {"fixed": 0.01, "per_row": 0.000005}    # 10 ms a call: many requests arrive meanwhile
 
 
 def settings(parameters: dict[str, float], **extra: Any) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def test_inline_models_are_not_batched(tmp_path, monkeypatch) -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("autobatch")
-    for name, fields in (("pays", settings(PAYS)), ("flat", settings(FLAT)),
+    for name, fields in (("pays", settings(PAYS)), ("flat", settings(FLAT)), ("long", settings(LONG)),
                          ("optout", settings(PAYS, batching="none"))):
         (root / name).mkdir()
         (root / name / "model-settings.yaml").write_text(yaml.safe_dump(fields))
@@ -153,3 +154,40 @@ def test_one_row_latency_at_concurrency_one_is_not_worse(servers) -> None:
     with_batching, without = p50(on.url), p50(off.url)
     # No added wait: an idle batcher runs the request at once. Generous bound for a busy box.
     assert with_batching < without * 1.3 + 0.0005, (with_batching, without)
+
+
+@pytest.mark.slow
+def test_grpc_batches_fill_beyond_the_handler_threads(servers) -> None:
+    """A synchronous gRPC handler holds its thread until its batch answers: with only the 8
+    handler threads, no batch could hold more than 8 requests. The pool makes room for a
+    batch of waiters once a batched model is called, so 48 concurrent calls to a model taking
+    10 ms a batch merge further."""
+    import asyncio
+
+    import tritonclient.grpc.aio as grpcclient
+
+    on, _ = servers
+    rng = np.random.default_rng(9)
+    xs = [rng.normal(size=(1, 2)).astype(np.float32) for _ in range(48)]
+
+    async def burst() -> list[np.ndarray]:
+        client = grpcclient.InferenceServerClient(on.grpc_url)
+        try:
+            async def one(x: np.ndarray) -> np.ndarray:
+                tensor = grpcclient.InferInput("x", [1, 2], "FP32")
+                tensor.set_data_from_numpy(x)
+                return (await client.infer("long", [tensor])).as_numpy("y")
+            await one(xs[0])  # the first call to a batched model makes room
+            calls, rows = batches(on.url, "long")
+            outs = []
+            for _ in range(3):
+                outs = await asyncio.gather(*(one(x) for x in xs))
+            after_calls, after_rows = batches(on.url, "long")
+            assert after_rows - rows == 3 * 48
+            assert (after_rows - rows) / (after_calls - calls) > 8, (after_calls - calls)
+            return outs
+        finally:
+            await client.close()
+
+    for x, y in zip(xs, asyncio.run(burst()), strict=True):
+        np.testing.assert_array_equal(y, x * 2)
