@@ -108,7 +108,14 @@ def probe(payload: Payload, port: int, tls_ca: Path | None = None,
 
 
 def _check_values(values: np.ndarray | None, expected: np.ndarray) -> None:
-    want = np.asarray(expected).ravel()
+    """A classifier's first output may be its labels (Turnout's and MLServer's ``predict``)
+    where ``expected`` holds its probabilities (the booster's own output, what KServe's
+    xgbserver and the anchors' apps answer): labels are then checked against those
+    probabilities' classes."""
+    want = np.asarray(expected)
+    if values is not None and values.dtype.kind in "iub" and want.dtype.kind == "f":
+        want = (want > 0.5).astype(np.int64) if want.ndim == 1 else want.argmax(axis=-1)
+    want = want.ravel()
     if values is None or values.size != want.size:
         raise ProbeMismatch(f"answer has {None if values is None else values.size} values, the "
                             f"model gives {want.size}")

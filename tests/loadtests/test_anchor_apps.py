@@ -74,6 +74,11 @@ def test_probe_value_check() -> None:
         load._check_values(np.array([0.5]), np.array([0.5, 0.5]))
     with pytest.raises(load.ProbeMismatch):
         load._check_values(None, np.array([1]))
+    # labels against the model's probabilities: binary (one column) and multi-class
+    load._check_values(np.array([1, 0]), np.array([0.86, 0.41], np.float32))
+    load._check_values(np.array([2, 0]), np.array([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1]]))
+    with pytest.raises(load.ProbeMismatch, match="differs"):
+        load._check_values(np.array([0]), np.array([0.86], np.float32))
 
 
 def test_anchors_get_the_torch_models_onnx_twin(tmp_path: Path) -> None:
