@@ -213,8 +213,9 @@ DEFS = {
     "turnout-batched": ServerDef("turnout-batched", ("mlp", "torch", "torch-onnx"), PROTOCOLS,
                                  "turnout", concurrency=(64,),
                                  args=("--max-batch-size", "64", "--max-batch-latency-ms", "1")),
-    "mlserver": ServerDef("mlserver", tuple(MODELS), PROTOCOLS, "anchor"),
-    "kserve": ServerDef("kserve", tuple(MODELS), PROTOCOLS, "anchor"),
+    # MLServer and KServe serve the three models of the original comparison (no torch runtime)
+    "mlserver": ServerDef("mlserver", ("iris", "xgb", "mlp"), PROTOCOLS, "anchor"),
+    "kserve": ServerDef("kserve", ("iris", "xgb", "mlp"), PROTOCOLS, "anchor"),
     "rayserve": ServerDef("rayserve", ("iris", "xgb", "mlp"), ("rest-json", "grpc"), "anchor",
                           start_timeout=240.0, grpc_metadata=(("application", "bench"),)),
     "litserve": ServerDef("litserve", ("iris", "xgb", "mlp"), ("rest-json",), "anchor",
