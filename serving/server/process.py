@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -136,6 +137,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
     watcher = asyncio.create_task(certificates.watch()) if certificates else None
     if not preloaded:
         await repository.load_all()
+    _freeze_startup_objects()
     dataplane.started = True
     if set_serving is not None:
         set_serving(dataplane.ready())
@@ -230,3 +232,17 @@ def run(settings: ServerSettings) -> None:
                                  trusted_sources=settings.trusted_sources,
                                  overrides=settings.model_overrides())
     run_loop(serve(settings, repository=repository, metrics=metrics, exposition=registry))
+
+
+def _freeze_startup_objects() -> None:
+    """Move what imports and model loading created out of the cyclic collector's reach.
+
+    The frameworks' modules and models are ~360,000 tracked objects that never die; every
+    full collection walked them: 100-165 ms pauses, several a second under gRPC load to a batched
+    model (its waiting calls' coroutines and futures survive into the old generation), which
+    was the whole p99 tail of torch over gRPC at c=64 (gc.callbacks timings). Frozen, a full
+    collection walks only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
+
