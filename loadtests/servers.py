@@ -256,6 +256,14 @@ def prepare(name: str, work: Path, artifacts: dict[str, Path], models: list[str]
     py = sys.executable
     if defn.role == "turnout":
         repo = work / ("turnout-repo" if defn.tuned else f"{name}-repo")
+        if repo.is_dir():  # a model an earlier run served here would be loaded (and measured)
+            for stale in repo.iterdir():
+                if stale.name in served:
+                    continue
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
         for m in served:
             folder = repo / m
             if folder.is_symlink():  # older harness versions linked the artifact folder
