@@ -200,8 +200,11 @@ def span(name: str, *, context: Any = None, kind: str = "internal",
     """A span made current for the block (a context manager); ``context``: its parent (default:
     the current span); ``kind``: server, client or internal. Only called when :data:`ON`."""
     if context is None:
-        current = _api.get_current_span()
-        if not current.is_recording() and current.get_span_context().is_valid:
+        # The sampled flag, not is_recording(): a parent that has already ended (a shadow
+        # copy's route span, when the primary answered before the copy's task first ran) is
+        # no longer recording, yet its trace is sampled and the child belongs in it.
+        parent = _api.get_current_span().get_span_context()
+        if parent.is_valid and not parent.trace_flags.sampled:
             return _UNSAMPLED
     return _tracer.start_as_current_span(name, context=context, kind=_kinds[kind],
                                          attributes=attributes, links=list(links) or None,

@@ -453,6 +453,52 @@ def test_a_hostile_traceparent_is_ignored(plane: Any, hostile: str) -> None:
     _one(spans, "infer", parent=attempt.span_id)
 
 
+def test_a_copy_that_starts_after_its_route_span_ended_is_still_traced() -> None:
+    """The race CI met under load: the primary answered and its route span ended before the
+    shadow copy's task first ran; the copy's spans must still be made (the parent is sampled,
+    only no longer recording), and a child of an unsampled parent must still be skipped."""
+    collector = Collector()
+    code = f"""
+import asyncio
+from serving.transport import tracing
+assert tracing.setup("late", endpoint={collector.url!r})
+api = tracing._api
+
+async def main():
+    with tracing.span("route") as route:
+        copy = asyncio.get_running_loop().create_future()
+        async def shadow():
+            await asyncio.sleep(0)  # runs after the route block below has ended
+            assert not api.get_current_span().is_recording()
+            with tracing.span("shadow"):
+                with tracing.span("upstream attempt", kind="client"):
+                    pass
+            copy.set_result(None)
+        task = asyncio.create_task(shadow())
+    await task
+    unsampled = api.NonRecordingSpan(api.SpanContext(
+        route.get_span_context().trace_id, 0x1234, is_remote=True,
+        trace_flags=api.TraceFlags(0)))
+    with api.use_span(unsampled):
+        with tracing.span("child of unsampled"):
+            pass
+    print(format(route.get_span_context().trace_id, "032x"))
+
+asyncio.run(main())
+tracing.shutdown()
+"""
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=60, cwd=Path(__file__).parents[2])
+        spans = collector.trace(out.stdout.strip(), ["route", "shadow", "upstream attempt"])
+    finally:
+        collector.server.shutdown()
+    route = _one(spans, "route")
+    shadow = _one(spans, "shadow", parent=route.span_id)
+    _one(spans, "upstream attempt", parent=shadow.span_id)
+    assert sorted(s.name for s in spans) == ["route", "shadow", "upstream attempt"]
+
+
 def test_tracing_off_imports_no_opentelemetry() -> None:
     """The processes' whole serving stack, configured without any OTEL_* variable or flag."""
     code = """
