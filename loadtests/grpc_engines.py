@@ -4,7 +4,7 @@ Why: the goal is Turnout's gRPC edge >= 1.3x bare grpcio on the MLP at c=32, so
 grpcio itself is the ceiling; this runs the same h2load cell (MLP, gRPC, c=32)
 against bare-grpc and Turnout with each --grpc-engine, one run.py call per engine,
 so the figures share settings. Usage:
-    .venv/bin/python -m loadtests.grpc_engines --duration 5 --engines threaded,aio
+    .venv/bin/python -m loadtests.grpc_engines --duration 5 --engines threaded,aio,loop
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--engines", default="threaded,aio", help="Turnout --grpc-engine values")
+    p.add_argument("--engines", default="threaded,aio,loop", help="Turnout --grpc-engine values")
     p.add_argument("--concurrency", default="32")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)

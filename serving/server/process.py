@@ -104,6 +104,16 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
             dataplane, settings, credentials=certificates.grpc_credentials() if certificates
             else None, interceptors=[AioAuthInterceptor(authenticator)] if authenticator else ())
         await grpc_server.start()
+    elif settings.grpc_port and settings.grpc_engine == "loop":
+        from serving.server.grpc.loop_engine import build_loop_grpc_server
+        from serving.transport.grpc_auth import AioAuthInterceptor
+
+        grpc_server, set_serving = build_loop_grpc_server(
+            dataplane, settings,
+            interceptors=[AioAuthInterceptor(authenticator)] if authenticator else ())
+        await grpc_server.start(settings.host, settings.grpc_port,
+                                ssl_context=certificates.server_context() if certificates
+                                else None)
     elif settings.grpc_port:
         from serving.server.grpc.threaded import build_threaded_grpc_server
         from serving.transport.grpc_auth import AuthInterceptor
@@ -131,7 +141,8 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
 
     http_task = asyncio.create_task(http.serve(sockets=sockets))
     log.info("serving REST on %s:%d, gRPC on %s%s", settings.host, settings.http_port,
-             f"{settings.host}:{settings.grpc_port}" if settings.grpc_port else "off",
+             f"{settings.host}:{settings.grpc_port} ({settings.grpc_engine} engine)"
+             if settings.grpc_port else "off",
              " (TLS, client certificates required)" if tls and tls.client_ca
              else " (TLS)" if tls else "")
     watcher = asyncio.create_task(certificates.watch()) if certificates else None
@@ -163,7 +174,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
         set_serving(False)
     http.should_exit = True
     waits: list[asyncio.Future[object]] = [http_task]
-    if grpc_server is not None and settings.grpc_engine == "aio":
+    if grpc_server is not None and settings.grpc_engine in ("aio", "loop"):
         waits.append(asyncio.ensure_future(grpc_server.stop(grace=settings.drain_seconds)))
     elif grpc_server is not None:  # threaded: stop() returns an Event set once drained
         drained = grpc_server.stop(grace=settings.drain_seconds)

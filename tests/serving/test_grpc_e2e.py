@@ -175,13 +175,15 @@ def test_kserve_rest_client_v2_and_v1(server, model_zoo):
     assert v2 == expected and v1 == expected
 
 
-def test_aio_engine_serves_the_same_answers(model_zoo, start_server, tmp_path):
-    """--grpc-engine aio (grpc.aio on the event loop) is wire-identical to the default."""
+@pytest.mark.parametrize("engine", ["threaded", "aio", "loop"])
+def test_every_engine_serves_the_same_answers(model_zoo, start_server, tmp_path, engine):
+    """Each --grpc-engine (grpcio's threads, grpc.aio, the event-loop HTTP/2 server) is
+    wire-identical for tritonclient."""
     import shutil
 
     root = tmp_path / "repo"
     shutil.copytree(model_zoo["root"] / "iris", root / "iris")
-    srv = start_server(root, "--grpc-engine", "aio")
+    srv = start_server(root, "--grpc-engine", engine)
     aio_client = grpcclient.InferenceServerClient(srv.grpc_url)
     x = np.random.default_rng(12).normal(size=(64, 4))
     result = _infer(aio_client, "iris", x, "FP64", ["predict"])

@@ -51,7 +51,7 @@ def triton_ready(srv) -> tuple[bool, bool, bool]:
         client.close()
 
 
-@pytest.mark.parametrize("engine", ["threaded", "aio"])
+@pytest.mark.parametrize("engine", ["threaded", "aio", "loop"])
 def test_broken_model_makes_server_unready(model_zoo, tmp_path, start_server, engine):
     srv = start_server(repository(model_zoo, tmp_path / "repo", broken=True),
                        "--grpc-engine", engine)

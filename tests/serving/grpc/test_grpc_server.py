@@ -36,6 +36,7 @@ from serving.protocol import proto
 from serving.protocol.datatypes import serialize_bytes_tensor
 from serving.server.dataplane import DataPlane
 from serving.server.grpc import InferenceServicer, SetServing, build_grpc_server
+from serving.server.grpc.loop_engine import build_loop_grpc_server
 from serving.server.metrics import Metrics
 from serving.server.repository import ModelRepository
 from serving.server.settings import ServerSettings
@@ -96,9 +97,32 @@ def _write_models(root: Path) -> dict[str, np.ndarray]:
     return weights
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+class _Started:
+    """A gRPC server of either engine, listening: grpc.aio's, or the event-loop engine's
+    (serving/transport/h2grpc); the same tests hold for both."""
+
+    def __init__(self, engine: str, dataplane: DataPlane, settings: ServerSettings) -> None:
+        self.engine, self.settings = engine, settings
+        if engine == "aio":
+            self.server, self.set_serving = build_grpc_server(dataplane, settings)
+        else:
+            self.server, self.set_serving = build_loop_grpc_server(dataplane, settings)
+
+    async def start(self) -> None:
+        if self.engine == "aio":
+            await self.server.start()
+        else:
+            await self.server.start(self.settings.host, self.settings.grpc_port)
+
+    async def stop(self) -> None:
+        await self.server.stop(None)
+
+
+@pytest.fixture(scope="module", params=["aio", "loop"])
+def stack(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Two servers (normal and tiny payload limit) over one data plane, on a background loop."""
+    engine = request.param
     root = tmp_path_factory.mktemp("grpc-models")
     weights = _write_models(root)
     if str(HERE) not in sys.path:
@@ -117,13 +141,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         dataplane = DataPlane(repository=repository, metrics=metrics, executor=executor,
                               strict_readiness=False)  # "corrupt" is broken on purpose
         dataplane.started = True
-        server, set_serving = build_grpc_server(
-            dataplane, ServerSettings(host="127.0.0.1", grpc_port=port))
-        small, _ = build_grpc_server(dataplane, ServerSettings(
+        server = _Started(engine, dataplane, ServerSettings(host="127.0.0.1", grpc_port=port))
+        small = _Started(engine, dataplane, ServerSettings(
             host="127.0.0.1", grpc_port=small_port, max_payload_bytes=SMALL_LIMIT))
         await server.start()
         await small.start()
-        return registry, dataplane, server, set_serving, small
+        return registry, dataplane, server, server.set_serving, small
 
     registry, dataplane, server, set_serving, small = asyncio.run_coroutine_threadsafe(
         start(), loop).result(timeout=60)
@@ -132,8 +155,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         yield stack
     finally:
-        stack.run(server.stop(None))
-        stack.run(small.stop(None))
+        stack.run(server.stop())
+        stack.run(small.stop())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()

@@ -1,0 +1,97 @@
+"""The gRPC edge on the event loop (serving/transport/h2grpc): ``--grpc-engine loop``.
+
+Every RPC is the asyncio servicer's own code (serving/server/grpc/servicer.py), run on the
+server's loop like REST; ModelInfer for a model that predicts inline is answered in the same
+loop step that read it (decode, predict, encode, write), as the REST fast path does. Health and
+reflection are grpc_health's and grpc_reflection's asyncio servicers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
+from serving.protocol import codec_grpc as codec
+from serving.protocol import proto
+from serving.protocol.codec_grpc import Pb
+from serving.protocol.errors import TurnoutError
+from serving.server.dataplane import DataPlane, current_request_id
+from serving.server.grpc.server import HEALTH_SERVICES, SetServing, _HealthServicer, reflection_pool
+from serving.server.grpc.servicer import PROTOCOL, InferenceServicer, grpc_server_span
+from serving.server.settings import ServerSettings
+from serving.transport import tracing
+from serving.transport.h2grpc import GrpcServer
+
+log = logging.getLogger("turnout.grpc")
+
+
+class LoopServicer:
+    """ModelInfer answered inline where the model allows, else by the asyncio servicer."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+        self._async = InferenceServicer(dataplane)
+
+    def ModelInfer(self, request: Pb, context: Any) -> Any:
+        """A response, or a coroutine for the transport to await."""
+        if type(request) is codec.Undecodable or not self._dataplane.runs_blocking(
+                request.model_name, request.model_version or None):
+            return self._async.ModelInfer(request, context)
+        if tracing.ON:
+            with grpc_server_span(request, context.invocation_metadata()):
+                return self._inline(request, context)
+        return self._inline(request, context)
+
+    def _inline(self, request: Pb, context: Any) -> Pb:
+        dataplane = self._dataplane
+        try:
+            try:
+                internal = codec.request_to_internal(request)
+            except TurnoutError as err:
+                dataplane.count_rejected(model=request.model_name,
+                                         version=request.model_version or None,
+                                         protocol=PROTOCOL, error=err)
+                raise
+            if dataplane.wants_headers(internal.model_name, internal.model_version):
+                internal.headers = context.invocation_metadata()
+            response = dataplane.infer_blocking(internal, protocol=PROTOCOL)
+            return codec.response_from_internal(response, raw=bool(request.raw_input_contents))
+        except TurnoutError as err:
+            context.abort(grpc.StatusCode[err.grpc_code], str(err))
+        except Exception:
+            rid = current_request_id()
+            log.exception("unexpected error in gRPC ModelInfer (request id %s)", rid)
+            context.abort(grpc.StatusCode.INTERNAL, "internal server error in ModelInfer "
+                          f"(request id {rid}; the server log has the details)")
+        raise AssertionError("context.abort returned")  # it always raises
+
+
+def build_loop_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,
+                           interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+                           ) -> tuple[GrpcServer, SetServing]:
+    """An event-loop gRPC server (not yet listening: ``await server.start(...)``) and its
+    health switch; the same services, limits and interceptors as the grpcio engines."""
+    limit = settings.max_payload_bytes
+    server = GrpcServer(interceptors=interceptors, max_receive=limit, max_send=limit,
+                        max_header_bytes=settings.max_header_bytes)
+    servicer = InferenceServicer(dataplane)
+    fast = LoopServicer(dataplane)
+    handlers = {}
+    for name, (request_cls, response_cls) in proto.METHODS.items():
+        behaviour = fast.ModelInfer if name == "ModelInfer" else getattr(servicer, name)
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            behaviour, request_deserializer=codec.lenient_parser(request_cls),
+            response_serializer=response_cls.SerializeToString)
+    server.add_registered_method_handlers(proto.SERVICE_NAME, handlers)
+    health_servicer = _HealthServicer(HEALTH_SERVICES)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            (proto.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            pool=reflection_pool()), server)
+    return server, health_servicer.set_serving
