@@ -19,10 +19,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from serving.protocol import codec_grpc as codec
 from serving.protocol import proto
 from serving.protocol.codec_grpc import Pb
-from serving.protocol.errors import TurnoutError
-from serving.server.dataplane import DataPlane, current_request_id
+from serving.server.dataplane import DataPlane
 from serving.server.grpc.server import HEALTH_SERVICES, SetServing, _HealthServicer, reflection_pool
-from serving.server.grpc.servicer import PROTOCOL, InferenceServicer, grpc_server_span
+from serving.server.grpc.servicer import InferenceServicer, grpc_server_span, infer_inline
 from serving.server.settings import ServerSettings
 from serving.transport import tracing
 from serving.transport.h2grpc import GrpcServer
@@ -44,31 +43,8 @@ class LoopServicer:
             return self._async.ModelInfer(request, context)
         if tracing.ON:
             with grpc_server_span(request, context.invocation_metadata()):
-                return self._inline(request, context)
-        return self._inline(request, context)
-
-    def _inline(self, request: Pb, context: Any) -> Pb:
-        dataplane = self._dataplane
-        try:
-            try:
-                internal = codec.request_to_internal(request)
-            except TurnoutError as err:
-                dataplane.count_rejected(model=request.model_name,
-                                         version=request.model_version or None,
-                                         protocol=PROTOCOL, error=err)
-                raise
-            if dataplane.wants_headers(internal.model_name, internal.model_version):
-                internal.headers = context.invocation_metadata()
-            response = dataplane.infer_blocking(internal, protocol=PROTOCOL)
-            return codec.response_from_internal(response, raw=bool(request.raw_input_contents))
-        except TurnoutError as err:
-            context.abort(grpc.StatusCode[err.grpc_code], str(err))
-        except Exception:
-            rid = current_request_id()
-            log.exception("unexpected error in gRPC ModelInfer (request id %s)", rid)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error in ModelInfer "
-                          f"(request id {rid}; the server log has the details)")
-        raise AssertionError("context.abort returned")  # it always raises
+                return infer_inline(self._dataplane, request, context)
+        return infer_inline(self._dataplane, request, context)
 
 
 def build_loop_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,

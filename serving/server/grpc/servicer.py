@@ -126,6 +126,32 @@ class InferenceServicer:
         return proto.RepositoryModelUnloadResponse(model_name=name, is_unloaded=True)
 
 
+def infer_inline(dataplane: DataPlane, request: Pb, context: Any) -> Pb:
+    """ModelInfer on the calling thread, for a model that predicts inline (the threaded
+    engine's handler thread, the loop engine's loop step). ``context.abort`` must raise, as
+    grpcio's and the loop engine's do."""
+    try:
+        try:
+            internal = codec.request_to_internal(request)
+        except TurnoutError as err:
+            dataplane.count_rejected(model=request.model_name,
+                                     version=request.model_version or None,
+                                     protocol=PROTOCOL, error=err)
+            raise
+        if dataplane.wants_headers(internal.model_name, internal.model_version):
+            internal.headers = context.invocation_metadata()
+        response = dataplane.infer_blocking(internal, protocol=PROTOCOL)
+        return codec.response_from_internal(response, raw=bool(request.raw_input_contents))
+    except TurnoutError as err:
+        context.abort(grpc.StatusCode[err.grpc_code], str(err))
+    except Exception:
+        rid = current_request_id()
+        log.exception("unexpected error in gRPC ModelInfer (request id %s)", rid)
+        context.abort(grpc.StatusCode.INTERNAL, "internal server error in ModelInfer "
+                      f"(request id {rid}; the server log has the details)")
+    raise AssertionError("context.abort returned")  # it always raises
+
+
 def grpc_server_span(request: Pb, metadata: Any) -> Any:
     """The ``infer`` span of one gRPC ModelInfer, continuing the ``traceparent`` metadata."""
     return tracing.span("infer", context=tracing.extract(metadata or ()), kind="server",

@@ -32,11 +32,10 @@ from grpc_reflection.v1alpha import reflection
 from serving.protocol import codec_grpc as codec
 from serving.protocol import proto
 from serving.protocol.codec_grpc import Pb
-from serving.protocol.errors import TurnoutError
 from serving.server.autobatch import SIZES
-from serving.server.dataplane import DataPlane, current_request_id
+from serving.server.dataplane import DataPlane
 from serving.server.grpc.server import HEALTH_SERVICES, bind_address, bind_port, reflection_pool
-from serving.server.grpc.servicer import PROTOCOL, InferenceServicer, grpc_server_span
+from serving.server.grpc.servicer import InferenceServicer, grpc_server_span, infer_inline
 from serving.server.settings import ServerSettings
 from serving.transport import tracing
 
@@ -150,24 +149,7 @@ class ThreadedServicer:
             wanted = dataplane.wants_headers(request.model_name, request.model_version or None)
             return self._on_loop("ModelInfer", request, context,
                                  context.invocation_metadata() if wanted else None)
-        try:
-            try:
-                internal = codec.request_to_internal(request)
-            except TurnoutError as err:
-                dataplane.count_rejected(model=request.model_name,
-                                         version=request.model_version or None,
-                                         protocol=PROTOCOL, error=err)
-                raise
-            response = dataplane.infer_blocking(internal, protocol=PROTOCOL)
-            return codec.response_from_internal(response, raw=bool(request.raw_input_contents))
-        except TurnoutError as err:
-            context.abort(grpc.StatusCode[err.grpc_code], str(err))
-        except Exception:
-            rid = current_request_id()
-            log.exception("unexpected error in gRPC ModelInfer (request id %s)", rid)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error in ModelInfer "
-                          f"(request id {rid}; the server log has the details)")
-        raise AssertionError("context.abort returned")  # it always raises
+        return infer_inline(dataplane, request, context)
 
     def _on_loop(self, name: str, request: Pb, context: grpc.ServicerContext,
                  metadata: Any = None) -> Pb:

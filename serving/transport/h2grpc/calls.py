@@ -331,11 +331,8 @@ class Call:
                     self._stream_out(handler.unary_stream(request, self.context)))
                 return
             result = handler.unary_unary(request, self.context)
-        except AbortError as err:
-            self._finish_status(err.code, err.details, err.trailing)
-            return
-        except Exception:
-            self._internal()
+        except Exception as exc:
+            self._failed(exc)
             return
         if asyncio.iscoroutine(result):
             self.task = self.server.loop.create_task(self._await_unary(result))
@@ -345,13 +342,8 @@ class Call:
     async def _await_unary(self, coroutine: Any) -> None:
         try:
             response = await coroutine
-        except AbortError as err:
-            self._finish_status(err.code, err.details, err.trailing)
-            return
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            self._internal()
+        except BaseException as exc:
+            self._failed(exc)
             return
         self._respond(response)
 
@@ -364,13 +356,8 @@ class Call:
                                                              self.context))
                 return
             response = await handler.stream_unary(self._request_iterator(), self.context)
-        except AbortError as err:
-            self._finish_status(err.code, err.details, err.trailing)
-            return
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            self._internal()
+        except BaseException as exc:
+            self._failed(exc)
             return
         self._respond(response)
 
@@ -384,13 +371,8 @@ class Call:
             else:  # a synchronous generator
                 for message in result:
                     self.write(message)
-        except AbortError as err:
-            self._finish_status(err.code, err.details, err.trailing)
-            return
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            self._internal()
+        except BaseException as exc:
+            self._failed(exc)
             return
         if not self.finished:
             self._finish_trailers()
@@ -466,10 +448,19 @@ class Call:
         self.context._trailing = tuple(trailing) or self.context._trailing
         self._finish_trailers()
 
-    def _internal(self) -> None:
-        log.exception("unexpected error in gRPC %s", self.method)
-        self._finish_status(grpc.StatusCode.INTERNAL, "internal server error (the server log "
-                            "has the details)")
+    def _failed(self, exc: BaseException) -> None:
+        """The handler raised: its abort's status, nothing when the call was cancelled (the
+        client is gone or the deadline answered), INTERNAL (logged, never sent) otherwise."""
+        if isinstance(exc, AbortError):
+            self._finish_status(exc.code, exc.details, exc.trailing)
+        elif isinstance(exc, asyncio.CancelledError):
+            return
+        elif isinstance(exc, Exception):
+            log.error("unexpected error in gRPC %s", self.method, exc_info=exc)
+            self._finish_status(grpc.StatusCode.INTERNAL, "internal server error (the server "
+                                "log has the details)")
+        else:
+            raise exc
 
     def _expired(self) -> None:
         self.timer = None
