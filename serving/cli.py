@@ -41,8 +41,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="REST port (default 8080)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 disables)")
-    p.add_argument("--grpc-engine", choices=["threaded", "aio", "loop"],
-                   help="gRPC server engine (default threaded)")
+    p.add_argument("--grpc-engine", choices=["loop", "threaded", "aio"],
+                   help="gRPC server engine (default loop: HTTP/2 on the event loop; "
+                   "threaded: grpcio's thread pool; aio: grpc.aio)")
     p.add_argument("--max-payload-bytes", type=int,
                    help="largest request, REST and gRPC (default 64 MiB)")
     p.add_argument("--max-batch-size", type=int,

@@ -39,10 +39,10 @@ class ServerSettings(ListenerFields, TracingFields):
                       "(container images set 0.0.0.0)")
     http_port: int = Field(8080, description="REST port (KServe's default)")
     grpc_port: int = Field(8081, description="gRPC port (KServe's default); 0 disables gRPC")
-    grpc_engine: Literal["threaded", "aio", "loop"] = Field(
-        "threaded", description="threaded: grpcio's thread-pool server; aio: grpc.aio on the "
-        "event loop; loop: Turnout's HTTP/2 gRPC server on the event loop "
-        "(serving/transport/h2grpc)")
+    grpc_engine: Literal["loop", "threaded", "aio"] = Field(
+        "loop", description="loop: Turnout's HTTP/2 gRPC server on the event loop "
+        "(serving/transport/h2grpc), the fastest per call; threaded: grpcio's thread-pool "
+        "server; aio: grpc.aio on the event loop")
     grpc_threads: int = Field(8, ge=1, description="Handler threads of the threaded gRPC engine")
     max_batch_size: int | None = Field(None, ge=1, description="Adaptive batching for every model "
                                        "whose settings declare none (rows per merged call)")

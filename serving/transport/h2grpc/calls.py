@@ -251,6 +251,7 @@ class Call:
                 return  # unary: the message is taken whole at the end of the request
             message = self._message(bytes(body[:5 + self.expected]))
             del body[:5 + self.expected]
+            self.conn.release(5 + self.expected)
             self.expected = -1
             if message is None:
                 return
@@ -319,10 +320,11 @@ class Call:
             self._finish_status(grpc.StatusCode.INTERNAL, "a unary call needs exactly one "
                                 "request message")
             return
+        self.body = bytearray()
+        self.conn.release(len(body))
         message = self._message(bytes(body))
         if message is None:
             return
-        self.body = bytearray()
         deserializer = handler.request_deserializer
         try:
             request = deserializer(message) if deserializer else message
@@ -471,6 +473,9 @@ class Call:
 
     def _done(self) -> None:
         self.finished = True
+        if self.body:  # never to be read: no longer held against the connection
+            self.conn.release(len(self.body))
+            self.body = bytearray()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -64,6 +64,10 @@ class Connection(asyncio.Protocol):
         self.peer_initial_window = f.DEFAULT_WINDOW
         self.peer_frame_size = f.DEFAULT_FRAME
         self.unacked = 0
+        # request bytes held by calls that have not taken them yet; past ``buffer_cap`` the
+        # connection window is not given back, so a client cannot make us hold more
+        self.buffered = 0
+        self.buffer_cap = server.max_receive + RECEIVE_WINDOW
         self.continuing: Stream | None = None  # the stream whose header block is open
         self.going_away = False
         self.closed = False
@@ -221,9 +225,6 @@ class Connection(asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         size = len(payload)
         self.unacked += size
-        if self.unacked > RECEIVE_WINDOW // 2:
-            self._write(f.window_update(0, self.unacked))
-            self.unacked = 0
         stream = self.streams.get(stream_id)
         if stream is None or stream.closed_remote:
             if stream_id > self.last_stream or stream_id == 0:
@@ -238,10 +239,24 @@ class Connection(asyncio.Protocol):
         if stream.unacked > RECEIVE_WINDOW // 2 and not flags & f.END_STREAM:
             self._write(f.window_update(stream_id, stream.unacked))
             stream.unacked = 0
-        if data and stream.call is not None:
+        if data and stream.call is not None and not stream.call.finished:
+            self.buffered += len(data)
             stream.call.on_data(data)
+        self._give_back()
         if flags & f.END_STREAM:
             self._end_of_request(stream)
+
+    def release(self, size: int) -> None:
+        """A call took (or dropped) ``size`` buffered request bytes."""
+        self.buffered -= size
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """The connection window back to the client once half is used, unless calls hold
+        more than the cap: then only when they take their bytes (bounded memory)."""
+        if self.unacked > RECEIVE_WINDOW // 2 and self.buffered <= self.buffer_cap:
+            self._write(f.window_update(0, self.unacked))
+            self.unacked = 0
 
     def _end_of_request(self, stream: Stream) -> None:
         stream.closed_remote = True

@@ -284,3 +284,77 @@ def test_a_ping_is_answered_and_a_reset_stream_is_forgotten(servers: dict[str, A
     assert _goaway_code(answer) is None
     assert not servers["plain"].connections or all(
         not c.streams for c in servers["plain"].connections)
+
+
+def test_a_client_cannot_make_the_server_hold_more_than_its_buffer_cap() -> None:
+    """Streams that announce big messages and never finish them: once the calls hold more
+    than the cap, the connection window is not given back, so the client must stop sending."""
+    from serving.transport.h2grpc.connection import RECEIVE_WINDOW, Connection
+
+    class Transport:
+        def __init__(self) -> None:
+            self.out = bytearray()
+
+        def write(self, data: bytes) -> None:
+            self.out += data
+
+        def get_extra_info(self, name: str) -> Any:
+            return ("127.0.0.1", 1) if name == "peername" else None
+
+        def close(self) -> None:
+            pass
+
+    async def run() -> tuple[int, int]:
+        server = GrpcServer(max_receive=LIMIT, max_send=LIMIT)
+        server.add_generic_rpc_handlers((_handlers(Echo()),))
+        server.loop = asyncio.get_running_loop()
+        await server.lookup(_details(f"/{SERVICE}/Unary"))  # cached: calls start at once
+        conn, transport = Connection(server), Transport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        block = _header_block(f"/{SERVICE}/Unary")
+        conn.data_received(f.PREFACE + f.settings(()))
+        granted = RECEIVE_WINDOW
+        sent = 0
+        chunk = b"\0" * (1 << 20)
+        stream_id = 1
+        while sent < granted:  # as much as the window allows, 1 MiB frames, never ending
+            transport.out.clear()
+            conn.data_received(f.frame(f.HEADERS, f.END_HEADERS, stream_id, block)
+                               + f.frame(f.DATA, 0, stream_id, b"\0" + LIMIT.to_bytes(4, "big")))
+            sent += 5
+            for _ in range(8):
+                conn.data_received(f.frame(f.DATA, 0, stream_id, chunk))
+                sent += len(chunk)
+            granted += _connection_increments(bytes(transport.out))
+            stream_id += 2
+            assert sent < 10 * LIMIT, "the server kept granting window"
+        return sent, conn.buffered
+
+    sent, held = asyncio.run(run())
+    assert held == sent
+    assert held <= LIMIT + 2 * RECEIVE_WINDOW
+
+
+def _details(method: str) -> Any:
+    from serving.transport.h2grpc.calls import HandlerCallDetails
+
+    return HandlerCallDetails(method, ())
+
+
+def _header_block(path: str) -> bytes:
+    import hpack
+
+    return hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", path),
+                                   (":authority", "x"), ("content-type", "application/grpc"),
+                                   ("te", "trailers")])
+
+
+def _connection_increments(data: bytes) -> int:
+    total, offset = 0, 0
+    while offset + 9 <= len(data):
+        length_kind, _, stream_id = f.HEAD.unpack_from(data, offset)
+        length, kind = length_kind >> 8, length_kind & 0xFF
+        if kind == f.WINDOW_UPDATE and stream_id == 0:
+            total += f.u32(data, offset + 9)
+        offset += 9 + length
+    return total
