@@ -155,7 +155,7 @@ class CallContext:
 class Call:
     __slots__ = ("server", "conn", "stream", "method", "metadata", "handler", "context",
                  "body", "expected", "deadline", "timer", "task", "finished", "cancelled",
-                 "head_sent", "encoding", "requests", "ended", "resolving")
+                 "head_sent", "encoding", "requests", "ended")
 
     def __init__(self, server: GrpcServer, conn: Connection, stream: Stream,
                  headers: list[tuple[bytes, bytes]]) -> None:
@@ -168,7 +168,6 @@ class Call:
         self.finished = self.cancelled = self.head_sent = self.ended = False
         self.handler: grpc.RpcMethodHandler | None = None
         self.requests: asyncio.Queue[Any] | None = None
-        self.resolving = False
         self.context = CallContext(self)
         method = path = content_type = b""
         self.encoding = b"identity"
@@ -199,7 +198,6 @@ class Call:
         if handler is not None:
             self._resolved(handler)
         elif server.has_interceptors or self.method not in server.unknown:
-            self.resolving = True
             self.task = server.loop.create_task(self._resolve())
         else:
             self._finish_status(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
@@ -212,7 +210,6 @@ class Call:
             log.exception("gRPC handler lookup failed for %s", self.method)
             self._finish_status(grpc.StatusCode.INTERNAL, "handler lookup failed")
             return
-        self.resolving = False
         self.task = None
         if handler is None:
             self._finish_status(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
