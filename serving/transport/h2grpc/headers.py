@@ -1,10 +1,11 @@
 """Request header blocks: HPACK decoding (the ``hpack`` package) with a cache for repeats.
 
-A gRPC client sends the same header block again and again: after its first call every field is
-an index into the connection's dynamic table (nghttp2, grpc-core and grpc-go all do this), and
-such a block does not change the table. ``hpack`` took ~15-35 us to decode one (measured for
-8 fields), so a block made only of indexed fields is looked up by its bytes, and the cache is
-valid for as long as no other block has changed the table.
+A gRPC client sends the same header block again and again: after its first call each field is
+an index into the connection's dynamic table or a literal that is never added to it (nghttp2,
+and so h2load, never indexes ``:path``). Such a block leaves the table as it was, so decoding
+it again gives the same headers for as long as no other block changed the table. ``hpack``
+took ~15-35 us to decode an all-indexed block of 8 fields and ~40 us with a Huffman-coded
+``:path`` literal (pure Python), so table-neutral blocks are looked up by their bytes.
 """
 
 from __future__ import annotations
@@ -25,18 +26,56 @@ class HeaderError(Exception):
 Headers = list[tuple[bytes, bytes]]
 
 
-def _only_indexed(block: bytes) -> bool:
-    """Whether every field of ``block`` is an indexed field (RFC 7541 §6.1)."""
+_CACHED_BLOCK_BYTES = 1024  # longer blocks are decoded each time: bounded memory per connection
+_CACHED_BLOCKS = 64
+
+
+def _integer(block: bytes, i: int, prefix: int) -> tuple[int, int]:
+    """The RFC 7541 §5.1 integer at ``block[i]`` with a ``prefix``-bit mask, and the offset
+    after it; (-1, i) for one longer than 4 continuation bytes (not a header we cache)."""
+    value = block[i] & prefix
+    i += 1
+    if value < prefix:
+        return value, i
+    end, shift = min(i + 4, len(block)), 0
+    while i < end:
+        byte = block[i]
+        i += 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+    return -1, i
+
+
+def _table_neutral(block: bytes) -> bool:
+    """Whether decoding ``block`` leaves the dynamic table unchanged: every field is indexed
+    (RFC 7541 §6.1) or a literal without indexing or never indexed (§6.2.2, §6.2.3); no literal
+    with incremental indexing (§6.2.1) and no table size update (§6.3). A malformed block is
+    reported as not neutral (the decoder raises for it)."""
     i, n = 0, len(block)
     while i < n:
         byte = block[i]
-        if not byte & 0x80:
+        if byte & 0x80:
+            index, i = _integer(block, i, 0x7F)
+            if index < 0:
+                return False
+            continue
+        if byte & 0xE0:  # 01xxxxxx adds to the table, 001xxxxx resizes it
             return False
-        i += 1
-        if byte & 0x7F == 0x7F:  # a multi-byte index
-            while i < n and block[i] & 0x80:
-                i += 1
-            i += 1
+        name, i = _integer(block, i, 0x0F)
+        strings = 2 if name == 0 else 1 if name > 0 else 0
+        if not strings:
+            return False
+        for _ in range(strings):
+            if i >= n:
+                return False
+            length, i = _integer(block, i, 0x7F)
+            if length < 0:
+                return False
+            i += length
+        if i > n:
+            return False
     return True
 
 
@@ -62,10 +101,10 @@ class HeaderDecoder:
                               ) from None
         except (hpack.HPACKError, IndexError, ValueError) as exc:
             raise HeaderError(f"undecodable request headers: {exc}") from None
-        if _only_indexed(block):
-            if len(self._cache) >= 64:
+        if len(block) <= _CACHED_BLOCK_BYTES and _table_neutral(block):
+            if len(self._cache) >= _CACHED_BLOCKS:
                 self._cache.clear()
             self._cache[block] = (self._generation, headers)
-        else:  # literals may have added to the table: cached index lists may now mean else
+        else:  # the table may have changed: cached index lists may now mean else
             self._generation += 1
         return headers
