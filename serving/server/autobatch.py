@@ -7,7 +7,7 @@ slow enough to predict in threads (one row over the inline budget, under 20 ms: 
 model would pay more for the hop to the batcher than it saves) and
 whose cost per row falls in a batch. Right after load the model is timed on 1 row and on
 batches of 8..64 rows; batching is turned on when 32 rows cost under half of 32 single calls,
-with the largest size whose cost per row still falls by 10%, and ``max_latency_ms: 0``: like
+with the largest size whose cost per row still falls by 5%, and ``max_latency_ms: 0``: like
 Triton's dynamic batcher with no queue delay, a request that finds the batcher idle runs at
 once and only what is already waiting is merged.
 
@@ -34,7 +34,7 @@ log = logging.getLogger("turnout.batching")
 ENV = "TURNOUT_AUTO_BATCHING"
 SIZES = (8, 16, 32, 64)
 PAYS = 0.5           # 32 rows must cost under half of 32 single calls
-STILL_FALLING = 0.9  # a larger size must cut the cost per row by 10%
+STILL_FALLING = 0.95  # a larger size must cut the cost per row by 5%
 _TRIALS = 3
 _BUDGET_S = 2.0      # timing stops early for a slow model
 MAX_ONE_ROW_S = 0.02  # slower models are not timed in batches at load

@@ -4,9 +4,18 @@ Concurrency design: one asyncio task per batcher (started lazily on the running 
 a FIFO of pending requests. A batch closes when it holds ``max_batch_size`` rows or when its
 first request has waited ``max_latency_ms``. Only requests that agree on input names, dtypes,
 trailing shapes and requested outputs are merged, in arrival order. While one batch runs in
-the thread pool the next one fills, so batch size adapts to load. Outputs are split back by
-row offsets and each split is checked to hold exactly its request's rows. If a merged call
-fails, each request is retried alone so one bad request cannot fail its neighbours.
+the thread pool the next one fills, so batch size adapts to load.
+
+When requests are already waiting as a batch ends, the batcher first lets a few loop steps
+pass (``SETTLE_STEPS``, no timer): the finished batch's answers go out and the clients' next
+requests join the waiting ones. Without that, closed-loop clients split into two cohorts that
+take turns, each batch half of them; with it, a one-row torch MLP on one core ran 4,100-4,300
+-> 4,800-5,100 rows/s over gRPC at c=64 (batches of 63 rows instead of 32). An idle batcher
+still runs a request at once.
+
+Outputs are split back by row offsets and each split is checked to hold exactly its request's
+rows. If a merged call fails, each request is retried alone so one bad request cannot fail its
+neighbours.
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ from serving.runtime.settings import BatchingSettings
 from serving.transport import tracing
 
 Arrays = dict[str, np.ndarray]
+# Loop steps a busy batcher lets pass after a batch before it takes the next (see the module
+# docstring): enough for the answers to be written and the clients' next requests to be read,
+# decoded and queued (about 3 on the loop gRPC engine; 4 to 24 measured alike at c=64).
+SETTLE_STEPS = 4
 Predict = Callable[[Arrays, Sequence[str]], Awaitable[Arrays]]
 # Called once per merged batch with its row count and each request's seconds in the queue.
 Observe = Callable[[int, list[float]], None]
@@ -110,6 +123,9 @@ class AdaptiveBatcher:
             batch = self._take(limit)
             if batch:
                 await self._execute(batch)
+                if self._queue:
+                    for _ in range(SETTLE_STEPS):
+                        await asyncio.sleep(0)
 
     def _take(self, limit: int) -> list[_Pending]:
         """The oldest compatible requests that fit in ``limit`` rows; expired ones are refused."""

@@ -133,3 +133,35 @@ async def test_one_failing_request_does_not_fail_its_neighbours():
     np.testing.assert_array_equal(results[2]["double"], _rows(3, 10)["x"] * 2)
     assert predict.batches[0] == 7  # merged first, then retried one by one
     await batcher.close()
+
+
+async def test_closed_loop_clients_that_start_apart_end_up_in_one_batch():
+    """Two cohorts of clients, the second arriving while the first one's batch runs: after a
+    batch the batcher lets its answers go out first, so the first cohort's next requests join
+    the second's instead of the two taking turns in half-size batches."""
+
+    class Slow(Recorder):
+        async def __call__(self, inputs, outputs):
+            self.batches.append(len(inputs["x"]))
+            await asyncio.sleep(0.01)  # the model's time on the batch
+            return {"double": inputs["x"] * 2}
+
+    predict = Slow()
+    batcher = _batcher(predict, max_batch_size=64, max_latency_ms=0)
+
+    async def client(first: int, start_after: float) -> None:
+        await asyncio.sleep(start_after)
+        for i in range(12):
+            rows = _rows(1, first + i)
+            result = await batcher.submit(rows, ["double"])
+            np.testing.assert_array_equal(result["double"], rows["x"] * 2)
+            await asyncio.sleep(0)  # reading and decoding the client's next request
+
+    await asyncio.gather(*(client(100 * c, 0.0) for c in range(8)),
+                         *(client(100 * c, 0.005) for c in range(8, 16)))
+    assert sum(predict.batches) == 16 * 12
+    # the second cohort came while the first batch ran; from the next batch on, every client
+    # is in every batch but at the ends (taking turns would make every batch 8)
+    assert predict.batches[0] == 8 and set(predict.batches) == {8, 16}
+    assert predict.batches.count(16) >= 10
+    await batcher.close()
