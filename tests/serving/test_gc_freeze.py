@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gc
 
-from serving.server.process import _freeze_startup_objects
+from serving.server.process import YOUNG_GC_THRESHOLD, _freeze_startup_objects
 
 
 def test_startup_objects_are_frozen_and_new_ones_are_not() -> None:
@@ -18,4 +18,27 @@ def test_startup_objects_are_frozen_and_new_ones_are_not() -> None:
         made_after = [[] for _ in range(1000)]
         assert len(gc.get_objects()) >= len(made_after)  # later objects are collected as usual
     finally:
+        gc.unfreeze()
+
+
+def test_young_collections_wait_for_the_raised_threshold() -> None:
+    """A few thousand live objects (a loaded server's requests in flight) no longer start a
+    young collection each; the threshold still bounds what waits for one."""
+    threshold = gc.get_threshold()
+    passes: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
+
+    try:
+        _freeze_startup_objects()
+        gc.callbacks.append(count)
+        in_flight = [[] for _ in range(YOUNG_GC_THRESHOLD // 2)]
+        assert passes == []  # CPython's default (700) would have collected 7 times by now
+        in_flight += [[] for _ in range(YOUNG_GC_THRESHOLD)]
+        assert passes and passes[0] == 0
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*threshold)
         gc.unfreeze()

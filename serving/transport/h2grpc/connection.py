@@ -382,10 +382,12 @@ class Connection(asyncio.Protocol):
         stream.done = True
         if stream.closed_remote:
             self.streams.pop(stream.id, None)
+            stream.call = None  # no cycle with the call: both go by reference counting
         elif self.streams.get(stream.id) is stream:
             # answered before the request ended (an early error): stop its data politely
             self._write(f.rst_stream(stream.id, f.NO_ERROR))
             self.streams.pop(stream.id, None)
+            stream.call = None
         self._close_if_idle()
 
     def _write(self, data: bytes) -> None:
