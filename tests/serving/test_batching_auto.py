@@ -191,3 +191,34 @@ def test_grpc_batches_fill_beyond_the_handler_threads(servers) -> None:
 
     for x, y in zip(xs, asyncio.run(burst()), strict=True):
         np.testing.assert_array_equal(y, x * 2)
+
+
+class _Clocked:
+    """A model timed on a fake clock: 2 ms a call plus 0.3 ms a row, three times slower for
+    ``slow`` consecutive calls from call number ``start`` (a neighbour on the core)."""
+
+    def __init__(self, clock: list[float], start: int, slow: int = 4) -> None:
+        self.clock, self.start, self.slow, self.calls = clock, start, slow, 0
+        self.inputs = [type("Spec", (), {"name": "x", "datatype": "FP32", "shape": [-1, 2]})]
+        self.default_outputs = ["y"]
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict:
+        rows = len(inputs["x"])
+        factor = 3.0 if self.start <= self.calls < self.start + self.slow else 1.0
+        self.calls += 1
+        self.clock[0] += factor * (0.002 + 0.0003 * rows)
+        return {"y": inputs["x"]}
+
+
+def test_a_slow_moment_during_timing_does_not_change_the_batch_size(monkeypatch) -> None:
+    """Sizes are timed in interleaved rounds, so four slow calls in a row cannot all land on
+    one size (back to back, they took every trial of 64 and 32 won)."""
+    from serving.server import autobatch
+
+    clock = [0.0]
+    monkeypatch.setattr(autobatch.time, "perf_counter", lambda: clock[0])
+    total = _Clocked(clock, start=10**9)
+    autobatch._per_row_costs(total)
+    for start in range(total.calls):
+        per_row = autobatch._per_row_costs(_Clocked(clock, start))
+        assert autobatch.chosen_size(per_row) == 64, (start, per_row)
