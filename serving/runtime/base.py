@@ -39,6 +39,9 @@ class Runtime(ABC):
     platform: ClassVar[str]
     artifact_suffixes: ClassVar[tuple[str, ...]] = ()
     execution: Execution = "thread"
+    # Whether predict wants the request's headers (transformers): the data plane asks per
+    # request, so it is a class attribute, not a failed lookup each time.
+    wants_headers: ClassVar[bool] = False
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings

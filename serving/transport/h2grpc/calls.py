@@ -153,8 +153,8 @@ class CallContext:
 
 
 class Call:
-    __slots__ = ("server", "conn", "stream", "method", "metadata", "handler", "context",
-                 "body", "expected", "deadline", "timer", "task", "finished", "cancelled",
+    __slots__ = ("server", "conn", "stream", "method", "headers", "_metadata", "handler",
+                 "context", "body", "expected", "deadline", "timer", "task", "finished", "cancelled",
                  "head_sent", "encoding", "requests", "ended")
 
     def __init__(self, server: GrpcServer, conn: Connection, stream: Stream,
@@ -184,7 +184,8 @@ class Call:
             elif name == b"grpc-encoding":
                 self.encoding = value
         self.method = path.decode("latin-1")
-        self.metadata = _metadata(headers)
+        self.headers = headers
+        self._metadata: tuple[tuple[str, Any], ...] | None = None
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
             self.finished = True
             status = b"405" if method != b"POST" else b"415"
@@ -201,6 +202,15 @@ class Call:
             self.task = server.loop.create_task(self._resolve())
         else:
             self._finish_status(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    @property
+    def metadata(self) -> tuple[tuple[str, Any], ...]:
+        """The request's metadata, decoded when first asked for: ModelInfer never asks unless
+        its model reads headers or an interceptor runs."""
+        metadata = self._metadata
+        if metadata is None:
+            metadata = self._metadata = _metadata(self.headers)
+        return metadata
 
     # -- handler lookup ---------------------------------------------------------------------
     async def _resolve(self) -> None:
