@@ -176,14 +176,16 @@ def load_cached(artifact: Path, dists: Sequence[str], root: Path | None = None
 
 def store_verified(onnx_bytes: bytes, meta: dict[str, Any], artifact: Path, dists: Sequence[str],
                    reference: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndarray,
-                   tolerance: Tolerance, root: Path | None = None, *, cache: bool = True
+                   tolerance: Tolerance, root: Path | None = None, *, cache: bool = True,
+                   accept: Callable[[CompiledModel], str] | None = None
                    ) -> tuple[CompiledModel | None, str]:
     """Verify ``onnx_bytes`` against ``reference`` on ``rows``; cache it when it agrees.
 
     ``meta`` holds methods, inputs, outputs (as JSON) and accepts_non_finite. Returns the
     compiled model, or None and why it was refused. ``cache=False`` (inputs or outputs declared
     in settings) serves without caching: the cache, keyed by the artifact, holds the copy
-    compiled for the signature the model itself declares.
+    compiled for the signature the model itself declares. ``accept``, when given, may still
+    refuse a verified copy (it returns why, or "").
     """
     folder = (root or cache_root()) / cache_key(artifact, dists)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +196,9 @@ def store_verified(onnx_bytes: bytes, meta: dict[str, Any], artifact: Path, dist
         mismatch = mismatch_of(compiled, reference, rows, tolerance)
         if mismatch:
             return None, f"the ONNX compilation differs from the model: {mismatch}"
+        refused = accept(compiled) if accept is not None else ""
+        if refused:
+            return None, refused
         (staging / "meta.json").write_text(json.dumps(meta))
         if cache:
             try:
@@ -208,6 +213,27 @@ def store_verified(onnx_bytes: bytes, meta: dict[str, Any], artifact: Path, dist
         return compiled, ""
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def refused_before(artifact: Path, dists: Sequence[str], root: Path | None = None) -> str:
+    """Why an earlier start did not serve ``artifact``'s compilation with these versions, or ""
+    (for compilers whose refusal is slow to reach: an export, a timing)."""
+    marker = (root or cache_root()) / f"{cache_key(artifact, dists)}.refused"
+    try:
+        return str(json.loads(marker.read_text())["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def remember_refusal(artifact: Path, dists: Sequence[str], reason: str,
+                     root: Path | None = None) -> None:
+    """Record why ``artifact`` is not compiled, for :func:`refused_before` (best effort)."""
+    marker = (root or cache_root()) / f"{cache_key(artifact, dists)}.refused"
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"reason": reason}))
+    except OSError:
+        pass
 
 
 def mismatch_of(compiled: CompiledModel, reference: Callable[[np.ndarray], dict[str, np.ndarray]],

@@ -12,6 +12,9 @@ reads it, the first rank of 2, 1, 3, 4 a forward pass accepts. Outputs are learn
 forward pass on zeros: a tensor is ``output-0``, a tuple ``output-0..n``, a dict keeps its keys;
 an output size that follows an input size of -1 is -1 too.
 
+A ``.pt2`` program is served by its verified ONNX copy where ONNX Runtime answers alike and is
+faster (``runtimes/torch_onnx.py``; ``compile: none`` opts out).
+
 ``parameters.intra_op_threads`` (default 1) and ``inter_op_threads`` set torch's thread pools;
 they are process-wide, so every torch model in one server shares the last value set.
 """
@@ -25,10 +28,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from runtimes import compiled, torch_onnx
 from serving.protocol.datatypes import datatype_of, dtype_for
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.types import TensorSpec
-from serving.runtime.base import Runtime, find_artifact
+from serving.runtime.base import find_artifact
 from serving.runtime.lazy import LazyModule
 from serving.runtime.settings import ModelSettings
 
@@ -39,8 +43,9 @@ _DATATYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int8": "
               "bool": "BOOL", "bfloat16": "FP32"}
 
 
-class TorchRuntime(Runtime):
+class TorchRuntime(compiled.CompilableRuntime):
     name = "torch"
+    framework = "PyTorch"
     platform = "pytorch_libtorch"
     artifact_suffixes: ClassVar[tuple[str, ...]] = (".pt2", ".pt")
     execution = "auto"  # CPU-bound and fast for small models: timed at load
@@ -48,10 +53,23 @@ class TorchRuntime(Runtime):
     def __init__(self, settings: ModelSettings) -> None:
         super().__init__(settings)
         self.model: Any = None
+        self._program: Any = None  # the torch.export program, until compilation is decided
         self._output_names: list[str] = []
 
     def load(self) -> None:
         path = find_artifact(self.settings.artifact, self.artifact_suffixes)
+        try:
+            self.load_compilable(
+                path, load_native=lambda: self._load_torch(path),
+                cached=torch_onnx.load_cached,
+                compile_native=lambda: torch_onnx.compile_verified(
+                    self._program, path, inputs=self.inputs, outputs=self.outputs,
+                    reference=lambda rows: self._forward({self.inputs[0].name: rows}),
+                    cache=not (self.settings.inputs or self.settings.outputs)))
+        finally:
+            self._program = None  # the module (or the ONNX copy) serves; the program is not kept
+
+    def _load_torch(self, path: Path) -> None:
         try:
             torch.set_grad_enabled  # noqa: B018 - import torch now, to report it missing
         except ImportError as exc:
@@ -61,7 +79,7 @@ class TorchRuntime(Runtime):
         exported = path.name.endswith(".pt2")
         try:
             if exported:
-                program = torch.export.load(str(path))
+                program = self._program = torch.export.load(str(path))
                 inferred = _exported_inputs(program)
                 module = program.module()
             else:
@@ -147,11 +165,14 @@ class TorchRuntime(Runtime):
 
     def predict(self, inputs: dict[str, np.ndarray],
                 outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        if self._compiled is not None:
+            return self._compiled.predict(inputs[self.inputs[0].name], outputs)
         result = self._forward(inputs)
         return {name: result[name] for name in outputs}
 
     def unload(self) -> None:
         self.model = None
+        self._compiled = None
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.model is not None, "predict called before load"

@@ -78,3 +78,23 @@ def test_write_keeps_notes_and_marks_unsupported(tmp_path: Path) -> None:
             "filled by an earlier start) | 0.90 s | ≤ 1.5 s | met |") in text
     assert "| Idle RSS, one worker, sklearn model alone | 105 MiB | ≤ 150 MB | met |" in text
     assert "| turnout (compile cache empty) | iris | 1 | 4.00 s | 250 MiB |" in text
+
+
+def test_defaults_get_ratios_and_the_heavy_table_shows_both_floors(tmp_path: Path) -> None:
+    """A run without the tuned Turnout: the defaults' cells get the ratio columns, and the
+    torch table states the program's floor and its ONNX twin's (what Turnout serves)."""
+    meta = {**META, "models": ["torch"], "concurrency": [64]}
+    records = [meta, _load("turnout-defaults", "grpc", 1800, 40, model="torch", conc=64),
+               _load("pytriton", "grpc", 900, 130, model="torch", conc=64),
+               {"kind": "floor", "model": "torch", "batch": 128, "us_per_call": 50000.0,
+                "calls_per_s": 20.0, "rows_per_s": 2500.0},
+               {"kind": "floor", "model": "torch-onnx", "batch": 64, "us_per_call": 20000.0,
+                "calls_per_s": 50.0, "rows_per_s": 3200.0}]
+    res = report.Results(records)
+    ratios = res.ratios("torch", "grpc", 1, 64)
+    assert ratios["anchor"] == "pytriton" and abs(ratios["x_anchor"] - 2.0) < 1e-9
+    text = "\n".join(report.heavy_model(res))
+    assert "Raw batched floor: 2,500 rows/s (torch.export program alone, batch 128)." in text
+    assert "ONNX Runtime (one thread)" in text and "3,200 rows/s (batch 64)" in text
+    assert "| turnout-defaults | torch | gRPC | 1,800 | 72% | 56% | 40.0 |" in text
+    assert "| pytriton | torch | gRPC | 900 | 36% | 28% | 130.0 |" in text
