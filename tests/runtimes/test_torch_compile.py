@@ -52,29 +52,35 @@ def _own(module: torch.nn.Module) -> np.ndarray:
         return module(torch.from_numpy(ROWS)).numpy()
 
 
+def _logged_load(path: Path, caplog: pytest.LogCaptureFixture) -> TorchRuntime:
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        return _load(path)
+
+
+def _answer(runtime: TorchRuntime) -> np.ndarray:
+    return runtime.predict({runtime.inputs[0].name: ROWS}, ["output-0"])["output-0"]
+
+
 def test_a_program_is_served_by_its_verified_copy_and_later_starts_reuse_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(torch_onnx, "FASTER", 100.0)
     path, module = _program(tmp_path / "a")
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        runtime = _load(path)
+    runtime = _logged_load(path, caplog)
     assert runtime._compiled is not None
     assert [s.name for s in runtime.outputs] == ["output-0"] and runtime.outputs[0].shape == (-1, 3)
-    got = runtime.predict({runtime.inputs[0].name: ROWS}, ["output-0"])["output-0"]
+    got = _answer(runtime)
     np.testing.assert_allclose(got, _own(module), rtol=1e-4, atol=1e-5)
     assert got.dtype == np.float32 and got.shape == (40, 3)
     line = [r.getMessage() for r in caplog.records if "compiled to ONNX by torch.onnx" in
             r.getMessage()]
     assert len(line) == 1 and "verified on 769 rows" in line[0]
 
-    caplog.clear()
     monkeypatch.setattr(torch.onnx, "export", _must_not_export)
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        again = _load(path)
+    again = _logged_load(path, caplog)
     assert again._compiled is not None
     assert "serving the verified ONNX compilation" in caplog.text
-    np.testing.assert_array_equal(again.predict({again.inputs[0].name: ROWS}, ["output-0"])[
-        "output-0"], got)
+    np.testing.assert_array_equal(_answer(again), got)
 
 
 def _must_not_export(*args: object, **kwargs: object) -> None:
@@ -85,16 +91,12 @@ def test_a_copy_that_is_not_faster_is_not_served_nor_exported_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(torch_onnx, "FASTER", 0.0)
     path, module = _program(tmp_path / "b")
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        runtime = _load(path)
+    runtime = _logged_load(path, caplog)
     assert runtime._compiled is None
     assert "served by PyTorch: ONNX Runtime is not faster" in caplog.text
-    np.testing.assert_array_equal(runtime.predict({runtime.inputs[0].name: ROWS}, ["output-0"])[
-        "output-0"], _own(module))
-    caplog.clear()
+    np.testing.assert_array_equal(_answer(runtime), _own(module))
     monkeypatch.setattr(torch.onnx, "export", _must_not_export)
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        assert _load(path)._compiled is None
+    assert _logged_load(path, caplog)._compiled is None
     assert "(an earlier start's verdict)" in caplog.text
 
 
@@ -104,9 +106,7 @@ def test_a_copy_that_answers_differently_is_refused(
     monkeypatch.setattr(torch_onnx, "TOLERANCE", Tolerance(rtol=0.0, atol=0.0))
     monkeypatch.setattr(torch_onnx, "_probe_rows", lambda spec: ROWS * 1e3)  # float32 rounding
     path, _ = _program(tmp_path / "c")
-    with caplog.at_level(logging.INFO, logger=LOGGER):
-        runtime = _load(path)
-    assert runtime._compiled is None
+    assert _logged_load(path, caplog)._compiled is None
     assert "the ONNX compilation differs from the model: output-0 differs by up to" in caplog.text
 
 
