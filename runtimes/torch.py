@@ -65,7 +65,8 @@ class TorchRuntime(compiled.CompilableRuntime):
                 compile_native=lambda: torch_onnx.compile_verified(
                     self._program, path, inputs=self.inputs, outputs=self.outputs,
                     reference=lambda rows: self._forward({self.inputs[0].name: rows}),
-                    cache=not (self.settings.inputs or self.settings.outputs)))
+                    cache=not (self.settings.inputs or self.settings.outputs),
+                    insist=self.settings.parameters.get("compile") == "onnx"))
         finally:
             self._program = None  # the module (or the ONNX copy) serves; the program is not kept
 

@@ -10,7 +10,9 @@ is cached with the artifact's digest either way (``runtimes/compiled.py``), so a
 opens the ONNX copy without importing torch, or goes straight to torch without exporting again.
 
 Compiled: programs with one tensor input whose sizes other than the batch are fixed, and tensor
-outputs (``output-0..n``) likewise; others, and TorchScript files, are served by PyTorch.
+outputs (``output-0..n``) likewise, up to 256 MiB unless ``compile: onnx`` insists (exporting
+costs seconds per tens of MiB and memory several times the weights); others, and TorchScript
+files, are served by PyTorch.
 ``compile: none`` opts out; ``compile: onnx`` warns when the program is not compiled.
 """
 
@@ -34,6 +36,9 @@ DISTS = ("torch", "onnxscript")
 TOLERANCE = Tolerance(rtol=1e-4, atol=1e-5)
 SCALES = (0.1, 1.0, 10.0)
 FASTER = 0.95  # the copy must take at most this share of PyTorch's time on a batch
+# compile: auto exports programs up to this size at load: exporting takes seconds per tens of
+# MiB and memory several times the weights, which a large model should not pay unasked.
+AUTO_MAX_BYTES = 256 * 2**20
 _TIMED_ROWS = 32
 _ROUNDS = 5
 _PROBE_ELEMENTS = 1 << 21  # probe rows are capped at about 8 MiB of float32
@@ -47,8 +52,14 @@ def load_cached(artifact: Path) -> CompiledModel | None:
 def compile_verified(program: Any, artifact: Path, *, inputs: list[TensorSpec],
                      outputs: list[TensorSpec],
                      reference: Callable[[np.ndarray], dict[str, np.ndarray]],
-                     cache: bool = True) -> tuple[CompiledModel | None, str]:
-    """Export, verify against ``reference`` (the runtime's own forward), time, and cache."""
+                     cache: bool = True, insist: bool = False) -> tuple[CompiledModel | None, str]:
+    """Export, verify against ``reference`` (the runtime's own forward), time, and cache.
+    ``insist`` (``compile: onnx``) lifts the size limit of the default mode."""
+    size = artifact.stat().st_size
+    if not insist and size > AUTO_MAX_BYTES:
+        return None, (f"the program is {size / 2**20:,.0f} MiB, over the "
+                      f"{AUTO_MAX_BYTES / 2**20:,.0f} MiB that compile: auto exports at load "
+                      "(compile: onnx exports it anyway)")
     refused = compiled.refused_before(artifact, DISTS) if cache else ""
     if refused:
         return None, f"{refused} (an earlier start's verdict)"

@@ -125,3 +125,14 @@ def test_compile_none_and_torchscript_are_served_by_pytorch(
         runtime.load()
     assert runtime._compiled is None
     assert "only torch.export programs (.pt2) are compiled" in caplog.text
+
+
+def test_auto_mode_leaves_large_programs_to_pytorch_unless_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(torch_onnx, "FASTER", 100.0)
+    path, _ = _program(tmp_path / "f")
+    monkeypatch.setattr(torch_onnx, "AUTO_MAX_BYTES", path.stat().st_size - 1)
+    assert _logged_load(path, caplog)._compiled is None
+    assert "over the 0 MiB that compile: auto exports at load" in caplog.text
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert _load(path, compile="onnx")._compiled is not None
