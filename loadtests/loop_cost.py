@@ -103,8 +103,8 @@ class _Driver:
 
 
 def _header_blocks(port: int) -> tuple[bytes, bytes]:
-    """The steady-state header block of one connection: what a client's second request and
-    every later one sends (the first indexes its fields in the HPACK table)."""
+    """A connection's first header block (it indexes its fields in the HPACK table) and the
+    steady-state one every later request sends."""
     encoder = hpack.Encoder()
     fields = [(":method", "POST"), (":scheme", "http"),
               (":path", f"/{proto.SERVICE_NAME}/ModelInfer"), (":authority", f"127.0.0.1:{port}"),
@@ -191,7 +191,7 @@ async def _run(repo: Path, args, grpc_body: bytes) -> list[tuple[float, float]]:
     out = []
     for _ in range(args.reps):
         before = _batches(metrics)
-        cost, done = await _measure(server, args.clients, args.requests, grpc_body)
+        cost, _ = await _measure(server, args.clients, args.requests, grpc_body)
         rows, count = (a - b for a, b in zip(_batches(metrics), before, strict=True))
         out.append((cost, rows / max(count, 1)))
     return out
