@@ -44,6 +44,9 @@ class ServerSettings(ListenerFields, TracingFields):
         "(serving/transport/h2grpc), the fastest per call; threaded: grpcio's thread-pool "
         "server; aio: grpc.aio on the event loop")
     grpc_threads: int = Field(8, ge=1, description="Handler threads of the threaded gRPC engine")
+    grpc_idle_seconds: float = Field(300.0, ge=0, description="The loop gRPC engine closes a "
+                                     "connection with no open call for this long (GOAWAY, "
+                                     "clients reconnect on their next call); 0: never")
     max_batch_size: int | None = Field(None, ge=1, description="Adaptive batching for every model "
                                        "whose settings declare none (rows per merged call)")
     max_batch_latency_ms: float = Field(2.0, ge=0, description="With max_batch_size: how long "

@@ -54,7 +54,9 @@ def build_loop_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,
     health switch; the same services, limits and interceptors as the grpcio engines."""
     limit = settings.max_payload_bytes
     server = GrpcServer(interceptors=interceptors, max_receive=limit, max_send=limit,
-                        max_header_bytes=settings.max_header_bytes)
+                        max_header_bytes=settings.max_header_bytes,
+                        handshake_seconds=settings.header_timeout_seconds,
+                        idle_seconds=settings.grpc_idle_seconds)
     servicer = InferenceServicer(dataplane)
     fast = LoopServicer(dataplane)
     handlers = {}

@@ -72,10 +72,16 @@ class Connection(asyncio.Protocol):
         self.going_away = False
         self.closed = False
         self.peer = ""
+        # read by the server's sweep (GrpcServer.sweep): when the connection opened, and the
+        # last stream id and the time it first saw the connection without streams
+        self.opened_at = 0.0
+        self.idle_mark = -1
+        self.idle_since = 0.0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.opened_at = asyncio.get_running_loop().time()
         address = transport.get_extra_info("peername")
         if isinstance(address, tuple) and len(address) >= 2:
             family = "ipv6" if ":" in str(address[0]) else "ipv4"
@@ -395,10 +401,11 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     # -- closing ----------------------------------------------------------------------------
-    def go_away(self) -> None:
-        """Take no new streams; close once the open ones are answered (graceful stop)."""
-        if not self.closed:
-            self._write(f.goaway(self.last_stream, f.NO_ERROR))
+    def go_away(self, debug: bytes = b"") -> None:
+        """Take no new streams; close once the open ones are answered (graceful stop, or an
+        idle connection)."""
+        if not self.closed and not self.going_away:
+            self._write(f.goaway(self.last_stream, f.NO_ERROR, debug))
         self.going_away = True
         self._close_if_idle()
 
@@ -406,6 +413,10 @@ class Connection(asyncio.Protocol):
         if self.going_away and not self.streams and self.transport is not None:
             self.closed = True
             self.transport.close()
+
+    def expire(self, reason: str) -> None:
+        """Closed by the server's sweep (a handshake that never came)."""
+        self._abort(f.SETTINGS_TIMEOUT, reason)
 
     def _abort(self, code: int, reason: str) -> None:
         log.debug("closing HTTP/2 connection from %s: %s", self.peer, reason)

@@ -3,6 +3,12 @@
 It takes what a ``grpc.aio.Server`` takes — generic and registered method handlers, aio server
 interceptors — so grpc_health's and grpc_reflection's own registration functions and Turnout's
 servicers work on it unchanged; the handlers run on the loop, never on threads.
+
+Connections are bounded in time as well as size: one that has not sent the HTTP/2 preface
+within ``handshake_seconds`` is closed (a client that connects and says nothing holds a socket
+for ever otherwise), and one with no open stream for ``idle_seconds`` gets a GOAWAY (NO_ERROR,
+so clients reconnect on their next call) and is closed. One sweep task checks every connection
+a few times per period; nothing is timed per request.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ class GrpcServer:
 
     def __init__(self, *, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
                  max_receive: int = 4 * 1024 * 1024, max_send: int = 4 * 1024 * 1024,
-                 max_header_bytes: int = 16 * 1024, max_streams: int = 1024) -> None:
+                 max_header_bytes: int = 16 * 1024, max_streams: int = 1024,
+                 handshake_seconds: float = 10.0, idle_seconds: float = 300.0) -> None:
         self.interceptors = tuple(interceptors)
         self.has_interceptors = bool(self.interceptors)
         self.max_receive, self.max_send = max_receive, max_send
         self.max_header_bytes, self.max_streams = max_header_bytes, max_streams
+        self.handshake_seconds = handshake_seconds
+        self.idle_seconds = idle_seconds  # 0: never closed for idleness
+        self._sweeper: asyncio.Task[None] | None = None
         self._generic: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
@@ -108,13 +118,45 @@ class GrpcServer:
         server = await self.loop.create_server(lambda: Connection(self), sock=sock,
                                                ssl=ssl_context, backlog=1024)
         self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep_forever())
         return int(sock.getsockname()[1])
+
+    # -- bounded connection lifetimes -------------------------------------------------------
+    async def _sweep_forever(self) -> None:
+        limits = [s for s in (self.handshake_seconds, self.idle_seconds) if s > 0]
+        period = min(max(min(limits) / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(period)
+            self.sweep(self.loop.time())
+
+    def sweep(self, now: float) -> None:
+        """Close connections past their handshake or idle time. Idleness is seen without a
+        clock per request: no open stream, and no new stream since the sweep that first saw
+        none (``last_stream`` unchanged), for ``idle_seconds``."""
+        for conn in list(self.connections):
+            if conn.closed:
+                continue
+            if conn.preface:
+                if now - conn.opened_at >= self.handshake_seconds:
+                    conn.expire(f"no HTTP/2 preface within {self.handshake_seconds:g} s")
+                continue
+            if conn.streams or not self.idle_seconds:
+                conn.idle_mark = -1
+                continue
+            if conn.idle_mark != conn.last_stream:
+                conn.idle_mark, conn.idle_since = conn.last_stream, now
+            elif now - conn.idle_since >= self.idle_seconds:
+                conn.go_away(debug=b"max_idle")
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new connections and streams; wait up to ``grace`` seconds for open calls,
         then close every connection."""
         for server in self._servers:
             server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self.connections):
             conn.go_away()
         deadline = self.loop.time() + (grace or 0.0)

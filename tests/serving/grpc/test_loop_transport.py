@@ -384,3 +384,101 @@ def _connection_increments(data: bytes) -> int:
             total += f.u32(data, offset + 9)
         offset += 9 + length
     return total
+
+
+# -- bounded connection lifetimes -------------------------------------------------------------
+
+class _Transport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_sweep_closes_silent_and_idle_connections_and_spares_busy_ones() -> None:
+    """The sweep's decisions at chosen times: a connection that never sent the preface goes
+    after the handshake time; one without streams after the idle time, counted from the first
+    sweep that saw it idle, and a new call in between starts the count again; one with a call
+    open is never idle."""
+    async def run() -> None:
+        server = GrpcServer(handshake_seconds=10, idle_seconds=60)
+        server.add_generic_rpc_handlers((_handlers(Echo()),))
+        server.loop = asyncio.get_running_loop()
+        await server.lookup(_details(f"/{SERVICE}/Slow"))
+        block = _header_block(f"/{SERVICE}/Slow")
+
+        def connect(preface: bool) -> tuple[Any, _Transport]:
+            from serving.transport.h2grpc.connection import Connection
+            conn, transport = Connection(server), _Transport()
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            conn.opened_at = 0.0
+            if preface:
+                conn.data_received(f.PREFACE + f.settings(()))
+            return conn, transport
+
+        silent, silent_out = connect(False)
+        idle, idle_out = connect(True)
+        busy, busy_out = connect(True)
+        renewed, renewed_out = connect(True)
+        busy.data_received(f.frame(f.HEADERS, f.END_HEADERS, 1, block))  # request still open
+        for conn in (silent, idle, busy, renewed):
+            assert conn in server.connections
+
+        server.sweep(5.0)
+        assert not any(c.closed for c in (silent, idle, busy, renewed))
+        server.sweep(10.0)
+        assert silent.closed and _goaway_code(bytes(silent_out.out)) == f.SETTINGS_TIMEOUT
+        server.sweep(40.0)
+        renewed.data_received(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, block))
+        await asyncio.sleep(0)
+        renewed.streams.clear()  # the call ended; a new stream was seen since the last sweep
+        server.sweep(64.0)
+        assert not idle.closed  # idle since the sweep at 5 s: 59 s so far
+        server.sweep(66.0)
+        assert idle.closed and idle_out.closed
+        assert _goaway_code(bytes(idle_out.out)) == f.NO_ERROR
+        assert not busy.closed and not renewed.closed
+        server.sweep(123.0)
+        assert not renewed.closed  # idle counted from 64 s, when it was first seen idle again
+        server.sweep(124.0)
+        assert renewed.closed
+        assert not busy.closed and _goaway_code(bytes(busy_out.out)) is None
+        for stream in list(busy.streams.values()):
+            if stream.call is not None:
+                stream.call.cancel()
+
+    asyncio.run(run())
+
+
+def test_real_sockets_a_silent_client_is_cut_and_an_idle_channel_reconnects(
+        servers: dict[str, Any]) -> None:
+    loop: Loop = servers["loop"]
+
+    async def start() -> tuple[GrpcServer, int]:
+        server = GrpcServer(handshake_seconds=0.4, idle_seconds=0.8)
+        server.add_generic_rpc_handlers((_handlers(Echo()),))
+        return server, await server.start("127.0.0.1", 0)
+
+    server, port = loop.run(start())
+    try:
+        silent = _raw(port, b"PRI * HTTP/2.0\r\n", read_for=3.0)  # half a preface, then nothing
+        assert _goaway_code(silent) == f.SETTINGS_TIMEOUT
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+            assert _unary(chan, "Slow")(b"1.5") != b""  # a call longer than the idle time
+            assert len(server.connections) == 1
+            for _ in range(60):  # closed once idle: the channel's connection is gone
+                if not server.connections:
+                    break
+                threading.Event().wait(0.1)
+            assert not server.connections
+            assert _unary(chan, "Unary")(b"again") == b"again"  # the channel reconnects
+    finally:
+        loop.run(server.stop(None))
