@@ -22,7 +22,10 @@ def add_router_parser(sub: Any) -> None:
     p.add_argument("--admin-port", type=int, help="admin API port on loopback (default 8090; "
                    "0 disables)")
     p.add_argument("--admin-host", help="admin API bind address (default 127.0.0.1)")
-    p.add_argument("--grpc-threads", type=int, help="gRPC calls forwarded at once (default 64)")
+    p.add_argument("--grpc-engine", choices=["loop", "threaded"], help="gRPC edge: loop (the "
+                   "default, on the event loop) or threaded (grpcio's thread pool)")
+    p.add_argument("--grpc-threads", type=int, help="threaded engine: gRPC calls forwarded at "
+                   "once; loop engine: 16x this many calls at once (default 64)")
     p.add_argument("--max-payload-bytes", type=int, help="largest request (default 64 MiB)")
     p.add_argument("--drain-seconds", type=float, help="grace period for in-flight requests")
     p.add_argument("--log-level", help="debug, info, warning, error")

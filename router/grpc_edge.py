@@ -21,13 +21,14 @@ channels) while the thread waits, and shadow copies are started there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -62,6 +63,7 @@ from serving.protocol.errors import InvalidInput, Overloaded, TurnoutError
 from serving.spec.routes import Graph
 from serving.transport import tracing
 from serving.transport.auth import Authenticator
+from serving.transport.h2grpc.calls import AbortError
 
 log = logging.getLogger("turnout.router.grpc")
 
@@ -129,71 +131,104 @@ class GrpcEdge(grpc.GenericRpcHandler):
     def _traced(self, rpc: str, method: str, request: bytes,
                 context: grpc.ServicerContext) -> bytes:
         """:meth:`_routed` in a ``route`` span continuing the ``traceparent`` metadata."""
-        with tracing.span("route", context=tracing.extract(context.invocation_metadata() or ()),
-                          kind="server", attributes={"rpc.system": "grpc", "rpc.service": SERVICE,
-                                                     "rpc.method": rpc}):
-            try:
-                return self._routed(rpc, method, request, context)
-            except Exception:
-                code = getattr(getattr(context, "code", lambda: None)(), "name", "UNKNOWN")
-                tracing.annotate(grpc_status=code)
-                tracing.failed(code)
-                raise
+        with route_span(rpc, context):
+            return self._routed(rpc, method, request, context)
 
     def _routed(self, rpc: str, method: str, request: bytes,
                 context: grpc.ServicerContext) -> bytes:
-        started = time.perf_counter()
-        service_label = variant_label = ""
+        call = RoutedCall(rpc, method, request)
         try:
-            table = self.router.table
-            try:
-                model, version = read_name_version(request)
-            except ValueError as exc:
-                raise InvalidInput(f"malformed {rpc} request: {exc}") from None
-            if self.authenticator is not None:
-                check_target(table, model, lambda: self.authenticator.from_metadata(  # type: ignore[union-attr]
-                    context.invocation_metadata()))
-            if rpc == "ModelInfer" and model in table.graphs:
-                return self._graph(table.graphs[model], request, context)
-            service = table.service(model)
-            service_label = service.name
-            metadata = [(k, v) for k, v in context.invocation_metadata() or ()
-                        if not k.startswith(":") and k not in _DROP_METADATA]
-            headers = {k: v for k, v in metadata if isinstance(v, str)}
-            variant, rule = table.pick(service, headers)
-            variant_label = variant.name
-            if tracing.ON:
-                tracing.annotate(service=service.name, variant=variant.name,
-                                 revision=variant.spec.revision, rule=rule)
-            use_http = rpc == "ModelInfer" and via_http(service, variant)
-            if not (variant.http if use_http else variant.grpc).ready:
-                service, variant = self._hold(rpc, service, variant, headers, context)
-                service_label, variant_label = service.name, variant.name
-                use_http = rpc == "ModelInfer" and via_http(service, variant)
-            logger = service.spec.logger if rpc == "ModelInfer" else None
-            logged = None if logger is None else self.router.payloads.grpc(
-                logger, service=service.name, variant=variant.name,
-                revision=variant.spec.revision, metadata=metadata, body=request)
-            answer = self._forward(rpc, method, service, variant, use_http, request, version,
-                                   metadata, context)
+            graph = self._begin(call, context)
+            if graph is not None:
+                return self._graph(graph, request, context)
+            if self._must_hold(call):
+                self._rehome(call, *self._hold(call, context))
+            self._log(call)
+            answer = self._forward(call, context)
         except TurnoutError as err:
-            if isinstance(err, Overloaded):
-                self.router.metrics.rejected.labels(service_label, variant_label).inc()
-            self._count(service_label, variant_label, err.grpc_code, started)
-            context.abort(grpc.StatusCode[err.grpc_code], str(err))
-            raise AssertionError("abort returned") from None
-        self._count(service_label, variant_label, answer.code.name, started)
+            self._refuse(call, err, context)
+        return self._answer(call, answer, context)
+
+    # -- the steps both edges share (synchronous, no waiting) -------------------------------
+    def _begin(self, call: RoutedCall, context: Any) -> Graph | None:
+        """Read the model, authorise, pick the service and variant: the graph instead when
+        ModelInfer names one."""
+        table = self.router.table
+        try:
+            model, call.version = read_name_version(call.request)
+        except ValueError as exc:
+            raise InvalidInput(f"malformed {call.rpc} request: {exc}") from None
+        if self.authenticator is not None:
+            check_target(table, model, lambda: self.authenticator.from_metadata(  # type: ignore[union-attr]
+                context.invocation_metadata()))
+        if call.rpc == "ModelInfer" and model in table.graphs:
+            return table.graphs[model]
+        service = call.service = table.service(model)
+        call.metadata = [(k, v) for k, v in context.invocation_metadata() or ()
+                         if not k.startswith(":") and k not in _DROP_METADATA]
+        call.headers = {k: v for k, v in call.metadata if isinstance(v, str)}
+        variant, rule = table.pick(service, call.headers)
+        if tracing.ON:
+            tracing.annotate(service=service.name, variant=variant.name,
+                             revision=variant.spec.revision, rule=rule)
+        self._rehome(call, service, variant)
+        return None
+
+    @staticmethod
+    def _rehome(call: RoutedCall, service: ServiceRoute, variant: VariantRoute) -> None:
+        call.service, call.variant = service, variant
+        call.use_http = call.rpc == "ModelInfer" and via_http(service, variant)
+
+    @staticmethod
+    def _must_hold(call: RoutedCall) -> bool:
+        variant = call.variant
+        return not (variant.http if call.use_http else variant.grpc).ready
+
+    @staticmethod
+    def _pool_of(rpc: str) -> Callable[[ServiceRoute, VariantRoute], Pool]:
+        def pool_of(service: ServiceRoute, variant: VariantRoute) -> Pool:
+            use_http = rpc == "ModelInfer" and via_http(service, variant)
+            return variant.http if use_http else variant.grpc
+        return pool_of
+
+    def _log(self, call: RoutedCall) -> None:
+        service = call.service
+        logger = service.spec.logger if call.rpc == "ModelInfer" else None
+        if logger is not None:
+            call.logged = self.router.payloads.grpc(
+                logger, service=service.name, variant=call.variant.name,
+                revision=call.variant.spec.revision, metadata=call.metadata, body=call.request)
+
+    def _deadline(self, call: RoutedCall, context: Any) -> float:
+        budget = call.service.upstream.timeout_seconds
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, remaining)
+        return time.monotonic() + budget
+
+    def _refuse(self, call: RoutedCall, err: TurnoutError, context: Any) -> NoReturn:
+        service, variant = call.labels()
+        if isinstance(err, Overloaded):
+            self.router.metrics.rejected.labels(service, variant).inc()
+        self._count(service, variant, err.grpc_code, call.started)
+        context.abort(grpc.StatusCode[err.grpc_code], str(err))
+        raise AssertionError("abort returned") from None
+
+    def _answer(self, call: RoutedCall, answer: GrpcAnswer, context: Any) -> bytes:
+        service, variant = call.service, call.variant
+        self._count(service.name, variant.name, answer.code.name, call.started)
         # Trailing metadata rides with the status; initial metadata would be a separate send
         # (py-spy: a sixth of the gRPC hop's CPU).
         context.set_trailing_metadata(((VARIANT_HEADER, variant.name),))
         if answer.code != grpc.StatusCode.OK:
             context.abort(answer.code, answer.details)
         body = with_name_version(answer.body, service.name, None) \
-            if variant.renamed and rpc in _RENAME_RESPONSE else answer.body
-        if logged is not None:
-            self.router.payloads.grpc_response(logged, body)
+            if variant.renamed and call.rpc in _RENAME_RESPONSE else answer.body
+        if call.logged is not None:
+            self.router.payloads.grpc_response(call.logged, body)
         return body
 
+    # -- waiting, on a handler thread --------------------------------------------------------
     def _graph(self, graph: Graph, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Run the graph on the event loop while this thread waits for its outcome."""
         outcome = asyncio.run_coroutine_threadsafe(self.graphs.serve(
@@ -204,72 +239,86 @@ class GrpcEdge(grpc.GenericRpcHandler):
             context.abort(*outcome.failure)
         return outcome.body
 
-    def _hold(self, rpc: str, service: ServiceRoute, variant: VariantRoute,
-              headers: dict[str, str], context: grpc.ServicerContext
+    def _hold(self, call: RoutedCall, context: grpc.ServicerContext
               ) -> tuple[ServiceRoute, VariantRoute]:
-        """Block this thread until ``variant`` has a ready endpoint (router/hold.py), within
+        """Block this thread until the variant has a ready endpoint (router/hold.py), within
         the client's deadline; a cancelled call stops waiting."""
-        def pool_of(service: ServiceRoute, variant: VariantRoute) -> Pool:
-            use_http = rpc == "ModelInfer" and via_http(service, variant)
-            return variant.http if use_http else variant.grpc
-
         def watch(waiter: Waiter) -> None:
             if not context.add_callback(waiter.cancel):  # the call has already ended
                 waiter.cancel()
 
         remaining = context.time_remaining()
         return self.router.holds.hold_blocking(
-            service, variant, pool_of=pool_of, headers=headers.copy, watch=watch,
+            call.service, call.variant, pool_of=self._pool_of(call.rpc),
+            headers=call.headers.copy, watch=watch,
             deadline=None if remaining is None else time.monotonic() + remaining)
 
-    def _forward(self, rpc: str, method: str, service: ServiceRoute, variant: VariantRoute,
-                 use_http: bool, request: bytes, version: str, metadata: list[tuple[str, Any]],
-                 context: grpc.ServicerContext) -> GrpcAnswer:
-        budget = service.upstream.timeout_seconds
-        remaining = context.time_remaining()
-        if remaining is not None:
-            budget = min(budget, remaining)
-        deadline = time.monotonic() + budget
-        variant.gate.enter(f"variant {variant.name} of {service.name}")
-        primary: PrimaryAnswer[GrpcAnswer] | None = None
-        try:
-            if rpc == "ModelInfer" and service.mirrors:
-                primary = PrimaryAnswer(self.loop)
-                self.loop.call_soon_threadsafe(self._mirror, service, variant, primary, method,
-                                               request, version, metadata, context=
-                                               contextvars.copy_context() if tracing.ON else None)
-            if use_http:
+    def _forward(self, call: RoutedCall, context: grpc.ServicerContext) -> GrpcAnswer:
+        variant, version, request, metadata = call.variant, call.version, call.request, \
+            call.metadata
+        deadline = self._deadline(call, context)
+        with self._pending(call, on_loop=False) as primary:
+            if call.use_http:
                 answer = call_variant_blocking(
-                    variant=variant, pool=variant.http, max_attempts=service.upstream.max_attempts,
+                    variant=variant, pool=variant.http,
+                    max_attempts=call.service.upstream.max_attempts,
                     deadline=deadline, attempt=protobuf_http_attempt(
                         self.router, infer_path(variant, version), request,
                         protobuf_http_headers(metadata)) if not tracing.ON else
                     traced.attempts_blocking(
                         lambda e, r, sent: protobuf_http_attempt(
                             self.router, infer_path(variant, version), request, sent)(e, r),
-                        protobuf_http_headers(metadata), variant, _http_status),
+                        protobuf_http_headers(metadata), variant, http_status),
                     classify=classify_protobuf_http, metrics=self.router.metrics)
             else:
                 message = message_for(variant, request, version)
                 answer = call_variant_blocking(
-                    variant=variant, pool=variant.grpc, max_attempts=service.upstream.max_attempts,
+                    variant=variant, pool=variant.grpc,
+                    max_attempts=call.service.upstream.max_attempts,
                     deadline=deadline, attempt=blocking_attempt(
-                        self.router, method, message, metadata) if not tracing.ON else
+                        self.router, call.method, message, metadata) if not tracing.ON else
                     traced.attempts_blocking(
-                        lambda e, r, sent: blocking_attempt(self.router, method, message,
+                        lambda e, r, sent: blocking_attempt(self.router, call.method, message,
                                                             sent)(e, r),
-                        metadata, variant, _code_name),
+                        metadata, variant, code_name),
                     classify=classify_grpc, metrics=self.router.metrics)
+        self._settle(primary, answer, on_loop=False)
+        return answer
+
+    @contextlib.contextmanager
+    def _pending(self, call: RoutedCall, *, on_loop: bool
+                 ) -> Iterator[PrimaryAnswer[GrpcAnswer] | None]:
+        """The variant's pending slot for one forward, and its shadow copies started (on the
+        loop: directly, or handed to it from an edge thread) with the primary answer to come;
+        a forward that fails tells them so."""
+        service, variant = call.service, call.variant
+        variant.gate.enter(f"variant {variant.name} of {service.name}")
+        primary: PrimaryAnswer[GrpcAnswer] | None = None
+        try:
+            if call.rpc == "ModelInfer" and service.mirrors:
+                primary = PrimaryAnswer(self.loop)
+                arguments = (service, variant, primary, call.method, call.request, call.version,
+                             call.metadata)
+                if on_loop:
+                    self._mirror(*arguments)
+                else:
+                    self.loop.call_soon_threadsafe(self._mirror, *arguments, context=
+                                                   contextvars.copy_context()
+                                                   if tracing.ON else None)
+            yield primary
         except BaseException:
-            if primary is not None:
-                primary.set_threadsafe(None)
+            self._settle(primary, None, on_loop=on_loop)
             raise
         finally:
             variant.gate.leave()
-        if primary is not None:
-            primary.set_threadsafe(answer)
-        return answer
 
+    @staticmethod
+    def _settle(primary: PrimaryAnswer[GrpcAnswer] | None, answer: GrpcAnswer | None, *,
+                on_loop: bool) -> None:
+        if primary is not None:
+            (primary.set if on_loop else primary.set_threadsafe)(answer)
+
+    # -- on the event loop --------------------------------------------------------------------
     def _mirror(self, service: ServiceRoute, serving: VariantRoute,
                 primary: PrimaryAnswer[GrpcAnswer], method: str, request: bytes, version: str,
                 metadata: list[tuple[str, Any]]) -> None:
@@ -312,12 +361,52 @@ class GrpcEdge(grpc.GenericRpcHandler):
             m.duration.labels(service, variant, "grpc").observe(time.perf_counter() - started)
 
 
-def _http_status(answer: GrpcAnswer) -> int:
+def http_status(answer: GrpcAnswer) -> int:
     return answer.http_status
 
 
-def _code_name(answer: GrpcAnswer) -> str:
+def code_name(answer: GrpcAnswer) -> str:
     return answer.code.name
+
+
+class RoutedCall:
+    """One routed RPC as the edge's steps fill it in: what was picked, for counting too."""
+
+    __slots__ = ("rpc", "method", "request", "started", "version", "service", "variant",
+                 "metadata", "headers", "use_http", "logged")
+
+    def __init__(self, rpc: str, method: str, request: bytes) -> None:
+        self.rpc, self.method, self.request = rpc, method, request
+        self.started = time.perf_counter()
+        self.version = ""
+        self.service: ServiceRoute = None  # type: ignore[assignment]  # set by _begin
+        self.variant: VariantRoute = None  # type: ignore[assignment]
+        self.metadata: list[tuple[str, Any]] = []
+        self.headers: dict[str, str] = {}
+        self.use_http = False
+        self.logged: Any = None
+
+    def labels(self) -> tuple[str, str]:
+        return (self.service.name if self.service is not None else "",
+                self.variant.name if self.variant is not None else "")
+
+
+@contextlib.contextmanager
+def route_span(rpc: str, context: Any) -> Iterator[None]:
+    """A ``route`` span continuing the call's ``traceparent`` metadata; a failure records the
+    call's status (grpcio's context knows it; the loop engine's abort carries it)."""
+    with tracing.span("route", context=tracing.extract(context.invocation_metadata() or ()),
+                      kind="server", attributes={"rpc.system": "grpc", "rpc.service": SERVICE,
+                                                 "rpc.method": rpc}):
+        try:
+            yield
+        except Exception as exc:
+            status = getattr(exc, "code", None) if isinstance(exc, AbortError) else \
+                getattr(context, "code", lambda: None)()
+            code = getattr(status, "name", "UNKNOWN")
+            tracing.annotate(grpc_status=code)
+            tracing.failed(code)
+            raise
 
 
 def _request_id(metadata: list[tuple[str, Any]]) -> str:

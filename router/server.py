@@ -26,6 +26,7 @@ from router.client import HttpClient
 from router.core import Router
 from router.graph import GraphRunner
 from router.grpc_edge import build_grpc_server
+from router.grpc_loop_edge import build_loop_grpc_server
 from router.h1client import H1Client
 from router.metrics import RouterMetrics
 from router.reload import FileSource
@@ -34,6 +35,7 @@ from router.settings import RouterSettings
 from serving.spec.routes import RouterConfig
 from serving.transport.auth import GuardedApp, build_authenticator
 from serving.transport.bounded import BoundedHttpToolsProtocol, HttpLimits, limited
+from serving.transport.h2grpc import GrpcServer
 from serving.transport.tls import CertificateReloader, server_tls
 
 log = logging.getLogger("turnout.router")
@@ -80,6 +82,7 @@ class RouterServer:
         self.router: Router | None = None
         self._http: list[_UvicornServer] = []
         self._grpc: grpc.Server | None = None
+        self._loop_grpc: GrpcServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -113,7 +116,14 @@ class RouterServer:
                                            else None, limits=s.http_limits()))
         for server in self._http:
             self._tasks.append(asyncio.create_task(server.serve()))
-        if s.grpc_port:
+        if s.grpc_port and s.grpc_engine == "loop":
+            self._loop_grpc = await build_loop_grpc_server(
+                router, max_payload_bytes=s.max_payload_bytes, max_calls=16 * s.grpc_threads,
+                max_header_bytes=s.max_header_bytes, handshake_seconds=s.header_timeout_seconds,
+                authenticator=authenticator)
+            await self._loop_grpc.start(s.host, s.grpc_port, ssl_context=
+                                        certificates.server_context() if certificates else None)
+        elif s.grpc_port:
             self._grpc = build_grpc_server(router, host=s.host, port=s.grpc_port,
                                            max_payload_bytes=s.max_payload_bytes,
                                            threads=s.grpc_threads,
@@ -152,6 +162,8 @@ class RouterServer:
         if self._grpc is not None:
             stopped = self._grpc.stop(grace=self.settings.drain_seconds)
             waits.append(asyncio.get_running_loop().run_in_executor(None, stopped.wait))
+        if self._loop_grpc is not None:
+            waits.append(asyncio.ensure_future(self._loop_grpc.stop(self.settings.drain_seconds)))
         await asyncio.gather(*waits, return_exceptions=True)
         for task in self._tasks:
             task.cancel()

@@ -7,7 +7,7 @@ that it can be reloaded without restarting the process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -36,8 +36,13 @@ class RouterSettings(ListenerFields, TracingFields):
         None, description="File holding the admin API's bearer token (created with a fresh "
         "token, mode 0600, if missing; re-read when it changes). Default: a fresh token at "
         "every start in <config>.admin-token (or a private temporary folder)")
-    grpc_threads: int = Field(64, ge=1, description="gRPC calls forwarded at once (handler "
-                              "threads); up to 16x more wait, beyond that RESOURCE_EXHAUSTED")
+    grpc_engine: Literal["loop", "threaded"] = Field(
+        "loop", description="loop: the gRPC edge on the router's event loop (Turnout's HTTP/2 "
+        "server, serving/transport/h2grpc), calls awaiting their hop as REST requests do; "
+        "threaded: grpcio's thread-pool server, each call's thread waiting on its hop")
+    grpc_threads: int = Field(64, ge=1, description="threaded engine: gRPC calls forwarded at "
+                              "once (handler threads), up to 16x more wait; loop engine: up to "
+                              "16x this many calls at once. Beyond that RESOURCE_EXHAUSTED")
     reload_poll_seconds: float = Field(2.0, ge=0, description="How often the routes file's "
                                        "modification time is checked; 0 disables (SIGHUP and "
                                        "the admin API still reload)")

@@ -97,8 +97,11 @@ def test_messages_are_forwarded_as_bytes_with_only_the_name_changed(router_cls, 
         upstream.stop()
 
 
-@pytest.fixture(scope="module")
-def grpc_router(upstreams, router_cls, tmp_path_factory):
+ENGINES = ["loop", "threaded"]  # the default edge and grpcio's fallback answer alike
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def grpc_router(request, upstreams, router_cls, tmp_path_factory):
     a1, a2, b = upstreams["a1"], upstreams["a2"], upstreams["b"]
     r = router_cls({"services": [
         {"name": "m", "variants": [
@@ -108,7 +111,8 @@ def grpc_router(upstreams, router_cls, tmp_path_factory):
         {"name": "iris", "variants": [
             {"name": "tree", "weight": 1, "model": "iris_tree", "http": [a1.url],
              "grpc": [a1.grpc_url]}]}]},
-        tmp_path_factory.mktemp("grpc"), max_payload_bytes=64 * 1024)
+        tmp_path_factory.mktemp("grpc"), max_payload_bytes=64 * 1024,
+        settings={"grpc_engine": request.param})
     yield r
     r.stop()
 
@@ -217,8 +221,8 @@ def _rest_proto_count(upstream, model: str) -> float:
     return total
 
 
-@pytest.fixture(scope="module")
-def via_http_router(upstreams, router_cls, tmp_path_factory):
+@pytest.fixture(scope="module", params=ENGINES)
+def via_http_router(request, upstreams, router_cls, tmp_path_factory):
     """gRPC clients' ModelInfer forwarded as protobuf over HTTP (upstream.grpc_via_http)."""
     a1, b = upstreams["a1"], upstreams["b"]
     r = router_cls({"upstream": {"grpc_via_http": True}, "services": [
@@ -233,7 +237,7 @@ def via_http_router(upstreams, router_cls, tmp_path_factory):
             {"name": "default", "weight": 1, "model": "m", "grpc": [a1.grpc_url]}]},
         {"name": "failing", "variants": [
             {"name": "default", "weight": 1, "http": [a1.url], "grpc": [a1.grpc_url]}]}]},
-        tmp_path_factory.mktemp("via-http"))
+        tmp_path_factory.mktemp("via-http"), settings={"grpc_engine": request.param})
     yield r
     r.stop()
 

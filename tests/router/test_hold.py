@@ -311,11 +311,28 @@ def test_over_max_held_the_next_request_gets_503_at_once(upstreams, start_router
         assert first.result(10).status_code == 200
 
 
+def test_held_grpc_calls_hold_no_thread_on_the_loop_engine(upstreams, start_router):
+    """The default edge: held calls wait on the loop, so holding many takes nothing from
+    other calls (the threaded edge lets only half its threads hold)."""
+    a1 = upstreams["a1"]
+    live = {"name": "live", "variants": [{"name": "default", "weight": 1, "model": "m",
+                                          "http": [a1.url], "grpc": [a1.grpc_url]}]}
+    r = start_router(routes(extra_services=[live]), grpc_threads=1)
+    with ThreadPoolExecutor(4) as pool:
+        held_calls = [pool.submit(grpc_infer, r) for _ in range(4)]
+        wait_for(lambda: held(r) == 4, "four gRPC calls held")
+        assert grpc_infer(r, "live").model_name == "live"
+        push(r, routes(http=[a1.url], grpc_=[a1.grpc_url], extra_services=[live]))
+        assert [call.result(10).model_name for call in held_calls] == ["m"] * 4
+    assert held(r) == 0
+
+
 def test_held_grpc_calls_leave_half_the_threads_to_other_calls(upstreams, start_router):
     a1 = upstreams["a1"]
     live = {"name": "live", "variants": [{"name": "default", "weight": 1, "model": "m",
                                           "http": [a1.url], "grpc": [a1.grpc_url]}]}
-    r = start_router(routes(extra_services=[live]), grpc_threads=2)  # one thread may hold
+    r = start_router(routes(extra_services=[live]), grpc_threads=2,  # one thread may hold
+                     settings={"grpc_engine": "threaded"})
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(grpc_infer, r)
         wait_for(lambda: held(r) == 1, "one gRPC call held")

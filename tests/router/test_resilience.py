@@ -315,14 +315,41 @@ def test_grpc_overload_beyond_the_pending_cap_is_resource_exhausted_at_once(
         r.stop()
 
 
-def test_grpc_calls_beyond_the_edge_queue_are_refused_by_grpcio(upstreams, router_cls,
-                                                                 tmp_path):
-    """One handler thread queues at most 16 calls; the next ones are refused at once."""
+def test_grpc_calls_beyond_the_loop_edges_bound_are_refused_at_once(upstreams, router_cls,
+                                                                     tmp_path):
+    """The default edge takes 16 x --grpc-threads calls at once; the next are refused at
+    once with RESOURCE_EXHAUSTED, and the count goes back to zero as calls end."""
     import grpc
 
     r = router_cls({"services": [{"name": "slow", "variants": [
         {"name": "default", "weight": 1, "grpc": [upstreams["a1"].grpc_url]}],
         "upstream": {"timeout_seconds": 0.3}}]}, tmp_path, grpc_threads=1)
+    channel = grpc.insecure_channel(r.grpc_url)
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    try:
+        outcomes = _concurrent_calls(infer, 22, timeout=1.0)
+        refused = [elapsed for code, details, elapsed in outcomes
+                   if code == "RESOURCE_EXHAUSTED" and "16 gRPC calls in progress" in details]
+        assert len(refused) == 22 - 16
+        assert all(elapsed < 0.25 for elapsed in refused)  # before any upstream answer
+        assert "OK" not in [code for code, _, _ in outcomes]  # the 1 s model, 0.3 s budget
+        edge = r.server._loop_grpc._generic[0]
+        assert edge.max_calls == 16 and edge.calls == 0
+    finally:
+        channel.close()
+        r.stop()
+
+
+def test_grpc_calls_beyond_the_edge_queue_are_refused_by_grpcio(upstreams, router_cls,
+                                                                 tmp_path):
+    """Threaded edge: one handler thread queues at most 16 calls; the next ones are refused
+    at once."""
+    import grpc
+
+    r = router_cls({"services": [{"name": "slow", "variants": [
+        {"name": "default", "weight": 1, "grpc": [upstreams["a1"].grpc_url]}],
+        "upstream": {"timeout_seconds": 0.3}}]}, tmp_path, grpc_threads=1,
+        settings={"grpc_engine": "threaded"})
     channel = grpc.insecure_channel(r.grpc_url)
     infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     try:
