@@ -321,19 +321,25 @@ def test_grpc_calls_beyond_the_loop_edges_bound_are_refused_at_once(upstreams, r
     once with RESOURCE_EXHAUSTED, and the count goes back to zero as calls end."""
     import grpc
 
-    r = router_cls({"services": [{"name": "slow", "variants": [
-        {"name": "default", "weight": 1, "grpc": [upstreams["a1"].grpc_url]}],
-        "upstream": {"timeout_seconds": 0.3}}]}, tmp_path, grpc_threads=1)
+    # A variant with no endpoint yet: its calls are held (until the client's deadline), so
+    # the first 16 stay in progress however slowly the 22 arrive.
+    r = router_cls({"upstream": {"hold_seconds": 20, "max_held": 64}, "services": [
+        {"name": "slow", "variants": [{"name": "default", "weight": 1, "grpc": []}]}]},
+        tmp_path, grpc_threads=1)
     channel = grpc.insecure_channel(r.grpc_url)
     infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     try:
-        outcomes = _concurrent_calls(infer, 22, timeout=1.0)
+        outcomes = _concurrent_calls(infer, 22, timeout=3.0)
         refused = [elapsed for code, details, elapsed in outcomes
                    if code == "RESOURCE_EXHAUSTED" and "16 gRPC calls in progress" in details]
         assert len(refused) == 22 - 16
-        assert all(elapsed < 0.25 for elapsed in refused)  # before any upstream answer
-        assert "OK" not in [code for code, _, _ in outcomes]  # the 1 s model, 0.3 s budget
+        assert all(elapsed < 2.0 for elapsed in refused)  # at once, not at the deadline
+        assert sorted({code for code, _, _ in outcomes}) == ["DEADLINE_EXCEEDED",
+                                                            "RESOURCE_EXHAUSTED"]
         edge = r.server._loop_grpc._generic[0]
+        deadline = time.monotonic() + 5
+        while edge.calls and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert edge.max_calls == 16 and edge.calls == 0
     finally:
         channel.close()
