@@ -118,7 +118,7 @@ class GrpcServer:
         server = await self.loop.create_server(lambda: Connection(self), sock=sock,
                                                ssl=ssl_context, backlog=1024)
         self._servers.append(server)
-        if self._sweeper is None:
+        if self._sweeper is None and (self.handshake_seconds > 0 or self.idle_seconds > 0):
             self._sweeper = self.loop.create_task(self._sweep_forever())
         return int(sock.getsockname()[1])
 
@@ -138,7 +138,7 @@ class GrpcServer:
             if conn.closed:
                 continue
             if conn.preface:
-                if now - conn.opened_at >= self.handshake_seconds:
+                if 0 < self.handshake_seconds <= now - conn.opened_at:
                     conn.expire(f"no HTTP/2 preface within {self.handshake_seconds:g} s")
                 continue
             if conn.streams or not self.idle_seconds:
