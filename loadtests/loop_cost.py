@@ -208,6 +208,7 @@ def _on_uvloop(main):
 
 def _batches(metrics: Metrics) -> tuple[float, float]:
     rows = count = 0.0
+    metrics.flush()  # the batcher counts in plain numbers until an exposition
     for family in metrics.batch_size.collect():
         for sample in family.samples:
             if sample.name.endswith("_sum"):

@@ -56,7 +56,12 @@ class _Pending:
 
 
 def _merge_key(inputs: Arrays, outputs: tuple[str, ...]) -> tuple[object, ...]:
-    return (outputs, tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items())))
+    """What requests must agree on to share a batch: outputs, and each input's name, dtype
+    and trailing shape. One input (the usual case) skips the sort: this runs per request."""
+    if len(inputs) == 1:
+        for name, array in inputs.items():
+            return (outputs, name, array.dtype, array.shape[1:])
+    return (outputs, tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())))
 
 
 class AdaptiveBatcher:

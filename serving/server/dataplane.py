@@ -327,14 +327,7 @@ class DataPlane:
     def _batcher(self, mv: ModelVersion, record: RequestMetrics) -> AdaptiveBatcher:
         if mv.batcher is None:
             assert mv.runtime is not None and mv.runtime.settings.batching is not None
-            batch_size = self.metrics.batch_size.labels(mv.name, mv.version)
-            queue_time = self.metrics.batch_queue_time.labels(mv.name, mv.version)
-
-            def observe(rows: int, waits: list[float]) -> None:
-                batch_size.observe(rows)
-                for waited in waits:
-                    queue_time.observe(waited)
-
+            observe = self.metrics.for_batcher(mv.name, mv.version).observe
             mv.batcher = AdaptiveBatcher(
                 predict=lambda inputs, names: (self._traced_predict if tracing.ON else
                                                self._predict)(mv, inputs, names, record),

@@ -60,12 +60,33 @@ class RequestMetrics:
         self.end(status, seconds)
 
 
+class BatchMetrics:
+    """The adaptive batcher's metrics of one model version, counted on the event loop (one
+    thread) and moved into prometheus by :meth:`Metrics.flush`, as :class:`RequestMetrics` are:
+    a per-request ``observe`` of the queue wait cost a lock and a handful of calls each."""
+
+    __slots__ = ("key", "sizes", "waits")
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
+        self.sizes = Buckets(BATCH_BUCKETS)
+        self.waits = Buckets(LATENCY_BUCKETS)
+
+    def observe(self, rows: int, waits: list[float]) -> None:
+        """One merged batch of ``rows`` rows, and each of its requests' seconds in the queue."""
+        self.sizes.observe(rows)
+        observe = self.waits.observe
+        for waited in waits:
+            observe(waited)
+
+
 class Metrics:
     """Every metric the model server exports; labels are model, version, protocol, status."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._per_request: dict[tuple[str, str, str, int], RequestMetrics] = {}
+        self._per_batcher: dict[tuple[str, str], BatchMetrics] = {}
         self._flush_lock = threading.Lock()
         # First in the registry, so an exposition flushes before it reads the metrics below.
         registry.register(FlushBeforeCollect(self.flush))
@@ -108,6 +129,15 @@ class Metrics:
                 self._per_request[key] = found
         return found
 
+    def for_batcher(self, model: str, version: str) -> BatchMetrics:
+        """The accumulator of one model version's batcher (written by the event loop only)."""
+        found = self._per_batcher.get((model, version))
+        if found is None:
+            found = BatchMetrics((model, version))
+            with self._flush_lock:
+                self._per_batcher[model, version] = found
+        return found
+
     def flush(self) -> None:
         """Move what the accumulators counted since the last flush into the prometheus metrics."""
         with self._flush_lock:
@@ -125,6 +155,9 @@ class Metrics:
                         flushed[status] = count
                 record.latency.flush_into(self.request_latency.labels(model, version, protocol))
                 record.inference.flush_into(self.inference_latency.labels(model, version))
+            for batcher in self._per_batcher.values():
+                batcher.sizes.flush_into(self.batch_size.labels(*batcher.key))
+                batcher.waits.flush_into(self.batch_queue_time.labels(*batcher.key))
             for (model, protocol), count in in_flight.items():
                 if model:  # unknown models are never in flight
                     self.in_flight.labels(model, protocol).set(count)

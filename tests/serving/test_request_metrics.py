@@ -116,3 +116,38 @@ def test_threads_counting_while_another_flushes_lose_nothing():
     assert registry.get_sample_value("turnout_request_duration_seconds_bucket",
                                      {**labels, "le": "0.0005"}) == per_thread * threads_n
     assert lowest[0] >= 0
+
+
+def test_batcher_metrics_flush_to_what_direct_observation_gives():
+    """Batch sizes and queue waits are counted per batch on the loop and flushed like request
+    metrics: the exposition equals observing every batch and wait directly."""
+    from serving.server.metrics import BATCH_BUCKETS
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    sizes = Histogram("ref_rows", "direct", buckets=BATCH_BUCKETS, registry=CollectorRegistry())
+    waits = Histogram("ref_seconds", "direct", buckets=LATENCY_BUCKETS,
+                      registry=CollectorRegistry())
+    rng = random.Random(3)
+    batcher = metrics.for_batcher("mlp", "2")
+    assert metrics.for_batcher("mlp", "2") is batcher
+    for i in range(200):
+        rows = rng.choice([1, 2, 3, 64, 65, 1024, 2000])
+        queued = [rng.expovariate(1 / 0.002) for _ in range(rng.randint(1, 5))]
+        batcher.observe(rows, queued)
+        sizes.observe(rows)
+        for seconds in queued:
+            waits.observe(seconds)
+        if i % 41 == 0:
+            metrics.flush()
+    text = generate_latest(registry).decode()  # an exposition flushes first
+    labels = {"model": "mlp", "version": "2"}
+    for ours, reference, name in (("turnout_batch_size_rows", sizes, "ref_rows"),
+                                  ("turnout_batch_queue_seconds", waits, "ref_seconds")):
+        expected = {(s.name[len(name):], s.labels.get("le")): s.value
+                    for f in reference.collect() for s in f.samples
+                    if not s.name.endswith("_created")}
+        for (suffix, le), value in expected.items():
+            got = registry.get_sample_value(ours + suffix, {**labels, **({"le": le} if le else {})})
+            assert got is not None and abs(got - value) < 1e-9, (ours, suffix, le)
+    assert 'turnout_batch_size_rows_count{model="mlp",version="2"} 200.0' in text
