@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -220,6 +221,9 @@ def _split(result: Arrays, sizes: list[int]) -> list[Arrays]:
         if np.ndim(array) == 0 or len(array) != total:
             raise ModelFailed(f"batched output '{name}' has {np.shape(array)[:1]} rows for "
                               f"{total} input rows")
-    offsets = np.cumsum([0, *sizes])
-    return [{name: array[offsets[i]:offsets[i + 1]] for name, array in result.items()}
-            for i in range(len(sizes))]
+    # Python ints, not np.cumsum: numpy's scalar slicing and list wrapping cost more than
+    # the arithmetic for a batch of one-row requests (py-spy: 4% of the loop at c=64).
+    ends = list(accumulate(sizes))
+    items = list(result.items())
+    return [{name: array[end - size:end] for name, array in items}
+            for size, end in zip(sizes, ends, strict=True)]
