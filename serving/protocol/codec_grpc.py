@@ -15,7 +15,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from serving.protocol import proto
-from serving.protocol.datatypes import array_to_raw, dtype_for, raw_to_array
+from serving.protocol.datatypes import DATATYPE_TO_DTYPE, array_to_raw, dtype_for, raw_to_array
 from serving.protocol.errors import InvalidInput
 from serving.protocol.types import (
     InferenceRequest,
@@ -127,7 +127,11 @@ def fill_parameters(target: Pb, params: Parameters) -> None:
 
 # -- requests --------------------------------------------------------------------------------
 def request_to_internal(request: Pb) -> InferenceRequest:
-    """Decode a ModelInferRequest; raw buffers become numpy views without a copy."""
+    """Decode a ModelInferRequest; raw buffers become numpy views without a copy.
+
+    Every protobuf field read is a C call that builds a Python object, so each is read once
+    (this runs once per request: ~2.5 µs for one raw input).
+    """
     raw = request.raw_input_contents
     tensors = request.inputs
     if raw and len(raw) != len(tensors):
@@ -136,14 +140,19 @@ def request_to_internal(request: Pb) -> InferenceRequest:
                            f"{len(raw)} raw_input_contents; raw contents need one entry "
                            "per input, in the same order")
     inputs = []
-    for index, tensor in enumerate(tensors):
+    index = 0
+    for tensor in tensors:
         name, datatype = tensor.name, tensor.datatype
         if raw and tensor.HasField("contents") and tensor.contents.ListFields():
             _refuse_mixed_contents(tensors)
-        dtype_for(datatype)  # unknown datatypes fail before anything else
-        shape = _shape_of(tensor)
-        data = (raw_to_array(raw[index], datatype, shape, name=name) if raw
-                else _typed_to_array(tensor, shape))
+        if datatype not in DATATYPE_TO_DTYPE:
+            dtype_for(datatype)  # unknown datatypes fail before anything else
+        shape = _shape_of(tensor, name)
+        if raw:
+            data = raw_to_array(raw[index], datatype, shape, name=name)
+            index += 1
+        else:
+            data = _typed_to_array(tensor, shape)
         params = tensor.parameters
         inputs.append(Tensor(name, datatype, data, parameters_to_dict(
             params, where=f"input '{name}'") if params else {}))
@@ -151,12 +160,13 @@ def request_to_internal(request: Pb) -> InferenceRequest:
     outputs = [RequestedOutput(o.name, parameters_to_dict(o.parameters,
                                                           where=f"output '{o.name}'"))
                for o in requested] if requested else None
+    params = request.parameters
     return InferenceRequest(
         inputs=inputs,
         model_name=request.model_name,
         model_version=request.model_version or None,
         id=request.id or None,
-        parameters=parameters_to_dict(request.parameters, where="request"),
+        parameters=parameters_to_dict(params, where="request") if params else {},
         outputs=outputs or None,
     )
 
@@ -169,13 +179,12 @@ def _refuse_mixed_contents(tensors: Iterable[Pb]) -> None:
                            "uses raw_input_contents; send every input one way")
 
 
-def _shape_of(tensor: Pb) -> tuple[int, ...]:
-    shape = tuple(tensor.shape)
+def _shape_of(tensor: Pb, name: str) -> tuple[int, ...]:
+    shape = tuple(tensor.shape[:])  # a slice of the repeated field converts ~2x faster
     if shape and min(shape) < 0:
-        raise InvalidInput(f"input '{tensor.name}' has a negative dimension in shape "
-                           f"{list(shape)}")
+        raise InvalidInput(f"input '{name}' has a negative dimension in shape {list(shape)}")
     if math.prod(shape) >= _MAX_ELEMENTS:
-        raise InvalidInput(f"input '{tensor.name}' has an impossibly large shape {list(shape)}")
+        raise InvalidInput(f"input '{name}' has an impossibly large shape {list(shape)}")
     return shape
 
 
@@ -234,6 +243,81 @@ def response_from_internal(response: InferenceResponse, *, raw: bool) -> Pb:
         else:
             _fill_typed(out.contents, tensor)
     return message
+
+
+# Serialized ModelInferResponse pieces, by what they hold. Protobuf defines a message's encoding
+# as its fields' encodings in any order, and a repeated field's entries as concatenated
+# records, so a response is its cached head (model name and version), its id, one cached
+# record per output's metadata and one record per raw output, in field order: byte for byte
+# what SerializeToString writes (tests/serving/grpc/test_grpc_codec.py compares them).
+_HEADS: dict[tuple[str, str], bytes] = {}
+_OUTPUT_RECORDS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+_CACHED_PIECES = 1024  # output shapes come from clients: a bounded cache, cleared when full
+_RAW_OUTPUT_TAG = b"\x32"  # field 6 (raw_output_contents), wire type 2 (length-delimited)
+
+
+def encode_response(response: InferenceResponse, *, raw: bool) -> bytes:
+    """The serialized ModelInferResponse of :func:`response_from_internal`, built from cached
+    pieces when every output travels raw and nothing carries parameters (the usual answer to
+    a raw request): no message objects per request, ~3x less time for a one-row answer."""
+    outputs = response.outputs
+    if not raw:
+        raw = any(t.datatype == "FP16" for t in outputs)
+    if not raw or response.parameters or any(t.parameters for t in outputs):
+        return response_from_internal(response, raw=raw).SerializeToString()
+    version = response.model_version or ""
+    head = _HEADS.get((response.model_name, version))
+    if head is None:
+        head = proto.ModelInferResponse(model_name=response.model_name,
+                                        model_version=version).SerializeToString()
+        if len(_HEADS) >= _CACHED_PIECES:
+            _HEADS.clear()
+        _HEADS[(response.model_name, version)] = head
+    parts = [head]
+    if response.id:
+        parts.append(proto.ModelInferResponse(id=response.id).SerializeToString())
+    contents = []
+    for tensor in outputs:
+        data = tensor.data
+        key = (tensor.name, tensor.datatype, data.shape)
+        record = _OUTPUT_RECORDS.get(key)
+        if record is None:
+            record = _output_record(*key)
+        parts.append(record)
+        payload = array_to_raw(data)
+        contents += (_RAW_OUTPUT_TAG, _varint(len(payload)), payload)
+    return b"".join(parts + contents)
+
+
+def _output_record(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    message = proto.ModelInferResponse()
+    message.outputs.add(name=name, datatype=datatype, shape=shape)
+    record: bytes = message.SerializeToString()
+    if len(_OUTPUT_RECORDS) >= _CACHED_PIECES:
+        _OUTPUT_RECORDS.clear()
+    _OUTPUT_RECORDS[(name, datatype, shape)] = record
+    return record
+
+
+def _varint(value: int) -> bytes:
+    """A protobuf base-128 varint (a length here: never negative)."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def serialize_response(message: Pb | bytes) -> bytes:
+    """ModelInfer's response serializer: the servicers answer with :func:`encode_response`'s
+    bytes; a message (from an interceptor, say) is serialized as usual."""
+    if type(message) is bytes:
+        return message
+    data: bytes = message.SerializeToString()
+    return data
 
 
 def _fill_typed(contents: Pb, tensor: Tensor) -> None:

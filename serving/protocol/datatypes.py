@@ -137,7 +137,7 @@ def raw_to_array(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...],
             f"input '{name}': {len(raw)} bytes of raw data do not match shape {list(shape)} "
             f"of {datatype} ({count * dtype.itemsize} bytes expected)"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return np.ndarray(shape, dtype, raw)  # a view: one call instead of frombuffer + reshape
 
 
 def array_to_raw(array: np.ndarray) -> bytes:

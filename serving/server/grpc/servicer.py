@@ -106,7 +106,7 @@ class InferenceServicer:
         if self.dataplane.wants_headers(internal.model_name, internal.model_version):
             internal.headers = call_metadata(context)
         response = await self.dataplane.infer(internal, protocol=PROTOCOL)
-        return codec.response_from_internal(response, raw=bool(request.raw_input_contents))
+        return codec.encode_response(response, raw=bool(request.raw_input_contents))
 
     @_rpc
     async def RepositoryIndex(self, request: Pb, context: Context) -> Pb:
@@ -141,7 +141,7 @@ def infer_inline(dataplane: DataPlane, request: Pb, context: Any) -> Pb:
         if dataplane.wants_headers(internal.model_name, internal.model_version):
             internal.headers = context.invocation_metadata()
         response = dataplane.infer_blocking(internal, protocol=PROTOCOL)
-        return codec.response_from_internal(response, raw=bool(request.raw_input_contents))
+        return codec.encode_response(response, raw=bool(request.raw_input_contents))
     except TurnoutError as err:
         context.abort(grpc.StatusCode[err.grpc_code], str(err))
     except Exception:
@@ -179,6 +179,7 @@ def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHand
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             behaviour,
             request_deserializer=codec.lenient_parser(request_cls),
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=codec.serialize_response if name == "ModelInfer"
+            else response_cls.SerializeToString,
         )
     return handlers

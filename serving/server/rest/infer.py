@@ -296,7 +296,7 @@ def _protobuf_request(body: bytes, model: str, version: str | None
 def _encode(protocol: str, request: InferenceRequest, response: InferenceResponse,
             raw: bool) -> Reply:
     if protocol == PROTOBUF_PROTOCOL:
-        return 200, codec_grpc.response_from_internal(response, raw=raw).SerializeToString(), \
+        return 200, codec_grpc.encode_response(response, raw=raw), \
             [(b"content-type", PROTOBUF)]
     if protocol == "rest-v1":
         return 200, codec_v1.response_from_internal(response), [(b"content-type", _JSON)]
