@@ -177,7 +177,10 @@ def _machine() -> dict:
     return {"cpus": os.cpu_count(), "cpu_model": cpu, "loadavg": os.getloadavg()}
 
 
-def measure_floor(args, artifacts, record) -> None:
+def measure_floor(args, artifacts, record, rep: int = 0) -> None:
+    """The models' in-process floor, recorded with ``rep``: measured before every repetition
+    and after the last, so each repetition's servers compare with the floor of the same
+    minutes (this machine's speed moves by a third within an hour)."""
     seconds = 0.1 if args.quick else 1.0
     batches = tuple(sorted({1, *args.batches, 64}))
     _pin(None if args.no_pin else [args.server_cpu])
@@ -190,7 +193,7 @@ def measure_floor(args, artifacts, record) -> None:
             # The heavier model's best batch may lie above 64 ("raw batched floor").
             sizes = batches + (128,) if name in ("torch", "torch-onnx") else batches
             for row in models.floor(name, artifacts[name], batches=sizes, seconds=seconds):
-                record("floor", **row)
+                record("floor", rep=rep, **row)
                 log(f"  floor {name:5s} batch {row['batch']:3d}: {row['us_per_call']:9.1f} µs/call"
                     f"  {row['rows_per_s']:12,.0f} rows/s")
     finally:
@@ -406,11 +409,11 @@ def main(argv: list[str] | None = None) -> int:
                     args.servers.remove(name)
         payloads = {(m, b): load.build_payloads(args.work / "payloads", m, b)
                     for m in args.models for b in args.batches}
-        if not args.no_floor:
-            log("in-process floor")
-            measure_floor(args, artifacts, record)
         order = list(args.servers)
         for rep in range(args.reps):
+            if not args.no_floor:
+                log(f"in-process floor (before repetition {rep + 1})")
+                measure_floor(args, artifacts, record, rep)
             shift = rep % len(order)
             rotated = order[shift:] + order[:shift]
             log(f"repetition {rep + 1}/{args.reps}: {', '.join(rotated)}  "
@@ -420,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                 serve_and_load(args, name, rep, artifacts, payloads, record, cpu)
             if not args.no_cold_start and not args.quick:
                 cold_starts(args, artifacts, rep, record, cpu)
+        if not args.no_floor and args.reps:
+            log("in-process floor (after the last repetition)")
+            measure_floor(args, artifacts, record, args.reps)
         record("end", elapsed_s=round(time.time() - started, 1), loadavg=os.getloadavg())
     finally:
         record.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from loadtests import report
@@ -94,7 +95,42 @@ def test_defaults_get_ratios_and_the_heavy_table_shows_both_floors(tmp_path: Pat
     ratios = res.ratios("torch", "grpc", 1, 64)
     assert ratios["anchor"] == "pytriton" and abs(ratios["x_anchor"] - 2.0) < 1e-9
     text = "\n".join(report.heavy_model(res))
-    assert "Raw batched floor: 2,500 rows/s (torch.export program alone, batch 128)." in text
+    assert ("Raw batched floor: 2,500 rows/s (torch.export program alone, batch 128; the best "
+            "reading of the run).") in text
+    assert "same minutes" not in text  # one reading: nothing to pair
     assert "ONNX Runtime (one thread)" in text and "3,200 rows/s (batch 64)" in text
     assert "| turnout-defaults | torch | gRPC | 1,800 | 72% | 56% | 40.0 |" in text
     assert "| pytriton | torch | gRPC | 900 | 36% | 28% | 130.0 |" in text
+
+
+def _floor(model, batch, rows, rep):
+    return {"kind": "floor", "model": model, "batch": batch, "rep": rep,
+            "us_per_call": batch / rows * 1e6, "calls_per_s": rows / batch, "rows_per_s": rows}
+
+
+def test_heavy_model_floor_read_around_every_repetition(tmp_path: Path) -> None:
+    """Floors read before each repetition and after the last: "of best floor" uses the best
+    reading of the run, "same minutes" each repetition's rows/s over the mean of the readings
+    around it (median over repetitions); the in-process table shows the best reading."""
+    meta = {**META, "models": ["torch"], "protocols": ["grpc"], "concurrency": [64], "reps": 2}
+    records = [meta,
+               _floor("torch", 64, 9000.0, 0), _floor("torch", 128, 10000.0, 0),
+               _load("turnout-defaults", "grpc", 7000, 15, rep=0, model="torch", conc=64),
+               _floor("torch", 64, 11000.0, 1), _floor("torch", 128, 12000.0, 1),
+               _load("turnout-defaults", "grpc", 8000, 15, rep=1, model="torch", conc=64),
+               _floor("torch", 64, 12500.0, 2), _floor("torch", 128, 14000.0, 2)]
+    res = report.Results(records)
+    assert res.floor[("torch", 128)]["rows_per_s"] == 14000.0
+    assert res.floor_readings("torch") == {0: 10000.0, 1: 12000.0, 2: 14000.0}
+    same = res.of_floor_same_minutes("turnout-defaults", "torch", "torch", "grpc", 1, 64)
+    assert abs(same - statistics.median([7000 / 11000, 8000 / 13000])) < 1e-12
+    text = "\n".join(report.heavy_model(res))
+    assert "Raw batched floor: 14,000 rows/s" in text
+    assert "read 3 times (before every repetition and after the last): 10,000 to 14,000" in text
+    # median 7,500 rows/s: 54% of the best reading; 63% of the same minutes' floor (the
+    # median of 7,000 / 11,000 and 8,000 / 13,000)
+    assert "| turnout-defaults | torch | gRPC | 7,500 | 54% | 63% | 15.0 |" in text
+    jsonl = _write(tmp_path, records)
+    report.write(jsonl, tmp_path)
+    assert "| torch | 128 | " in (tmp_path / "RESULTS.md").read_text()
+    assert "| 14,000 |" in (tmp_path / "RESULTS.md").read_text()
