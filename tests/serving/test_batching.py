@@ -9,7 +9,7 @@ import pytest
 
 from serving.protocol.errors import Overloaded
 from serving.runtime.settings import BatchingSettings
-from serving.server.batching import AdaptiveBatcher
+from serving.server.batching import SETTLE_STEPS, AdaptiveBatcher
 
 
 class Recorder:
@@ -164,4 +164,58 @@ async def test_closed_loop_clients_that_start_apart_end_up_in_one_batch():
     # is in every batch but at the ends (taking turns would make every batch 8)
     assert predict.batches[0] == 8 and set(predict.batches) == {8, 16}
     assert predict.batches.count(16) >= 10
+    await batcher.close()
+
+
+async def test_a_batch_whose_clients_come_back_one_step_apart_stays_one_batch():
+    """Closed-loop clients all in one batch, their next requests arriving over a few loop
+    steps (HTTP/1.1 connections are read one by one): the first to come back does not run
+    alone while the rest are on their way; the batcher waits (a few loop steps at most) until
+    as many requests as the last batch answered are queued."""
+
+    class Slow(Recorder):
+        async def __call__(self, inputs, outputs):
+            self.batches.append(len(inputs["x"]))
+            await asyncio.sleep(0.005)
+            return {"double": inputs["x"] * 2}
+
+    predict = Slow()
+    batcher = _batcher(predict, max_batch_size=64, max_latency_ms=0)
+
+    async def client(index: int) -> None:
+        for i in range(10):
+            rows = _rows(1, 1000 * index + i)
+            result = await batcher.submit(rows, ["double"])
+            np.testing.assert_array_equal(result["double"], rows["x"] * 2)
+            for _ in range(index % 4):  # this client's turnaround, in loop steps
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(client(c) for c in range(16)))
+    assert sum(predict.batches) == 16 * 10
+    assert predict.batches == [16] * 10  # never a lone early returner, never a split cohort
+    await batcher.close()
+
+
+async def test_a_lone_client_never_waits_for_company():
+    """At concurrency 1 each batch answers one request, so one queued request is all the
+    batcher expects: it runs at once, without the settle steps (counted here in loop steps
+    per request, against a ticker task that counts every step)."""
+    predict = Recorder()
+    batcher = _batcher(predict, max_batch_size=64, max_latency_ms=0)
+    steps = 0
+
+    async def ticker() -> None:
+        nonlocal steps
+        while True:
+            await asyncio.sleep(0)
+            steps += 1
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    for i in range(50):
+        await batcher.submit(_rows(1, i), ["double"])
+    per_request = steps / 50
+    ticking.cancel()
+    assert predict.batches == [1] * 50
+    assert per_request < SETTLE_STEPS / 2, per_request
     await batcher.close()
