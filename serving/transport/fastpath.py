@@ -35,6 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.transport.auth import Guard
 from serving.transport.bounded import BoundedHttpToolsProtocol, HttpLimits, limited
+from serving.transport.coalesce import CoalescingTransport
 
 # An answer before framing: status, body, headers (content-length is added when framing).
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -124,9 +125,22 @@ class _Busy:
     response_complete = False
     disconnected = False
     keep_alive = True
+    # uvicorn sets its cycle's event on disconnect and body events to wake the cycle's
+    # receive(); nothing ever waits on this one, so a shared no-op (no Event per request).
+    message_event: ClassVar[_NoWaiters]
 
-    def __init__(self) -> None:
-        self.message_event = asyncio.Event()  # uvicorn sets it on disconnect
+
+class _NoWaiters:
+    """``set`` and ``clear`` of an event that has no waiters."""
+
+    def set(self) -> None:
+        return None
+
+    def clear(self) -> None:
+        return None
+
+
+_Busy.message_event = _NoWaiters()
 
 
 class FastPathProtocol(BoundedHttpToolsProtocol):
@@ -298,7 +312,11 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", body)
-        self.transport.write(b"".join(parts))
+        transport = self.transport
+        if type(transport) is CoalescingTransport:
+            transport.write_whole(b"".join(parts))
+        else:
+            transport.write(b"".join(parts))
 
 
 _STATUS_LINES: dict[int, bytes] = {}

@@ -358,3 +358,42 @@ def test_the_h11_fallback_still_refuses_a_huge_request_head():
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_whole_response_is_written_at_once_and_after_gathered_writes():
+    """The fast path's answers go straight to the socket (no callback per response), but never
+    ahead of writes uvicorn's own path gathered in the same loop step, and never to a closing
+    transport."""
+    from serving.transport.coalesce import CoalescingTransport
+
+    class Recording(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.written: list[bytes] = []
+            self.closing = False
+
+        def write(self, data) -> None:
+            self.written.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return self.closing
+
+    async def run() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        raw = Recording()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop())
+        transport.write_whole(b"answer-1")
+        at_once = list(raw.written)  # before any loop step
+        transport.write(b"head-2 ")  # uvicorn's path: gathered until the next step
+        transport.write_whole(b"answer-3")
+        pending = list(raw.written)
+        await asyncio.sleep(0)
+        in_order = list(raw.written)
+        raw.closing = True
+        transport.write_whole(b"answer-4")
+        assert transport.is_closing() and raw.written == in_order
+        return at_once, pending, in_order
+
+    at_once, pending, in_order = asyncio.run(run())
+    assert at_once == [b"answer-1"]
+    assert pending == [b"answer-1"]
+    assert in_order == [b"answer-1", b"head-2 answer-3"]
