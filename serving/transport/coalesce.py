@@ -36,15 +36,6 @@ class CoalescingTransport:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
-    def write_whole(self, data: bytes) -> None:
-        """A whole response in one piece: written at once, unless writes of this step are
-        still gathered (then after them, in order). The fast path's answers take this: there
-        is nothing to coalesce, and deferring cost a callback per response."""
-        if self._pending:
-            self.write(data)
-        elif not self._transport.is_closing():
-            self._transport.write(data)
-
     def is_closing(self) -> bool:  # asked several times per request: no __getattr__ detour
         return self._transport.is_closing()
 

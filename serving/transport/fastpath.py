@@ -35,7 +35,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.transport.auth import Guard
 from serving.transport.bounded import BoundedHttpToolsProtocol, HttpLimits, limited
-from serving.transport.coalesce import CoalescingTransport
 
 # An answer before framing: status, body, headers (content-length is added when framing).
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -312,11 +311,7 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", body)
-        transport = self.transport
-        if type(transport) is CoalescingTransport:
-            transport.write_whole(b"".join(parts))
-        else:
-            transport.write(b"".join(parts))
+        self.transport.write(b"".join(parts))
 
 
 _STATUS_LINES: dict[int, bytes] = {}
