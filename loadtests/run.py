@@ -9,7 +9,8 @@ What one run does, in order:
 1. builds the fixed-seed models into ``loadtests/.work/models`` (reused when built);
 2. installs MLServer and KServe into their own venvs under ``loadtests/.anchors`` (reused);
 3. measures each model's raw in-process floor (predict per call, batched), pinned to the
-   server core;
+   server core, before every repetition and after the last (the machine's speed moves between
+   minutes: each repetition is also held against the floor read around it);
 4. for each repetition, for each server (the order rotates each repetition, so servers are
    interleaved): starts it pinned to ``--server-cpu`` (cold start = process start until every
    model is ready on every protocol), records idle RSS, then for each model, protocol, batch and
