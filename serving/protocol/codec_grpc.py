@@ -130,7 +130,7 @@ def request_to_internal(request: Pb) -> InferenceRequest:
     """Decode a ModelInferRequest; raw buffers become numpy views without a copy.
 
     Every protobuf field read is a C call that builds a Python object, so each is read once
-    (this runs once per request: ~2.5 µs for one raw input).
+    (this runs once per request: ~3.5 µs for one raw input).
     """
     raw = request.raw_input_contents
     tensors = request.inputs
@@ -318,6 +318,14 @@ def serialize_response(message: Pb | bytes) -> bytes:
         return message
     data: bytes = message.SerializeToString()
     return data
+
+
+def response_serializer(method: str, response_cls: Any) -> Callable[[Any], bytes]:
+    """The response serializer of an RPC for every engine: ModelInfer's answers arrive
+    already encoded (:func:`serialize_response`); other RPCs answer with messages."""
+    serializer: Callable[[Any], bytes] = serialize_response if method == "ModelInfer" \
+        else response_cls.SerializeToString
+    return serializer
 
 
 def _fill_typed(contents: Pb, tensor: Tensor) -> None:

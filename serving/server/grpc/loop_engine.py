@@ -64,8 +64,7 @@ def build_loop_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,
         behaviour = fast.ModelInfer if name == "ModelInfer" else getattr(servicer, name)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             behaviour, request_deserializer=codec.lenient_parser(request_cls),
-            response_serializer=codec.serialize_response if name == "ModelInfer"
-            else response_cls.SerializeToString)
+            response_serializer=codec.response_serializer(name, response_cls))
     server.add_registered_method_handlers(proto.SERVICE_NAME, handlers)
     health_servicer = _HealthServicer(HEALTH_SERVICES)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

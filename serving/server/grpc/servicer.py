@@ -179,7 +179,6 @@ def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHand
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             behaviour,
             request_deserializer=codec.lenient_parser(request_cls),
-            response_serializer=codec.serialize_response if name == "ModelInfer"
-            else response_cls.SerializeToString,
+            response_serializer=codec.response_serializer(name, response_cls),
         )
     return handlers

@@ -187,8 +187,7 @@ def build_threaded_grpc_server(dataplane: DataPlane, settings: ServerSettings,
     handlers: dict[str, Any] = {
         name: grpc.unary_unary_rpc_method_handler(
             servicer.handler(name), request_deserializer=codec.lenient_parser(request_cls),
-            response_serializer=codec.serialize_response if name == "ModelInfer"
-            else response_cls.SerializeToString)
+            response_serializer=codec.response_serializer(name, response_cls))
         for name, (request_cls, response_cls) in proto.METHODS.items()}
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(proto.SERVICE_NAME, handlers),))

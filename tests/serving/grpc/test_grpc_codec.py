@@ -134,6 +134,11 @@ def test_encoded_response_is_byte_for_byte_the_message_serialized(case):
     assert codec.serialize_response(expected) is expected  # bytes pass through the serializer
     message = proto.ModelInferResponse.FromString(expected)
     assert codec.serialize_response(message) == expected
+    # every engine's ModelInfer serializer passes the bytes on; other RPCs serialize messages
+    assert codec.response_serializer("ModelInfer", proto.ModelInferResponse)(expected) is expected
+    live = proto.ServerLiveResponse(live=True)
+    assert codec.response_serializer("ServerLive", proto.ServerLiveResponse)(live) == \
+        live.SerializeToString()
 
 
 def test_encoded_response_lengths_cross_every_varint_width():
