@@ -42,6 +42,7 @@ pytestmark = pytest.mark.slow
 TARGETS = ["server", "router"]
 # How late a time limit may fire: the watchdog sweeps every timeout/8, plus a loaded machine.
 LATE = 1.5
+ATTACK_SLACK_S = 0.001  # see test_a_good_client_keeps_its_p99_while_hostile_clients_run
 
 
 @pytest.fixture(scope="module")
@@ -350,14 +351,19 @@ def test_a_good_client_keeps_its_p99_while_hostile_clients_run(stack: dict[str, 
     # Sub-millisecond latencies on two cores shared with other work are noisy: a baseline and
     # an attacked run of 300 requests each, three times interleaved, medians compared; a
     # miss is measured once more (noise comes and goes; a server that stalls misses twice).
+    # The bound is twice the baseline, and never under a millisecond above it: with a
+    # baseline of 0.2 ms, one request that queues behind the parse and rejection of a
+    # 256 KiB header on the shared core moves p99 by a few hundred µs (CI saw 0.2 -> 0.6 ms),
+    # while a server that waits on a slow client stalls for its timeouts (seconds).
     for _attempt in range(2):
         baselines, attacked = _rounds(port, rounds=3, n=300)
         base, under = statistics.median(baselines), statistics.median(attacked)
+        bound = max(2 * base, base + ATTACK_SLACK_S)
         print(f"{target}: p99 baseline {[f'{b * 1e3:.2f}' for b in baselines]} ms, "
               f"under attack {[f'{a * 1e3:.2f}' for a in attacked]} ms")
-        if under <= 2 * base:
+        if under <= bound:
             break
-    assert under <= 2 * base, (baselines, attacked)
+    assert under <= bound, (baselines, attacked)
     still_serving(port)
 
 
