@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from serving.protocol import proto
 from serving.protocol.datatypes import DATATYPE_TO_DTYPE, array_to_raw, dtype_for, raw_to_array
 from serving.protocol.errors import InvalidInput
+from serving.protocol.templates import RequestTemplate, TemplateCache
 from serving.protocol.types import (
     InferenceRequest,
     InferenceResponse,
@@ -79,6 +80,130 @@ class Undecodable:
 
     def __init__(self, error: InvalidInput) -> None:
         self.error = error
+
+
+class Decoded:
+    """A ModelInferRequest already translated by its deserializer (:func:`infer_parser`): the
+    internal request, and what the servicer reads of the message."""
+
+    __slots__ = ("internal", "model_name", "model_version", "raw")
+
+    def __init__(self, internal: InferenceRequest, model_name: str, model_version: str,
+                 raw: bool) -> None:
+        self.internal, self.model_name, self.model_version, self.raw = (
+            internal, model_name, model_version, raw)
+
+
+def decoded_request(request: Pb | Decoded) -> tuple[InferenceRequest, bool]:
+    """The internal request and whether it carried raw contents (its answer must too), from
+    a :class:`Decoded` or a message (which raises ``InvalidInput`` where it is wrong)."""
+    if type(request) is Decoded:
+        return request.internal, request.raw
+    return request_to_internal(request), bool(request.raw_input_contents)
+
+
+# Field tags of ModelInferRequest (every field is length-delimited: wire type 2).
+_ID_TAG, _RAW_TAG = 0x1A, 0x3A
+_REQUEST_TAGS = frozenset((0x0A, 0x12, _ID_TAG, 0x22, 0x2A, 0x32, _RAW_TAG))
+
+
+def _scan_infer_request(data: bytes) -> tuple[bytes, bytes | None, list[memoryview]] | None:
+    """The template key of a serialized ModelInferRequest (its bytes without the id and the
+    raw contents), the id's bytes and the raw contents; None for any other layout (a field
+    after the raw contents, an unknown or repeated-id field, a bad length), which the caller
+    decodes fully. The key holds every byte that decoding the rest depends on."""
+    i, n = 0, len(data)
+    head_end = -1
+    id_span: tuple[int, int, int] | None = None
+    spans = []
+    while i < n:
+        start, tag = i, data[i]
+        if tag not in _REQUEST_TAGS or i + 1 >= n:
+            return None
+        length = data[i + 1]
+        i += 2
+        if length & 0x80:  # a varint of up to five bytes
+            length &= 0x7F
+            shift = 7
+            while True:
+                if i >= n or shift > 28:
+                    return None
+                byte = data[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+        end = i + length
+        if end > n:
+            return None
+        if tag == _RAW_TAG:
+            if head_end < 0:
+                head_end = start
+            spans.append((i, end))
+        elif head_end >= 0:
+            return None
+        elif tag == _ID_TAG:
+            if id_span is not None:
+                return None
+            id_span = (start, i, end)
+        i = end
+    if head_end < 0:
+        return None
+    view = memoryview(data)
+    raws = [view[a:b] for a, b in spans] if len(spans) > 1 else [view[spans[0][0]:spans[0][1]]]
+    if id_span is None:
+        return data[:head_end], None, raws
+    start, value, end = id_span
+    return data[:start] + data[end:head_end], data[value:end], raws
+
+
+def infer_parser(templates: TemplateCache | None = None) -> Callable[[bytes], Any]:
+    """The ModelInfer deserializer: a :class:`Decoded` request, :class:`Undecodable` for bytes
+    that are not the message, or the message itself where its contents are wrong (the
+    servicer decodes it again and answers the error). A head seen before is built from its
+    template (serving/protocol/templates.py) without a protobuf parse."""
+    cache = TemplateCache() if templates is None else templates
+    parse_message = lenient_parser(proto.ModelInferRequest)
+
+    def parse(data: bytes) -> Any:
+        found = _scan_infer_request(data) if type(data) is bytes else None
+        if found is not None:
+            template = cache.get(found[0])
+            if template is not None:
+                internal = _from_template(template, found[1], found[2])
+                if internal is not None:
+                    return Decoded(internal, template.model_name,
+                                   template.model_version or "", True)
+        message = parse_message(data)
+        if type(message) is Undecodable:
+            return message
+        try:
+            internal = request_to_internal(message)
+        except InvalidInput:
+            return message
+        raw = bool(message.raw_input_contents)
+        if found is not None and raw:
+            cache.remember(found[0], internal)
+        return Decoded(internal, message.model_name, message.model_version, raw)
+    return parse
+
+
+def _from_template(template: RequestTemplate, request_id: bytes | None,
+                   raws: list[memoryview]) -> InferenceRequest | None:
+    """The request a template and this call's id and raw contents make; None where the id is
+    not UTF-8 or a size differs (the full parse answers those)."""
+    try:
+        text = request_id.decode() if request_id else None
+    except UnicodeDecodeError:
+        return None
+    return template.build(raws, text, template.model_name, template.model_version)
+
+
+def request_parser(method: str, request_cls: Any) -> Callable[[bytes], Any]:
+    """The request deserializer every gRPC engine registers for ``method``: ModelInfer's
+    decodes to the internal request at once (:func:`infer_parser`), the others parse."""
+    return infer_parser() if method == "ModelInfer" else lenient_parser(request_cls)
 
 
 def lenient_parser(message_cls: Any) -> Callable[[bytes], Any]:

@@ -15,6 +15,7 @@ import orjson
 
 from serving.protocol.datatypes import array_to_raw, dtype_for, raw_to_array, to_bytes_array
 from serving.protocol.errors import InvalidInput
+from serving.protocol.templates import RequestTemplate, TemplateCache
 from serving.protocol.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -31,16 +32,38 @@ def parse_json(body: bytes | memoryview) -> Any:
 
 
 def request_to_internal(body: bytes, *, header_length: int | None, model_name: str,
-                        model_version: str | None) -> InferenceRequest:
-    """Decode a V2 infer body (JSON, or JSON header + binary tensors) into the internal type."""
+                        model_version: str | None,
+                        templates: TemplateCache | None = None) -> InferenceRequest:
+    """Decode a V2 infer body (JSON, or JSON header + binary tensors) into the internal type.
+
+    With ``templates``, a binary request whose JSON header was decoded before is built from
+    that header's template (serving/protocol/templates.py): the header's bytes are its key."""
     view = memoryview(body)
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidInput(f"Inference-Header-Content-Length {header_length} does not fit a "
                                f"body of {len(body)} bytes")
+        if templates is not None:
+            head = body[:header_length]
+            template = templates.get(head)
+            if template is not None:
+                request = _from_template(template, view[header_length:], model_name,
+                                         model_version)
+                if request is not None:
+                    return request
+            request = _decode(parse_json(view[:header_length]), view[header_length:],
+                              model_name, model_version)
+            if request.inputs and _all_binary(request):
+                templates.remember(head, request)
+            return request
         payload, binary = parse_json(view[:header_length]), view[header_length:]
     else:
         payload, binary = parse_json(view), view[0:0]
+    return _decode(payload, binary, model_name, model_version)
+
+
+def _decode(payload: Any, binary: memoryview, model_name: str,
+            model_version: str | None) -> InferenceRequest:
     if not isinstance(payload, dict):
         raise InvalidInput("request body must be a JSON object")
     raw_inputs = payload.get("inputs")
@@ -62,6 +85,26 @@ def request_to_internal(body: bytes, *, header_length: int | None, model_name: s
         parameters=_parameters(payload.get("parameters"), "request"),
         outputs=_requested_outputs(payload.get("outputs")),
     )
+
+
+def _from_template(template: RequestTemplate, binary: memoryview, model_name: str,
+                   model_version: str | None) -> InferenceRequest | None:
+    """The request a header's template and this body's tensor bytes make; None where the
+    bytes do not add up to the template's sizes (the full decode answers that)."""
+    raws = []
+    offset = 0
+    for spec in template.inputs:
+        end = offset + spec.nbytes
+        raws.append(binary[offset:end])
+        offset = end
+    if offset != len(binary):
+        return None
+    return template.build(raws, template.id, model_name, model_version)
+
+
+def _all_binary(request: InferenceRequest) -> bool:
+    """Whether every input came as binary data (a template holds no JSON data)."""
+    return all("binary_data_size" in tensor.parameters for tensor in request.inputs)
 
 
 def response_from_internal(response: InferenceResponse,

@@ -63,7 +63,7 @@ def build_loop_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,
     for name, (request_cls, response_cls) in proto.METHODS.items():
         behaviour = fast.ModelInfer if name == "ModelInfer" else getattr(servicer, name)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            behaviour, request_deserializer=codec.lenient_parser(request_cls),
+            behaviour, request_deserializer=codec.request_parser(name, request_cls),
             response_serializer=codec.response_serializer(name, response_cls))
     server.add_registered_method_handlers(proto.SERVICE_NAME, handlers)
     health_servicer = _HealthServicer(HEALTH_SERVICES)

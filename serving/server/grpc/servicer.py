@@ -97,7 +97,7 @@ class InferenceServicer:
 
     async def _infer(self, request: Pb, context: Context) -> Pb:
         try:
-            internal = codec.request_to_internal(request)
+            internal, raw = codec.decoded_request(request)
         except TurnoutError as err:
             self.dataplane.count_rejected(model=request.model_name,
                                           version=request.model_version or None,
@@ -106,7 +106,7 @@ class InferenceServicer:
         if self.dataplane.wants_headers(internal.model_name, internal.model_version):
             internal.headers = call_metadata(context)
         response = await self.dataplane.infer(internal, protocol=PROTOCOL)
-        return codec.encode_response(response, raw=bool(request.raw_input_contents))
+        return codec.encode_response(response, raw=raw)
 
     @_rpc
     async def RepositoryIndex(self, request: Pb, context: Context) -> Pb:
@@ -132,7 +132,7 @@ def infer_inline(dataplane: DataPlane, request: Pb, context: Any) -> Pb:
     grpcio's and the loop engine's do."""
     try:
         try:
-            internal = codec.request_to_internal(request)
+            internal, raw = codec.decoded_request(request)
         except TurnoutError as err:
             dataplane.count_rejected(model=request.model_name,
                                      version=request.model_version or None,
@@ -141,7 +141,7 @@ def infer_inline(dataplane: DataPlane, request: Pb, context: Any) -> Pb:
         if dataplane.wants_headers(internal.model_name, internal.model_version):
             internal.headers = context.invocation_metadata()
         response = dataplane.infer_blocking(internal, protocol=PROTOCOL)
-        return codec.encode_response(response, raw=bool(request.raw_input_contents))
+        return codec.encode_response(response, raw=raw)
     except TurnoutError as err:
         context.abort(grpc.StatusCode[err.grpc_code], str(err))
     except Exception:
@@ -178,7 +178,7 @@ def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHand
         behaviour: Any = getattr(servicer, name)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=codec.lenient_parser(request_cls),
+            request_deserializer=codec.request_parser(name, request_cls),
             response_serializer=codec.response_serializer(name, response_cls),
         )
     return handlers

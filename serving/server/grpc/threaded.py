@@ -186,7 +186,7 @@ def build_threaded_grpc_server(dataplane: DataPlane, settings: ServerSettings,
     servicer = ThreadedServicer(dataplane, loop, pool, settings.grpc_threads + BATCH_WAITERS)
     handlers: dict[str, Any] = {
         name: grpc.unary_unary_rpc_method_handler(
-            servicer.handler(name), request_deserializer=codec.lenient_parser(request_cls),
+            servicer.handler(name), request_deserializer=codec.request_parser(name, request_cls),
             response_serializer=codec.response_serializer(name, response_cls))
         for name, (request_cls, response_cls) in proto.METHODS.items()}
     server.add_generic_rpc_handlers(

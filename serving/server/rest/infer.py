@@ -19,8 +19,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.protocol import codec_grpc, codec_v1, codec_v2, proto
+from serving.protocol import codec_grpc, codec_v1, codec_v2
 from serving.protocol.errors import TurnoutError
+from serving.protocol.templates import TemplateCache
 from serving.protocol.types import InferenceRequest, InferenceResponse
 from serving.server.dataplane import DataPlane
 from serving.server.rest.body import parse_header_length, read_body
@@ -36,7 +37,7 @@ _BINARY = b"application/octet-stream"
 # how the router forwards gRPC clients' calls to Turnout model servers (docs/protocols.md).
 PROTOBUF = codec_grpc.PROTOBUF_CONTENT_TYPE
 PROTOBUF_PROTOCOL = "rest-proto"
-_parse_infer_request = codec_grpc.lenient_parser(proto.ModelInferRequest)
+_parse_infer_request = codec_grpc.infer_parser()
 # Cheap unique ids for log lines when the client sends none: a per-process prefix (process
 # id and random bits, so replicas whose processes share a pid differ too) + a counter. The
 # prefix is made again in every forked child: `--workers N` forks after this module is
@@ -108,6 +109,8 @@ class InferenceEndpoints:
         self._dataplane = dataplane
         self._fallback = fallback
         self._limit = max_payload_bytes
+        # Binary requests' JSON headers decoded before (serving/protocol/templates.py).
+        self._templates = TemplateCache()
 
     @property
     def max_payload_bytes(self) -> int:
@@ -268,7 +271,7 @@ class InferenceEndpoints:
             if protocol == "rest":
                 return codec_v2.request_to_internal(
                     body, header_length=parse_header_length(header_length),
-                    model_name=model, model_version=version), False
+                    model_name=model, model_version=version, templates=self._templates), False
             if protocol == PROTOBUF_PROTOCOL:
                 return _protobuf_request(body, model, version)
             return codec_v1.request_to_internal(body, model_name=model), False
@@ -288,9 +291,9 @@ def _protobuf_request(body: bytes, model: str, version: str | None
     message = _parse_infer_request(body)
     if type(message) is codec_grpc.Undecodable:
         raise message.error
-    request = codec_grpc.request_to_internal(message)
+    request, raw = codec_grpc.decoded_request(message)
     request.model_name, request.model_version = model, version
-    return request, bool(message.raw_input_contents)
+    return request, raw
 
 
 def _encode(protocol: str, request: InferenceRequest, response: InferenceResponse,
