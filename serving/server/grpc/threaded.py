@@ -1,8 +1,9 @@
 """The gRPC edge on grpcio's synchronous server: handlers in a small thread pool.
 
 grpc.aio costs several times more per call than grpcio's threaded server (measured here:
-~1,000 vs ~1,600 ModelInfer/s on one core for a small ONNX model), so this is the default
-engine. ModelInfer for an inline, unbatched model is answered entirely in the gRPC thread
+~1,000 vs ~1,600 ModelInfer/s on one core for a small ONNX model); both are fallbacks to the
+default event-loop engine (serving/server/grpc/loop_engine.py), which costs less than
+either. ModelInfer for an inline, unbatched model is answered entirely in the gRPC thread
 (decode, validate, predict, encode). Everything else — batched or thread-pool models, the
 repository RPCs, metadata — is the asyncio servicer's own code, run on the server's event
 loop, so both engines share one implementation of every RPC but the hot one.
