@@ -16,9 +16,10 @@ every ``body_timeout`` seconds (time while the server itself stopped reading doe
 otherwise the answer is 408 and the connection closes. A connection that never sends a byte is
 closed after uvicorn's keep-alive timeout, as an idle keep-alive connection is. The hot path
 pays almost nothing for this: no timer per request, but one periodic sweep per event loop
-(:class:`_Watchdog`) over the connections whose last read left a head or body incomplete — a
-set insertion and removal (~0.1 µs) where a ``call_later`` and its cancel cost ~2 µs — and
-requests that arrive in one read are never watched at all.
+(:class:`_Watchdog`) over the connections whose last read left a head or body incomplete, or
+that wait idle for their next request (the keep-alive timeout, which uvicorn would arm as a
+new timer after every response) — a set insertion and removal (~0.1 µs) where a
+``call_later`` and its cancel cost ~2 µs.
 
 Every refusal is ``{"error": ...}`` JSON with ``Connection: close`` (400, 408, 414, 431), or a
 clean close when there is nobody to answer: nothing was sent, or an earlier response on the
@@ -43,7 +44,9 @@ class _Refused(Exception):
     with the refusal stored on the protocol."""
 
 
-_HEAD, _BODY = 1, 2  # what a watched connection is waiting for
+# What a watched connection is waiting for: the rest of a head, more body, or (idle between
+# requests) its next request within the keep-alive timeout.
+_HEAD, _BODY, _IDLE = 1, 2, 3
 
 
 class _Watchdog:
@@ -107,16 +110,16 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._watchdog = _watchdog(self.loop, min(self.header_timeout, self.body_timeout))
-        # uvicorn arms its keep-alive timer only after a response; a connection that never
-        # sends a byte is closed the same way (data_received cancels it at the first byte).
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        # A connection that never sends a byte is closed as an idle keep-alive one is.
+        self._watch(_IDLE, self.timeout_keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._watching == _IDLE:
+            self._unwatch()
         if not self._in_head:
             self._body_bytes += len(data)
             super().data_received(data)
@@ -139,12 +142,14 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
                     self._refuse(431, f"request head over {self.max_header_bytes} bytes")
                     return
                 data = data[room:]  # a request ended inside the slice, the next head began
-        # A read that leaves a head or a body incomplete starts its clock (once).
-        if not self._watching:
+        # A read that leaves a head or a body incomplete starts its clock (once); it replaces
+        # the idle clock an answer given during this read started.
+        watching = self._watching
+        if watching != _HEAD and watching != _BODY:
             if self._in_head:
                 if self._head_begun:
                     self._watch(_HEAD, self.header_timeout)
-                elif self.timeout_keep_alive_task is None and self._idle():
+                elif not watching and self._idle():
                     # only blank lines between requests: as idle as sending nothing
                     self._watch(_HEAD, self.timeout_keep_alive)
             else:
@@ -154,6 +159,11 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     # Parser callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._in_head = self._head_begun = True
+        self.begin_message()
+
+    def begin_message(self) -> None:
+        """uvicorn's start of a request, which builds its ASGI scope (the fast path defers
+        that to requests it does not claim)."""
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -223,12 +233,21 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             self._watching = 0
             self._watchdog.watched.discard(self)
 
+    def keep_alive(self) -> None:
+        """An answer is complete and nothing else is under way: the keep-alive clock runs
+        until the next byte (the watchdog's, not a timer armed and cancelled per request)."""
+        if not self._watching:
+            self._watch(_IDLE, self.timeout_keep_alive)
+
     def _timed_out(self) -> None:
         """The watchdog's call: the watched head or body is past its deadline."""
         what, self._watching = self._watching, 0
         if self.transport.is_closing():
             return
-        if what == _HEAD and self._in_head:
+        if what == _IDLE:
+            if self._in_head and not self._head_begun and self._idle():
+                self.transport.close()  # as uvicorn's keep-alive timeout does
+        elif what == _HEAD and self._in_head:
             if not self._idle():
                 # an earlier request is still being answered: its answer goes first
                 self._watch(_HEAD, self.header_timeout)
@@ -276,7 +295,17 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             self.transport.close()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # uvicorn's, with the keep-alive clock on the watchdog instead of a new timer
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.keep_alive()
         if self._deferred is not None and self._idle():
             self._refuse(*self._deferred)
 

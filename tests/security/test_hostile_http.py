@@ -251,6 +251,21 @@ def test_an_idle_keep_alive_connection_is_closed_after_a_fast_path_answer(port: 
     assert KEEP_ALIVE - 0.2 < answer.seconds < KEEP_ALIVE + LATE
 
 
+def test_an_idle_keep_alive_connection_is_closed_after_an_answer_on_uvicorns_path(
+        port: int) -> None:
+    answer = exchange(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [r[0] for r in answer.responses()] == [200] and answer.closed
+    assert KEEP_ALIVE - 0.2 < answer.seconds < KEEP_ALIVE + LATE
+
+
+def test_each_request_restarts_the_keep_alive_clock(port: int) -> None:
+    # four requests 0.7 KEEP_ALIVE apart: the connection lives 2.8 KEEP_ALIVE, then idles out
+    pause = 0.7 * KEEP_ALIVE
+    answer = exchange(port, [(good_request(), pause)] * 3 + [(good_request(), 0.0)])
+    assert [r[0] for r in answer.responses()] == [200] * 4 and answer.closed
+    assert 3 * pause + KEEP_ALIVE - 0.2 < answer.seconds < 3 * pause + KEEP_ALIVE + LATE
+
+
 def test_a_slow_answer_is_never_cut_by_the_next_slow_head(port: int) -> None:
     # a pipelined head that stalls while the previous request is still being answered gets
     # that answer first, then its own 408

@@ -223,7 +223,7 @@ class _Transport:
     ("mlp", "GET", 1, True)])           # metadata: uvicorn's cycle and task
 def test_what_the_fast_path_saves(model_zoo, model, method, tasks, cycle):
     """The point of the fast path: no ASGI cycle for inference, and no task at all for inline
-    models; other routes keep uvicorn's."""
+    models; other routes keep uvicorn's. No route arms a keep-alive timer per request."""
 
     async def run() -> tuple[int, bytes]:
         metrics = Metrics(CollectorRegistry())
@@ -239,6 +239,14 @@ def test_what_the_fast_path_saves(model_zoo, model, method, tasks, cycle):
         protocol = config.http_protocol_class(config=config, server_state=state, app_state={})
         transport = _Transport()
         protocol.connection_made(transport)
+        loop = asyncio.get_running_loop()
+        call_later = loop.call_later
+
+        def counted(delay, callback, *args, **kwargs):
+            timers.append(getattr(callback, "__name__", repr(callback)))
+            return call_later(delay, callback, *args, **kwargs)
+
+        loop.call_later = counted  # type: ignore[method-assign]
         if method == "POST":
             protocol.data_received(_request(f"/v2/models/{model}/infer",
                                             _body(np.ones((1, 8), np.float32))))
@@ -252,8 +260,11 @@ def test_what_the_fast_path_saves(model_zoo, model, method, tasks, cycle):
         protocol.transport.close()
         return started, b"".join(transport.written)
 
+    timers: list[str] = []
     (started_tasks, asgi_cycle), written = asyncio.run(run())
     assert (started_tasks, asgi_cycle) == (tasks, cycle)
+    # the keep-alive clock is the watchdog's: no timer armed (and cancelled) per request
+    assert "timeout_keep_alive_handler" not in timers, timers
     assert written.startswith(b"HTTP/1.1 200 OK\r\n")
     assert (b'"model_name":"%s"' if method == "POST" else b'"name":"%s"') % model.encode() \
         in written
