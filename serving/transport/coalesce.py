@@ -36,6 +36,13 @@ class CoalescingTransport:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
+    def write_now(self, data: bytes) -> None:
+        """Written at once, unless earlier writes wait for this step's flush (order)."""
+        if self._pending:
+            self.write(data)
+        elif data:
+            self._transport.write(data)
+
     def is_closing(self) -> bool:  # asked several times per request: no __getattr__ detour
         return self._transport.is_closing()
 

@@ -11,7 +11,9 @@ parser, and writes the handler's answer in one go:
 - synchronously inside ``on_message_complete`` when the handler can answer without awaiting
   (an inline, unbatched model: its predict would run on the event loop anyway);
 - otherwise from one task that awaits the handler (batched or thread-pool models, upstream
-  calls) — a task, but no scope, cycle, event or ASGI messages.
+  calls) — a task, but no scope, cycle, event or ASGI messages; its answer is written at once
+  (``CoalescingTransport.write_now``: nothing in that task step to merge it with, and the
+  client's next request comes a loop step sooner; torch REST c=64: +2% in 6 of 8 pairs).
 
 HTTP's rules stay uvicorn's: responses leave in request order (a request that arrives while an
 earlier one is unanswered waits its turn, claimed or not), keep-alive and ``Connection: close``
@@ -290,7 +292,7 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
                 break
             if self.flow.write_paused:
                 await self.flow.drain()
-            self._write(status, payload, out, keep_alive)
+            self._write(status, payload, out, keep_alive, now=True)
             answered += 1
         self._busy = None
         if self.cycle is busy:  # else uvicorn has queued requests of its own behind ours
@@ -310,7 +312,10 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
         else:
             self.keep_alive()
 
-    def _write(self, status: int, body: bytes, headers: Headers, keep_alive: bool) -> None:
+    def _write(self, status: int, body: bytes, headers: Headers, keep_alive: bool, *,
+               now: bool = False) -> None:
+        """The answer, framed; ``now``: written at once (an answer from a task step, where
+        coalescing has nothing to merge it with) rather than at the next loop step."""
         line = _STATUS_LINES.get(status)
         if line is None:
             line = _STATUS_LINES[status] = _status_line(status)
@@ -323,7 +328,10 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", body)
-        self.transport.write(b"".join(parts))
+        if now:
+            self.transport.write_now(b"".join(parts))  # type: ignore[attr-defined]
+        else:
+            self.transport.write(b"".join(parts))
 
 
 _STATUS_LINES: dict[int, bytes] = {}
