@@ -146,6 +146,8 @@ def _check_shape(name: str, array: np.ndarray, spec: TensorSpec) -> None:
     if not expected:
         return
     shape = array.shape
+    if len(shape) == len(expected) and expected[0] == -1 and shape[1:] == expected[1:]:
+        return  # the usual case, a batch of fixed-size rows: one tuple comparison
     if len(shape) == len(expected):
         for want, got in zip(expected, shape, strict=True):  # a loop, not any(genexpr): once per input
             if want != got and want != -1:

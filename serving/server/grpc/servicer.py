@@ -19,6 +19,7 @@ from serving.protocol import codec_grpc as codec
 from serving.protocol import proto
 from serving.protocol.codec_grpc import Pb
 from serving.protocol.errors import ModelNotReady, TurnoutError
+from serving.protocol.types import InferenceRequest
 from serving.server.dataplane import DataPlane, current_request_id
 from serving.transport import tracing
 
@@ -42,16 +43,23 @@ def _rpc(method: Handler) -> Handler:
                                               error=request.error)
                 raise request.error
             return await method(self, request, context)
-        except TurnoutError as err:
-            await context.abort(grpc.StatusCode[err.grpc_code], str(err))
-        except Exception:
-            rid = current_request_id()
-            log.exception("unexpected error in gRPC %s (request id %s)", name, rid)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal server error in {name} "
-                                f"(request id {rid}; the server log has the details)")
+        except Exception as exc:
+            await _abort(exc, context, name)
         raise AssertionError("context.abort returned")  # it always raises
 
     return handler
+
+
+async def _abort(exc: Exception, context: Context, name: str) -> None:
+    """End the call for ``exc``: a TurnoutError's mapped status and message, else INTERNAL
+    with the request id (the traceback goes to the log only)."""
+    if isinstance(exc, TurnoutError):
+        await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+    rid = current_request_id()
+    log.error("unexpected error in gRPC %s (request id %s)", name, rid,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal server error in {name} "
+                        f"(request id {rid}; the server log has the details)")
 
 
 class InferenceServicer:
@@ -85,28 +93,45 @@ class InferenceServicer:
                                 + (f": {meta.reason}" if meta.reason else ""))
         return codec.model_metadata_to_proto(meta)
 
-    @_rpc
     async def ModelInfer(self, request: Pb, context: Context) -> Pb:
-        if tracing.ON:
-            metadata = getattr(context, "invocation_metadata", None)
-            if metadata is None:  # the threaded servicer's call: its span is current
+        # _rpc's error mapping written out: the hot RPC runs as one coroutine, not three
+        try:
+            if tracing.ON:
+                metadata = getattr(context, "invocation_metadata", None)
+                if metadata is not None:  # (the threaded servicer's call: its span is current)
+                    with grpc_server_span(request, metadata()):
+                        return await self._infer(request, context)
                 return await self._infer(request, context)
-            with grpc_server_span(request, metadata()):
-                return await self._infer(request, context)
-        return await self._infer(request, context)
+            internal, raw = self._decode(request, context)
+            return codec.encode_response(
+                await self.dataplane.infer(internal, protocol=PROTOCOL), raw=raw)
+        except Exception as exc:
+            await _abort(exc, context, "ModelInfer")
+        raise AssertionError("context.abort returned")  # it always raises
 
     async def _infer(self, request: Pb, context: Context) -> Pb:
+        internal, raw = self._decode(request, context)
+        response = await self.dataplane.infer(internal, protocol=PROTOCOL)
+        return codec.encode_response(response, raw=raw)
+
+    def _decode(self, request: Pb, context: Context) -> tuple[InferenceRequest, bool]:
+        """The internal request (its metadata attached where the model reads headers) and
+        whether the answer carries raw contents; refusals are counted."""
+        dataplane = self.dataplane
+        if type(request) is codec.Undecodable:
+            dataplane.count_rejected(model="", version=None, protocol=PROTOCOL,
+                                     error=request.error)
+            raise request.error
         try:
             internal, raw = codec.decoded_request(request)
         except TurnoutError as err:
-            self.dataplane.count_rejected(model=request.model_name,
-                                          version=request.model_version or None,
-                                          protocol=PROTOCOL, error=err)
+            dataplane.count_rejected(model=request.model_name,
+                                     version=request.model_version or None,
+                                     protocol=PROTOCOL, error=err)
             raise
-        if self.dataplane.wants_headers(internal.model_name, internal.model_version):
+        if dataplane.wants_headers(internal.model_name, internal.model_version):
             internal.headers = call_metadata(context)
-        response = await self.dataplane.infer(internal, protocol=PROTOCOL)
-        return codec.encode_response(response, raw=raw)
+        return internal, raw
 
     @_rpc
     async def RepositoryIndex(self, request: Pb, context: Context) -> Pb:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import types
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ log = logging.getLogger("turnout.grpc.h2")
 _NOT_METADATA = frozenset({b"te", b"content-type", b"grpc-timeout", b"grpc-encoding",
                            b"grpc-accept-encoding", b"content-length"})
 _END = object()
+_COROUTINE = types.CoroutineType
 
 
 class AbortError(Exception):
@@ -61,6 +63,41 @@ def _metadata(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, Any], ...]
         else:
             out.append((key, value.decode("latin-1")))
     return tuple(out)
+
+
+# What calls read from their header lists, by list: the connection's HPACK decoder hands out
+# the same list for a repeated header block (serving/transport/h2grpc/headers.py), so a client's
+# steady calls read theirs once. Keyed by id() with the list itself in the entry, which keeps
+# the id from being reused while the entry lives; bounded (full, it starts over).
+_HEADS: dict[int, tuple[list[tuple[bytes, bytes]], tuple[str, bytes, bytes, float | None, bytes]]] = {}
+_MAX_HEADS = 256
+
+
+def _request_head(headers: list[tuple[bytes, bytes]]
+                  ) -> tuple[str, bytes, bytes, float | None, bytes]:
+    """(path, method, content-type, grpc-timeout in seconds, grpc-encoding) of a request."""
+    entry = _HEADS.get(id(headers))
+    if entry is not None and entry[0] is headers:
+        return entry[1]
+    method = path = content_type = b""
+    encoding = b"identity"
+    timeout = None
+    for name, value in headers:
+        if name == b":path":
+            path = value
+        elif name == b":method":
+            method = value
+        elif name == b"content-type":
+            content_type = value
+        elif name == b"grpc-timeout":
+            timeout = f.parse_timeout(value.decode("latin-1"))
+        elif name == b"grpc-encoding":
+            encoding = value
+    head = (path.decode("latin-1"), method, content_type, timeout, encoding)
+    if len(_HEADS) >= _MAX_HEADS:
+        _HEADS.clear()
+    _HEADS[id(headers)] = (headers, head)
+    return head
 
 
 class CallContext:
@@ -169,21 +206,7 @@ class Call:
         self.handler: grpc.RpcMethodHandler | None = None
         self.requests: asyncio.Queue[Any] | None = None
         self.context = CallContext(self)
-        method = path = content_type = b""
-        self.encoding = b"identity"
-        timeout = None
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b":method":
-                method = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                timeout = f.parse_timeout(value.decode("latin-1"))
-            elif name == b"grpc-encoding":
-                self.encoding = value
-        self.method = path.decode("latin-1")
+        self.method, method, content_type, timeout, self.encoding = _request_head(headers)
         self.headers = headers
         self._metadata: tuple[tuple[str, Any], ...] | None = None
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
@@ -343,7 +366,8 @@ class Call:
         except Exception as exc:
             self._failed(exc)
             return
-        if asyncio.iscoroutine(result):
+        if type(result) is _COROUTINE or (type(result) is not bytes
+                                          and asyncio.iscoroutine(result)):
             self.task = self.server.loop.create_task(self._await_unary(result))
         else:
             self._respond(result)

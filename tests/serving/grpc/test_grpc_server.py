@@ -370,6 +370,59 @@ def test_unexpected_errors_become_a_clean_internal_status(caplog):
     assert "secret internals" in caplog.text  # the traceback stays in the server log
 
 
+def test_model_infers_own_error_mapping_matches_every_other_rpcs(caplog):
+    """ModelInfer maps errors itself (one coroutine per call, not _rpc's three): the same
+    clean INTERNAL for the unexpected, the error's own status for a refusal, counted."""
+    from serving.protocol import codec_grpc
+    from serving.protocol.errors import InvalidInput
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            self.code, self.details = code, details
+            raise Aborted
+
+        def invocation_metadata(self) -> tuple:
+            return ()
+
+    class BrokenDataPlane:
+        rejected: list = []
+
+        def wants_headers(self, name: str, version: str | None) -> bool:
+            return False
+
+        async def infer(self, request, *, protocol: str) -> None:
+            raise KeyError("secret internals")
+
+        def count_rejected(self, **labels) -> None:
+            self.rejected.append(labels)
+
+    dataplane = BrokenDataPlane()
+    servicer = InferenceServicer(dataplane)  # type: ignore[arg-type]
+    request = proto.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP32", shape=[1])
+    request.raw_input_contents.append(b"\0\0\0\0")
+    context = Context()
+    with caplog.at_level(logging.ERROR, logger="turnout.grpc"), pytest.raises(Aborted):
+        asyncio.run(servicer.ModelInfer(request, context))
+    assert context.code is grpc.StatusCode.INTERNAL
+    assert context.details.startswith("internal server error in ModelInfer (request id ")
+    assert "secret" not in context.details and "secret internals" in caplog.text
+
+    undecodable = codec_grpc.Undecodable(InvalidInput("malformed ModelInferRequest: x"))
+    with pytest.raises(Aborted):
+        asyncio.run(servicer.ModelInfer(undecodable, context))
+    assert (context.code, context.details) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                               "malformed ModelInferRequest: x")
+    request.raw_input_contents[0] = b"\0"  # 1 byte for a 4-byte FP32
+    with pytest.raises(Aborted):
+        asyncio.run(servicer.ModelInfer(request, context))
+    assert context.code is grpc.StatusCode.INVALID_ARGUMENT and "1 bytes" in context.details
+    assert [r["model"] for r in dataplane.rejected] == ["", "m"]
+
+
 # -- repository extension -----------------------------------------------------------------------
 def test_repository_index_load_and_unload(triton, channel, stack):
     index = {(m.name, m.version): (m.state, m.reason)

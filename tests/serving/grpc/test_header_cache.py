@@ -117,3 +117,22 @@ def test_the_cache_is_bounded_per_connection() -> None:
     for n in range(200):
         decoder.decode(_literal(4, f"/s/{n}".encode()))
         assert len(decoder._cache) <= module._CACHED_BLOCKS
+
+
+def test_a_calls_head_is_read_once_per_header_list_and_the_table_is_bounded() -> None:
+    from serving.transport.h2grpc import calls
+
+    steady = [(b":method", b"POST"), (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
+              (b"content-type", b"application/grpc"), (b"grpc-timeout", b"250m"),
+              (b"grpc-encoding", b"gzip")]
+    head = calls._request_head(steady)
+    assert head == ("/inference.GRPCInferenceService/ModelInfer", b"POST",
+                    b"application/grpc", 0.25, b"gzip")
+    assert calls._HEADS[id(steady)] == (steady, head)
+    assert calls._request_head(steady) is head  # the same list: read once
+    other = [(b":method", b"GET"), (b":path", b"/x"), (b"content-type", b"text/plain")]
+    assert calls._request_head(other) == ("/x", b"GET", b"text/plain", None, b"identity")
+    lists = [[(b":path", b"/%d" % i)] for i in range(calls._MAX_HEADS * 2)]
+    for i, headers in enumerate(lists):
+        assert calls._request_head(headers)[0] == f"/{i}"
+        assert len(calls._HEADS) <= calls._MAX_HEADS
