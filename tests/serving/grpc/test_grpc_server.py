@@ -347,20 +347,27 @@ def test_model_that_raises_is_internal_clean_and_counted(triton, stack):
     _assert_still_serves(triton, stack)
 
 
+class Aborted(Exception):
+    """What the stand-in context's abort raises (as grpc.aio's does)."""
+
+
+class AbortingContext:
+    """A servicer context that records the status it is aborted with."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+        raise Aborted
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+
 def test_unexpected_errors_become_a_clean_internal_status(caplog):
-    class Aborted(Exception):
-        pass
-
-    class Context:
-        async def abort(self, code: grpc.StatusCode, details: str) -> None:
-            self.code, self.details = code, details
-            raise Aborted
-
     class BrokenDataPlane:
         def server_metadata(self) -> None:
             raise KeyError("secret internals")
 
-    context = Context()
+    context = AbortingContext()
     servicer = InferenceServicer(BrokenDataPlane())  # type: ignore[arg-type]
     with caplog.at_level(logging.ERROR, logger="turnout.grpc"), pytest.raises(Aborted):
         asyncio.run(servicer.ServerMetadata(proto.ServerMetadataRequest(), context))
@@ -375,17 +382,6 @@ def test_model_infers_own_error_mapping_matches_every_other_rpcs(caplog):
     clean INTERNAL for the unexpected, the error's own status for a refusal, counted."""
     from serving.protocol import codec_grpc
     from serving.protocol.errors import InvalidInput
-
-    class Aborted(Exception):
-        pass
-
-    class Context:
-        async def abort(self, code: grpc.StatusCode, details: str) -> None:
-            self.code, self.details = code, details
-            raise Aborted
-
-        def invocation_metadata(self) -> tuple:
-            return ()
 
     class BrokenDataPlane:
         rejected: list = []
@@ -404,7 +400,7 @@ def test_model_infers_own_error_mapping_matches_every_other_rpcs(caplog):
     request = proto.ModelInferRequest(model_name="m")
     request.inputs.add(name="x", datatype="FP32", shape=[1])
     request.raw_input_contents.append(b"\0\0\0\0")
-    context = Context()
+    context = AbortingContext()
     with caplog.at_level(logging.ERROR, logger="turnout.grpc"), pytest.raises(Aborted):
         asyncio.run(servicer.ModelInfer(request, context))
     assert context.code is grpc.StatusCode.INTERNAL
