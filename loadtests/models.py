@@ -232,24 +232,28 @@ def floor(name: str, path: Path, batches: tuple[int, ...] = (1, 32, 64),
 
 def _floor(name: str, path: Path, batches: tuple[int, ...], seconds: float) -> list[dict]:
     predict = load_predictor(name, path)
-    results = []
-    for batch in batches:
-        x = rows(name, batch)
+    return [timed_floor(predict, name, batch, seconds) for batch in batches]
+
+
+def timed_floor(predict: Callable[[np.ndarray], object], name: str, batch: int,
+                seconds: float) -> dict:
+    """One floor reading: ``predict`` on ``batch`` rows of ``name`` back to back for
+    ``seconds`` (after a warm-up), as calls, rows and µs per call."""
+    x = rows(name, batch)
+    for _ in range(20):
+        predict(x)
+    n, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
         for _ in range(20):
             predict(x)
-        n, start = 0, time.perf_counter()
-        deadline = start + seconds
-        while True:
-            for _ in range(20):
-                predict(x)
-            n += 20
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        elapsed = now - start
-        results.append({"model": name, "batch": batch, "calls_per_s": n / elapsed,
-                        "rows_per_s": n * batch / elapsed, "us_per_call": elapsed / n * 1e6})
-    return results
+        n += 20
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+    elapsed = now - start
+    return {"model": name, "batch": batch, "calls_per_s": n / elapsed,
+            "rows_per_s": n * batch / elapsed, "us_per_call": elapsed / n * 1e6}
 
 
 def repository(work: Path, names: list[str]) -> Path:

@@ -130,6 +130,16 @@ class Results:
                 shares.append(r["rows_per_s"] / statistics.fmean(around))
         return statistics.median(shares) if shares else None
 
+    def of_floor_same_cell(self, server, model, protocol, batch, concurrency) -> float | None:
+        """Median over repetitions of rows/s ÷ the mean of the floor read just before and just
+        after that very load run; None for runs recorded without those readings."""
+        shares = [r["rows_per_s"] / statistics.fmean((r["floor_before"], r["floor_after"]))
+                  for r in self.loads
+                  if (r["server"], r["model"], r["protocol"], r["batch"], r["concurrency"]) == (
+                      server, model, protocol, batch, concurrency)
+                  and r.get("floor_before") and r.get("floor_after")]
+        return statistics.median(shares) if shares else None
+
     def cell(self, server, model, protocol, batch, concurrency):
         return self.cells.get((server, model, protocol, batch, concurrency))
 
@@ -308,6 +318,7 @@ def heavy_model(res: Results) -> list[str]:
         return []
     readings = res.floor_readings("torch")
     paired = len(readings) > 1
+    per_cell = any(r.get("floor_before") for r in res.loads)
     lines = ["## Heavier model (torch), one-row requests at c=64", "",
              f"Raw batched floor: {_n(best['rows_per_s'])} rows/s (torch.export program alone, "
              f"batch {best['batch']}; the best reading of the run)."]
@@ -317,25 +328,33 @@ def heavy_model(res: Results) -> list[str]:
                      f"{_n(max(readings.values()))} rows/s. \"same minutes\" holds each "
                      "repetition against the mean of the readings just before and after it "
                      "(median over repetitions); \"of best floor\" against the best reading.")
+    if per_cell:
+        lines.append("\"same cell\" holds each load run against the mean of two floor "
+                     "readings (the torch program, batch 128, on the server's core, one second "
+                     "each) taken just before and just after it (median over repetitions): the "
+                     "closest comparison this machine allows.")
     if twin:
         lines.append(f"The same weights in ONNX Runtime (one thread), which Turnout serves by "
                      f"default once its verified compilation is timed faster: "
                      f"{_n(twin['rows_per_s'])} rows/s (batch {twin['batch']}).")
     lines += ["", "| server | model | protocol | rows/s | of best floor |"
               + (" of floor, same minutes |" if paired else "")
+              + (" of floor, same cell |" if per_cell else "")
               + (" of ONNX floor |" if twin else "") + " p99 ms |",
               "| --- | --- | --- | --- | --- |" + (" --- |" if paired else "")
-              + (" --- |" if twin else "") + " --- |"]
+              + (" --- |" if per_cell else "") + (" --- |" if twin else "") + " --- |"]
     for server in (*TURNOUTS, "pytriton"):
         for model in ("torch", "torch-onnx"):
             for protocol in res.meta.get("protocols", []):
                 c = res.cell(server, model, protocol, 1, 64)
                 if c:
                     same = res.of_floor_same_minutes(server, model, "torch", protocol, 1, 64)
+                    cell = res.of_floor_same_cell(server, model, protocol, 1, 64)
                     lines.append(f"| {server} | {model} | {PROTOCOL_TITLES[protocol]} | "
                                  f"{_n(c['rows_per_s'])} | "
                                  f"{_pct(c['rows_per_s'] / best['rows_per_s'])} | "
                                  + (f"{_pct(same) if same else '—'} | " if paired else "")
+                                 + (f"{_pct(cell) if cell else '—'} | " if per_cell else "")
                                  + (f"{_pct(c['rows_per_s'] / twin['rows_per_s'])} | "
                                     if twin else "")
                                  + f"{_ms(c['p99_ms'])} |")

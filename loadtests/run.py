@@ -201,6 +201,35 @@ def measure_floor(args, artifacts, record, rep: int = 0) -> None:
         _pin(None if args.no_pin else [args.load_cpu])
 
 
+# The heavier model's floor is also read around each of its load cells (the torch program at
+# its best batch, one second just before and one just after): this machine's speed moves by a
+# tenth within seconds, faster than the readings around a whole repetition can follow.
+CELL_FLOOR_MODEL, CELL_FLOOR_BATCH = "torch", 128
+
+
+class CellFloor:
+    """Reads the heavier model's floor on the server's core, its predictor loaded once."""
+
+    def __init__(self, args, path: Path) -> None:
+        self.args, self.path = args, path
+        self._predict = None
+
+    def read(self) -> float:
+        args = self.args
+        _pin(None if args.no_pin else [args.server_cpu])
+        try:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1):
+                if self._predict is None:
+                    self._predict = models.load_predictor(CELL_FLOOR_MODEL, self.path)
+                row = models.timed_floor(self._predict, CELL_FLOOR_MODEL, CELL_FLOOR_BATCH,
+                                         0.1 if args.quick else 1.0)
+            return round(row["rows_per_s"], 1)
+        finally:
+            _pin(None if args.no_pin else [args.load_cpu])
+
+
 def serve_and_load(args, name, rep, artifacts, payloads, record, cpu) -> None:
     defn = servers.DEFS[name]
     served = [m for m in args.models if m in defn.models]
@@ -237,7 +266,8 @@ def serve_and_load(args, name, rep, artifacts, payloads, record, cpu) -> None:
                         payload = payloads[(model, batch)][protocol]
                         payload = servers.with_metadata(defn, payload)
                         port = server.grpc_port if protocol == "grpc" else server.http_port
-                        _load_cell(args, server, rep, payload, port, record)
+                        _load_cell(args, server, rep, payload, port, record,
+                                   args.cell_floor if model == CELL_FLOOR_MODEL else None)
         finally:
             peak = sampler.stop()
         record("peak", server=name, rep=rep, peak_rss_mb=round(peak / 2**20, 1))
@@ -245,7 +275,8 @@ def serve_and_load(args, name, rep, artifacts, payloads, record, cpu) -> None:
         server.stop()
 
 
-def _load_cell(args, server, rep, payload, port, record) -> None:
+def _load_cell(args, server, rep, payload, port, record,
+               cell_floor: CellFloor | None = None) -> None:
     base = {"server": server.name, "rep": rep, "model": payload.model,
             "protocol": payload.protocol, "batch": payload.batch}
     wanted = server.defn.concurrency
@@ -275,9 +306,14 @@ def _load_cell(args, server, rep, payload, port, record) -> None:
                    error=f"probe failed: {str(exc)[:300]}")
             continue
         cpu = None if args.no_pin else args.load_cpu
+        floors = {}
+        if cell_floor is not None:
+            floors["floor_before"] = cell_floor.read()
         result = load.run_h2load(payload, port, concurrency, args.duration, args.warmup, cpu,
                                  expected_body=body_size)
-        rec = record("load", **base, concurrency=concurrency, **result)
+        if cell_floor is not None:
+            floors["floor_after"] = cell_floor.read()
+        rec = record("load", **base, concurrency=concurrency, **result, **floors)
         if rec.get("ok"):
             # A server too slow to finish a request within the run has no latencies.
             p50, p99 = (f"{rec[k]:8.2f}" if rec.get(k) is not None else "     n/a"
@@ -410,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.servers.remove(name)
         payloads = {(m, b): load.build_payloads(args.work / "payloads", m, b)
                     for m in args.models for b in args.batches}
+        args.cell_floor = CellFloor(args, artifacts[CELL_FLOOR_MODEL]) \
+            if CELL_FLOOR_MODEL in args.models and not args.no_floor else None
         order = list(args.servers)
         for rep in range(args.reps):
             if not args.no_floor:

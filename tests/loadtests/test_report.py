@@ -134,3 +134,29 @@ def test_heavy_model_floor_read_around_every_repetition(tmp_path: Path) -> None:
     report.write(jsonl, tmp_path)
     assert "| torch | 128 | " in (tmp_path / "RESULTS.md").read_text()
     assert "| 14,000 |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_heavy_model_floor_read_around_every_load_run(tmp_path: Path) -> None:
+    """With a floor read just before and after each load run, "same cell" holds each run
+    against the mean of its two readings (median over repetitions); runs without them
+    (older results) leave the column out."""
+    meta = {**META, "models": ["torch"], "protocols": ["grpc"], "concurrency": [64], "reps": 2}
+    loads = [{**_load("turnout-defaults", "grpc", 7000, 15, rep=0, model="torch", conc=64),
+              "floor_before": 9000.0, "floor_after": 11000.0},
+             {**_load("turnout-defaults", "grpc", 9000, 15, rep=1, model="torch", conc=64),
+              "floor_before": 12000.0, "floor_after": 12000.0}]
+    records = [meta, _floor("torch", 128, 10000.0, 0), loads[0],
+               _floor("torch", 128, 12000.0, 1), loads[1], _floor("torch", 128, 14000.0, 2)]
+    res = report.Results(records)
+    cell = res.of_floor_same_cell("turnout-defaults", "torch", "grpc", 1, 64)
+    assert abs(cell - statistics.median([7000 / 10000, 9000 / 12000])) < 1e-12
+    text = "\n".join(report.heavy_model(res))
+    assert "just before and just after it" in text
+    # median 8,000 rows/s: 57% of the best reading (14,000); same minutes: median of
+    # 7,000 / 11,000 and 9,000 / 13,000 = 66%; same cell: median of 70% and 75% = 72%
+    assert "| turnout-defaults | torch | gRPC | 8,000 | 57% | 66% | 72% | 15.0 |" in text
+    older = report.Results([meta, _floor("torch", 128, 10000.0, 0),
+                            _load("turnout-defaults", "grpc", 7000, 15, rep=0, model="torch",
+                                  conc=64), _floor("torch", 128, 12000.0, 1)])
+    assert older.of_floor_same_cell("turnout-defaults", "torch", "grpc", 1, 64) is None
+    assert "same cell" not in "\n".join(report.heavy_model(older))
