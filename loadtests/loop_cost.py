@@ -1,4 +1,5 @@
-"""CPU the model server's event loop spends per one-row gRPC request to a batched model.
+"""CPU the model server's event loop spends per one-row request to a batched model (gRPC, or
+REST with ``--protocol rest``).
 
 Why: at c=64 on one core the torch MLP's throughput is the model's time plus the loop's, and
 the loop's share (decode, batching, encode, HTTP/2) is what Turnout controls. Timed through
@@ -10,9 +11,13 @@ What runs: the real loop gRPC engine, data plane, adaptive batcher and ONNX runt
 harness's ``mlp``, batched by hand: 64 rows, no added wait), fed by in-process HTTP/2 clients —
 ``--clients`` connections, each sending its next request when the answer's trailers are
 written, the bytes handed to ``Connection.data_received`` as a socket would. No sockets, no
-syscalls for I/O: what is measured is the Python path and the thread hop to the model.
+syscalls for I/O: what is measured is the Python path and the thread hop to the model. With
+``--protocol rest`` the clients are HTTP/1.1 keep-alive connections sending the V2 binary
+request to the model server's REST protocol (uvicorn's httptools protocol with Turnout's fast
+path, serving/transport/fastpath.py), each sending its next request when its answer is written.
 
-Usage: python -m loadtests.loop_cost [--clients 64] [--requests 20000] [--reps 5]
+Usage: python -m loadtests.loop_cost [--protocol grpc|rest] [--clients 64] [--requests 20000]
+[--reps 5]
 Prints the loop thread's CPU µs per request (median of the repetitions) and the mean batch.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import shutil
 import statistics
 import tempfile
@@ -102,6 +108,95 @@ class _Driver:
             self.finished.set_result(None)
 
 
+class _RestClient:
+    """One HTTP/1.1 keep-alive client connection, in process: the server protocol's transport
+    (uvicorn's protocol wraps it in Turnout's coalescing transport)."""
+
+    def __init__(self, driver: _Driver, request: bytes) -> None:
+        self.driver, self.request = driver, request
+        self.protocol: asyncio.Protocol | None = None
+        self.answered = self.ok = 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 5000)}.get(
+            name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        for _ in range(data.count(b"HTTP/1.1 ")):  # one answer per request, never split here
+            self.answered += 1
+            self.driver.answered()
+            if self.driver.more():
+                self.driver.loop.call_soon(self.send)
+        self.ok += data.count(b"HTTP/1.1 200 ")
+
+    def send(self) -> None:
+        assert self.protocol is not None
+        self.protocol.data_received(self.request)
+
+
+def _rest_request(payload) -> bytes:
+    body = payload.body_file.read_bytes()
+    head = "".join(f"{header}\r\n" for header in payload.headers)
+    return (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n{head}"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _measure_rest(protocol_class, clients: int, requests: int,
+                        request: bytes) -> tuple[float, int]:
+    from uvicorn.server import ServerState
+
+    loop = asyncio.get_running_loop()
+    state = ServerState()
+    warm = _Driver(loop, clients * 20)
+    conns = []
+    for _ in range(clients):
+        client = _RestClient(warm, request)
+        client.protocol = protocol_class(state)
+        client.protocol.connection_made(client)  # type: ignore[arg-type]
+        conns.append(client)
+    for client in conns:
+        warm.more()
+        client.send()
+    await warm.finished
+    cost, done = await _timed(loop, conns, requests)
+    failed = sum(c.answered - c.ok for c in conns)
+    if failed:
+        raise RuntimeError(f"{failed} requests answered with an error")
+    for client in conns:
+        client.protocol.connection_lost(None)  # type: ignore[union-attr]
+    return cost, done
+
+
+async def _timed(loop: asyncio.AbstractEventLoop, conns: list, requests: int
+                 ) -> tuple[float, int]:
+    """The loop thread's CPU µs per request while warmed-up ``conns`` send ``requests``,
+    each client its next request once its answer is written; and the answers counted."""
+    driver = _Driver(loop, requests)
+    for client in conns:
+        client.driver = driver
+    started = time.thread_time()
+    for client in conns:
+        driver.more()
+        client.send()
+    await driver.finished
+    return (time.thread_time() - started) / requests * 1e6, driver.done
+
+
 def _header_blocks(port: int) -> tuple[bytes, bytes]:
     """A connection's first header block (it indexes its fields in the HPACK table) and the
     steady-state one every later request sends."""
@@ -129,31 +224,25 @@ async def _measure(server, clients: int, requests: int, grpc_body: bytes) -> tup
         client.send()
         client.head = steady
     await warm.finished
-    driver = _Driver(loop, requests)
-    for client in conns:
-        client.driver = driver
-    started = time.thread_time()
-    for client in conns:
-        driver.more()
-        client.send()
-    await driver.finished
-    cost = (time.thread_time() - started) / requests * 1e6
+    cost, done = await _timed(loop, conns, requests)
     failed = sum(c.answered - c.messages for c in conns)
     if failed:
         raise RuntimeError(f"{failed} calls ended without an answer (an error status)")
-    return cost, driver.done
+    return cost, done
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m loadtests.loop_cost")
+    parser.add_argument("--protocol", choices=("grpc", "rest"), default="grpc")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--work", type=Path, default=ROOT / ".work")
     args = parser.parse_args(argv)
     artifact = models.build(args.work / "models", [MODEL])[MODEL]
-    payload = load.build_payloads(args.work / "payloads", MODEL, 1)["grpc"]
-    grpc_body = payload.body_file.read_bytes()
+    payloads = load.build_payloads(args.work / "payloads", MODEL, 1)
+    grpc_body = payloads["grpc"].body_file.read_bytes()
+    args.rest_request = _rest_request(payloads["rest-binary"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / MODEL
         folder.mkdir()
@@ -163,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results = _on_uvloop(_run(Path(tmp), args, grpc_body))
     per_request = [r[0] for r in results]
     summary = {"loop_us_per_request": statistics.median(per_request), "mean_batch": results[-1][1]}
-    print(f"loop CPU per request: median {statistics.median(per_request):.1f} µs "
+    print(f"{args.protocol} loop CPU per request: median {statistics.median(per_request):.1f} µs "
           f"(runs: {', '.join(f'{x:.1f}' for x in per_request)}); mean batch "
           f"{results[-1][1]:.1f} rows")
     return summary
@@ -185,16 +274,38 @@ async def _run(repo: Path, args, grpc_body: bytes) -> list[tuple[float, float]]:
     await repository.load_all()
     dataplane = DataPlane(repository=repository, metrics=metrics,
                           executor=ThreadPoolExecutor(1), server_name="turnout")
-    server, _ = build_loop_grpc_server(dataplane, settings)
-    server.loop = asyncio.get_running_loop()
+    if args.protocol == "rest":
+        measure = functools.partial(_measure_rest, _rest_protocol(dataplane, metrics, settings),
+                                    args.clients, args.requests, args.rest_request)
+    else:
+        server, _ = build_loop_grpc_server(dataplane, settings)
+        server.loop = asyncio.get_running_loop()
+        measure = functools.partial(_measure, server, args.clients, args.requests, grpc_body)
     _freeze_startup_objects()  # and the collector's threshold, as `turnout serve` sets them
     out = []
     for _ in range(args.reps):
         before = _batches(metrics)
-        cost, _ = await _measure(server, args.clients, args.requests, grpc_body)
+        cost, _ = await measure()
         rows, count = (a - b for a, b in zip(_batches(metrics), before, strict=True))
         out.append((cost, rows / max(count, 1)))
     return out
+
+
+def _rest_protocol(dataplane: DataPlane, metrics: Metrics, settings: ServerSettings):
+    """A factory of the model server's REST protocol (the fast path over uvicorn's), as
+    `turnout serve` configures it, taking the connection's server state."""
+    import uvicorn
+
+    from serving.server.rest import build_rest_app
+    from serving.transport.fastpath import bind_protocol
+
+    app = build_rest_app(dataplane, registry=metrics.registry,
+                         max_payload_bytes=settings.max_payload_bytes)
+    config = uvicorn.Config(app, http=bind_protocol(app, settings.http_limits()),
+                            lifespan="off", log_config=None, access_log=False)
+    config.load()
+    return lambda state: config.http_protocol_class(config=config, server_state=state,
+                                                    app_state={})
 
 
 def _on_uvloop(main):

@@ -370,3 +370,26 @@ def test_the_h11_fallback_still_refuses_a_huge_request_head():
         server.should_exit = True
         thread.join(10)
 
+
+
+def test_claimed_routes_are_remembered_by_path_within_a_bound():
+    """Paths are the client's text: the table of routes by path never grows past its bound,
+    and a remembered route is what route_of gives."""
+    from serving.server.rest import infer
+
+    class Plane:
+        def runs_blocking(self, model: str, version: str | None) -> bool:
+            return model == "inline"
+
+    endpoints = infer.InferenceEndpoints(Plane(), None, max_payload_bytes=1 << 20)  # type: ignore[arg-type]
+    paths = [f"/v2/models/m{i}/infer" for i in range(infer._MAX_ROUTES * 3)]
+    for path in paths:
+        assert endpoints.claim(path, []) == (infer.route_of(path), False)
+        assert len(endpoints._routes) <= infer._MAX_ROUTES
+    for _ in range(2):  # remembered or not, the same answers
+        assert endpoints.claim("/v2/models/inline/versions/3/infer", []) == (
+            ("rest", "inline", "3"), True)
+        assert endpoints.claim("/v2/models/inline/infer", [(b"content-type",
+                                                             infer.PROTOBUF)]) == (
+            (infer.PROTOBUF_PROTOCOL, "inline", None), True)
+        assert endpoints.claim("/v2/health/live", []) is None

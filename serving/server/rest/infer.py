@@ -56,6 +56,9 @@ _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)
 
 
+_MAX_ROUTES = 256
+
+
 def inference_headers(headers: list[tuple[bytes, bytes]]
                       ) -> tuple[bytes | None, bytes | None, bytes | None]:
     """Content-Length, Inference-Header-Content-Length and X-Request-Id (at most 128 bytes),
@@ -109,12 +112,12 @@ class InferenceEndpoints:
         self._dataplane = dataplane
         self._fallback = fallback
         self._limit = max_payload_bytes
+        # read by the fast path for every request: a plain attribute
+        self.max_payload_bytes = max_payload_bytes
         # Binary requests' JSON headers decoded before (serving/protocol/templates.py).
         self._templates = TemplateCache()
-
-    @property
-    def max_payload_bytes(self) -> int:
-        return self._limit
+        # route_of's answer by path (client-chosen text: bounded, starts over when full)
+        self._routes: dict[str, tuple[str, str, str | None] | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" \
@@ -212,7 +215,14 @@ class InferenceEndpoints:
     # -- serving/rest/fastpath.py's InlineFastHandler: inference without an ASGI cycle -----
     def claim(self, path: str, headers: list[tuple[bytes, bytes]]
               ) -> tuple[tuple[str, str, str | None], bool] | None:
-        route = _protobuf_route(route_of(path), headers)
+        routes = self._routes
+        try:
+            route = routes[path]
+        except KeyError:
+            if len(routes) >= _MAX_ROUTES:
+                routes.clear()
+            route = routes[path] = route_of(path)
+        route = _protobuf_route(route, headers)
         if route is None:
             return None
         return route, self._dataplane.runs_blocking(route[1], route[2])
@@ -244,8 +254,14 @@ class InferenceEndpoints:
             with server_span(route, headers):
                 reply = await self._answer_body(route, body, header_length, headers)
                 _outcome(reply[0])
-        else:
-            reply = await self._answer_body(route, body, header_length, headers)
+        else:  # _answer_body written out: one coroutine fewer per request
+            try:
+                request, raw = self._request(route, body, header_length)
+                request.headers = headers
+                response = await self._dataplane.infer(request, protocol=route[0])
+                reply = _encode(route[0], request, response, raw)
+            except Exception as exc:
+                reply = _failure(exc, route)
         if request_id is not None:
             reply[2].append((b"x-request-id", request_id))
         return reply
