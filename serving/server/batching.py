@@ -88,9 +88,18 @@ class AdaptiveBatcher:
 
     async def submit(self, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
         """Queue one request and wait for its share of a batch's outputs."""
+        future = self.enqueue(inputs, outputs)
+        if future is None:
+            return await self._predict(inputs, outputs)  # already a full batch on its own
+        return await future
+
+    def enqueue(self, inputs: Arrays, outputs: Sequence[str]) -> asyncio.Future[Arrays] | None:
+        """:meth:`submit` without a coroutine: the future of the request's share of its batch
+        (callers that answer from a callback save a task per request); None for a request
+        that is a full batch on its own, which :meth:`submit` predicts alone."""
         rows = next(iter(inputs.values())).shape[0]
         if rows >= self._settings.max_batch_size:
-            return await self._predict(inputs, outputs)  # already a full batch on its own
+            return None
         if len(self._queue) >= self._settings.max_queue_size:
             raise Overloaded(f"batching queue is full ({self._settings.max_queue_size} requests); "
                              "retry later")
@@ -107,7 +116,7 @@ class AdaptiveBatcher:
         self._rows += rows
         assert self._wakeup is not None
         self._wakeup.set()
-        return await pending.future
+        return pending.future
 
     async def close(self) -> None:
         if self._task is not None:

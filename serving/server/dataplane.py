@@ -184,6 +184,70 @@ class DataPlane:
             if tracing.ON:
                 tracing.annotate(version=mv.version, outcome=status)
 
+    def infer_soon(self, request: InferenceRequest, *, protocol: str,
+                   then: Callable[[InferenceResponse | BaseException], None]
+                   ) -> asyncio.Future[Any] | None:
+        """:meth:`infer` for a batched model without a coroutine per request: the request is
+        queued for its batch now, and ``then`` gets the response, or the error :meth:`infer`
+        would raise (``CancelledError`` when the returned future is cancelled), once its batch
+        is answered, counted as :meth:`infer` counts. Why: an edge that answers from the
+        callback saves a task and three coroutines per request (~3 µs of a REST request's
+        loop time at c=64, where the loop and the model share one core).
+
+        Errors found before the request is queued are raised. None where this does not apply
+        (an unknown, unloaded or unbatched model, or tracing on): await :meth:`infer`."""
+        try:
+            mv = self.repository.get(request.model_name, request.model_version)
+        except TurnoutError:
+            return None
+        runtime = mv.runtime
+        if runtime is None or runtime.settings.batching is None or tracing.ON:
+            return None
+        started = time.perf_counter()
+        record = self.metrics.for_request(mv.name, mv.version, protocol)
+        record.begin()
+        try:
+            runtime, inputs, names = self._prepare(mv, request)
+            try:
+                future: asyncio.Future[Any] | None = self._batcher(mv, record).enqueue(
+                    inputs, names)
+                if future is None:  # a full batch on its own
+                    future = asyncio.ensure_future(self._predict(mv, inputs, names, record))
+            except Exception as exc:
+                raise _model_failed(mv, exc) from None
+        except TurnoutError as err:
+            record.end(err.kind.value, time.perf_counter() - started)
+            raise
+        except BaseException:
+            record.end(ErrorKind.INTERNAL.value, time.perf_counter() - started)
+            raise
+        future.add_done_callback(functools.partial(
+            self._answer_soon, mv, request, inputs, names, record, started, then))
+        return future
+
+    def _answer_soon(self, mv: ModelVersion, request: InferenceRequest,
+                     inputs: dict[str, np.ndarray], names: list[str], record: RequestMetrics,
+                     started: float, then: Callable[[InferenceResponse | BaseException], None],
+                     future: asyncio.Future[Any]) -> None:
+        """:meth:`infer_soon`'s second half: the batch's answer to a response, counted."""
+        outcome: InferenceResponse | BaseException
+        try:
+            try:
+                result = future.result()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise _model_failed(mv, exc) from None
+            outcome, status = self._respond(mv, request, result, names, inputs), "success"
+        except TurnoutError as err:
+            outcome, status = err, err.kind.value
+        except asyncio.CancelledError as exc:  # the server's drain time is over
+            outcome, status = exc, ErrorKind.NOT_READY.value
+        except Exception as exc:  # a bug here: the edge answers it as one
+            outcome, status = exc, ErrorKind.INTERNAL.value
+        record.end(status, time.perf_counter() - started)
+        then(outcome)
+
     def check_model(self, name: str, version: str | None) -> None:
         """Raise :class:`ModelNotFound` for a model (or version) this server does not have."""
         self.repository.get(name, version)

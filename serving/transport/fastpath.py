@@ -10,10 +10,16 @@ parser, and writes the handler's answer in one go:
 
 - synchronously inside ``on_message_complete`` when the handler can answer without awaiting
   (an inline, unbatched model: its predict would run on the event loop anyway);
-- otherwise from one task that awaits the handler (batched or thread-pool models, upstream
-  calls) — a task, but no scope, cycle, event or ASGI messages; its answer is written at once
-  (``CoalescingTransport.write_now``: nothing in that task step to merge it with, and the
-  client's next request comes a loop step sooner; torch REST c=64: +2% in 6 of 8 pairs).
+- from a callback when the handler can answer later without a coroutine of its own
+  (:class:`SoonFastHandler`: the model server's batched models, whose answer is a future's
+  result): no task at all, the future joins uvicorn's tasks so that graceful shutdown waits for
+  it (and cancels it when the drain time is over);
+- otherwise from one task that awaits the handler (thread-pool models, upstream calls) — a
+  task, but no scope, cycle, event or ASGI messages.
+
+Answers from a later loop step are written at once (``CoalescingTransport.write_now``: nothing
+in that step to merge them with, and the client's next request comes a loop step sooner;
+torch REST c=64: +2% in 6 of 8 pairs).
 
 HTTP's rules stay uvicorn's: responses leave in request order (a request that arrives while an
 earlier one is unanswered waits its turn, claimed or not), keep-alive and ``Connection: close``
@@ -26,6 +32,7 @@ requests, query strings and escaped paths — takes uvicorn's own path unchanged
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -65,6 +72,16 @@ class InlineFastHandler(FastHandler, Protocol):
         """Answer a claimed request without awaiting anything."""
 
 
+class SoonFastHandler(FastHandler, Protocol):
+    """A handler that answers requests that must wait from a callback, without a task."""
+
+    def answer_soon(self, route: Any, body: bytes, headers: Headers,
+                    reply: Callable[[Reply | None], None]) -> Reply | asyncio.Future[Any]:
+        """Answer a claimed request that must wait: its answer at once (refused before
+        waiting), or a future whose completion calls ``reply`` exactly once — with the answer,
+        or None when the future was cancelled (the server's drain time is over)."""
+
+
 def bind_protocol(handler: FastHandler, limits: HttpLimits | None = None, *,
                   guard: Guard | None = None) -> type[asyncio.Protocol] | str:
     """The protocol class to give ``uvicorn.Config(http=...)`` for this handler, bounded by
@@ -87,7 +104,8 @@ def bind_protocol(handler: FastHandler, limits: HttpLimits | None = None, *,
                     ", ".join(missing))
         return "h11"
     return type("BoundFastPathProtocol", (limited(FastPathProtocol, limits),),
-                {"handler": handler, "guard": guard})
+                {"handler": handler, "guard": guard,
+                 "answer_soon": getattr(handler, "answer_soon", None)})
 
 
 def h11_limit(limits: HttpLimits | None) -> int:
@@ -150,6 +168,8 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
     handler: ClassVar[FastHandler]
     # Authentication (None: off, and no request pays for it).
     guard: ClassVar[Guard | None] = None
+    # The handler's SoonFastHandler.answer_soon, or None.
+    answer_soon: ClassVar[Callable[..., Reply | asyncio.Future[Any]] | None] = None
     # The claimed request whose body is being read: (route, now, headers, keep-alive).
     _claimed: tuple[Any, bool, Headers, bool] | None = None
     _body: list[bytes]
@@ -157,6 +177,12 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
     # presence is what _Busy signals to uvicorn.
     _busy: _Busy | None = None
     _waiting: deque[tuple[Any, bool, Headers, bool, bytes]]
+    # Keep-alive of the request being answered through answer_soon.
+    _soon_keep_alive = True
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._waiting = deque()
+        super().connection_made(transport)
 
     def begin_message(self) -> None:
         # uvicorn's, less the ASGI scope (~1 µs): a claimed request never needs one, and
@@ -198,15 +224,26 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
             self._waiting.append((route, now, headers, keep_alive, body))
             if len(self._waiting) >= _MAX_WAITING:
                 self.flow.pause_reading()  # a client pipelining without end waits for us
-        elif now and not self.flow.write_paused:
-            status, payload, out = cast(InlineFastHandler, self.handler).answer_now(
-                route, body, headers)
+        elif self.flow.write_paused or (not now and self.answer_soon is None):
+            self._busy = self.cycle = _Busy()  # type: ignore[assignment]
+            self._waiting.append((route, now, headers, keep_alive, body))
+            self._spawn(self._answer_in_order)
+        else:
+            if now:
+                answer = cast(InlineFastHandler, self.handler).answer_now(route, body, headers)
+            else:
+                answer = self.answer_soon(route, body, headers,  # type: ignore[misc]
+                                          self._replied)
+                if type(answer) is not tuple:  # a future: _replied answers
+                    self._busy = self.cycle = _Busy()  # type: ignore[assignment]
+                    self._soon_keep_alive = keep_alive
+                    tasks = self.tasks
+                    tasks.add(answer)  # type: ignore[arg-type]
+                    answer.add_done_callback(tasks.discard)  # type: ignore[union-attr]
+                    return
+            status, payload, out = answer  # type: ignore[misc]
             self._write(status, payload, out, keep_alive)
             self._after_response(keep_alive)
-        else:
-            self._busy = self.cycle = _Busy()  # type: ignore[assignment]
-            self._waiting = deque([(route, now, headers, keep_alive, body)])
-            self._spawn(self._answer_in_order)
 
     def _body_refusable(self) -> bool:
         if self._claimed is not None:  # ours: answerable unless earlier answers are pending
@@ -260,33 +297,52 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
         self.tasks.add(task)  # graceful shutdown waits for it, as for uvicorn's own
         task.add_done_callback(self.tasks.discard)
 
-    async def _answer_in_order(self) -> None:
-        """Answer the waiting claimed requests one by one, then hand the turn to uvicorn."""
+    def _replied(self, reply: Reply | None) -> None:
+        """The answer to the request given to ``answer_soon`` (the first one waiting)."""
+        busy = self._busy
+        assert busy is not None
+        if reply is None:  # cancelled: the drain time is over
+            self._shutting_down(busy)
+            return
+        keep_alive = self._soon_keep_alive and busy.keep_alive
+        if self._waiting or self.flow.write_paused:  # later requests, or a client not reading
+            self._spawn(functools.partial(self._answer_in_order, (reply, keep_alive)))
+            return
+        if busy.disconnected or self.transport.is_closing():
+            self._end_turn(busy, keep_alive, 0)
+            return
+        status, payload, out = reply
+        self._write(status, payload, out, keep_alive, now=True)
+        self._end_turn(busy, keep_alive, 1)
+
+    async def _answer_in_order(self, first: tuple[Reply, bool] | None = None) -> None:
+        """Answer the waiting claimed requests one by one (after ``first``, an answer given
+        already, and its keep-alive), then hand the turn to uvicorn."""
         busy = self._busy
         assert busy is not None
         waiting = self._waiting
         keep_alive = True
         answered = 0
-        while waiting and keep_alive:
-            route, now, headers, keep_alive, body = waiting.popleft()
-            try:
-                if now:
-                    status, payload, out = cast(InlineFastHandler, self.handler).answer_now(
-                        route, body, headers)
-                else:
-                    status, payload, out = await self.handler.answer(route, body, headers)
-            except asyncio.CancelledError:  # the drain time is over (uvicorn cancels us)
-                if not (busy.disconnected or self.transport.is_closing()):
-                    self._write(503, b'{"error":"the server is shutting down; retry"}',
-                                [(b"content-type", b"application/json"),
-                                 (b"retry-after", b"1")], False)
-                    self.transport.close()
-                raise
-            except Exception:  # a handler bug: the connection cannot be trusted further
-                self.logger.exception("unhandled error answering %r", route)
-                status, payload, out = 500, b'{"error":"internal server error"}', [
-                    (b"content-type", b"application/json")]
-                keep_alive = False
+        while (first is not None or waiting) and keep_alive:
+            if first is not None:
+                (status, payload, out), keep_alive = first
+                first = None
+            else:
+                route, now, headers, keep_alive, body = waiting.popleft()
+                try:
+                    if now:
+                        status, payload, out = cast(InlineFastHandler, self.handler).answer_now(
+                            route, body, headers)
+                    else:
+                        status, payload, out = await self.handler.answer(route, body, headers)
+                except asyncio.CancelledError:  # the drain time is over (uvicorn cancels us)
+                    self._shutting_down(busy)
+                    raise
+                except Exception:  # a handler bug: the connection cannot be trusted further
+                    self.logger.exception("unhandled error answering %r", route)
+                    status, payload, out = 500, b'{"error":"internal server error"}', [
+                        (b"content-type", b"application/json")]
+                    keep_alive = False
             keep_alive = keep_alive and busy.keep_alive
             if busy.disconnected or self.transport.is_closing():
                 break
@@ -294,6 +350,10 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
                 await self.flow.drain()
             self._write(status, payload, out, keep_alive, now=True)
             answered += 1
+        self._end_turn(busy, keep_alive, answered)
+
+    def _end_turn(self, busy: _Busy, keep_alive: bool, answered: int) -> None:
+        """After the claimed requests' answers: close, or hand the connection to uvicorn."""
         self._busy = None
         if self.cycle is busy:  # else uvicorn has queued requests of its own behind ours
             self.cycle = None  # type: ignore[assignment]
@@ -304,6 +364,14 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
             return
         self.server_state.total_requests += answered - 1  # on_response_complete counts one
         self.on_response_complete()  # resumes reading; starts uvicorn's queued requests
+
+    def _shutting_down(self, busy: _Busy) -> None:
+        """A claimed request cut off at the end of the drain time: 503, and close."""
+        if not (busy.disconnected or self.transport.is_closing()):
+            self._write(503, b'{"error":"the server is shutting down; retry"}',
+                        [(b"content-type", b"application/json"),
+                         (b"retry-after", b"1")], False)
+            self.transport.close()
 
     def _after_response(self, keep_alive: bool) -> None:
         self.server_state.total_requests += 1

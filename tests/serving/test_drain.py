@@ -9,16 +9,19 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
 
 
-def _slow_model(root: Path, delay: float) -> Path:
+def _slow_model(root: Path, delay: float, *, batched: bool = False) -> Path:
     (root / "slow").mkdir(parents=True)
-    (root / "slow" / "model-settings.yaml").write_text(yaml.safe_dump(
-        {"runtime": "turnout_test_runtimes:Slow", "parameters": {"delay": delay},
-         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]}))
+    settings = {"runtime": "turnout_test_runtimes:Slow", "parameters": {"delay": delay},
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]}
+    if batched:  # answered from the batch's future (no task per request): cancelled alike
+        settings["batching"] = {"max_batch_size": 4, "max_latency_ms": 0}
+    (root / "slow" / "model-settings.yaml").write_text(yaml.safe_dump(settings))
     return root / "slow"
 
 
@@ -34,8 +37,11 @@ def _in_flight(url: str, answers: list) -> threading.Thread:
     return thread
 
 
-def test_exit_waits_no_longer_than_the_drain_time(tmp_path: Path, start_server) -> None:
-    server = start_server(_slow_model(tmp_path / "m", 30.0), "--drain-seconds", "2")
+@pytest.mark.parametrize("batched", [False, True])
+def test_exit_waits_no_longer_than_the_drain_time(tmp_path: Path, start_server,
+                                                  batched: bool) -> None:
+    server = start_server(_slow_model(tmp_path / "m", 30.0, batched=batched),
+                          "--drain-seconds", "2")
     answers: list = []
     thread = _in_flight(server.url, answers)
     time.sleep(1.0)  # the request is in predict now

@@ -86,15 +86,22 @@ def test_fast_and_asgi_paths_give_identical_answers(server, model_zoo):
              ("/v2/models/mlp/infer", _body(x[:, :5])),            # 400: wrong feature count
              ("/v2/models/mlp/infer", b"{not json"),               # 400: malformed
              ("/v2/models/nope/infer", _body(x)),                  # 404
-             ("/v1/models/mlp:predict", orjson.dumps({"instances": x.tolist()}))]
+             ("/v1/models/mlp:predict", orjson.dumps({"instances": x.tolist()})),
+             # batched: answered from the batch future's callback (no task)
+             ("/v2/models/mlp_batched/infer", _body(x)),
+             ("/v2/models/mlp_batched/infer", _body(x[:, :5])),    # 400, refused at once
+             ("/v2/models/mlp_batched/infer", b"{not json"),
+             ("/v1/models/mlp_batched:predict", orjson.dumps({"instances": x.tolist()}))]
     for path, body in cases:
         (fast,), _ = _exchange(server.url, _request(path, body), 1)
         (slow,), _ = _exchange(server.url, _request(path, body, chunked=True), 1)
         assert fast[0] == slow[0] and fast[2] == slow[2], (path, fast, slow)
         assert fast[1]["content-type"] == slow[1]["content-type"]
-    (ok,), _ = _exchange(server.url, _request(*cases[0]), 1)
-    out = orjson.loads(ok[2])["outputs"][0]
-    np.testing.assert_allclose(np.array(out["data"]).reshape(3, 3), _mlp(model_zoo, x), rtol=1e-5)
+    for case in (cases[0], cases[5]):
+        (ok,), _ = _exchange(server.url, _request(*case), 1)
+        out = orjson.loads(ok[2])["outputs"][0]
+        np.testing.assert_allclose(np.array(out["data"]).reshape(3, 3), _mlp(model_zoo, x),
+                                   rtol=1e-5)
 
 
 def test_pipelined_requests_are_answered_in_order(server, model_zoo):
@@ -170,6 +177,11 @@ def test_request_id_payload_limit_and_metrics(server):
                                                 extra="x-request-id: abc-123\r\n") * 4, 4)
     assert all(a[0] == 200 and a[1]["x-request-id"] == "abc-123" for a in answers)
     assert successes() == before + 4
+    for batched_body, status in ((body, 200), (b"{not json", 400)):  # answered later / at once
+        (answer,), _ = _exchange(server.url, _request("/v2/models/mlp_batched/infer",
+                                                      batched_body, extra="x-request-id: b-7\r\n"),
+                                 1)
+        assert answer[0] == status and answer[1]["x-request-id"] == "b-7"
     big = b" " * (1 << 20) + body  # valid JSON, one byte over the server's 1 MiB limit
     (answer,), _ = _exchange(server.url, _request("/v2/models/mlp/infer", big), 1)
     assert answer[0] == 413 and "limit" in orjson.loads(answer[2])["error"]
@@ -217,13 +229,15 @@ class _Transport:
         return 0
 
 
-@pytest.mark.parametrize(("model", "method", "tasks", "cycle"), [
-    ("mlp", "POST", 0, False),          # inline: answered in the callback, no task
-    ("mlp_batched", "POST", 1, False),  # awaits the batcher: one task, no ASGI cycle
-    ("mlp", "GET", 1, True)])           # metadata: uvicorn's cycle and task
-def test_what_the_fast_path_saves(model_zoo, model, method, tasks, cycle):
+@pytest.mark.parametrize(("model", "method", "tasks", "futures", "cycle"), [
+    ("mlp", "POST", 0, 0, False),          # inline: answered in the callback, no task
+    ("mlp_batched", "POST", 0, 1, False),  # the batch's future, answered from its callback
+    ("mlp", "GET", 1, 0, True)])           # metadata: uvicorn's cycle and task
+def test_what_the_fast_path_saves(model_zoo, model, method, tasks, futures, cycle):
     """The point of the fast path: no ASGI cycle for inference, and no task at all for inline
-    models; other routes keep uvicorn's. No route arms a keep-alive timer per request."""
+    or batched models (a batched request's future joins uvicorn's tasks, so that shutdown
+    waits for it); other routes keep uvicorn's. No route arms a keep-alive timer per
+    request."""
 
     async def run() -> tuple[int, bytes]:
         metrics = Metrics(CollectorRegistry())
@@ -252,7 +266,9 @@ def test_what_the_fast_path_saves(model_zoo, model, method, tasks, cycle):
                                             _body(np.ones((1, 8), np.float32))))
         else:
             protocol.data_received(f"GET /v2/models/{model} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
-        started = (len(state.tasks), isinstance(protocol.cycle, RequestResponseCycle))
+        running = sum(isinstance(t, asyncio.Task) for t in state.tasks)
+        started = (running, len(state.tasks) - running,
+                   isinstance(protocol.cycle, RequestResponseCycle))
         for _ in range(200):  # until the coalesced write (and any task) has run
             await asyncio.sleep(0.005)
             if transport.written:
@@ -261,8 +277,8 @@ def test_what_the_fast_path_saves(model_zoo, model, method, tasks, cycle):
         return started, b"".join(transport.written)
 
     timers: list[str] = []
-    (started_tasks, asgi_cycle), written = asyncio.run(run())
-    assert (started_tasks, asgi_cycle) == (tasks, cycle)
+    (started_tasks, started_futures, asgi_cycle), written = asyncio.run(run())
+    assert (started_tasks, started_futures, asgi_cycle) == (tasks, futures, cycle)
     # the keep-alive clock is the watchdog's: no timer armed (and cancelled) per request
     assert "timeout_keep_alive_handler" not in timers, timers
     assert written.startswith(b"HTTP/1.1 200 OK\r\n")

@@ -11,9 +11,12 @@ before uvicorn builds an ASGI cycle for them at all.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,7 +29,7 @@ from serving.protocol.types import InferenceRequest, InferenceResponse
 from serving.server.dataplane import DataPlane
 from serving.server.rest.body import parse_header_length, read_body
 from serving.transport import tracing
-from serving.transport.fastpath import Reply
+from serving.transport.fastpath import Headers, Reply
 from serving.transport.logs import request_id_var
 
 log = logging.getLogger("turnout.rest")
@@ -266,6 +269,44 @@ class InferenceEndpoints:
             reply[2].append((b"x-request-id", request_id))
         return reply
 
+    def answer_soon(self, route: tuple[str, str, str | None], body: bytes, headers: Headers,
+                    reply: Callable[[Reply | None], None]) -> Reply | asyncio.Future[Any]:
+        """:meth:`answer` without a task of its own where the model is batched (the data
+        plane's :meth:`~serving.server.dataplane.DataPlane.infer_soon`); otherwise
+        :meth:`answer` runs in a task whose end calls ``reply``. A request refused before it
+        waits is answered at once."""
+        _, header_length, request_id = inference_headers(headers)
+        token = request_id_var.set(request_id.decode("latin-1") if request_id
+                                   else new_request_id())
+        try:
+            if tracing.ON:
+                future: asyncio.Future[Any] = asyncio.ensure_future(
+                    self.answer(route, body, headers))
+                future.add_done_callback(functools.partial(_task_replied, route, reply))
+                return future
+            try:
+                request, raw = self._request(route, body, header_length)
+                request.headers = headers
+                soon = self._dataplane.infer_soon(request, protocol=route[0], then=functools.partial(
+                    _replied, route, request, raw, request_id, reply))
+            except Exception as exc:
+                return _with_id(_failure(exc, route), request_id)
+            if soon is None:  # not batched (or unloaded meanwhile): the data plane's coroutine
+                soon = asyncio.ensure_future(self._infer(route, request, raw, request_id))
+                soon.add_done_callback(functools.partial(_task_replied, route, reply))
+            return soon
+        finally:
+            request_id_var.reset(token)
+
+    async def _infer(self, route: tuple[str, str, str | None], request: InferenceRequest,
+                     raw: bool, request_id: bytes | None) -> Reply:
+        try:
+            response = await self._dataplane.infer(request, protocol=route[0])
+            reply = _encode(route[0], request, response, raw)
+        except Exception as exc:
+            reply = _failure(exc, route)
+        return _with_id(reply, request_id)
+
     def _check(self, route: tuple[str, str, str | None]) -> None:
         self._dataplane.check_model(route[1], route[2])
 
@@ -310,6 +351,41 @@ def _protobuf_request(body: bytes, model: str, version: str | None
     request, raw = codec_grpc.decoded_request(message)
     request.model_name, request.model_version = model, version
     return request, raw
+
+
+def _replied(route: tuple[str, str, str | None], request: InferenceRequest, raw: bool,
+             request_id: bytes | None, reply: Callable[[Reply | None], None],
+             outcome: InferenceResponse | BaseException) -> None:
+    """The data plane's answer to a request given to ``infer_soon``, as the client's reply."""
+    if isinstance(outcome, asyncio.CancelledError):
+        reply(None)
+        return
+    if isinstance(outcome, InferenceResponse):
+        try:
+            answer = _encode(route[0], request, outcome, raw)
+        except Exception as exc:
+            answer = _failure(exc, route)
+    else:
+        answer = _failure(outcome, route)  # type: ignore[arg-type]
+    reply(_with_id(answer, request_id))
+
+
+def _task_replied(route: tuple[str, str, str | None], reply: Callable[[Reply | None], None],
+                  task: asyncio.Future[Reply]) -> None:
+    if task.cancelled():
+        reply(None)
+        return
+    try:
+        answer = task.result()
+    except Exception as exc:  # answer and _infer answer errors themselves: a bug
+        answer = _failure(exc, route)
+    reply(answer)
+
+
+def _with_id(reply: Reply, request_id: bytes | None) -> Reply:
+    if request_id is not None:
+        reply[2].append((b"x-request-id", request_id))
+    return reply
 
 
 def _encode(protocol: str, request: InferenceRequest, response: InferenceResponse,
