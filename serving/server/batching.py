@@ -81,6 +81,7 @@ class AdaptiveBatcher:
         self._rows = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def queued(self) -> int:
@@ -103,10 +104,13 @@ class AdaptiveBatcher:
         if len(self._queue) >= self._settings.max_queue_size:
             raise Overloaded(f"batching queue is full ({self._settings.max_queue_size} requests); "
                              "retry later")
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done():
+        task = self._task
+        if task is None or task.done():
+            self._loop = loop = asyncio.get_running_loop()
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._run())
+        else:
+            loop = self._loop  # the task's (asked once per task: this runs per request)
         key_outputs = tuple(outputs)
         pending = _Pending(inputs, key_outputs, rows, loop.create_future(), time.monotonic(),
                            _merge_key(inputs, key_outputs))

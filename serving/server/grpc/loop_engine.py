@@ -2,12 +2,15 @@
 
 Every RPC is the asyncio servicer's own code (serving/server/grpc/servicer.py), run on the
 server's loop like REST; ModelInfer for a model that predicts inline is answered in the same
-loop step that read it (decode, predict, encode, write), as the REST fast path does. Health and
-reflection are grpc_health's and grpc_reflection's asyncio servicers.
+loop step that read it (decode, predict, encode, write), as the REST fast path does, and for a
+batched model from its batch's callback (``DataPlane.infer_soon`` and the transport's
+``Later``: no task, coroutine or extra loop step per call). Health and reflection are grpc_health's and
+grpc_reflection's asyncio servicers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -19,12 +22,20 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from serving.protocol import codec_grpc as codec
 from serving.protocol import proto
 from serving.protocol.codec_grpc import Pb
-from serving.server.dataplane import DataPlane
+from serving.protocol.errors import TurnoutError
+from serving.protocol.types import InferenceResponse
+from serving.server.dataplane import DataPlane, current_request_id
 from serving.server.grpc.server import HEALTH_SERVICES, SetServing, _HealthServicer, reflection_pool
-from serving.server.grpc.servicer import InferenceServicer, grpc_server_span, infer_inline
+from serving.server.grpc.servicer import (
+    PROTOCOL,
+    InferenceServicer,
+    grpc_server_span,
+    infer_inline,
+)
 from serving.server.settings import ServerSettings
 from serving.transport import tracing
 from serving.transport.h2grpc import GrpcServer
+from serving.transport.h2grpc.calls import AbortError, Later
 
 log = logging.getLogger("turnout.grpc")
 
@@ -37,14 +48,57 @@ class LoopServicer:
         self._async = InferenceServicer(dataplane)
 
     def ModelInfer(self, request: Pb, context: Any) -> Any:
-        """A response, or a coroutine for the transport to await."""
-        if type(request) is codec.Undecodable or not self._dataplane.runs_blocking(
-                request.model_name, request.model_version or None):
+        """A response, or a future or coroutine for the transport to await."""
+        dataplane = self._dataplane
+        if type(request) is codec.Undecodable:
             return self._async.ModelInfer(request, context)
+        if dataplane.runs_blocking(request.model_name, request.model_version or None):
+            if tracing.ON:
+                with grpc_server_span(request, context.invocation_metadata()):
+                    return infer_inline(dataplane, request, context)
+            return infer_inline(dataplane, request, context)
         if tracing.ON:
-            with grpc_server_span(request, context.invocation_metadata()):
-                return infer_inline(self._dataplane, request, context)
-        return infer_inline(self._dataplane, request, context)
+            return self._async.ModelInfer(request, context)
+        try:
+            internal, raw = self._async.decode(request, context)
+            later = Later()
+            batch = dataplane.infer_soon(internal, protocol=PROTOCOL,
+                                         then=functools.partial(_settle, later, raw))
+        except Exception as exc:
+            raise _status(exc) from None
+        if batch is None:  # not batched: the data plane's coroutine
+            return self._async.infer_decoded(internal, raw, context)
+        later._on_cancel = batch.cancel  # a call that ends first gives up its batch place
+        return later
+
+
+def _settle(later: Later, raw: bool, outcome: InferenceResponse | BaseException) -> None:
+    """The data plane's answer to a call: the encoded response, or its status."""
+    if not later.wanted():
+        return  # the call ended first
+    if isinstance(outcome, InferenceResponse):
+        try:
+            response = codec.encode_response(outcome, raw=raw)
+        except Exception as exc:
+            later.fail(_status(exc))
+        else:
+            later.answer(response)
+    else:  # (a cancelled batch place: only after the call ended, so never here)
+        later.fail(_status(outcome))
+
+
+def _status(exc: BaseException) -> AbortError:
+    """What ends a call for ``exc``: a TurnoutError's mapped status and message, else INTERNAL
+    with the request id (the traceback goes to the log only), as the servicer's ``_abort``."""
+    if isinstance(exc, TurnoutError):
+        return AbortError(grpc.StatusCode[exc.grpc_code], str(exc))
+    if isinstance(exc, AbortError):
+        return exc
+    rid = current_request_id()
+    log.error("unexpected error in gRPC ModelInfer (request id %s)", rid,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return AbortError(grpc.StatusCode.INTERNAL, "internal server error in ModelInfer "
+                      f"(request id {rid}; the server log has the details)")
 
 
 def build_loop_grpc_server(dataplane: DataPlane, settings: ServerSettings, *,

@@ -102,7 +102,7 @@ class InferenceServicer:
                     with grpc_server_span(request, metadata()):
                         return await self._infer(request, context)
                 return await self._infer(request, context)
-            internal, raw = self._decode(request, context)
+            internal, raw = self.decode(request, context)
             return codec.encode_response(
                 await self.dataplane.infer(internal, protocol=PROTOCOL), raw=raw)
         except Exception as exc:
@@ -110,11 +110,21 @@ class InferenceServicer:
         raise AssertionError("context.abort returned")  # it always raises
 
     async def _infer(self, request: Pb, context: Context) -> Pb:
-        internal, raw = self._decode(request, context)
+        internal, raw = self.decode(request, context)
         response = await self.dataplane.infer(internal, protocol=PROTOCOL)
         return codec.encode_response(response, raw=raw)
 
-    def _decode(self, request: Pb, context: Context) -> tuple[InferenceRequest, bool]:
+    async def infer_decoded(self, internal: InferenceRequest, raw: bool,
+                            context: Context) -> Pb:
+        """ModelInfer's second half, for an edge that decoded the request itself."""
+        try:
+            return codec.encode_response(
+                await self.dataplane.infer(internal, protocol=PROTOCOL), raw=raw)
+        except Exception as exc:
+            await _abort(exc, context, "ModelInfer")
+        raise AssertionError("context.abort returned")  # it always raises
+
+    def decode(self, request: Pb, context: Context) -> tuple[InferenceRequest, bool]:
         """The internal request (its metadata attached where the model reads headers) and
         whether the answer carries raw contents; refusals are counted."""
         dataplane = self.dataplane

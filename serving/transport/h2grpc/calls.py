@@ -4,8 +4,11 @@ out, with grpc.aio's handler contract so the same servicers (and interceptors) s
 A unary handler may answer synchronously: when it returns a message rather than a coroutine
 the answer is written in the same event-loop step that read the request, with no task, future
 or thread hand-off — the model server's ModelInfer does that for models that predict inline,
-as its REST fast path does. Coroutines run as tasks; streaming handlers (async generators, or
-coroutines that ``await context.write``) too.
+as its REST fast path does. It may also return a :class:`Later`, its promise to answer from a
+callback: the answer is written as soon as it is given, with no task, coroutine or loop step in
+between — the model server's ModelInfer for batched models, answered from the batch's
+callback. Coroutines run as tasks; streaming handlers (async generators, or coroutines that
+``await context.write``) too.
 """
 
 from __future__ import annotations
@@ -32,6 +35,49 @@ _NOT_METADATA = frozenset({b"te", b"content-type", b"grpc-timeout", b"grpc-encod
                            b"grpc-accept-encoding", b"content-length"})
 _END = object()
 _COROUTINE = types.CoroutineType
+
+
+class Later:
+    """A unary handler's answer to come (see the module docstring): the handler returns it and
+    calls :meth:`answer` or :meth:`fail` once; ``on_cancel`` runs if the call ends first (the
+    client left, the deadline passed), when the answer is no longer wanted. Not awaitable: only
+    this transport's calls take it, never an interceptor that wraps a handler."""
+
+    __slots__ = ("_call", "_on_cancel", "_over")
+
+    def __init__(self, on_cancel: Callable[[], None] | None = None) -> None:
+        self._call: Call | None = None  # set by the call the handler returns it to
+        self._on_cancel = on_cancel
+        self._over = False
+
+    def answer(self, response: Any) -> None:
+        call = self._settle()
+        if call is not None:
+            call._respond(response)
+
+    def fail(self, error: BaseException) -> None:
+        """End the call as if the handler had raised ``error`` (an abort's status, else
+        INTERNAL)."""
+        call = self._settle()
+        if call is not None:
+            call._failed(error)
+
+    def wanted(self) -> bool:
+        return not self._over
+
+    def cancel(self, msg: Any = None) -> None:
+        """The call ended first (as ``Task.cancel`` for a handler's task)."""
+        if not self._over:
+            self._settle()
+            if self._on_cancel is not None:
+                self._on_cancel()
+
+    def _settle(self) -> Call | None:
+        if self._over:
+            return None
+        self._over = True
+        call, self._call = self._call, None  # no cycle with the call once settled
+        return call
 
 
 class AbortError(Exception):
@@ -201,7 +247,7 @@ class Call:
         self.expected = -1  # the length announced by the current message's prefix
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | Later | None = None
         self.finished = self.cancelled = self.head_sent = self.ended = False
         self.handler: grpc.RpcMethodHandler | None = None
         self.requests: asyncio.Queue[Any] | None = None
@@ -366,8 +412,11 @@ class Call:
         except Exception as exc:
             self._failed(exc)
             return
-        if type(result) is _COROUTINE or (type(result) is not bytes
-                                          and asyncio.iscoroutine(result)):
+        kind = type(result)
+        if kind is Later:
+            result._call = self
+            self.task = result  # cancelled with the call, as a task would be
+        elif kind is _COROUTINE or (kind is not bytes and asyncio.iscoroutine(result)):
             self.task = self.server.loop.create_task(self._await_unary(result))
         else:
             self._respond(result)

@@ -81,10 +81,10 @@ def _write_models(root: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
     weights = {v: rng.normal(size=(4, 3)).astype(np.float32) for v in ("1", "2")}
 
-    def model(name: str, cls: str) -> Path:
+    def model(name: str, cls: str, **settings: Any) -> Path:
         (root / name).mkdir()
         (root / name / "model-settings.yaml").write_text(
-            yaml.safe_dump({"runtime": f"{RUNTIMES}:{cls}"}))
+            yaml.safe_dump({"runtime": f"{RUNTIMES}:{cls}", **settings}))
         return root / name
 
     linear = model("linear", "MatMul")
@@ -93,6 +93,10 @@ def _write_models(root: Path) -> dict[str, np.ndarray]:
         np.save(linear / version / "weights.npy", w)
     np.save(model("spare", "MatMul") / "weights.npy", weights["1"])
     model("exploding", "ExplodesInPredict")
+    # batched: the loop engine answers these from the batch's callback (transport's Later)
+    batching = {"max_batch_size": 64, "max_latency_ms": 5}
+    np.save(model("batched", "MatMul", batching=batching) / "weights.npy", weights["1"])
+    model("exploding_batched", "ExplodesInPredict", batching=batching)
     (model("corrupt", "CorruptArtifact") / "weights.npy").write_bytes(b"not numpy data")
     return weights
 
@@ -253,6 +257,76 @@ def test_raw_inference_equals_the_model_computed_in_process(triton, stack, rows)
     assert response.model_version == "2"
     assert len(response.raw_output_contents) == 3  # raw in, raw out
     assert stack.requests("linear", "2", "success") == before + 1
+
+
+def test_batched_calls_equal_the_model_computed_in_process_and_are_counted(stack):
+    """Concurrent calls to a batched model, merged: each gets exactly its own rows."""
+    before = stack.requests("batched", "1", "success")
+    batches = stack.registry.get_sample_value(
+        "turnout_batch_size_rows_count", {"model": "batched", "version": "1"}) or 0.0
+    cases = [_batch(1 + i % 3, seed=100 + i) for i in range(40)]
+
+    def call(case):
+        with grpcclient.InferenceServerClient(stack.url) as client:
+            return client.infer("batched", _triton_inputs(*case), request_id="b")
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(call, cases))
+    for (x, labels, counts), result in zip(cases, results, strict=True):
+        np.testing.assert_allclose(result.as_numpy("y"), x @ stack.weights["1"], rtol=1e-6)
+        assert result.as_numpy("label_upper").tolist() == [s.upper() for s in labels]
+        np.testing.assert_array_equal(result.as_numpy("count_doubled"), counts * 2)
+        assert result.get_response().id == "b"
+    stack.dataplane.metrics.flush()
+    assert stack.requests("batched", "1", "success") == before + 40
+    merged = stack.registry.get_sample_value(
+        "turnout_batch_size_rows_count", {"model": "batched", "version": "1"}) - batches
+    assert 0 < merged <= 40
+
+
+def test_batched_model_errors_are_clean_and_counted(triton, stack):
+    before = stack.requests("exploding_batched", "1", "model_failed")
+    x = grpcclient.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+    _expect_error(lambda: triton.infer("exploding_batched", [x]), "INTERNAL",
+                  "model 'exploding_batched' failed during predict (request id ")
+    assert stack.requests("exploding_batched", "1", "model_failed") == before + 1
+    x, labels, counts = _batch(2)
+    _expect_error(lambda: triton.infer("batched", _triton_inputs(np.resize(x, (2, 5)), labels,
+                                                                 counts)),
+                  "INVALID_ARGUMENT", "input 'x' has 5 features but the model expects 4")
+    _assert_still_serves(triton, stack)
+
+
+def test_a_batched_call_that_ends_first_gives_up_its_batch_place(stack):
+    """The loop engine's ModelInfer for a batched model returns the transport's Later; when
+    the call ends first (deadline, client gone) the request leaves its batch, counted."""
+    from serving.server.grpc.loop_engine import LoopServicer
+    from serving.transport.h2grpc.calls import Later
+
+    x, labels, counts = _batch(1)
+    request = proto.ModelInferRequest(model_name="batched")
+    for name, array, datatype in (("x", x, "FP32"), ("count", counts, "INT64")):
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        getattr(tensor.contents, "fp32_contents" if datatype == "FP32" else
+                "int64_contents").extend(array.ravel().tolist())
+    label = request.inputs.add(name="label", datatype="BYTES", shape=[1])
+    label.contents.bytes_contents.extend(labels.tolist())
+    before = stack.requests("batched", "1", "not_ready")
+    batcher_queue: list[int] = []
+
+    async def give_up() -> None:
+        servicer = LoopServicer(stack.dataplane)
+        later = servicer.ModelInfer(request, AbortingContext())
+        assert type(later) is Later
+        batcher_queue.append(stack.dataplane.repository.get("batched", None).batcher.queued)
+        later.cancel()  # as the call does when it ends first
+        await asyncio.sleep(0.05)
+
+    stack.run(give_up())
+    assert batcher_queue == [1]
+    stack.dataplane.metrics.flush()
+    assert stack.requests("batched", "1", "not_ready") == before + 1
 
 
 def test_versions_requested_outputs_and_id_echo(triton, stack):

@@ -10,6 +10,7 @@ import gc
 import socket
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +21,7 @@ import trustme
 
 from serving.transport.h2grpc import GrpcServer
 from serving.transport.h2grpc import frames as f
-from serving.transport.h2grpc.calls import Call, CallContext
+from serving.transport.h2grpc.calls import AbortError, Call, CallContext, Later
 from serving.transport.h2grpc.connection import Stream
 
 SERVICE = "test.Echo"
@@ -32,6 +33,26 @@ def _identity(data: bytes) -> bytes:
 
 
 class Echo:
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []  # Deferred calls whose answer was no longer wanted
+
+    def Deferred(self, request: bytes, context: Any) -> Later:  # noqa: N802
+        """Answers from a callback (a Later): ``ok:<s>`` reversed after <s> seconds, ``abort``
+        with a status, ``boom`` with an unexpected error."""
+        kind, _, delay = request.decode().partition(":")
+        later = Later(on_cancel=lambda: self.cancelled.append(request.decode()))
+
+        def settle() -> None:
+            if kind == "abort":
+                later.fail(AbortError(grpc.StatusCode.FAILED_PRECONDITION, "refused later"))
+            elif kind == "boom":
+                later.fail(RuntimeError("secret path /srv/models"))
+            else:
+                later.answer(request[::-1])
+
+        asyncio.get_running_loop().call_later(float(delay or 0), settle)
+        return later
+
     async def Unary(self, request: bytes, context: Any) -> bytes:  # noqa: N802
         metadata = dict(context.invocation_metadata())
         if "x-fail" in metadata:
@@ -78,6 +99,7 @@ class RefuseSecret(grpc.aio.ServerInterceptor):
 def _handlers(echo: Echo) -> grpc.GenericRpcHandler:
     kinds = {"Unary": grpc.unary_unary_rpc_method_handler,
              "Inline": grpc.unary_unary_rpc_method_handler,
+             "Deferred": grpc.unary_unary_rpc_method_handler,
              "Slow": grpc.unary_unary_rpc_method_handler,
              "Count": grpc.unary_stream_rpc_method_handler,
              "Sum": grpc.stream_unary_rpc_method_handler,
@@ -109,9 +131,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     folder = tmp_path_factory.mktemp("pki")
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
 
+    echo = Echo()
+
     async def start() -> dict[str, Any]:
         plain = GrpcServer(max_receive=LIMIT, max_send=LIMIT)
-        plain.add_generic_rpc_handlers((_handlers(Echo()),))
+        plain.add_generic_rpc_handlers((_handlers(echo),))
         guarded = GrpcServer(interceptors=[RefuseSecret()])
         guarded.add_generic_rpc_handlers((_handlers(Echo()),))
         tls = GrpcServer()
@@ -125,6 +149,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     started = loop.run(start())
     started["ca"] = (folder / "ca.pem").read_bytes()
     started["loop"] = loop
+    started["echo"] = echo
     try:
         yield started
     finally:
@@ -180,6 +205,27 @@ def test_a_deadline_ends_a_slow_call_and_the_handler_sees_the_time_left(
     assert 3.5 < remaining <= 5.1  # the client rounds its grpc-timeout up
 
 
+def test_a_handler_answers_later_from_a_callback(servers: dict[str, Any],
+                                                 channel: grpc.Channel) -> None:
+    assert _unary(channel, "Deferred")(b"ok:0.05") == b"50.0:ko"
+    with pytest.raises(grpc.RpcError) as caught:
+        _unary(channel, "Deferred")(b"abort")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == "refused later"
+    with pytest.raises(grpc.RpcError) as caught:
+        _unary(channel, "Deferred")(b"boom")
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in caught.value.details()
+    assert servers["echo"].cancelled == []
+    # the deadline comes first: the call ends, the handler is told, its late answer is dropped
+    with pytest.raises(grpc.RpcError) as caught:
+        _unary(channel, "Deferred")(b"ok:0.6", timeout=0.2)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert servers["echo"].cancelled == ["ok:0.6"]
+    time.sleep(0.6)  # the late answer comes and goes nowhere; the server answers as before
+    assert _unary(channel, "Deferred")(b"ok") == b"ko"
+
+
 def test_streaming_in_every_direction(channel: grpc.Channel) -> None:
     counted = channel.unary_stream(f"/{SERVICE}/Count")(b"5")
     assert [int(m) for m in counted] == [0, 1, 2, 3, 4]
@@ -224,6 +270,7 @@ def test_finished_calls_leave_no_cycles_for_the_collector(channel: grpc.Channel)
         for i in range(20):
             assert _unary(channel, "Unary")(str(i).encode()) == str(i).encode()
             assert _unary(channel, "Inline")(b"ab") == b"ba"
+            assert _unary(channel, "Deferred")(b"ok") == b"ko"
             with pytest.raises(grpc.RpcError):
                 _unary(channel, "Unary")(b"x", metadata=(("x-fail", "no"),))
         assert [int(m) for m in channel.unary_stream(f"/{SERVICE}/Count")(b"3")] == [0, 1, 2]
