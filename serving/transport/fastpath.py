@@ -264,12 +264,12 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
                 or (self.cycle is not None and not self.cycle.response_complete
                     and self.cycle is not self._busy):
             return None  # uvicorn owns the connection's turn; it queues in order itself
-        url = self.url
-        if b"?" in url or b"%" in url:
-            return None
         try:
-            path = url.decode("ascii")
+            path = self.url.decode("ascii")
         except UnicodeDecodeError:
+            return None
+        # (on the str: `b"?" in url` first tries the needle as an int and costs ~0.25 µs)
+        if "?" in path or "%" in path:
             return None
         headers = self.headers
         length = None

@@ -229,11 +229,15 @@ class _Transport:
         return 0
 
 
-@pytest.mark.parametrize(("model", "method", "tasks", "futures", "cycle"), [
-    ("mlp", "POST", 0, 0, False),          # inline: answered in the callback, no task
-    ("mlp_batched", "POST", 0, 1, False),  # the batch's future, answered from its callback
-    ("mlp", "GET", 1, 0, True)])           # metadata: uvicorn's cycle and task
-def test_what_the_fast_path_saves(model_zoo, model, method, tasks, futures, cycle):
+@pytest.mark.parametrize(("model", "method", "tasks", "futures", "cycle", "query"), [
+    ("mlp", "POST", 0, 0, False, ""),          # inline: answered in the callback, no task
+    ("mlp_batched", "POST", 0, 1, False, ""),  # the batch's future, answered from its callback
+    ("mlp", "GET", 1, 0, True, ""),            # metadata: uvicorn's cycle and task
+    # a query string or an escaped path: uvicorn's path, which parses and unescapes them
+    ("mlp", "POST", 1, 0, True, "?trace=1"),
+    ("mlp", "POST", 1, 0, True, "%"),
+])
+def test_what_the_fast_path_saves(model_zoo, model, method, tasks, futures, cycle, query):
     """The point of the fast path: no ASGI cycle for inference, and no task at all for inline
     or batched models (a batched request's future joins uvicorn's tasks, so that shutdown
     waits for it); other routes keep uvicorn's. No route arms a keep-alive timer per
@@ -262,8 +266,9 @@ def test_what_the_fast_path_saves(model_zoo, model, method, tasks, futures, cycl
 
         loop.call_later = counted  # type: ignore[method-assign]
         if method == "POST":
-            protocol.data_received(_request(f"/v2/models/{model}/infer",
-                                            _body(np.ones((1, 8), np.float32))))
+            path = f"/v2/models/{model}/infer{query}" if query != "%" \
+                else f"/v2/models/{model[:-1]}%{ord(model[-1]):02x}/infer"
+            protocol.data_received(_request(path, _body(np.ones((1, 8), np.float32))))
         else:
             protocol.data_received(f"GET /v2/models/{model} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
         running = sum(isinstance(t, asyncio.Task) for t in state.tasks)
