@@ -118,11 +118,11 @@ def h11_limit(limits: HttpLimits | None) -> int:
 # uvicorn's HttpToolsProtocol.
 _METHODS = ("on_headers_complete", "on_body", "on_message_complete", "on_response_complete",
             "_start_asgi_task", "_unset_keepalive_if_required",
-            "shutdown", "timeout_keep_alive_handler", "on_url", "on_header", "send_400_response",
+            "shutdown", "on_url", "on_header", "send_400_response",
             "on_message_begin", "data_received", "connection_made", "connection_lost")
 _ATTRIBUTES = ("parser", "url", "headers", "expect_100_continue", "pipeline", "cycle", "flow",
                "scope",
-               "server_state", "timeout_keep_alive_task", "timeout_keep_alive", "tasks", "loop",
+               "server_state", "timeout_keep_alive", "tasks", "loop",
                "logger", "transport")
 
 
