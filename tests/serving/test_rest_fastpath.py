@@ -229,6 +229,52 @@ class _Transport:
         return 0
 
 
+async def _in_process(model_zoo, model: str) -> tuple:
+    """The model server's REST protocol for one model, on an in-process transport: (protocol,
+    transport, server state, metrics)."""
+    metrics = Metrics(CollectorRegistry())
+    repository = ModelRepository(path=model_zoo["root"] / model, name=model, metrics=metrics)
+    await repository.load_all()
+    dataplane = DataPlane(repository=repository, metrics=metrics, executor=ThreadPoolExecutor(1))
+    dataplane.started = True
+    app = build_rest_app(dataplane, registry=metrics.registry, max_payload_bytes=1 << 20)
+    config = uvicorn.Config(app, http=bind_protocol(app), lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    protocol = config.http_protocol_class(config=config, server_state=state, app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport, state, metrics
+
+
+def test_a_client_gone_before_its_batch_is_answered_leaves_nothing_behind(model_zoo, caplog):
+    """The batched request's answer comes after the client left: nothing is written, nothing
+    raised, the request is counted and no longer in flight, its future leaves the tasks."""
+
+    async def run() -> tuple[list[bytes], ServerState, Metrics]:
+        protocol, transport, state, metrics = await _in_process(model_zoo, "mlp_batched")
+        protocol.data_received(_request("/v2/models/mlp_batched/infer",
+                                        _body(np.ones((1, 8), np.float32))))
+        assert len(state.tasks) == 1  # the batch's future, not yet answered
+        transport.closed = True
+        protocol.connection_lost(None)
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if not state.tasks:
+                break
+        await asyncio.sleep(0.02)
+        return transport.written, state, metrics
+
+    written, state, metrics = asyncio.run(run())
+    assert written == [] and not state.tasks
+    assert "Traceback" not in caplog.text and "unhandled" not in caplog.text
+    metrics.flush()
+    labels = {"model": "mlp_batched", "version": "1", "protocol": "rest", "status": "success"}
+    assert metrics.registry.get_sample_value("turnout_requests_total", labels) == 1
+    assert metrics.registry.get_sample_value(
+        "turnout_requests_in_flight", {"model": "mlp_batched", "protocol": "rest"}) == 0
+
+
 @pytest.mark.parametrize(("model", "method", "tasks", "futures", "cycle", "query"), [
     ("mlp", "POST", 0, 0, False, ""),          # inline: answered in the callback, no task
     ("mlp_batched", "POST", 0, 1, False, ""),  # the batch's future, answered from its callback
@@ -244,19 +290,7 @@ def test_what_the_fast_path_saves(model_zoo, model, method, tasks, futures, cycl
     request."""
 
     async def run() -> tuple[int, bytes]:
-        metrics = Metrics(CollectorRegistry())
-        repository = ModelRepository(path=model_zoo["root"] / model, name=model, metrics=metrics)
-        await repository.load_all()
-        dataplane = DataPlane(repository=repository, metrics=metrics,
-                              executor=ThreadPoolExecutor(1))
-        dataplane.started = True
-        app = build_rest_app(dataplane, registry=metrics.registry, max_payload_bytes=1 << 20)
-        config = uvicorn.Config(app, http=bind_protocol(app), lifespan="off", log_config=None)
-        config.load()
-        state = ServerState()
-        protocol = config.http_protocol_class(config=config, server_state=state, app_state={})
-        transport = _Transport()
-        protocol.connection_made(transport)
+        protocol, transport, state, _ = await _in_process(model_zoo, model)
         loop = asyncio.get_running_loop()
         call_later = loop.call_later
 
