@@ -1,4 +1,4 @@
-"""loadtests/instructions.py: callgrind's count of a Python program's main-thread instructions
+"""loadtests/loop_instructions.py: callgrind's count of a Python program's main-thread instructions
 per unit of work, from two runs that differ only in the number of units (real valgrind on a
 small program; the model-server probe it drives takes minutes and is run by hand)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from loadtests import instructions
+from loadtests import loop_instructions as instructions
 
 PROGRAM = "import sys\ntotal = 0\nfor i in range(int(sys.argv[1])):\n    total += i * i\n"
 
