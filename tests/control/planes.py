@@ -93,10 +93,16 @@ class Up:
     def router_metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=10).text
 
+    def logs(self) -> str:
+        """The plane's output and the end of its router's log: what a failed start says."""
+        router = self.folder / ".turnout" / "logs" / "router.log"
+        tail = router.read_text()[-2000:] if router.exists() else "(no router log)"
+        return f"{(self.folder / 'up.log').read_text()}\n--- router.log ---\n{tail}"
+
     def wait(self, check: Callable[[], object], timeout: float = 60, what: str = "") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.folder / "up.log").read_text()
+            assert self.proc.poll() is None, self.logs()
             try:
                 if check():
                     return

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -30,18 +31,39 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
     """``count`` distinct loopback ports, all bound at once while choosing (two separate
-    choices may return the same port once the first socket is closed)."""
-    sockets = []
+    choices may return the same port once the first socket is closed), none of ``avoid``:
+    ports promised to a process that has not bound them yet (the router's public ports)."""
+    sockets, chosen = [], []
     try:
-        for _ in range(count):
+        while len(chosen) < count:
             sock = socket.socket()
+            sockets.append(sock)  # an avoided port stays bound too, so the next bind differs
             sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(s.getsockname()[1]) for s in sockets]
+            if (port := int(sock.getsockname()[1])) not in avoid:
+                chosen.append(port)
+        return chosen
     finally:
         for sock in sockets:
+            sock.close()
+
+
+def listening_socket(avoid: Collection[int] = ()) -> socket.socket:
+    """A loopback socket bound now to a free port other than ``avoid``, for a server to
+    adopt: choosing a port and binding it later leaves a gap in which another process (or
+    this plane's next choice) may take it."""
+    held = []
+    try:
+        while True:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            if sock.getsockname()[1] not in avoid:
+                return sock
+            held.append(sock)
+    finally:
+        for sock in held:
             sock.close()
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from serving.control.local.processes import die_with_parent
-from serving.control.local.supervisor import free_port
+from serving.control.local.processes import die_with_parent, free_ports
 from serving.transport.auth import issue_token_file
 
 log = logging.getLogger("turnout.control")
@@ -57,7 +56,10 @@ class RouterProcess:
     async def start(self, timeout: float = 30.0) -> None:
         if not self.routes_path.exists():
             self.routes_path.write_text("services: []\n")
-        self.admin_port = self.admin_port or free_port()
+        # not one of the public ports: the router binds those only now, so the kernel may
+        # still hand one of them out
+        self.admin_port = self.admin_port or free_ports(
+            1, avoid=(self.http_port, self.grpc_port))[0]
         if not self._token:
             self._token = issue_token_file(self.token_path)
         out = (self.state_dir / "logs" / "router.log").open("ab")

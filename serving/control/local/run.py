@@ -28,10 +28,9 @@ from serving.control.local import token
 from serving.control.local.admin import PlaneAdmin
 from serving.control.local.metrics import PlaneMetrics
 from serving.control.local.plane import Plane
-from serving.control.local.processes import ours, stop_leftovers
+from serving.control.local.processes import listening_socket, ours, stop_leftovers
 from serving.control.local.routerproc import RouterProcess
 from serving.control.local.statefile import StateFileError
-from serving.control.local.supervisor import free_port
 from serving.control.policy import validate
 from serving.control.registry import RegistryLink
 from serving.spec.load import ManifestError, Manifests, last_documents, load_files
@@ -183,7 +182,10 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    admin_port = free_port()
+    # bound now, before the router starts: a port chosen here and bound later could be the one
+    # chosen for the router's admin API, or one of the public ports the router has yet to bind
+    admin_socket = listening_socket(avoid=(args.http_port, args.grpc_port))
+    admin_port = int(admin_socket.getsockname()[1])
     admin = uvicorn.Server(uvicorn.Config(PlaneAdmin(plane, stop, token=token.issue(state_dir)),
                                           host="127.0.0.1",
                                           port=admin_port, log_config=None, access_log=False,
@@ -192,7 +194,7 @@ async def _main(args: argparse.Namespace, manifests: Manifests, state_dir: Path)
                                               admin_certificates.uvicorn_factory()
                                               if admin_certificates else None)))
     admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    admin_task = asyncio.create_task(admin.serve())
+    admin_task = asyncio.create_task(admin.serve(sockets=[admin_socket]))
     watcher = asyncio.create_task(admin_certificates.watch()) if admin_certificates else None
     code = 0
     try:

@@ -30,10 +30,6 @@ log = logging.getLogger("turnout.control")
 ReplicaState = Literal["starting", "ready", "backoff", "stopping"]
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
 @dataclass(frozen=True)
 class ReplicaSpec:
     """What a revision's replicas run: ``turnout serve URI --name MODEL --runtime RUNTIME``.
@@ -128,7 +124,10 @@ class Supervisor:
         return extra
 
     async def _start(self, replica: Replica) -> None:
-        replica.http_port, replica.grpc_port = free_ports(2)
+        # not another replica's: one started a moment ago may not have bound its ports yet
+        taken = {port for rs in self.replicas.values() for r in rs if r is not replica
+                 for port in (r.http_port, r.grpc_port)}
+        replica.http_port, replica.grpc_port = free_ports(2, avoid=taken)
         with replica.log_path.open("ab") as out:
             out.write(f"--- start {time.strftime('%H:%M:%S')} http {replica.http_port} grpc "
                       f"{replica.grpc_port}\n".encode())
