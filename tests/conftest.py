@@ -22,10 +22,20 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="turnout-test-cache-")
 
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port no earlier call in this test process returned: a port is free only
+    until something binds it, and the kernel may hand the same one out twice in a row (two
+    servers of one test then collide, and the second exits on 'address in use')."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def basetemp(path: Path) -> Path:

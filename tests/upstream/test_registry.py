@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import free_port
 from upstream.registry import (
     ModelRef,
     Registry,
@@ -73,12 +73,6 @@ def predictions(folder: Path) -> list[int]:
 
     x, _ = load_iris(return_X_y=True)
     return joblib.load(folder / "model.joblib").predict(x).tolist()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- fixtures -----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from serving.server.grpc.loop_engine import build_loop_grpc_server
 from serving.server.metrics import Metrics
 from serving.server.repository import ModelRepository
 from serving.server.settings import ServerSettings
+from tests.conftest import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -69,12 +69,6 @@ class Stack:
     def requests(self, model: str, version: str, status: str) -> float:
         return self.registry.get_sample_value("turnout_requests_total", {
             "model": model, "version": version, "protocol": "grpc", "status": status}) or 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_models(root: Path) -> dict[str, np.ndarray]:
@@ -135,7 +129,7 @@ def stack(request: pytest.FixtureRequest,
     thread = threading.Thread(target=loop.run_forever, name="grpc-test-loop", daemon=True)
     thread.start()
     executor = ThreadPoolExecutor(2)
-    port, small_port = _free_port(), _free_port()
+    port, small_port = free_port(), free_port()
 
     async def start() -> tuple[Any, ...]:
         registry = CollectorRegistry()
