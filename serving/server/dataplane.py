@@ -376,16 +376,10 @@ class DataPlane:
             return await self._predict(mv, inputs, names, record, headers)
 
     def _admission_limit(self, mv: ModelVersion) -> int:
-        """Threads plus the queue: the model's ``max_queue``, else about one second of work at
-        the latency measured at load (at least 8 waiting, at most 4096)."""
         runtime = mv.runtime
         assert runtime is not None
-        threads = self._executor._max_workers
-        queue = runtime.settings.max_queue
-        if queue is None:
-            per_row = runtime.one_row_seconds
-            queue = 8 if not per_row else max(8, min(4096, int(threads / per_row)))
-        mv.admit_limit = threads + queue
+        mv.admit_limit = admission_limit(self._executor._max_workers,
+                                         runtime.settings.max_queue, runtime.one_row_seconds)
         return mv.admit_limit
 
     def _batcher(self, mv: ModelVersion, record: RequestMetrics) -> AdaptiveBatcher:
@@ -397,6 +391,16 @@ class DataPlane:
                                                self._predict)(mv, inputs, names, record),
                 settings=mv.runtime.settings.batching, observe=observe)
         return mv.batcher
+
+
+def admission_limit(threads: int, max_queue: int | None, one_row_seconds: float | None) -> int:
+    """Threads plus the queue: the model's ``max_queue``, else about one second of work at
+    the latency measured at load (at least 8 waiting, at most 4096)."""
+    if max_queue is not None:
+        return threads + max_queue
+    if not one_row_seconds:
+        return threads + 8
+    return threads + max(8, min(4096, int(threads / one_row_seconds)))
 
 
 def header_map(raw: Any) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -124,19 +123,10 @@ def test_the_default_queue_is_sized_from_the_models_latency(server: ServerProces
 
 
 def test_a_measured_latency_sizes_the_queue() -> None:
-    from concurrent.futures import ThreadPoolExecutor as Pool
+    from serving.server.dataplane import admission_limit
 
-    from serving.server.dataplane import DataPlane
-    from serving.server.repository import ModelVersion
-
-    class Runtime:
-        def __init__(self, seconds: float | None, queue: int | None = None) -> None:
-            self.one_row_seconds = seconds
-            self.settings = type("S", (), {"max_queue": queue})()
-
-    plane = DataPlane.__new__(DataPlane)
-    plane._executor = Pool(4)
+    # 4 threads; the model's max_queue when set, else ~1 s of work (8 to 4096 waiting)
     for seconds, queue, want in [(0.002, None, 4 + 2000), (0.5, None, 4 + 8),
-                                 (0.00001, None, 4 + 4096), (None, None, 4 + 8), (0.002, 0, 4)]:
-        mv = ModelVersion("m", "1", Path("."), runtime=Runtime(seconds, queue))  # type: ignore[arg-type]
-        assert plane._admission_limit(mv) == want
+                                 (0.00001, None, 4 + 4096), (None, None, 4 + 8), (0.002, 0, 4),
+                                 (0.002, 3, 4 + 3)]:
+        assert admission_limit(4, queue, seconds) == want

@@ -427,24 +427,30 @@ def test_the_h11_fallback_still_refuses_a_huge_request_head():
 
 
 
-def test_claimed_routes_are_remembered_by_path_within_a_bound():
+async def test_claimed_routes_are_remembered_by_path_within_a_bound(model_zoo, tmp_path):
     """Paths are the client's text: the table of routes by path never grows past its bound,
-    and a remembered route is what route_of gives."""
+    and a remembered route is what route_of gives; whether a route is answered in the
+    reading thread is the data plane's answer for its model, remembered or not."""
+    import shutil
+
     from serving.server.rest import infer
 
-    class Plane:
-        def runs_blocking(self, model: str, version: str | None) -> bool:
-            return model == "inline"
-
-    endpoints = infer.InferenceEndpoints(Plane(), None, max_payload_bytes=1 << 20)  # type: ignore[arg-type]
+    root = tmp_path / "mlp"
+    shutil.copytree(model_zoo["root"] / "mlp_batched", root)
+    metrics = Metrics(CollectorRegistry())
+    repository = ModelRepository(path=root, name="mlp", metrics=metrics)
+    await repository.load_all()
+    dataplane = DataPlane(repository=repository, metrics=metrics, executor=ThreadPoolExecutor(1))
+    assert not dataplane.runs_blocking("mlp", None)  # batched: answered on the loop
+    endpoints = infer.InferenceEndpoints(dataplane, None, max_payload_bytes=1 << 20)  # type: ignore[arg-type]
     paths = [f"/v2/models/m{i}/infer" for i in range(infer._MAX_ROUTES * 3)]
-    for path in paths:
-        assert endpoints.claim(path, []) == (infer.route_of(path), False)
+    for path in paths:  # unknown models: their NOT_FOUND comes from the blocking path
+        assert endpoints.claim(path, []) == (infer.route_of(path), True)
         assert len(endpoints._routes) <= infer._MAX_ROUTES
     for _ in range(2):  # remembered or not, the same answers
-        assert endpoints.claim("/v2/models/inline/versions/3/infer", []) == (
-            ("rest", "inline", "3"), True)
-        assert endpoints.claim("/v2/models/inline/infer", [(b"content-type",
-                                                             infer.PROTOBUF)]) == (
-            (infer.PROTOBUF_PROTOCOL, "inline", None), True)
+        assert endpoints.claim("/v2/models/mlp/infer", []) == (("rest", "mlp", None), False)
+        assert endpoints.claim("/v2/models/mlp/versions/9/infer", []) == (
+            ("rest", "mlp", "9"), True)
+        assert endpoints.claim("/v2/models/mlp/infer", [(b"content-type", infer.PROTOBUF)]) == (
+            (infer.PROTOBUF_PROTOCOL, "mlp", None), False)
         assert endpoints.claim("/v2/health/live", []) is None
