@@ -97,7 +97,7 @@ class Decoded:
 def decoded_request(request: Pb | Decoded) -> tuple[InferenceRequest, bool]:
     """The internal request and whether it carried raw contents (its answer must too), from
     a :class:`Decoded` or a message (which raises ``InvalidInput`` where it is wrong)."""
-    if type(request) is Decoded:
+    if isinstance(request, Decoded):
         return request.internal, request.raw
     return request_to_internal(request), bool(request.raw_input_contents)
 
@@ -401,7 +401,7 @@ def encode_response(response: InferenceResponse, *, raw: bool) -> bytes:
     parts = [head]
     if response.id:
         parts.append(proto.ModelInferResponse(id=response.id).SerializeToString())
-    contents = []
+    contents: list[Any] = []
     for tensor in outputs:
         data = tensor.data
         key = (tensor.name, tensor.datatype, data.shape)
@@ -439,7 +439,7 @@ def _varint(value: int) -> bytes:
 def serialize_response(message: Pb | bytes) -> bytes:
     """ModelInfer's response serializer: the servicers answer with :func:`encode_response`'s
     bytes; a message (from an interceptor, say) is serialized as usual."""
-    if type(message) is bytes:
+    if isinstance(message, bytes):
         return message
     data: bytes = message.SerializeToString()
     return data

@@ -81,7 +81,7 @@ class AdaptiveBatcher:
         self._rows = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Any = None  # the task's loop, once there is a task
 
     @property
     def queued(self) -> int:

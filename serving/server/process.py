@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from serving import native
 from serving.server.dataplane import DataPlane
 from serving.server.metrics import Metrics
 from serving.server.repository import ModelRepository
@@ -148,6 +149,7 @@ async def serve(settings: ServerSettings, *, repository: ModelRepository, metric
              if settings.grpc_port else "off",
              " (TLS, client certificates required)" if tls and tls.client_ca
              else " (TLS)" if tls else "")
+    log.info("%s", native.state())
     watcher = asyncio.create_task(certificates.watch()) if certificates else None
     if not preloaded:
         await repository.load_all()

@@ -229,6 +229,7 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
             self._waiting.append((route, now, headers, keep_alive, body))
             self._spawn(self._answer_in_order)
         else:
+            answer: Any
             if now:
                 answer = cast(InlineFastHandler, self.handler).answer_now(route, body, headers)
             else:
@@ -293,7 +294,7 @@ class FastPathProtocol(BoundedHttpToolsProtocol):
         return claimed[0], claimed[1], headers, keep_alive
 
     def _spawn(self, work: Callable[[], Awaitable[None]]) -> None:
-        task = self.loop.create_task(work())  # type: ignore[arg-type]
+        task: Any = self.loop.create_task(work())  # type: ignore[arg-type]
         self.tasks.add(task)  # graceful shutdown waits for it, as for uvicorn's own
         task.add_done_callback(self.tasks.discard)
 

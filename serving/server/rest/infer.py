@@ -129,6 +129,7 @@ class InferenceEndpoints:
             await self._fallback(scope, receive, send)
             return
         route = _protobuf_route(route, scope["headers"])
+        assert route is not None
         declared, header_length, request_id = inference_headers(scope["headers"])
         token = request_id_var.set(request_id.decode("latin-1") if request_id
                                    else new_request_id())

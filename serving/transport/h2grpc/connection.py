@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from serving.transport.h2grpc import frames as f
 from serving.transport.h2grpc.headers import HeaderDecoder, HeaderError
@@ -80,14 +80,15 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        tcp = cast(asyncio.Transport, transport)
+        self.transport = tcp
         self.opened_at = asyncio.get_running_loop().time()
         address = transport.get_extra_info("peername")
         if isinstance(address, tuple) and len(address) >= 2:
             family = "ipv6" if ":" in str(address[0]) else "ipv4"
             self.peer = f"{family}:{address[0]}:{address[1]}"
         self.server.connections.add(self)
-        self.transport.write(f.settings((
+        tcp.write(f.settings((
             (f.MAX_CONCURRENT_STREAMS, self.server.max_streams),
             (f.INITIAL_WINDOW_SIZE, RECEIVE_WINDOW),
             (f.MAX_FRAME_SIZE, FRAME_SIZE),
@@ -286,8 +287,9 @@ class Connection(asyncio.Protocol):
                 if stream.pending:
                     self._flush(stream)
             return
-        stream = self.streams.get(stream_id)
-        if stream is not None:
+        found = self.streams.get(stream_id)
+        if found is not None:
+            stream = found
             stream.send_window += increment
             if stream.pending:
                 self._flush(stream)

@@ -64,7 +64,7 @@ def goaway(last_stream: int, code: int, debug: bytes = b"") -> bytes:
     return frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream, code) + debug)
 
 
-def u32(payload: bytes | memoryview, offset: int = 0) -> int:
+def u32(payload: bytes | bytearray | memoryview, offset: int = 0) -> int:
     return int(_U32.unpack_from(payload, offset)[0])
 
 
