@@ -10,7 +10,6 @@ build leaves no extension behind and says why; the server then runs the same mod
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
 import json
 import os
 import sys
@@ -22,8 +21,6 @@ sys.path.insert(0, str(ROOT))
 os.environ["TURNOUT_PURE_PYTHON"] = "1"  # importing serving must not load what we rebuild
 
 from serving import native  # noqa: E402
-
-SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]  # .cpython-311-x86_64-linux-gnu.so
 
 
 def built_files() -> list[Path]:
