@@ -30,16 +30,16 @@ def built_files() -> list[Path]:
     """Every extension a build of the list leaves in the tree (this build's or an older one's)."""
     group = native.PACKAGE_DIR / f"{native.GROUP.rsplit('.', 1)[1]}__mypyc"
     found = list(native.PACKAGE_DIR.glob(f"{group.name}.*.so"))
-    for module in native.MODULES:
+    for module in set(native.MODULES) | native.built_modules():
         source = native.source_path(module)
         found += source.parent.glob(f"{source.stem}.*.so")
     return found
 
 
 def clean() -> None:
-    native.MANIFEST.unlink(missing_ok=True)
     for path in built_files():
         path.unlink()
+    native.MANIFEST.unlink(missing_ok=True)
 
 
 def build() -> None:

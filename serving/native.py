@@ -28,6 +28,10 @@ MODULES = (
     "serving.transport.h2grpc.frames",
     "serving.transport.h2grpc.headers",
     "serving.transport.h2grpc.connection",
+    "serving.transport.h2grpc.calls",
+    "serving.transport.coalesce",
+    "serving.transport.bounded",
+    "serving.transport.fastpath",
     "serving.protocol.templates",
     "serving.protocol.codec_v2",
     "serving.protocol.codec_grpc",
@@ -36,6 +40,7 @@ MODULES = (
     "serving.server.batching",
     "serving.server.dataplane",
     "serving.server.rest.infer",
+    "serving.server.grpc.loop_engine",
 )
 # the shared library mypyc builds for the group, beside this file
 GROUP = "serving.native_group"
@@ -64,6 +69,10 @@ def why_pure(environ: Mapping[str, str] = os.environ) -> str:
         manifest = json.loads(MANIFEST.read_text())
     except (OSError, ValueError):
         return "not compiled (run ./scripts/install)"
+    built = set(manifest.get("sources", {}))
+    if built != set(MODULES):
+        return "the build's module list is not serving/native.py's (rebuild: " \
+               ".venv/bin/python scripts/build_native.py)"
     if manifest.get("python") != sys.implementation.cache_tag:
         return f"compiled for {manifest.get('python')}, not {sys.implementation.cache_tag}"
     changed = [module for module, digest in source_hashes().items()
@@ -77,19 +86,30 @@ def why_pure(environ: Mapping[str, str] = os.environ) -> str:
     return ""
 
 
+def built_modules() -> set[str]:
+    """The modules the last build compiled (a list since shortened leaves extensions too)."""
+    try:
+        return set(json.loads(MANIFEST.read_text()).get("sources", {}))
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
 class SourcesFirst(importlib.abc.MetaPathFinder):
-    """Finds the listed modules' ``.py`` files ahead of the compiled extensions beside them."""
+    """Finds ``modules``' ``.py`` files ahead of the compiled extensions beside them."""
+
+    def __init__(self, modules: set[str]) -> None:
+        self.modules = modules
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MODULES:
+        if fullname not in self.modules or not source_path(fullname).exists():
             return None
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
 
 
 REASON = why_pure()
 if REASON:
-    sys.meta_path.insert(0, SourcesFirst())
+    sys.meta_path.insert(0, SourcesFirst(set(MODULES) | built_modules()))
 
 
 def compiled() -> list[str]:

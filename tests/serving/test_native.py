@@ -108,3 +108,27 @@ def test_a_build_for_another_interpreter_runs_as_python(package_copy: Path,
     found = probe(pythonpath=other)
     assert found["reason"] == f"compiled for cpython-399, not {sys.implementation.cache_tag}"
     assert all(path.endswith(".py") for path in found["files"].values())
+
+
+def test_a_module_dropped_from_the_list_runs_as_python_until_rebuilt(package_copy: Path,
+                                                                     tmp_path: Path) -> None:
+    # the list shrank since the build: the dropped module's extension is still there, and
+    # would shadow its source
+    shrunk = tmp_path / "shrunk"
+    shutil.copytree(package_copy, shrunk)
+    listing = shrunk / "serving" / "native.py"
+    text = listing.read_text()
+    assert '    "serving.server.rest.infer",\n' in text
+    listing.write_text(text.replace('    "serving.server.rest.infer",\n', ""))
+    assert (shrunk / "serving" / "server" / "rest" /
+            native.extension_path("serving.server.rest.infer").name).exists()
+    out = subprocess.run(
+        [sys.executable, "-c", "import json, serving.server.rest.infer as m; from serving import "
+         "native; print(json.dumps([m.__file__, native.REASON]))"],
+        env={**{k: v for k, v in os.environ.items() if k != "TURNOUT_PURE_PYTHON"},
+             "PYTHONPATH": str(shrunk)}, cwd=shrunk, capture_output=True,
+        text=True, timeout=120, check=True)
+    file, reason = json.loads(out.stdout)
+    assert file.endswith("infer.py") and file.startswith(str(shrunk))
+    assert "module list" in reason
+

@@ -129,7 +129,10 @@ def test_a_calls_head_is_read_once_per_header_list_and_the_table_is_bounded() ->
     assert head == ("/inference.GRPCInferenceService/ModelInfer", b"POST",
                     b"application/grpc", 0.25, b"gzip")
     assert calls._HEADS[id(steady)] == (steady, head)
-    assert calls._request_head(steady) is head  # the same list: read once
+    # the same list: read once (the decoder never changes a list it handed out; changed here,
+    # the change goes unread, which shows the second call did not read it)
+    steady[1] = (b":path", b"/changed")
+    assert calls._request_head(steady) == head
     other = [(b":method", b"GET"), (b":path", b"/x"), (b"content-type", b"text/plain")]
     assert calls._request_head(other) == ("/x", b"GET", b"text/plain", None, b"identity")
     lists = [[(b":path", b"/%d" % i)] for i in range(calls._MAX_HEADS * 2)]
