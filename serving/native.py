@@ -29,6 +29,10 @@ MODULES = (
     "serving.transport.h2grpc.frames",
     "serving.transport.h2grpc.headers",
     "serving.transport.h2grpc.connection",
+    "serving.transport.h2grpc.calls",
+    "serving.transport.coalesce",
+    "serving.transport.bounded",
+    "serving.transport.fastpath",
     "serving.protocol.templates",
     "serving.protocol.codec_v2",
     "serving.protocol.codec_grpc",
@@ -37,6 +41,7 @@ MODULES = (
     "serving.server.batching",
     "serving.server.dataplane",
     "serving.server.rest.infer",
+    "serving.server.grpc.loop_engine",
 )
 # the shared library mypyc builds for the group, beside this file
 GROUP = "serving.native_group"

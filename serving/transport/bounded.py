@@ -32,6 +32,7 @@ import asyncio
 import weakref
 
 import orjson
+from mypy_extensions import mypyc_attr
 
 from serving.transport.coalesce import CoalescingHttpToolsProtocol
 from serving.transport.limits import MAX_HEADER_BYTES, HttpLimits
@@ -89,6 +90,7 @@ def _watchdog(loop: asyncio.AbstractEventLoop, shortest: float) -> _Watchdog:
     return dog
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # servers bind settings by subclassing
 class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     max_header_bytes: int = HttpLimits.max_header_bytes
     max_header_count: int = HttpLimits.max_header_count
@@ -167,7 +169,7 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        self.url = self.url + url  # (uvicorn's attribute: mypyc cannot augment it in place)
         if len(self.url) > self.max_url_bytes:
             self._refusal = (414, f"request target over {self.max_url_bytes} bytes")
             raise _Refused

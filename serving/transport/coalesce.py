@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -75,6 +76,7 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # servers bind settings by subclassing
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """``uvicorn.Config(http=CoalescingHttpToolsProtocol)``: httptools with coalesced writes."""
 

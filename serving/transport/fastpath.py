@@ -40,6 +40,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar, Protocol, cast
 
 import uvicorn
+from mypy_extensions import mypyc_attr
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.transport.auth import Guard
@@ -164,6 +165,7 @@ class _NoWaiters:
 _Busy.message_event = _NoWaiters()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # servers bind settings by subclassing
 class FastPathProtocol(BoundedHttpToolsProtocol):
     handler: ClassVar[FastHandler]
     # Authentication (None: off, and no request pays for it).

@@ -18,7 +18,7 @@ import base64
 import logging
 import types
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -45,7 +45,7 @@ class Later:
 
     __slots__ = ("_call", "_on_cancel", "_over")
 
-    def __init__(self, on_cancel: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_cancel: Callable[[], object] | None = None) -> None:
         self._call: Call | None = None  # set by the call the handler returns it to
         self._on_cancel = on_cancel
         self._over = False
@@ -78,6 +78,23 @@ class Later:
         self._over = True
         call, self._call = self._call, None  # no cycle with the call once settled
         return call
+
+
+class RequestStream:
+    """A client-streaming call's messages, as the async iterator its handler takes (a class,
+    not an async generator: mypyc compiles the one, not the other)."""
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self._call.read()
+        if item is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return item
 
 
 class AbortError(Exception):
@@ -381,12 +398,8 @@ class Call:
         deserializer = self.handler.request_deserializer
         return deserializer(item) if deserializer else item
 
-    async def _request_iterator(self) -> AsyncIterator[Any]:
-        while True:
-            item = await self.read()
-            if item is grpc.aio.EOF:
-                return
-            yield item
+    def _request_iterator(self) -> RequestStream:
+        return RequestStream(self)
 
     # -- running the handler ----------------------------------------------------------------
     def _run_unary(self) -> None:
