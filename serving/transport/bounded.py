@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from typing import Any, ClassVar, cast
 
 import orjson
 from mypy_extensions import mypyc_attr
@@ -92,12 +93,14 @@ def _watchdog(loop: asyncio.AbstractEventLoop, shortest: float) -> _Watchdog:
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # servers bind settings by subclassing
 class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
-    max_header_bytes: int = HttpLimits.max_header_bytes
-    max_header_count: int = HttpLimits.max_header_count
-    max_url_bytes: int = HttpLimits.max_url_bytes
-    header_timeout: float = HttpLimits.header_timeout
-    body_timeout: float = HttpLimits.body_timeout
-    body_min_rate: float = HttpLimits.body_min_rate
+    # Set by subclassing (limited()): class variables, because a compiled class would keep
+    # its own defaults in instance slots and never see a subclass's values.
+    max_header_bytes: ClassVar[int] = HttpLimits.max_header_bytes
+    max_header_count: ClassVar[int] = HttpLimits.max_header_count
+    max_url_bytes: ClassVar[int] = HttpLimits.max_url_bytes
+    header_timeout: ClassVar[float] = HttpLimits.header_timeout
+    body_timeout: ClassVar[float] = HttpLimits.body_timeout
+    body_min_rate: ClassVar[float] = HttpLimits.body_min_rate
     _head_bytes: int = 0          # bytes of the current request's head fed to the parser
     _in_head: bool = True         # not inside a request's body (between requests, or in a head)
     _head_begun: bool = False     # the parser is inside a request head that has not ended
@@ -113,7 +116,13 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         super().connection_made(transport)
         self._watchdog = _watchdog(self.loop, min(self.header_timeout, self.body_timeout))
         # A connection that never sends a byte is closed as an idle keep-alive one is.
-        self._watch(_IDLE, self.timeout_keep_alive)
+        self._watch(_IDLE, self._keep_alive_seconds())
+
+    def _keep_alive_seconds(self) -> float:
+        """uvicorn types its keep-alive timeout as an int, but servers set fractions of a
+        second: read untyped, because compiled code would refuse a float where an int is
+        declared."""
+        return float(cast(Any, self).timeout_keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch()
@@ -153,7 +162,7 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
                     self._watch(_HEAD, self.header_timeout)
                 elif not watching and self._idle():
                     # only blank lines between requests: as idle as sending nothing
-                    self._watch(_HEAD, self.timeout_keep_alive)
+                    self._watch(_HEAD, self._keep_alive_seconds())
             else:
                 self._body_mark = self._body_bytes
                 self._watch(_BODY, self.body_timeout)
@@ -239,7 +248,7 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         """An answer is complete and nothing else is under way: the keep-alive clock runs
         until the next byte (the watchdog's, not a timer armed and cancelled per request)."""
         if not self._watching:
-            self._watch(_IDLE, self.timeout_keep_alive)
+            self._watch(_IDLE, self._keep_alive_seconds())
 
     def _timed_out(self) -> None:
         """The watchdog's call: the watched head or body is past its deadline."""

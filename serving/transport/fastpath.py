@@ -84,7 +84,8 @@ class SoonFastHandler(FastHandler, Protocol):
 
 
 def bind_protocol(handler: FastHandler, limits: HttpLimits | None = None, *,
-                  guard: Guard | None = None) -> type[asyncio.Protocol] | str:
+                  guard: Guard | None = None, uvicorn_protocol: type = HttpToolsProtocol,
+                  ) -> type[asyncio.Protocol] | str:
     """The protocol class to give ``uvicorn.Config(http=...)`` for this handler, bounded by
     ``limits`` (serving/transport/bounded.py; its defaults when None).
 
@@ -96,9 +97,10 @@ def bind_protocol(handler: FastHandler, limits: HttpLimits | None = None, *,
     When this uvicorn lacks the internals the fast path relies on, uvicorn's own ``"h11"``
     protocol, with a warning: slower, never wrong, and still bounded — the servers give
     ``uvicorn.Config`` ``h11_max_incomplete_event_size`` (:func:`h11_limit`), where uvicorn's
-    httptools path would let one huge header stall the event loop.
+    httptools path would let one huge header stall the event loop. (``uvicorn_protocol`` is
+    the class checked for those internals: uvicorn's httptools protocol.)
     """
-    missing = missing_internals()
+    missing = missing_internals(uvicorn_protocol)
     if missing:
         log.warning("uvicorn %s lacks what the fast HTTP path relies on (%s); serving on "
                     "uvicorn's own h11 path", getattr(uvicorn, "__version__", "?"),

@@ -372,16 +372,15 @@ def test_the_fast_path_finds_what_it_needs_in_this_uvicorn():
     assert missing_internals() == []
 
 
-def test_a_uvicorn_without_those_internals_gets_its_own_path_and_a_warning(monkeypatch, caplog):
+def test_a_uvicorn_without_those_internals_gets_its_own_path_and_a_warning(caplog):
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     from serving.transport import fastpath
 
     # h11's protocol has a different shape: what a future httptools protocol might look like
     assert "parser" in fastpath.missing_internals(H11Protocol)
-    monkeypatch.setattr(fastpath, "missing_internals", lambda: ["parser"])
     with caplog.at_level("WARNING", logger="turnout.transport"):
-        assert fastpath.bind_protocol(object()) == "h11"  # type: ignore[arg-type]
+        assert fastpath.bind_protocol(object(), uvicorn_protocol=H11Protocol) == "h11"  # type: ignore[arg-type]
     assert "uvicorn's own h11 path" in caplog.text and "parser" in caplog.text
 
 
