@@ -17,7 +17,6 @@ import logging
 import re
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +64,7 @@ class RestEdge:
     """ASGI app for the router's public REST port."""
 
     def __init__(self, router: Router, *, max_payload_bytes: int, graphs: Any = None,
-                 connection: weakref.ref[Any] | None = None) -> None:
+                 connection: ClientConnection | None = None) -> None:
         self.router = router
         self.max_payload_bytes = max_payload_bytes
         self.graphs = graphs  # GraphRunner, when graphs are enabled
@@ -73,12 +72,12 @@ class RestEdge:
         # learns when its client goes away; None for the shared edge.
         self.connection = connection
 
-    def for_connection(self, protocol: asyncio.Protocol) -> RestEdge:
+    def for_connection(self, connection: ClientConnection) -> RestEdge:
         """This edge for the requests of one fast-path connection: the same state, plus the
         connection. Made once per connection, so requests pay nothing for it (built by the
         constructor, so its attributes keep the layout CPython reads fastest)."""
         return RestEdge(self.router, max_payload_bytes=self.max_payload_bytes,
-                        graphs=self.graphs, connection=weakref.ref(protocol))
+                        graphs=self.graphs, connection=connection)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -143,7 +142,7 @@ class RestEdge:
         await send_response(send, status, payload, out_headers)
 
     async def _proxy_body(self, call: _Call, headers: dict[str, str] | None, body: bytes,
-                          client: weakref.ref[Any] | Receive | None = None) -> Reply:
+                          client: ClientConnection | Receive | None = None) -> Reply:
         """Route one request to a variant and return its answer, as the client will get it.
 
         ``headers`` (lower-case names, decoded) may be None: they are decoded from the call's
@@ -191,7 +190,7 @@ class RestEdge:
         return response.status, response.body, out_headers
 
     async def _traced(self, call: _Call, headers: dict[str, str] | None, body: bytes,
-                      client: weakref.ref[Any] | Receive | None = None) -> Reply:
+                      client: ClientConnection | Receive | None = None) -> Reply:
         """:meth:`_proxy_body` in a ``route`` span continuing the client's ``traceparent``."""
         with tracing.span("route", context=tracing.extract(call.headers), kind="server",
                           attributes={"http.request.method": call.method,
@@ -327,38 +326,64 @@ def rest_protocol(edge: RestEdge, *, guard: Guard | None = None) -> type[asyncio
         return bound
 
     class HoldAwareProtocol(bound):  # type: ignore[valid-type,misc]
-        _held: set[Waiter] | None = None
+        _client: ClientConnection | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
-            setattr(self, "handler", edge.for_connection(self))  # noqa: B010
+            self._client = ClientConnection(self.transport)
+            setattr(self, "handler", edge.for_connection(self._client))  # noqa: B010
 
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
-            for waiter in list(self._held or ()):
-                waiter.cancel()
+            if self._client is not None:
+                self._client.close()
 
     return HoldAwareProtocol
 
 
-def _watcher(client: weakref.ref[Any] | Receive | None
+class ClientConnection:
+    """One fast-path client connection, as the requests it holds see it: whether it is gone,
+    and the waiters to cancel when it goes.
+
+    The edge keeps this instead of the protocol: a strong reference to the protocol would be a
+    cycle (protocol, handler, edge), and a weak one is unsafe — the protocol's class is compiled
+    by mypyc (serving/native.py), whose deallocator releases an instance's weak-reference list
+    as if it owned it (mypyc/mypyc#1102), so a weak reference that outlives its connection (a
+    shadow task's, say) is freed twice and corrupts memory."""
+
+    __slots__ = ("transport", "closed", "held")
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.closed = False
+        self.held: set[Waiter] = set()
+
+    def gone(self) -> bool:
+        return self.closed or self.transport.is_closing()
+
+    def close(self) -> None:
+        """The connection is lost: cancel what its requests still wait for."""
+        self.closed = True
+        held, self.held = self.held, set()
+        for waiter in held:
+            waiter.cancel()
+
+
+def _watcher(client: ClientConnection | Receive | None
              ) -> Callable[[Waiter], Callable[[], None] | None] | None:
     if client is None:
         return None
-    if isinstance(client, weakref.ref):
+    if isinstance(client, ClientConnection):
         return functools.partial(_watch_connection, client)
     return functools.partial(_watch_receive, client)
 
 
-def _watch_connection(connection: weakref.ref[Any], waiter: Waiter) -> Callable[[], None] | None:
+def _watch_connection(connection: ClientConnection, waiter: Waiter) -> Callable[[], None] | None:
     """Cancel ``waiter`` when the fast-path connection closes (HoldAwareProtocol)."""
-    protocol = connection()
-    if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+    if connection.gone():
         waiter.cancel()
         return None
-    if protocol._held is None:
-        protocol._held = set()
-    held: set[Waiter] = protocol._held
+    held = connection.held
     held.add(waiter)
     return lambda: held.discard(waiter)
 

@@ -9,6 +9,11 @@ is first imported, loads every module of the list from its source when any of th
 since the build, when the list changed, when no build exists, or when
 ``TURNOUT_PURE_PYTHON=1`` asks for it. All or none: compiled modules call each other's native
 functions directly, so one stale module would still be reached compiled.
+
+Never hold a weak reference to an instance of a compiled class that inherits a Python class
+(the HTTP protocols, the HTTP/2 connection): mypyc's deallocator releases the weak-reference
+slot as if it owned it (mypyc/mypyc#1102), and a weak reference that outlives its object is
+freed twice (``tests/native_support.py`` finds such references).
 """
 
 from __future__ import annotations

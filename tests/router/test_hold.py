@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from serving.protocol import proto
+from tests.native_support import weakly_referenced_compiled
 
 X = [[1.5, -2.0]]
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]}
@@ -364,6 +365,8 @@ def test_a_rest_client_that_disconnects_is_no_longer_held(start_router, path):
     sock = _raw_post(r, path)
     try:
         wait_for(lambda: held(r) == 1, "the request held")
+        # the held request watches its connection without a weak reference to the protocol
+        assert weakly_referenced_compiled() == []
     finally:
         sock.close()
     wait_for(lambda: held(r) == 0, "the held count back down")

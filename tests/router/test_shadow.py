@@ -10,6 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.native_support import weakly_referenced_compiled
+
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]}
 
 
@@ -83,6 +85,9 @@ def test_no_copy_goes_to_the_variant_that_answered(upstreams, router_cls, tmp_pa
                 assert resp.status_code == 200
                 assert resp.headers["x-turnout-variant"] == \
                     ("shadow" if experiment == "b" else "default")
+            # copies outlive the client's connection: they must not hold it weakly (a compiled
+            # protocol's weak references are freed twice when it goes: tests/native_support.py)
+            assert weakly_referenced_compiled() == []
         assert wait_for(lambda: r.sample("turnout_router_shadow_requests_total", **labels,
                                          outcome="compared") == 2)
         time.sleep(0.5)  # a stray copy would have landed by now
