@@ -23,6 +23,7 @@ from serving.transport.h2grpc import GrpcServer
 from serving.transport.h2grpc import frames as f
 from serving.transport.h2grpc.calls import AbortError, Call, CallContext, Later
 from serving.transport.h2grpc.connection import Stream
+from tests.native_support import weakly_referenced_compiled
 
 SERVICE = "test.Echo"
 LIMIT = 16 * 1024 * 1024
@@ -263,6 +264,8 @@ def test_many_calls_at_once_on_one_connection(channel: grpc.Channel) -> None:
         answers = list(pool.map(lambda i: _unary(channel, "Unary")(str(i).encode()),
                                 range(500)))
     assert answers == [str(i).encode() for i in range(500)]
+    # nothing holds the open connection (a compiled class) weakly: tests/native_support.py
+    assert weakly_referenced_compiled() == []
 
 
 def test_finished_calls_leave_no_cycles_for_the_collector(channel: grpc.Channel) -> None:
