@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import serving  # noqa: F401 - first: its guard decides compiled or source modules (serving/native.py)
+
 __all__ = ["ConfigError", "RouterConfig", "load_config", "load_config_text", "parse_config"]
 
 

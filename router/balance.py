@@ -78,6 +78,8 @@ class Pool:
     _window_started: float = field(init=False, default=-1.0)
 
     def __post_init__(self) -> None:
+        # set here too: compiled (serving/native.py), init=False fields get no default
+        self._window_started = -1.0
         self.refresh()
 
     def refresh(self) -> bool:

@@ -9,11 +9,12 @@ assignment; requests already running keep the snapshot they started with.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -40,6 +41,11 @@ log = logging.getLogger("turnout.router")
 RETRY_STATUSES = frozenset({503})
 STRIKE_STATUSES = frozenset({502, 503, 504})
 BLOCKING_CHANNELS = 2  # threaded-client gRPC connections per endpoint
+
+
+def _close_later(channel: Any) -> None:
+    """Close a gRPC channel no longer routed to, once its calls in flight had their time."""
+    asyncio.ensure_future(channel.close())
 
 
 def classify_http(response: UpstreamResponse) -> tuple[Verdict, str]:
@@ -100,7 +106,7 @@ class Router:
         grace = table.config.upstream.timeout_seconds
         for address in [a for a in self._channels if a not in wanted]:
             channel = self._channels.pop(address)
-            loop.call_later(grace, lambda c=channel: asyncio.ensure_future(c.close()))
+            loop.call_later(grace, functools.partial(_close_later, channel))
         with self._blocking_lock:
             gone = [a for a in self._blocking if a not in wanted]
             closing = [c for a in gone for c in self._blocking.pop(a)]
@@ -125,15 +131,16 @@ class Router:
             return await self.client.request(method, endpoint.address + path, headers=headers,
                                              body=body, timeout=remaining)
 
+        run: Callable[[Endpoint, float], Awaitable[UpstreamResponse]] = attempt
         if tracing.ON:  # each try in its own span, sending its own traceparent
             async def send(endpoint: Endpoint, remaining: float,
                            sent: list[tuple[str, str]]) -> UpstreamResponse:
                 return await self.client.request(method, endpoint.address + path, headers=sent,
                                                  body=body, timeout=remaining)
 
-            attempt = traced.attempts(send, headers, variant, _status)
+            run = traced.attempts(send, headers, variant, _status)
         return await call_variant(variant=variant, pool=variant.http, max_attempts=attempts,
-                                  deadline=deadline, attempt=attempt, classify=classify_http,
+                                  deadline=deadline, attempt=run, classify=classify_http,
                                   metrics=self.metrics)
 
     def channel(self, address: str) -> grpc.aio.Channel:

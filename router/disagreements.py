@@ -113,7 +113,8 @@ def _outputs(outputs: Outputs | None) -> dict[str, Any]:
         flat = np.asarray(array).reshape(-1)
         kept = flat[:MAX_ELEMENTS]
         if kept.dtype.kind in "SO":
-            data = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in kept]
+            data: list[Any] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                               for v in kept]
         else:
             data = [None if isinstance(v, float) and not np.isfinite(v) else v
                     for v in kept.tolist()]

@@ -134,13 +134,16 @@ async def call_variant(*, variant: VariantRoute, pool: Pool, max_attempts: int, 
     while (step := run.next()) is not None:
         endpoint, remaining = step
         started = time.perf_counter()
+        failure: UpstreamError | None = None
         try:
             answer = await attempt(endpoint, remaining)
         except UpstreamError as err:
-            run.failed(endpoint, err)
-            continue
+            failure = err
         finally:
             pool.release(endpoint)
+        if failure is not None:  # (no `continue` inside try/finally: mypyc cannot compile it)
+            run.failed(endpoint, failure)
+            continue
         if run.answered(endpoint, started, answer):
             return answer
     return run.result()
@@ -155,13 +158,16 @@ def call_variant_blocking(*, variant: VariantRoute, pool: Pool, max_attempts: in
     while (step := run.next()) is not None:
         endpoint, remaining = step
         started = time.perf_counter()
+        failure: UpstreamError | None = None
         try:
             answer = attempt(endpoint, remaining)
         except UpstreamError as err:
-            run.failed(endpoint, err)
-            continue
+            failure = err
         finally:
             pool.release(endpoint)
+        if failure is not None:  # (no `continue` inside try/finally: mypyc cannot compile it)
+            run.failed(endpoint, failure)
+            continue
         if run.answered(endpoint, started, answer):
             return answer
     return run.result()

@@ -53,7 +53,9 @@ class _Connection:
         self.done = True
 
     def exchange(self, data: bytes, timeout: float) -> UpstreamResponse:
-        self.status, self.headers, self.body = 0, [], []
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
         self.done, self.keep_alive, self.received = False, True, False
         sock = self.sock
         sock.settimeout(timeout)

@@ -208,7 +208,7 @@ class Holds:
 
     async def hold(self, service: ServiceRoute, variant: VariantRoute, *, pool_of: PoolOf,
                    headers: Callable[[], Mapping[str, str]], deadline: float | None = None,
-                   watch: Callable[[Waiter], Callable[[], None] | None] | None = None) -> Routed:
+                   watch: Callable[[Waiter], Callable[[], object] | None] | None = None) -> Routed:
         """On the event loop: wait until the request's variant has a ready endpoint.
 
         Returns the (service, variant) to call, from the table in force then; returns the
@@ -231,7 +231,7 @@ class Holds:
 
     def hold_blocking(self, service: ServiceRoute, variant: VariantRoute, *, pool_of: PoolOf,
                       headers: Callable[[], Mapping[str, str]], deadline: float | None = None,
-                      watch: Callable[[Waiter], Callable[[], None] | None] | None = None
+                      watch: Callable[[Waiter], Callable[[], object] | None] | None = None
                       ) -> Routed:
         """:meth:`hold` for a gRPC handler thread, which blocks while it waits."""
         if not wants_hold(service, variant, pool_of(service, variant)):
@@ -331,13 +331,13 @@ class Holds:
         self.metrics.held_total.labels(*held.key, held.outcome).inc()
 
     def _add(self, waiter: Waiter,
-             watch: Callable[[Waiter], Callable[[], None] | None] | None
-             ) -> Callable[[], None] | None:
+             watch: Callable[[Waiter], Callable[[], object] | None] | None
+             ) -> Callable[[], object] | None:
         with self._lock:
             self._waiters.add(waiter)
         return watch(waiter) if watch is not None else None
 
-    def _remove(self, waiter: Waiter, unwatch: Callable[[], None] | None) -> None:
+    def _remove(self, waiter: Waiter, unwatch: Callable[[], object] | None) -> None:
         with self._lock:
             self._waiters.discard(waiter)
         if unwatch is not None:

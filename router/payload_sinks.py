@@ -149,7 +149,7 @@ class Sink:
                 self.wake.set()
 
     def _take(self, limit: int) -> list[Item]:
-        items = []
+        items: list[Item] = []
         with self._lock:
             while self.queue and len(items) < limit:
                 item = self.queue.popleft()

@@ -46,8 +46,7 @@ from router.shadow import PrimaryAnswer
 from router.table import ServiceRoute, VariantRoute
 from serving.protocol.errors import Overloaded, TurnoutError, bounded_message
 from serving.transport import tracing
-from serving.transport.auth import Guard
-from serving.transport.fastpath import Headers, Reply, bind_protocol
+from serving.transport.fastpath import Headers, Reply
 
 log = logging.getLogger("turnout.router.rest")
 
@@ -315,32 +314,6 @@ class RestEdge:
             m.duration.labels(service, variant, protocol).observe(time.perf_counter() - started)
 
 
-def rest_protocol(edge: RestEdge, *, guard: Guard | None = None) -> type[asyncio.Protocol] | str:
-    """``serving/transport/fastpath.py``'s protocol for ``edge``, with each connection's
-    answers knowing their connection, so a request held for a ready endpoint learns when its
-    client goes away. Per connection, not per request: each connection's handler is its own
-    copy of the edge (:meth:`RestEdge.for_connection`). ``guard``: authentication, checked
-    before a request is claimed (the ASGI app must be guarded by the same guard)."""
-    bound = bind_protocol(edge, guard=guard)
-    if isinstance(bound, str):  # uvicorn's own path: held requests watch ASGI's receive()
-        return bound
-
-    class HoldAwareProtocol(bound):  # type: ignore[valid-type,misc]
-        _client: ClientConnection | None = None
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            self._client = ClientConnection(self.transport)
-            setattr(self, "handler", edge.for_connection(self._client))  # noqa: B010
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            if self._client is not None:
-                self._client.close()
-
-    return HoldAwareProtocol
-
-
 class ClientConnection:
     """One fast-path client connection, as the requests it holds see it: whether it is gone,
     and the waiters to cancel when it goes.
@@ -370,7 +343,7 @@ class ClientConnection:
 
 
 def _watcher(client: ClientConnection | Receive | None
-             ) -> Callable[[Waiter], Callable[[], None] | None] | None:
+             ) -> Callable[[Waiter], Callable[[], object] | None] | None:
     if client is None:
         return None
     if isinstance(client, ClientConnection):
@@ -378,7 +351,8 @@ def _watcher(client: ClientConnection | Receive | None
     return functools.partial(_watch_receive, client)
 
 
-def _watch_connection(connection: ClientConnection, waiter: Waiter) -> Callable[[], None] | None:
+def _watch_connection(connection: ClientConnection, waiter: Waiter
+                      ) -> Callable[[], object] | None:
     """Cancel ``waiter`` when the fast-path connection closes (HoldAwareProtocol)."""
     if connection.gone():
         waiter.cancel()
@@ -388,7 +362,7 @@ def _watch_connection(connection: ClientConnection, waiter: Waiter) -> Callable[
     return lambda: held.discard(waiter)
 
 
-def _watch_receive(receive: Receive, waiter: Waiter) -> Callable[[], None]:
+def _watch_receive(receive: Receive, waiter: Waiter) -> Callable[[], object]:
     """Cancel ``waiter`` when ASGI's ``receive`` says the client disconnected (the body has
     been read, so the next message is the disconnect)."""
     async def watch() -> None:

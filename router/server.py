@@ -30,7 +30,8 @@ from router.grpc_loop_edge import build_loop_grpc_server
 from router.h1client import H1Client
 from router.metrics import RouterMetrics
 from router.reload import FileSource
-from router.rest import RestEdge, rest_protocol
+from router.rest import RestEdge
+from router.rest_protocol import rest_protocol
 from router.settings import RouterSettings
 from serving.spec.routes import RouterConfig
 from serving.transport.auth import GuardedApp, build_authenticator

@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
-# the modules on every request's path over REST and gRPC, leaves first
+# the modules on every request's path over REST and gRPC, the model server's and the
+# router's (router/__init__.py imports serving first, so this guard decides for both), leaves first
 MODULES = (
     "serving.transport.h2grpc.frames",
     "serving.transport.h2grpc.headers",
@@ -47,6 +48,10 @@ MODULES = (
     "serving.server.dataplane",
     "serving.server.rest.infer",
     "serving.server.grpc.loop_engine",
+    "router.balance",
+    "router.forward",
+    "router.h1client",
+    "router.rest",
 )
 # the shared library mypyc builds for the group, beside this file
 GROUP = "serving.native_group"
@@ -55,7 +60,7 @@ MANIFEST = PACKAGE_DIR / "native.json"
 
 
 def source_path(module: str) -> Path:
-    return PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return PACKAGE_DIR.parent.joinpath(*module.split(".")).with_suffix(".py")
 
 
 def extension_path(module: str) -> Path:

@@ -54,12 +54,13 @@ def test_pure_python_on_request() -> None:
 
 @pytest.fixture(scope="module")
 def package_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The serving package with its build, copied: sources can be edited there."""
+    """The serving and router packages with their build, copied: sources can be edited there."""
     if native.why_pure({}):
         pytest.fail(f"no current build to copy: {native.why_pure({})}")
     root = tmp_path_factory.mktemp("native")
-    shutil.copytree(native.PACKAGE_DIR, root / "serving",
-                    ignore=shutil.ignore_patterns("__pycache__", "static"))
+    for package in ("serving", "router"):
+        shutil.copytree(native.PACKAGE_DIR.parent / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "static"))
     return root
 
 
