@@ -24,13 +24,19 @@ from serving import native  # noqa: E402
 
 
 def built_files() -> list[Path]:
-    """Every extension a build of the list leaves in the tree (this build's or an older one's)."""
+    """Every extension a build left in the tree: this list's, the last build's, and any other
+    beside a source in the listed packages (left by a build on another branch, whose list and
+    manifest this tree no longer has: it would shadow its source unseen)."""
     group = native.PACKAGE_DIR / f"{native.GROUP.rsplit('.', 1)[1]}__mypyc"
-    found = list(native.PACKAGE_DIR.glob(f"{group.name}.*.so"))
+    found = set(native.PACKAGE_DIR.glob(f"{group.name}.*.so"))
     for module in set(native.MODULES) | native.built_modules():
         source = native.source_path(module)
-        found += source.parent.glob(f"{source.stem}.*.so")
-    return found
+        found.update(source.parent.glob(f"{source.stem}.*.so"))
+    for package in {module.split(".")[0] for module in native.MODULES}:
+        for extension in (ROOT / package).rglob("*.so"):
+            if extension.with_name(extension.name.split(".")[0] + ".py").exists():
+                found.add(extension)
+    return sorted(found)
 
 
 def clean() -> None:

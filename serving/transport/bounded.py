@@ -110,19 +110,18 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     _body_mark: int = 0           # _body_bytes when the body's current window began
     _refusal: tuple[int, str] | None = None     # raised from a parser callback
     _deferred: tuple[int, str] | None = None    # written once earlier answers are out
+    _keep_alive_s: float = 5.0    # uvicorn's keep-alive timeout, read once per connection
     _watchdog: _Watchdog
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._watchdog = _watchdog(self.loop, min(self.header_timeout, self.body_timeout))
+        # uvicorn types its keep-alive timeout as an int, but servers set fractions of a
+        # second: read untyped (compiled code would refuse a float where an int is declared),
+        # once, not after every answer
+        self._keep_alive_s = float(cast(Any, self).timeout_keep_alive)
         # A connection that never sends a byte is closed as an idle keep-alive one is.
-        self._watch(_IDLE, self._keep_alive_seconds())
-
-    def _keep_alive_seconds(self) -> float:
-        """uvicorn types its keep-alive timeout as an int, but servers set fractions of a
-        second: read untyped, because compiled code would refuse a float where an int is
-        declared."""
-        return float(cast(Any, self).timeout_keep_alive)
+        self._watch(_IDLE, self._keep_alive_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch()
@@ -162,7 +161,7 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
                     self._watch(_HEAD, self.header_timeout)
                 elif not watching and self._idle():
                     # only blank lines between requests: as idle as sending nothing
-                    self._watch(_HEAD, self._keep_alive_seconds())
+                    self._watch(_HEAD, self._keep_alive_s)
             else:
                 self._body_mark = self._body_bytes
                 self._watch(_BODY, self.body_timeout)
@@ -248,7 +247,7 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         """An answer is complete and nothing else is under way: the keep-alive clock runs
         until the next byte (the watchdog's, not a timer armed and cancelled per request)."""
         if not self._watching:
-            self._watch(_IDLE, self._keep_alive_seconds())
+            self._watch(_IDLE, self._keep_alive_s)
 
     def _timed_out(self) -> None:
         """The watchdog's call: the watched head or body is past its deadline."""

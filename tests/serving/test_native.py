@@ -133,3 +133,23 @@ def test_a_module_dropped_from_the_list_runs_as_python_until_rebuilt(package_cop
     assert file.endswith("infer.py") and file.startswith(str(shrunk))
     assert "module list" in reason
 
+
+
+def test_clean_removes_an_extension_no_list_names(package_copy: Path, tmp_path: Path) -> None:
+    # an extension a build on another branch left (its list and manifest are gone from this
+    # tree): it would shadow its source unseen, so --clean sweeps it with the listed ones
+    tree = tmp_path / "tree"
+    shutil.copytree(package_copy, tree)
+    (tree / "scripts").mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "scripts" / "build_native.py",
+                tree / "scripts")
+    stray = tree / "router" / native.extension_path("serving.x").name.replace("x.", "graph.", 1)
+    stray.write_bytes(b"")
+    listed = tree / "serving" / native.extension_path("serving.server.batching").relative_to(
+        native.PACKAGE_DIR)
+    assert stray.exists() and listed.exists() and (tree / "router" / "graph.py").exists()
+    subprocess.run([sys.executable, "scripts/build_native.py", "--clean"], cwd=tree,
+                   capture_output=True, timeout=120, check=True)
+    assert not stray.exists() and not listed.exists()
+    assert not (tree / "serving" / "native.json").exists()
+    assert (tree / "router" / "graph.py").exists()  # sources stay
