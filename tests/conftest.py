@@ -15,10 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.processes import child_env, children_die_with_this_process, terminate
+from tests.processes import child_env, terminate
 
-# A run that crashes must not leave its servers running (tests/processes.py).
-children_die_with_this_process()
 # Caches the code under test writes (compiled models, downloads) go to a temp dir, never home.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="turnout-test-cache-")
 

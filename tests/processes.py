@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -23,37 +19,6 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """This environment with the test runtimes importable, plus ``env``."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(PLUGINS), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with(parent: int, prctl: Any) -> None:
-    """In the child, before exec: SIGTERM when ``parent`` goes (now, if it already went)."""
-    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def children_die_with_this_process() -> None:
-    """Every child this process starts from its main thread gets SIGTERM when it dies (Linux's
-    ``PR_SET_PDEATHSIG``), so a test run that crashes leaves no servers, routers or API servers
-    running to break the next run. Only from the main thread: the signal follows the thread
-    that started the child, and pytest's main thread lives as long as the run. A child given
-    its own ``preexec_fn`` keeps it."""
-    if not sys.platform.startswith("linux") or getattr(subprocess.Popen, "_dies_with_us", False):
-        return
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    original = subprocess.Popen.__init__
-
-    @functools.wraps(original)
-    def init(self: subprocess.Popen, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("preexec_fn") is None and threading.current_thread() is threading.main_thread():
-            kwargs["preexec_fn"] = functools.partial(_die_with, os.getpid(), prctl)
-        original(self, *args, **kwargs)
-
-    subprocess.Popen.__init__ = init  # type: ignore[method-assign]
-    subprocess.Popen._dies_with_us = True  # type: ignore[attr-defined]
 
 
 def terminate(proc: subprocess.Popen, grace: float = 30) -> int:
